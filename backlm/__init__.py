@@ -1,0 +1,3 @@
+"""backlm: language models that read and write forward, backward or both ways."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,52 @@
+"""The ``backlm`` command line: one Typer app, one module per command in backlm/commands.
+
+Nothing heavy (torch, h5py, wandb) is imported here or at the top of a command module, so
+``backlm --help`` answers fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from backlm import __version__
+from backlm.commands import data as data_cmd
+from backlm.commands import ls as ls_cmd
+from backlm.commands import train as train_cmd
+
+app = typer.Typer(
+    name="backlm",
+    help="Train, evaluate and compare language models that read forward, backward or both ways.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"backlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """backlm: forward, backward and bidirectional language models."""
+
+
+app.add_typer(data_cmd.app, name="data")
+app.command("train")(train_cmd.train)
+app.command("ls")(ls_cmd.ls)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Placeholder until implemented."""
+
+from backlm.ui import user_errors
+
+
+@user_errors
+def diagnose() -> None:
+    """Not implemented yet."""
+    raise SystemExit(1)

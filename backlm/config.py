@@ -1,0 +1,242 @@
+"""Typed configuration: dataclasses, YAML presets and ``--set a.b=c`` overrides.
+
+Precedence: dataclass defaults < preset YAML (``--config``) < ``--set`` overrides < explicit
+flags. Unknown keys and values of the wrong type raise :class:`UserError`. Only dataclasses
+reach the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from backlm.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Where training text comes from and how it becomes batches."""
+
+    dataset: str = "pydocs"
+    direction: str = "forward"
+    mix: float = 0.5  # bidirectional: probability that a document is rendered backward
+    tokenizer_threads: int = 2
+    docs_per_batch: int = 256  # documents tokenized together
+    buffer_docs: int = 512  # best-fit packing candidates kept in memory
+
+
+@dataclass
+class ModelConfig:
+    """GPT shape. ``width`` 0 means ``64 * depth``; heads are ``width // head_dim``."""
+
+    depth: int = 4
+    width: int = 0
+    head_dim: int = 128
+    vocab_size: int = 8192
+    seq_len: int = 512
+    softcap: float = 15.0
+    rope_base: float = 10000.0
+
+    @property
+    def model_dim(self) -> int:
+        return self.width or 64 * self.depth
+
+    @property
+    def n_heads(self) -> int:
+        return max(1, self.model_dim // self.head_dim)
+
+
+@dataclass
+class OptimConfig:
+    """Muon for hidden matrices, AdamW for embeddings, head and scalars."""
+
+    matrix_lr: float = 0.02
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.004
+    scalar_lr: float = 0.04
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.8, 0.95)
+    muon_momentum: float = 0.95
+    warmup_steps: int = 0
+    warmdown_frac: float = 0.2
+    final_lr_frac: float = 0.0
+    grad_clip: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batch, schedule length, evaluation and checkpoint cadence."""
+
+    max_steps: int = 1000
+    total_batch_tokens: int = 4096  # tokens per optimizer step, across ranks and accumulation
+    device_batch_size: int = 8  # rows per forward pass
+    eval_every: int = 100
+    eval_tokens: int = 32768
+    save_every: int = 500
+    log_every: int = 1
+    seed: int = 42
+    device: str = "auto"
+    dtype: str = "auto"  # auto | fp32 | bf16
+    compile: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``backlm train`` run needs, resolved."""
+
+    phase: str = "base"
+    id: str = ""
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def preset_path(name_or_path: str) -> Path:
+    """Resolve ``cpu-tiny`` / ``configs/cpu-tiny.yaml`` / any YAML path to an existing file."""
+    candidates = [Path(name_or_path)]
+    if not name_or_path.endswith((".yaml", ".yml")):
+        candidates.append(CONFIG_DIR / f"{name_or_path}.yaml")
+    candidates.append(CONFIG_DIR / Path(name_or_path).name)
+    for path in candidates:
+        if path.is_file():
+            return path
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none"
+    raise UserError(f"unknown config preset {name_or_path!r}: known presets are {known}")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; a file that is not one raises :class:`UserError`."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of keys to values")
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["a.b=3", "c=x"]`` into a nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set key {key!r} conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and bad types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        choices = ", ".join(sorted(names))
+        raise UserError(f"unknown config key {prefix}{unknown[0]!r}: valid keys here are {choices}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key!r} must be a mapping")
+        return from_dict(tp, value, prefix=f"{key}.")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise UserError(f"config key {key!r} must be a list, got {value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(typing.get_args(tp), value, strict=False))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise UserError(f"config key {key!r} expects {tp.__name__}, got {value!r}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a dataclass config (tuples become lists for YAML)."""
+    def conv(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return conv(dataclasses.asdict(cfg))
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def load_config(
+    cls: type[T] = RunConfig,  # type: ignore[assignment]
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> T:
+    """Resolve a config: defaults < preset YAML < ``--set`` overrides < flags (nested dict)."""
+    data: dict[str, Any] = {}
+    if preset:
+        data = read_yaml(preset_path(preset))
+    data = deep_merge(data, parse_overrides(overrides))
+    data = deep_merge(data, flags or {})
+    return from_dict(cls, data)

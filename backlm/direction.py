@@ -1,0 +1,277 @@
+"""Token order: the one module that knows what forward, backward and bidirectional mean.
+
+Text is tokenized in reading order first; direction is applied to token ids, one document at a
+time, before packing (DESIGN.md §1):
+
+=============  ===============================================  ==============================
+direction      a document t1..tn becomes                        loss on
+=============  ===============================================  ==============================
+forward        ``BOS t1 … tn``                                  every target
+backward       ``BOS tn … t1``                                  every target
+bidirectional  ``BOS <|forward|> t1 … tn`` or                   every target but the marker
+               ``BOS <|backward|> tn … t1`` (per document,
+               backward with probability ``mix``)
+=============  ===============================================  ==============================
+
+Every function here is pure. ``to_reading_order(encode_document(doc, d, ...), d) == doc`` for
+every direction, and the same holds for conversations. Nothing else in backlm reverses tokens.
+
+Masks are per position of the model-order sequence: ``mask[i]`` says whether token ``i`` is a
+training target (i.e. the loss at the position that predicts it counts). Position 0 (BOS) is
+never a target; after packing, ``targets = ids[1:]`` and ``target_mask = mask[1:]``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from backlm.errors import UserError
+
+IGNORE_INDEX = -1
+"""Target value the loss ignores (``cross_entropy(..., ignore_index=IGNORE_INDEX)``)."""
+
+
+class Direction(str, enum.Enum):
+    """The order a model reads and writes in."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    BIDIRECTIONAL = "bidirectional"
+
+    @classmethod
+    def parse(cls, value: str | Direction) -> Direction:
+        """Parse a user-given direction name; unknown names raise :class:`UserError`."""
+        if isinstance(value, Direction):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            names = ", ".join(d.value for d in cls)
+            raise UserError(f"unknown direction {value!r}: choose one of {names}") from None
+
+    @property
+    def orders(self) -> tuple[Direction, ...]:
+        """The concrete orders this direction trains on (both for bidirectional)."""
+        if self is Direction.BIDIRECTIONAL:
+            return (Direction.FORWARD, Direction.BACKWARD)
+        return (self,)
+
+    @property
+    def opposite(self) -> Direction:
+        """The other concrete order (forward <-> backward)."""
+        if self is Direction.FORWARD:
+            return Direction.BACKWARD
+        if self is Direction.BACKWARD:
+            return Direction.FORWARD
+        raise ValueError("bidirectional has no single opposite order")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special tokens the order transforms insert or recognise."""
+
+    bos: int
+    forward: int
+    backward: int
+    user_start: int = -1
+    user_end: int = -1
+    assistant_start: int = -1
+    assistant_end: int = -1
+
+    def marker(self, order: Direction) -> int:
+        """The direction-marker token id for a concrete order."""
+        return self.forward if _concrete(order) is Direction.FORWARD else self.backward
+
+
+def _concrete(order: Direction | str) -> Direction:
+    order = Direction.parse(order)
+    if order is Direction.BIDIRECTIONAL:
+        raise ValueError("a concrete order (forward or backward) is required here")
+    return order
+
+
+def model_order(tokens: Sequence[int], order: Direction | str) -> list[int]:
+    """Put reading-order ``tokens`` into a concrete model ``order`` (its own inverse)."""
+    if _concrete(order) is Direction.BACKWARD:
+        return list(reversed(tokens))
+    return list(tokens)
+
+
+# --- per-document choice for bidirectional runs -------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def document_order(
+    direction: Direction | str, doc_index: int, seed: int = 0, mix: float = 0.5
+) -> Direction:
+    """The concrete order of document number ``doc_index`` in a run.
+
+    Forward and backward runs return their own order. Bidirectional runs draw backward with
+    probability ``mix`` from a generator seeded by ``(seed, doc_index)``: the choice depends on
+    the document's place in the stream, not on batching, ranks or resumes.
+    """
+    direction = Direction.parse(direction)
+    if direction is not Direction.BIDIRECTIONAL:
+        return direction
+    if not 0.0 <= mix <= 1.0:
+        raise UserError(f"mix must be between 0 and 1, got {mix}")
+    h = _splitmix64(_splitmix64(seed & _MASK64) ^ (doc_index & _MASK64))
+    return Direction.BACKWARD if (h >> 11) * (1.0 / (1 << 53)) < mix else Direction.FORWARD
+
+
+# --- documents ------------------------------------------------------------------------------
+
+
+def encode_document(
+    tokens: Sequence[int],
+    direction: Direction | str,
+    ids: SpecialIds,
+    order: Direction | str | None = None,
+) -> tuple[list[int], list[bool]]:
+    """Turn one reading-order document into a model-order sequence and its target mask.
+
+    ``order`` picks the concrete order of a bidirectional document (see
+    :func:`document_order`); it must be omitted or equal to ``direction`` otherwise.
+    """
+    direction = Direction.parse(direction)
+    concrete = _resolve_order(direction, order)
+    body = model_order(tokens, concrete)
+    if direction is Direction.BIDIRECTIONAL:
+        seq = [ids.bos, ids.marker(concrete), *body]
+        mask = [False, False] + [True] * len(body)
+    else:
+        seq = [ids.bos, *body]
+        mask = [False] + [True] * len(body)
+    return seq, mask
+
+
+def _resolve_order(direction: Direction, order: Direction | str | None) -> Direction:
+    if direction is Direction.BIDIRECTIONAL:
+        if order is None:
+            raise ValueError("a bidirectional document needs a concrete order")
+        return _concrete(order)
+    if order is not None and Direction.parse(order) is not direction:
+        raise ValueError(f"order {order} conflicts with direction {direction.value}")
+    return direction
+
+
+def prefix_length(direction: Direction | str) -> int:
+    """Number of non-content tokens before a document's body (BOS, and the marker)."""
+    return 2 if Direction.parse(direction) is Direction.BIDIRECTIONAL else 1
+
+
+def read_order_of(seq: Sequence[int], direction: Direction | str, ids: SpecialIds) -> Direction:
+    """The concrete order of a model-order sequence (read from its marker if bidirectional)."""
+    direction = Direction.parse(direction)
+    if direction is not Direction.BIDIRECTIONAL:
+        return direction
+    start = 1 if seq and seq[0] == ids.bos else 0
+    if len(seq) <= start or seq[start] not in (ids.forward, ids.backward):
+        raise ValueError("bidirectional sequence has no direction marker after BOS")
+    return Direction.FORWARD if seq[start] == ids.forward else Direction.BACKWARD
+
+
+def to_reading_order(
+    seq: Sequence[int], direction: Direction | str, ids: SpecialIds
+) -> list[int]:
+    """Return any model-order sequence (with or without its BOS/marker) to reading order.
+
+    The inverse of :func:`encode_document` and :func:`encode_conversation`: BOS and the
+    direction marker are dropped, and backward bodies are reversed. A cropped backward
+    document comes back as the reading-order suffix it kept.
+    """
+    direction = Direction.parse(direction)
+    concrete = read_order_of(seq, direction, ids)
+    start = 1 if seq and seq[0] == ids.bos else 0
+    if direction is Direction.BIDIRECTIONAL:
+        start += 1
+    return model_order(seq[start:], concrete)
+
+
+# --- conversations --------------------------------------------------------------------------
+
+
+class Role(enum.IntEnum):
+    """Whose turn a conversation token belongs to."""
+
+    NONE = 0
+    USER = 1
+    ASSISTANT = 2
+
+
+class Part(enum.IntEnum):
+    """Where in its turn a conversation token sits."""
+
+    CONTENT = 0
+    OPEN = 1  # the turn's start tag in reading order
+    CLOSE = 2  # the turn's end tag in reading order
+
+
+TRAIN_ON = ("assistant", "user", "all")
+
+
+def trained_roles(order: Direction | str, train_on: str | None = None) -> frozenset[Role]:
+    """Roles whose turns carry loss: the turns the model writes in ``order``.
+
+    Forward models write assistant turns; backward models by default write user turns (the
+    person gives the ending, the model writes what came before). ``train_on`` overrides.
+    """
+    if train_on is None:
+        train_on = "assistant" if _concrete(order) is Direction.FORWARD else "user"
+    if train_on not in TRAIN_ON:
+        raise UserError(f"unknown train_on {train_on!r}: choose one of {', '.join(TRAIN_ON)}")
+    if train_on == "all":
+        return frozenset({Role.USER, Role.ASSISTANT})
+    return frozenset({Role.ASSISTANT if train_on == "assistant" else Role.USER})
+
+
+def conversation_mask(
+    roles: Sequence[int], parts: Sequence[int], order: Direction | str, train_on: str | None = None
+) -> list[bool]:
+    """Reading-order target mask of a conversation for a model writing in ``order``.
+
+    A written turn's content counts, plus the tag that ends the turn in the model's order:
+    the closing tag going forward, the opening tag going backward (reversal makes each
+    opening tag the last token the model writes for that turn).
+    """
+    concrete = _concrete(order)
+    roles_on = trained_roles(concrete, train_on)
+    last_tag = Part.CLOSE if concrete is Direction.FORWARD else Part.OPEN
+    return [
+        Role(r) in roles_on and (Part(p) is Part.CONTENT or Part(p) is last_tag)
+        for r, p in zip(roles, parts, strict=True)
+    ]
+
+
+def encode_conversation(
+    tokens: Sequence[int],
+    roles: Sequence[int],
+    parts: Sequence[int],
+    direction: Direction | str,
+    ids: SpecialIds,
+    order: Direction | str | None = None,
+    train_on: str | None = None,
+) -> tuple[list[int], list[bool]]:
+    """Turn a reading-order rendered conversation (no BOS) into model order with its mask.
+
+    The whole token sequence is reversed for backward, so the last turn comes first and each
+    closing tag opens its turn; bidirectional conversations carry the (masked) marker after
+    BOS, like documents.
+    """
+    direction = Direction.parse(direction)
+    concrete = _resolve_order(direction, order)
+    mask = conversation_mask(roles, parts, concrete, train_on)
+    body = model_order(tokens, concrete)
+    body_mask = model_order(mask, concrete)
+    head = [ids.bos, ids.marker(concrete)] if direction is Direction.BIDIRECTIONAL else [ids.bos]
+    return [*head, *body], [False] * len(head) + body_mask
