@@ -16,9 +16,11 @@ bidirectional  ``BOS <|forward|> t1 … tn`` or                   every target b
 Every function here is pure. ``to_reading_order(encode_document(doc, d, ...), d) == doc`` for
 every direction, and the same holds for conversations. Nothing else in backlm reverses tokens.
 
-Masks are per position of the model-order sequence: ``mask[i]`` says whether token ``i`` is a
-training target (i.e. the loss at the position that predicts it counts). Position 0 (BOS) is
-never a target; after packing, ``targets = ids[1:]`` and ``target_mask = mask[1:]``.
+Masks are per position of the model-order sequence: ``mask[i]`` says whether token ``i`` counts
+as a training target when something precedes it. A document's BOS is a target inside a packed
+row (predicting it means predicting where the previous document ends in the model's order);
+the direction marker never is, because the user picks the direction and the model must not be
+trained to guess it. After packing, ``targets = ids[1:]`` and ``target_mask = mask[1:]``.
 """
 
 from __future__ import annotations
@@ -148,10 +150,10 @@ def encode_document(
     body = model_order(tokens, concrete)
     if direction is Direction.BIDIRECTIONAL:
         seq = [ids.bos, ids.marker(concrete), *body]
-        mask = [False, False] + [True] * len(body)
+        mask = [True, False] + [True] * len(body)
     else:
         seq = [ids.bos, *body]
-        mask = [False] + [True] * len(body)
+        mask = [True] * (len(body) + 1)
     return seq, mask
 
 

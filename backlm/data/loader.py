@@ -1,0 +1,306 @@
+"""From parquet shards to direction-correct, BOS-aligned training batches.
+
+Pipeline, per rank: a seeded stream of documents (row groups shuffled per epoch and split
+across ranks, rows shuffled within a row group) → batched tokenization (tiktoken, several
+threads) → per-document order transform (:mod:`backlm.direction`) → best-fit packing into rows
+of ``seq_len + 1`` tokens that each start at a document's BOS.
+
+Best-fit packing: each row takes, over and over, the longest buffered document that still fits
+whole; when none fits, the shortest buffered document is cropped to fill the row (its tail in
+the model's order is dropped, so a cropped backward document keeps its real ending). Forward
+and backward runs with one seed see the same documents in the same order and pack them into the
+same rows; bidirectional documents are one marker token longer, so their crops can differ.
+
+The loader's :meth:`PackedLoader.state_dict` names the stream position and the documents held
+in the packing buffer, so :meth:`PackedLoader.load_state_dict` resumes at the exact next batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from backlm.data.shards import open_shard, read_row_group
+from backlm.direction import IGNORE_INDEX, Direction, SpecialIds, document_order, encode_document
+from backlm.errors import UserError
+
+STATE_VERSION = 1
+
+
+class TokenizerLike(Protocol):
+    """What the loader needs of a tokenizer."""
+
+    special_ids: SpecialIds
+
+    def encode_batch(self, texts: list[str], num_threads: int = ...) -> list[list[int]]: ...
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One packed batch: ``inputs`` and ``targets`` are int64 arrays of shape (B, T)."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+
+    @property
+    def num_targets(self) -> int:
+        """Number of targets that carry loss."""
+        return int((self.targets != IGNORE_INDEX).sum())
+
+
+@dataclass
+class _Doc:
+    key: tuple[int, int, int]  # (epoch, unit position, row): where the stream found it
+    tokens: np.ndarray
+    mask: np.ndarray
+
+
+def doc_id(key: tuple[int, int, int]) -> int:
+    """A stable integer for a stream position (seeds the bidirectional order choice)."""
+    epoch, unit, row = key
+    return ((epoch * 1_000_003 + unit) * 1_000_000_007 + row) & ((1 << 63) - 1)
+
+
+class PackedLoader:
+    """Packed (B, T) batches from parquet shards, in one direction, resumable exactly."""
+
+    def __init__(
+        self,
+        shards: Sequence[Path],
+        tokenizer: TokenizerLike,
+        direction: Direction | str,
+        *,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        mix: float = 0.5,
+        rank: int = 0,
+        world_size: int = 1,
+        docs_per_batch: int = 256,
+        buffer_docs: int = 512,
+        threads: int = 2,
+        loop: bool = True,
+        shuffle: bool = True,
+        track: bool = False,
+    ) -> None:
+        if batch_size < 1 or seq_len < 2:
+            raise UserError("batch size must be at least 1 and sequence length at least 2")
+        if not shards:
+            raise UserError("no shards to read: run `backlm data prepare` first")
+        self.direction = Direction.parse(direction)
+        self.tokenizer = tokenizer
+        self.ids = tokenizer.special_ids
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.seed, self.mix = seed, mix
+        self.rank, self.world_size = rank, world_size
+        self.docs_per_batch, self.buffer_docs = docs_per_batch, max(1, buffer_docs)
+        self.threads, self.loop, self.shuffle = threads, loop, shuffle
+        # With track=True each batch records, per row, (stream key, tokens used, cropped).
+        self.track = track
+        self.provenance: list[list[tuple[tuple[int, int, int], int, bool]]] = []
+        self.shards = [Path(p) for p in shards]
+        self._files = [open_shard(p) for p in self.shards]
+        self._units = [
+            (s, g) for s, pf in enumerate(self._files) for g in range(pf.num_row_groups)
+        ]
+        if not self._units:
+            raise UserError(f"the shards hold no documents: {self.shards[0].parent}")
+        # Fewer row groups than ranks: every rank reads every row group, taking its own rows.
+        self._row_stride = len(self._units) < world_size
+        self._cursor = (0, 0, 0)  # next (epoch, unit position, row) not yet tokenized
+        self._buffer: list[tuple[int, int]] = []  # sorted (length, seq) of buffered docs
+        self._docs: dict[int, _Doc] = {}
+        self._seq = 0
+        self._pending: deque[_Doc] = deque()
+        self._exhausted = False
+        self._row_prov: list[list[tuple[tuple[int, int, int], int, bool]]] = []
+
+    # --- document stream ---------------------------------------------------------------
+
+    def _epoch_units(self, epoch: int) -> list[tuple[int, int]]:
+        units = list(self._units)
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(units)
+        if self._row_stride:
+            return units
+        return units[self.rank :: self.world_size]
+
+    def _unit_rows(self, epoch: int, pos: int) -> tuple[list[str], list[int]]:
+        shard, group = self._epoch_units(epoch)[pos]
+        texts = read_row_group(self._files[shard], group, self.shards[shard])
+        order = list(range(len(texts)))
+        if self.shuffle:
+            random.Random((self.seed * 7919 + epoch) * 1_000_003 + shard * 65_537 + group).shuffle(
+                order
+            )
+        if self._row_stride:
+            order = order[self.rank :: self.world_size]
+        return texts, order
+
+    def _read_ahead(self) -> None:
+        """Tokenize the next ``docs_per_batch`` documents of the stream into ``_pending``."""
+        keys: list[tuple[int, int, int]] = []
+        texts: list[str] = []
+        epoch, pos, row = self._cursor
+        empty_epochs = 0
+        while len(texts) < self.docs_per_batch:
+            units = self._epoch_units(epoch)
+            if pos >= len(units):
+                if not self.loop or empty_epochs > 1:
+                    self._exhausted = True
+                    break
+                epoch, pos, row = epoch + 1, 0, 0
+                empty_epochs += 1
+                continue
+            unit_texts, order = self._unit_rows(epoch, pos)
+            take = order[row : row + self.docs_per_batch - len(texts)]
+            for r_i, r in enumerate(take):
+                keys.append((epoch, pos, row + r_i))
+                texts.append(unit_texts[r])
+            row += len(take)
+            if row >= len(order):
+                pos, row = pos + 1, 0
+            if take:
+                empty_epochs = 0
+        self._cursor = (epoch, pos, row)
+        self._pending.extend(self._encode(keys, texts))
+
+    def _encode(self, keys: list[tuple[int, int, int]], texts: list[str]) -> list[_Doc]:
+        docs = []
+        for key, toks in zip(keys, self.tokenizer.encode_batch(texts, self.threads), strict=True):
+            if not toks:
+                continue  # an empty document would only add a stray BOS
+            order = document_order(self.direction, doc_id(key), self.seed, self.mix)
+            seq, mask = encode_document(toks, self.direction, self.ids, order)
+            docs.append(_Doc(key, np.asarray(seq, dtype=np.int64), np.asarray(mask, dtype=bool)))
+        return docs
+
+    # --- packing ----------------------------------------------------------------------
+
+    def _fill_buffer(self) -> None:
+        while len(self._docs) < self.buffer_docs:
+            if not self._pending:
+                if self._exhausted:
+                    return
+                self._read_ahead()
+                continue
+            self._push(self._pending.popleft())
+
+    def _push(self, doc: _Doc) -> None:
+        bisect.insort(self._buffer, (len(doc.tokens), self._seq))
+        self._docs[self._seq] = doc
+        self._seq += 1
+
+    def _pop(self, index: int) -> _Doc:
+        _, seq = self._buffer.pop(index)
+        return self._docs.pop(seq)
+
+    def _take(self, space: int) -> tuple[_Doc, bool]:
+        """The longest buffered doc that fits in ``space`` (else the shortest, to be cropped)."""
+        i = bisect.bisect_right(self._buffer, (space, float("inf"))) - 1
+        if i >= 0:
+            # Among docs of this length take the one buffered first, so order stays stable.
+            j = bisect.bisect_left(self._buffer, (self._buffer[i][0], -1))
+            return self._pop(j), False
+        return self._pop(0), True
+
+    def _pack_row(self) -> tuple[np.ndarray, np.ndarray] | None:
+        cap = self.seq_len + 1
+        toks, masks, filled, prov = [], [], 0, []
+        while filled < cap:
+            self._fill_buffer()
+            if not self._buffer:
+                break
+            doc, crop = self._take(cap - filled)
+            n = cap - filled if crop else len(doc.tokens)
+            toks.append(doc.tokens[:n])
+            masks.append(doc.mask[:n])
+            filled += n
+            prov.append((doc.key, n, crop and n < len(doc.tokens)))
+        if filled < cap:
+            if not filled:
+                return None
+            # Only the last row of a finite pass is short: pad with ignored targets.
+            toks.append(np.full(cap - filled, self.ids.bos, dtype=np.int64))
+            masks.append(np.zeros(cap - filled, dtype=bool))
+        if self.track:
+            self._row_prov.append(prov)
+        return np.concatenate(toks), np.concatenate(masks)
+
+    def next_batch(self) -> Batch:
+        """The next (B, T) batch; raises StopIteration after a finite (``loop=False``) pass."""
+        rows, self._row_prov = [], []
+        for _ in range(self.batch_size):
+            row = self._pack_row()
+            if row is None:
+                break
+            rows.append(row)
+        if not rows:
+            raise StopIteration
+        self.provenance = self._row_prov
+        toks = np.stack([r[0] for r in rows])
+        masks = np.stack([r[1] for r in rows])
+        inputs = toks[:, :-1].copy()
+        targets = np.where(masks[:, 1:], toks[:, 1:], IGNORE_INDEX)
+        return Batch(inputs, targets)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            try:
+                yield self.next_batch()
+            except StopIteration:
+                return
+
+    # --- exact resume -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able position: the stream cursor of the first document not in the buffer,
+        and the stream keys of the buffered documents in buffering order."""
+        held = [self._docs[s].key for _, s in sorted(self._buffer, key=lambda b: b[1])]
+        first_pending = self._pending[0].key if self._pending else self._cursor
+        return {
+            "version": STATE_VERSION,
+            "direction": self.direction.value,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "cursor": list(first_pending),
+            "exhausted": self._exhausted and not self._pending,
+            "buffer": [list(k) for k in held],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a position saved by :meth:`state_dict` (same shards, seed and direction)."""
+        if state.get("version") != STATE_VERSION:
+            raise UserError("dataloader state has an unknown version; cannot resume exactly")
+        for key in ("direction", "seed", "rank", "world_size"):
+            mine = getattr(self, key)
+            mine = mine.value if isinstance(mine, Direction) else mine
+            if state.get(key) != mine:
+                raise UserError(f"dataloader state was saved with {key}={state.get(key)!r}, "
+                                f"this run has {mine!r}")
+        self._buffer, self._docs, self._seq = [], {}, 0
+        self._pending.clear()
+        self._cursor = tuple(state["cursor"])  # type: ignore[assignment]
+        self._exhausted = bool(state["exhausted"])
+        keys = [tuple(k) for k in state["buffer"]]
+        for doc in self._encode(keys, self.texts_for(keys)):  # type: ignore[arg-type]
+            self._push(doc)
+
+    def texts_for(self, keys: Sequence[tuple[int, int, int]]) -> list[str]:
+        """Source texts of documents named by their stream keys."""
+        units: dict[tuple[int, int], tuple[list[str], list[int]]] = {}
+        out = []
+        for epoch, pos, row in keys:
+            if (epoch, pos) not in units:
+                units[(epoch, pos)] = self._unit_rows(epoch, pos)
+            texts, order = units[(epoch, pos)]
+            out.append(texts[order[row]])
+        return out

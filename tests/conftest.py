@@ -1,0 +1,59 @@
+"""Shared fixtures: a byte-level tokenizer and tiny parquet datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backlm.direction import SpecialIds
+
+
+class ByteTokenizer:
+    """Bytes 0..255 plus the special tokens: fast, exact and dependency-free for tests."""
+
+    special_ids = SpecialIds(
+        bos=256, forward=257, backward=258,
+        user_start=259, user_end=260, assistant_start=261, assistant_end=262,
+    )
+    vocab_size = 263
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+@pytest.fixture
+def byte_tok() -> ByteTokenizer:
+    return ByteTokenizer()
+
+
+def make_docs(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct documents of varied length (some longer than a test row)."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
+    docs = []
+    for i in range(n):
+        k = rng.choice([1, 2, 3, 5, 8, 13, 30])
+        docs.append(f"doc{i}: " + " ".join(rng.choice(words) for _ in range(k)) + ".")
+    return docs
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A dataset folder with 2 train shards (several row groups each) and 1 val shard."""
+    from backlm.data.shards import write_shard
+
+    d = tmp_path / "data" / "tiny"
+    docs = make_docs(600)
+    write_shard(d / "train_00000.parquet", docs[:250], row_group_docs=50)
+    write_shard(d / "train_00001.parquet", docs[250:500], row_group_docs=50)
+    write_shard(d / "val_00000.parquet", docs[500:], row_group_docs=50)
+    return d

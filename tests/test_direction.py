@@ -1,0 +1,163 @@
+"""Property tests for every order transform in backlm.direction."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backlm.direction import (
+    Direction,
+    Part,
+    Role,
+    SpecialIds,
+    conversation_mask,
+    document_order,
+    encode_conversation,
+    encode_document,
+    model_order,
+    read_order_of,
+    to_reading_order,
+    trained_roles,
+)
+from backlm.errors import UserError
+
+IDS = SpecialIds(bos=1000, forward=1001, backward=1002, user_start=1003, user_end=1004,
+                 assistant_start=1005, assistant_end=1006)
+docs = st.lists(st.integers(min_value=0, max_value=999), max_size=200)
+orders = st.sampled_from([Direction.FORWARD, Direction.BACKWARD])
+
+
+@given(docs, orders)
+def test_model_order_is_an_involution(doc, order):
+    assert model_order(model_order(doc, order), order) == doc
+
+
+@given(docs)
+def test_backward_is_reversed_forward(doc):
+    fwd, _ = encode_document(doc, "forward", IDS)
+    bwd, _ = encode_document(doc, "backward", IDS)
+    assert fwd == [IDS.bos, *doc]
+    assert bwd == [IDS.bos, *reversed(doc)]
+
+
+@given(docs, st.sampled_from(["forward", "backward"]))
+def test_document_round_trip_and_bos(doc, direction):
+    seq, mask = encode_document(doc, direction, IDS)
+    assert seq[0] == IDS.bos and seq.count(IDS.bos) == 1
+    assert len(mask) == len(seq) and all(mask)
+    assert to_reading_order(seq, direction, IDS) == doc
+
+
+@given(docs, orders)
+def test_bidirectional_marker_position_and_mask(doc, order):
+    seq, mask = encode_document(doc, "bidirectional", IDS, order=order)
+    assert seq[0] == IDS.bos
+    assert seq[1] == (IDS.forward if order is Direction.FORWARD else IDS.backward)
+    assert mask[1] is False  # the model is never trained to guess the direction
+    assert mask[0] is True and all(mask[2:])
+    assert read_order_of(seq, "bidirectional", IDS) is order
+    assert to_reading_order(seq, "bidirectional", IDS) == doc
+    assert seq[2:] == model_order(doc, order)
+
+
+@given(docs, st.integers(min_value=0, max_value=200))
+def test_cropped_backward_keeps_real_ending(doc, keep):
+    seq, _ = encode_document(doc, "backward", IDS)
+    cropped = seq[: 1 + keep]  # crop the tail in model order
+    back = to_reading_order(cropped, "backward", IDS)
+    assert back == doc[len(doc) - len(back):]
+
+
+def test_bidirectional_needs_an_order():
+    with pytest.raises(ValueError):
+        encode_document([1, 2], "bidirectional", IDS)
+    with pytest.raises(ValueError):
+        encode_document([1, 2], "forward", IDS, order="backward")
+
+
+@settings(max_examples=30)
+@given(st.integers(min_value=0, max_value=2**40), st.floats(min_value=0.0, max_value=1.0))
+def test_document_order_is_deterministic(seed, mix):
+    a = [document_order("bidirectional", i, seed, mix) for i in range(50)]
+    b = [document_order("bidirectional", i, seed, mix) for i in range(50)]
+    assert a == b
+
+
+def test_document_order_mix_ratio():
+    n = 20000
+    for mix in (0.0, 0.25, 0.5, 1.0):
+        back = sum(document_order("bidirectional", i, 7, mix) is Direction.BACKWARD
+                   for i in range(n))
+        assert abs(back / n - mix) < 0.02
+    assert document_order("backward", 3) is Direction.BACKWARD
+    with pytest.raises(UserError):
+        document_order("bidirectional", 0, mix=1.5)
+
+
+def test_unknown_direction_is_a_user_error():
+    with pytest.raises(UserError, match="unknown direction 'sideways'"):
+        Direction.parse("sideways")
+    assert Direction.parse(" Backward ") is Direction.BACKWARD
+
+
+# --- conversations ----------------------------------------------------------------------
+
+@st.composite
+def conversations(draw):
+    """A rendered conversation: (tokens, roles, parts), user first, alternating."""
+    turns = draw(st.integers(min_value=1, max_value=6))
+    tokens, roles, parts = [], [], []
+    for t in range(turns):
+        role = Role.USER if t % 2 == 0 else Role.ASSISTANT
+        start = IDS.user_start if role is Role.USER else IDS.assistant_start
+        end = IDS.user_end if role is Role.USER else IDS.assistant_end
+        body = draw(st.lists(st.integers(min_value=0, max_value=999), max_size=20))
+        tokens += [start, *body, end]
+        roles += [role] * (len(body) + 2)
+        parts += [Part.OPEN] + [Part.CONTENT] * len(body) + [Part.CLOSE]
+    return tokens, roles, parts
+
+
+@given(conversations(), st.sampled_from(["forward", "backward"]))
+def test_conversation_round_trip(conv, direction):
+    tokens, roles, parts = conv
+    seq, mask = encode_conversation(tokens, roles, parts, direction, IDS)
+    assert seq[0] == IDS.bos and mask[0] is False
+    assert to_reading_order(seq, direction, IDS) == tokens
+    assert len(mask) == len(seq)
+
+
+@given(conversations())
+def test_backward_conversation_starts_with_last_turn_closing_tag(conv):
+    tokens, roles, parts = conv
+    seq, _ = encode_conversation(tokens, roles, parts, "backward", IDS)
+    assert seq[1] == tokens[-1] and parts[-1] == Part.CLOSE
+
+
+@given(conversations())
+def test_conversation_masks_follow_the_written_role(conv):
+    tokens, roles, parts = conv
+    fwd = conversation_mask(roles, parts, "forward")
+    bwd = conversation_mask(roles, parts, "backward")
+    for r, p, f, b in zip(roles, parts, fwd, bwd, strict=True):
+        assert f == (r == Role.ASSISTANT and p in (Part.CONTENT, Part.CLOSE))
+        assert b == (r == Role.USER and p in (Part.CONTENT, Part.OPEN))
+    # In model order, the backward mask is the reading-order mask reversed.
+    seq, mask = encode_conversation(tokens, roles, parts, "backward", IDS)
+    assert mask[1:] == list(reversed(bwd))
+
+
+@given(conversations(), orders)
+def test_bidirectional_conversation_has_masked_marker(conv, order):
+    tokens, roles, parts = conv
+    seq, mask = encode_conversation(tokens, roles, parts, "bidirectional", IDS, order=order)
+    assert seq[1] == IDS.marker(order) and mask[:2] == [False, False]
+    assert to_reading_order(seq, "bidirectional", IDS) == tokens
+
+
+def test_train_on_overrides():
+    assert trained_roles("backward", "assistant") == {Role.ASSISTANT}
+    assert trained_roles("forward", "all") == {Role.USER, Role.ASSISTANT}
+    with pytest.raises(UserError):
+        trained_roles("forward", "everyone")
