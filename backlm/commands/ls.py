@@ -1,9 +1,35 @@
-"""Placeholder until implemented."""
+"""``backlm ls``: list experiments."""
 
-from backlm.ui import user_errors
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from backlm.ui import console, user_errors
 
 
 @user_errors
-def ls() -> None:
-    """Not implemented yet."""
-    raise SystemExit(1)
+def ls(
+    experiments: Path = typer.Option(None, "--experiments-dir",
+                                     help="Where experiments live (default ./experiments)."),
+) -> None:
+    """List experiments: id, phase, direction, depth, step, val bpb, status."""
+    from rich.table import Table
+
+    from backlm.experiment import list_rows
+    from backlm.paths import experiments_root
+
+    root = experiments or experiments_root()
+    rows = list_rows(root)
+    if not rows:
+        console.print(f"no experiments in {root}")
+        return
+    table = Table(title=f"experiments in {root}")
+    for col in ("id", "phase", "direction", "depth", "step", "val bpb", "status"):
+        table.add_column(col, justify="right" if col in ("depth", "step", "val bpb") else "left")
+    for r in rows:
+        bpb = f"{r['val_bpb']:.4f}" if isinstance(r["val_bpb"], float) else "-"
+        table.add_row(r["id"], r["phase"], r["direction"], str(r["depth"]), str(r["step"]), bpb,
+                      r["status"])
+    console.print(table)

@@ -1,9 +1,88 @@
-"""Placeholder until implemented."""
+"""``backlm train``: pretrain a GPT forward, backward or bidirectionally (or resume one)."""
 
-from backlm.ui import user_errors
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from backlm.ui import console, user_errors
 
 
 @user_errors
-def train() -> None:
-    """Not implemented yet."""
-    raise SystemExit(1)
+def train(
+    direction: str = typer.Option(None, "--direction", "-d",
+                                  help="forward, backward or bidirectional."),
+    depth: int = typer.Option(None, "--depth", help="Transformer layers (width = 64 × depth)."),
+    config: str = typer.Option(None, "--config", "-c",
+                               help="Preset name or YAML path, e.g. configs/cpu-tiny.yaml."),
+    overrides: list[str] = typer.Option(None, "--set", help="Override a config key: a.b=value."),
+    exp_id: str = typer.Option(None, "--id", help="Experiment id (default: phase_dir_dN_time)."),
+    description: str = typer.Option(None, "--description", help="Free text for metadata."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps to train."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(None, "--seed", help="Seed for data order and init."),
+    resume: str = typer.Option(None, "--resume", help="Continue this experiment (id or tag)."),
+    nproc_per_node: int = typer.Option(None, "--nproc-per-node",
+                                       help="Processes per node (spawns torchrun when > 1)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Nodes taking part (torchrun)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This node's rank (multi-node)."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Rendezvous host."),
+    master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port."),
+    experiments: Path = typer.Option(None, "--experiments-dir",
+                                     help="Where experiments live (default ./experiments)."),
+) -> None:
+    """Train a model; with several GPUs (or --nproc-per-node N) it spawns torchrun."""
+    import os
+
+    from backlm.config import RunConfig, load_config
+    from backlm.errors import UserError
+    from backlm.launch import plan_launch, start
+    from backlm.paths import experiments_root
+
+    root = experiments or experiments_root()
+    cfg = None
+    if resume:
+        if any(v is not None for v in (direction, depth, config, overrides, exp_id, max_steps)):
+            raise UserError("--resume continues an experiment as configured; drop the other "
+                            "training flags")
+    else:
+        flags: dict = {"data": {}, "model": {}, "train": {}}
+        for section, key, value in (
+            ("data", "direction", direction), ("model", "depth", depth),
+            ("train", "max_steps", max_steps), ("train", "device", device),
+            ("train", "seed", seed),
+        ):
+            if value is not None:
+                flags[section][key] = value
+        for key, value in (("id", exp_id), ("description", description)):
+            if value is not None:
+                flags[key] = value
+        cfg = load_config(RunConfig, preset=config, overrides=overrides, flags=flags)
+    import torch
+
+    plan = plan_launch(nproc_per_node, nnodes, cfg.train.device if cfg else "auto",
+                       torch.cuda.device_count(), "LOCAL_RANK" in os.environ, node_rank,
+                       master_addr, master_port)
+    summary = start(cfg, root, resume, plan, display=True)
+    _render(summary)
+    if summary.status not in ("finished",):
+        raise typer.Exit(1)
+
+
+def _render(s) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"run {s.exp_id}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    bpb = f"{s.val_bpb:.4f}" if s.val_bpb is not None else "-"
+    if s.first_val_bpb is not None and s.val_bpb is not None:
+        bpb = f"{s.first_val_bpb:.4f} → {s.val_bpb:.4f}"
+    for k, v in (("status", s.status), ("steps", f"{s.steps:,}"), ("tokens", f"{s.tokens:,}"),
+                 ("val loss", f"{s.val_loss:.4f}" if s.val_loss is not None else "-"),
+                 ("val bpb", bpb), ("tokens/s", f"{s.tokens_per_sec:,.0f}"),
+                 ("MFU", f"{s.mfu:.1%}"), ("wall time", f"{s.wall_seconds:.1f} s"),
+                 ("device", s.device), ("folder", s.path)):
+        table.add_row(k, v)
+    console.print(table)

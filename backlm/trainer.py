@@ -1,0 +1,463 @@
+"""The training loop: ``run(exp_path, resume)`` trains one experiment on one rank.
+
+The same function runs in-process (CPU, one GPU) and in every torchrun worker. It never
+branches on direction: direction only selects the data transform, in the loaders.
+
+Data parallelism: a step's global batch is split into ``streams = total_batch_tokens /
+(device_batch_size * seq_len)`` fixed document streams; rank ``r`` of ``W`` owns streams
+``r*accum .. r*accum+accum-1`` and visits them as its gradient-accumulation micro-steps. The
+global batch therefore does not depend on how many processes share it, so a 2-process run
+reproduces a 1-process run with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backlm import atomic
+from backlm import checkpoint as ckpt
+from backlm.config import RunConfig, load_config
+from backlm.errors import UserError
+from backlm.experiment import Experiment, utcnow
+
+
+@dataclass
+class RunSummary:
+    """What a finished run reports."""
+
+    exp_id: str
+    path: str
+    status: str
+    steps: int
+    tokens: int
+    wall_seconds: float
+    tokens_per_sec: float
+    mfu: float
+    val_loss: float | None
+    val_bpb: float | None
+    first_val_bpb: float | None
+    device: str
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the torchrun process group when launched by torchrun; else one process."""
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get(
+            "BACKLM_DIST_BACKEND", "") != "gloo" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def plan_streams(cfg: RunConfig, world: int) -> tuple[int, int]:
+    """``(streams, accum)``: document streams per step and micro-steps per rank."""
+    rows = cfg.train.device_batch_size * cfg.model.seq_len
+    if cfg.train.total_batch_tokens % rows:
+        raise UserError(
+            f"train.total_batch_tokens ({cfg.train.total_batch_tokens}) must be a multiple of "
+            f"device_batch_size × seq_len ({rows})"
+        )
+    streams = cfg.train.total_batch_tokens // rows
+    if streams % world:
+        raise UserError(f"{streams} micro-batches per step cannot be split over {world} ranks: "
+                        "change train.total_batch_tokens or the number of processes")
+    return streams, streams // world
+
+
+def load_run_config(exp: Experiment) -> RunConfig:
+    """The resolved config an experiment was created with."""
+    path = exp.path / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"experiment {exp.id} has no config.yaml; it cannot be trained")
+    return load_config(RunConfig, preset=str(path))
+
+
+class _Context:
+    """Everything one rank's loop needs, built once."""
+
+    def __init__(self, exp: Experiment, cfg: RunConfig, dist_info: DistInfo) -> None:
+        import torch
+
+        from backlm.data.loader import PackedLoader
+        from backlm.data.shards import list_shards
+        from backlm.hardware import resolve_device
+        from backlm.model import GPT
+        from backlm.optim import build_optimizer
+        from backlm.tokenizer import Tokenizer
+
+        self.exp, self.cfg, self.dist = exp, cfg, dist_info
+        self.dev = resolve_device(cfg.train.device, cfg.train.dtype, dist_info.local_rank)
+        self.device = torch.device(self.dev.device)
+        torch.manual_seed(cfg.train.seed)
+        self.tokenizer = Tokenizer.load(exp.path / "tokenizer")
+        data_dir = Path(self.exp_meta()["data_dir"])
+        self.streams, self.accum = plan_streams(cfg, dist_info.world)
+        shards = list_shards(data_dir, "train")
+        first = dist_info.rank * self.accum
+        self.loaders = [
+            PackedLoader(shards, self.tokenizer, cfg.data.direction,
+                         batch_size=cfg.train.device_batch_size, seq_len=cfg.model.seq_len,
+                         seed=cfg.train.seed, mix=cfg.data.mix, rank=v, world_size=self.streams,
+                         docs_per_batch=cfg.data.docs_per_batch, buffer_docs=cfg.data.buffer_docs,
+                         threads=cfg.data.tokenizer_threads)
+            for v in range(first, first + self.accum)
+        ]
+        self.val_shards = list_shards(data_dir, "val")
+        self.model = GPT(cfg.model).to(self.device)
+        self.raw_model = self.model
+        if dist_info.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.dev.is_cuda else None
+            self.model = DDP(self.model, device_ids=ids)
+        self.opt = build_optimizer(self.raw_model, cfg.optim)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.token_bytes = torch.tensor(self.tokenizer.token_byte_lengths(), dtype=torch.float32,
+                                        device=self.device)
+        self.flops_per_token = self.raw_model.flops_per_token()
+
+    def exp_meta(self) -> dict[str, Any]:
+        return self.exp.metadata()
+
+    def autocast(self):
+        import torch
+
+        if self.dev.dtype == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _rng_state(device_is_cuda: bool) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {
+        "torch": ckpt.encode_bytes(torch.get_rng_state().numpy().tobytes()),
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps(np.random.get_state()[1].tolist()),
+    }
+    if device_is_cuda:
+        state["cuda"] = ckpt.encode_bytes(torch.cuda.get_rng_state().numpy().tobytes())
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device_is_cuda: bool) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(torch.from_numpy(
+        np.frombuffer(ckpt.decode_bytes(state["torch"]), dtype=np.uint8).copy()))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if device_is_cuda and "cuda" in state:
+        torch.cuda.set_rng_state(torch.from_numpy(
+            np.frombuffer(ckpt.decode_bytes(state["cuda"]), dtype=np.uint8).copy()))
+
+
+def _all_reduce_mean(values: list[float], ctx: _Context) -> list[float]:
+    if ctx.dist.world == 1:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return (t / ctx.dist.world).tolist()
+
+
+def evaluate(ctx: _Context, orders: list[tuple[str, str, float]]) -> dict[str, float]:
+    """Validation loss and bits per byte, per concrete order for bidirectional runs.
+
+    ``orders`` lists ``(name, direction, mix)``; each is evaluated on the first
+    ``eval_tokens`` of the val split (split across ranks), and the sums are all-reduced.
+    """
+    import torch
+
+    from backlm.data.loader import PackedLoader
+    from backlm.direction import IGNORE_INDEX
+
+    cfg = ctx.cfg
+    out: dict[str, float] = {}
+    ctx.model.eval()
+    per_rank = max(1, cfg.train.eval_tokens // ctx.dist.world)
+    for name, direction, mix in orders:
+        loader = PackedLoader(ctx.val_shards, ctx.tokenizer, direction,
+                              batch_size=cfg.train.device_batch_size, seq_len=cfg.model.seq_len,
+                              seed=cfg.train.seed, mix=mix, rank=ctx.dist.rank,
+                              world_size=ctx.dist.world, loop=False, shuffle=False,
+                              threads=cfg.data.tokenizer_threads)
+        nats = nbytes = ntok = 0.0
+        seen = 0
+        with torch.no_grad(), ctx.autocast():
+            for batch in loader:
+                x = torch.from_numpy(batch.inputs).to(ctx.device)
+                y = torch.from_numpy(batch.targets).to(ctx.device)
+                loss = ctx.raw_model(x, y, loss_reduction="none").float()
+                valid = y != IGNORE_INDEX
+                tb = ctx.token_bytes[y.clamp(min=0)] * valid
+                counted = tb > 0  # special tokens (BOS) carry no bytes: excluded from bpb
+                nats += float((loss * counted).sum())
+                nbytes += float(tb.sum())
+                ntok += float(counted.sum())
+                seen += batch.inputs.size
+                if seen >= per_rank:
+                    break
+        nats, nbytes, ntok = _all_reduce_mean([nats, nbytes, ntok], ctx)
+        suffix = "" if name == "" else f"_{name}"
+        out[f"val_loss{suffix}"] = nats / max(ntok, 1)
+        out[f"val_bpb{suffix}"] = nats / (math.log(2) * max(nbytes, 1))
+    if len(orders) > 1:
+        out["val_loss"] = sum(out[f"val_loss_{n}"] for n, _, _ in orders) / len(orders)
+        out["val_bpb"] = sum(out[f"val_bpb_{n}"] for n, _, _ in orders) / len(orders)
+    ctx.model.train()
+    return out
+
+
+def eval_orders(direction: str) -> list[tuple[str, str, float]]:
+    """What validation measures: the run's direction, or each marker of a bidirectional run."""
+    if direction == "bidirectional":
+        return [("forward", "bidirectional", 0.0), ("backward", "bidirectional", 1.0)]
+    return [("", direction, 0.0)]
+
+
+def _gather_loader_states(ctx: _Context) -> list[dict[str, Any]]:
+    states = [ld.state_dict() for ld in ctx.loaders]
+    if ctx.dist.world == 1:
+        return states
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * ctx.dist.world
+    dist.all_gather_object(every, states)
+    return [s for rank_states in every for s in rank_states]
+
+
+def _save(ctx: _Context, step: int, tokens: int, evals: dict[str, float]) -> None:
+    states = _gather_loader_states(ctx)  # every rank takes part in the gather
+    if not ctx.dist.main:
+        return
+    cfg = ctx.cfg
+    meta = {
+        "phase": cfg.phase, "direction": cfg.data.direction, "tokens": tokens,
+        "model_config": dict(vars(cfg.model)), "val": evals, "loaders": states,
+        "rng": _rng_state(ctx.dev.is_cuda), "world_size": ctx.dist.world,
+        "saved": utcnow(),
+    }
+    ckpt.save(ctx.exp.checkpoints, step, ctx.raw_model.state_dict(), ctx.opt.state_dict(), meta)
+
+
+def _restore(ctx: _Context) -> tuple[int, int, dict[str, float]]:
+    folder = ckpt.latest(ctx.exp.checkpoints)
+    if folder is None:
+        return 0, 0, {}
+    model_state, optim_state, meta = ckpt.load(folder)
+    ctx.raw_model.load_state_dict(model_state)
+    ctx.opt.load_state_dict(optim_state)
+    states = meta["loaders"]
+    if len(states) != ctx.streams:
+        raise UserError(f"checkpoint has {len(states)} data streams, this run {ctx.streams}: "
+                        "resume with the same batch settings")
+    first = ctx.dist.rank * ctx.accum
+    for loader, state in zip(ctx.loaders, states[first:first + ctx.accum], strict=True):
+        loader.load_state_dict(state)
+    _set_rng_state(meta["rng"], ctx.dev.is_cuda)
+    return int(meta["step"]), int(meta["tokens"]), dict(meta.get("val") or {})
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines written after the checkpoint a resumed run restarts from."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            if json.loads(line).get("step", 0) <= last_step:
+                keep.append(line)
+    atomic.write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+class _Display:
+    """Rich progress on rank 0: step, loss, lr, tokens/s, MFU, ETA."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        self.progress = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        from backlm.ui import console
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=start, stats="")
+
+    def update(self, step: int, stats: str) -> None:
+        if self.progress:
+            self.progress.update(self.task, completed=step, stats=stats)
+
+    def print(self, text: str) -> None:
+        if self.progress:
+            self.progress.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+
+
+def run(exp_path: Path, resume: bool = False, display: bool = True) -> RunSummary:
+    """Train (or continue) the experiment at ``exp_path`` to ``train.max_steps``."""
+    import torch
+
+    from backlm.optim import apply_schedule
+
+    dist_info = init_distributed()
+    exp = Experiment(Path(exp_path))
+    cfg = load_run_config(exp)
+    if cfg.train.device == "cpu" or not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_info.world))
+    ctx = _Context(exp, cfg, dist_info)
+    step, tokens, evals = _restore(ctx) if resume else (0, 0, {})
+    main = dist_info.main
+    metrics_path = exp.path / "metrics.jsonl"
+    if main:
+        _truncate_metrics(metrics_path, step)
+        exp.update_metadata(status="running", pid=os.getpid(), device=ctx.dev.name,
+                            dtype=ctx.dev.dtype, world_size=dist_info.world)
+    orders = eval_orders(cfg.data.direction)
+    first_bpb = None
+    if step == 0:
+        evals = evaluate(ctx, orders)
+        first_bpb = evals["val_bpb"]
+        if main:
+            _log(metrics_path, {"step": 0, **evals})
+    shown = _Display(display and main, cfg.train.max_steps, step)
+    t_start, tokens_run, status = time.perf_counter(), 0, "finished"
+    try:
+        while step < cfg.train.max_steps:
+            t = time.perf_counter()
+            lr = apply_schedule(ctx.opt, step, cfg.train.max_steps, cfg.optim)
+            loss_sum = torch.zeros((), device=ctx.device)
+            for i, loader in enumerate(ctx.loaders):
+                batch = loader.next_batch()
+                x = torch.from_numpy(batch.inputs).to(ctx.device, non_blocking=True)
+                y = torch.from_numpy(batch.targets).to(ctx.device, non_blocking=True)
+                sync = ctx.model.no_sync() if dist_info.world > 1 and i < ctx.accum - 1 \
+                    else contextlib.nullcontext()
+                with sync:
+                    with ctx.autocast():
+                        loss = ctx.forward(x, y)
+                    (loss / ctx.accum).backward()
+                loss_sum += loss.detach()
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(ctx.raw_model.parameters(), clip)
+            ctx.opt.step()
+            ctx.opt.zero_grad(set_to_none=True)
+            step += 1
+            train_loss, grad_norm_v = _all_reduce_mean(
+                [float(loss_sum) / ctx.accum, float(grad_norm)], ctx)
+            dt = time.perf_counter() - t
+            tokens += cfg.train.total_batch_tokens
+            tokens_run += cfg.train.total_batch_tokens
+            tps = cfg.train.total_batch_tokens / dt
+            mfu = ctx.flops_per_token * tps / (ctx.dev.peak_flops * dist_info.world) \
+                if ctx.dev.peak_flops else 0.0
+            if not math.isfinite(train_loss):
+                status = "diverged"
+            record = {"step": step, "loss": train_loss, "lr_mult": lr, "grad_norm": grad_norm_v,
+                      "tokens": tokens, "tokens_per_sec": tps, "mfu": mfu, "dt": dt}
+            if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+                evals = evaluate(ctx, orders)
+                record.update(evals)
+                shown.print(f"step {step:>6} · " + " · ".join(
+                    f"{k} {v:.4f}" for k, v in evals.items()))
+            if main and (step % cfg.train.log_every == 0 or "val_loss" in record):
+                _log(metrics_path, record)
+            shown.update(step, f"loss {train_loss:.3f} · lr×{lr:.2f} · {tps:,.0f} tok/s · "
+                               f"MFU {mfu:.1%}")
+            if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
+                _save(ctx, step, tokens, evals)
+            if status == "diverged":
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        shown.close()
+        wall = time.perf_counter() - t_start
+        if main:
+            final = {"step": step, "tokens": tokens, **evals}
+            exp.update_metadata(status=status, finished=utcnow(), results=final)
+    tps_run = tokens_run / wall if wall > 0 else 0.0
+    mfu_run = ctx.flops_per_token * tps_run / (ctx.dev.peak_flops * dist_info.world) \
+        if ctx.dev.peak_flops else 0.0
+    return RunSummary(
+        exp_id=exp.id, path=str(exp.path), status=status, steps=step, tokens=tokens,
+        wall_seconds=wall, tokens_per_sec=tps_run, mfu=mfu_run,
+        val_loss=evals.get("val_loss"), val_bpb=evals.get("val_bpb"), first_val_bpb=first_bpb,
+        device=ctx.dev.device,
+    )
+
+
+def _log(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def summary_from_metadata(exp: Experiment) -> RunSummary:
+    """A RunSummary rebuilt from metadata.json and metrics.jsonl (after a torchrun spawn)."""
+    meta = exp.metadata()
+    res = meta.get("results") or {}
+    rows = []
+    path = exp.path / "metrics.jsonl"
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "dt" in r]
+    wall = sum(r["dt"] for r in steps)
+    tokens = sum(r["tokens_per_sec"] * r["dt"] for r in steps)
+    first = next((r["val_bpb"] for r in rows if r.get("step") == 0 and "val_bpb" in r), None)
+    return RunSummary(
+        exp_id=exp.id, path=str(exp.path), status=meta.get("status", "?"),
+        steps=int(res.get("step", 0)), tokens=int(res.get("tokens", 0)), wall_seconds=wall,
+        tokens_per_sec=tokens / wall if wall else 0.0,
+        mfu=sum(r["mfu"] for r in steps) / len(steps) if steps else 0.0,
+        val_loss=res.get("val_loss"), val_bpb=res.get("val_bpb"), first_val_bpb=first,
+        device=str(meta.get("device", "?")),
+    )
