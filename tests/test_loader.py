@@ -37,7 +37,7 @@ def test_rows_are_bos_aligned_and_round_trip(tiny_dataset, byte_tok, direction):
             segs = split_docs(row, ids.bos)
             texts = ld.texts_for([k for k, _, _ in prov])
             assert len(segs) == len(prov)
-            for seg, (key, n, cropped), text in zip(segs, prov, texts, strict=True):
+            for seg, (_key, n, cropped), text in zip(segs, prov, texts, strict=True):
                 back = to_reading_order(seg[:n], direction, ids)
                 full = byte_tok.encode(text)
                 if cropped:

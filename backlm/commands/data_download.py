@@ -1,9 +1,103 @@
-"""Placeholder until implemented."""
+"""``backlm data download``: fetch public pretraining shards into a dataset folder.
 
-from backlm.ui import user_errors
+Task sets (arc, mmlu, gsm8k) will come through a ``--task`` option on this same command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+
+import typer
+
+from backlm.ui import console, user_errors
 
 
 @user_errors
-def download() -> None:
-    """Not implemented yet."""
-    raise SystemExit(1)
+def download(
+    name: str = typer.Argument("fineweb-edu", help="Dataset to fetch, e.g. fineweb-edu."),
+    shards: int = typer.Option(
+        2, "--shards", help="How many shards to fetch; the last --val-shards become val."
+    ),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Folder name under $BACKLM_HOME/data (default: NAME)."
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="Fetch from this mirror instead of the dataset's home URL."
+    ),
+    val_shards: int = typer.Option(1, "--val-shards", help="Shards kept for validation."),
+    workers: int = typer.Option(2, "--workers", help="Parallel downloads."),
+) -> None:
+    """Download shards of a public dataset (resumable; rerun to continue or to grow it)."""
+    from backlm.data.download import download_dataset
+    from backlm.paths import dataset_dir
+
+    directory = dataset_dir(_folder_name(dataset or name))
+    with _progress() as bars:
+        summary = download_dataset(
+            name, directory, shards, base_url=base_url, val_shards=val_shards,
+            workers=workers, progress=bars,
+        )
+    _render(summary)
+
+
+def _folder_name(name: str) -> str:
+    from backlm.errors import UserError
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UserError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+class _Bars:
+    """Progress callback: one rich bar per shard, created on its first bytes (thread-safe)."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        with self.lock:
+            if label not in self.tasks:
+                self.tasks[label] = self.progress.add_task(label, total=total)
+        self.progress.update(self.tasks[label], completed=done, total=total)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[_Bars]:
+    """A transient rich display with one download bar per shard."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    display = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True,
+    )
+    with display:
+        yield _Bars(display)
+
+
+def _render(summary) -> None:
+    from rich.filesize import decimal
+    from rich.table import Table
+
+    table = Table(title=f"downloaded {summary.name}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("folder", str(summary.directory))
+    table.add_row("shards", f"{len(summary.train)} train + {len(summary.val)} val")
+    table.add_row("fetched now", f"{summary.downloaded} ({decimal(summary.bytes)})")
+    table.add_row("already present", str(summary.skipped))
+    if summary.removed:
+        table.add_row("removed (stale)", str(summary.removed))
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    console.print(table)
