@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from backlm.cli import app
-from backlm.data import download as dl
-from backlm.data.download import download_dataset, download_file, part_path
+from backlm.data.datasets import DATASETS, download_dataset
+from backlm.data.download import download_file, part_path
 from backlm.data.shards import iter_texts, list_shards, write_shard
 from backlm.errors import UserError
 
@@ -324,7 +324,7 @@ def test_refuses_folder_with_foreign_shards(tmp_path, server):
 
 
 def test_registry_urls():
-    source = dl.DATASETS["fineweb-edu"]
+    source = DATASETS["fineweb-edu"]
     assert source.url(3).endswith("/resolve/main/shard_00003.parquet")
     assert source.url(3, "http://mirror/x/") == "http://mirror/x/shard_00003.parquet"
 

@@ -31,7 +31,7 @@ def download(
     workers: int = typer.Option(2, "--workers", help="Parallel downloads."),
 ) -> None:
     """Download shards of a public dataset (resumable; rerun to continue or to grow it)."""
-    from backlm.data.download import download_dataset
+    from backlm.data.datasets import download_dataset
     from backlm.paths import dataset_dir
 
     directory = dataset_dir(_folder_name(dataset or name))
