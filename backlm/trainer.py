@@ -411,6 +411,7 @@ def run(exp_path: Path, resume: bool = False, display: bool = True) -> RunSummar
                                f"MFU {mfu:.1%}")
             if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
                 _save(ctx, step, tokens, evals)
+            _fault_point(step)
             if status == "diverged":
                 break
     except KeyboardInterrupt:
@@ -434,6 +435,19 @@ def run(exp_path: Path, resume: bool = False, display: bool = True) -> RunSummar
         val_loss=evals.get("val_loss"), val_bpb=evals.get("val_bpb"), first_val_bpb=first_bpb,
         device=ctx.dev.device,
     )
+
+
+def _fault_point(step: int) -> None:
+    """Crash-test hook: ``BACKLM_KILL_AT_STEP=N`` SIGKILLs this process after step N.
+
+    Tests use it to kill a run at an exact step between checkpoints (a real SIGKILL: nothing
+    is flushed or cleaned up), then check that resume reproduces the uninterrupted run.
+    """
+    at = os.environ.get("BACKLM_KILL_AT_STEP")
+    if at and int(at) == step:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _log(path: Path, record: dict[str, Any]) -> None:
