@@ -69,6 +69,9 @@ class OptimConfig:
     warmdown_frac: float = 0.2
     final_lr_frac: float = 0.0
     grad_clip: float = 0.0
+    ns_steps: int = 5  # Newton–Schulz iterations in Muon
+    muon_momentum_warmup_steps: int = 0  # 0: constant muon_momentum
+    muon_momentum_start: float = 0.85  # momentum at step 0 when warming up
 
 
 @dataclass
@@ -89,6 +92,55 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    """Research logging: which loggers are on and how often the heavy records are written."""
+
+    hdf5: bool = True
+    jsonl: bool = True
+    wandb: str = "auto"  # auto (offline unless an API key is configured) | online | offline | off
+    wandb_project: str = "backlm"
+    per_token_every: int = 50  # per-token losses / predictions / inputs for a sampled slice
+    per_token_rows: int = 2  # rows of the batch in that slice
+    stats_every: int = 50  # gradient and activation statistics
+    flush_every: int = 10  # steps between HDF5 flushes
+    sample_every: int = 0  # generation samples to notes/ (0: off)
+    sample_tokens: int = 48
+
+
+@dataclass
+class FivecatConfig:
+    """5CAT during training (DESIGN.md §4); thresholds live in configs/fivecat.yaml."""
+
+    every: int = 0  # steps between in-training 5CAT runs (0: off)
+    max_samples: int = 16
+    stop_on_inversion: bool = False
+
+
+@dataclass
+class EarlyStopConfig:
+    """Early stopping, Lightning/Keras conventions; patience counts evaluations."""
+
+    enabled: bool = False
+    monitor: str = "val_bpb"
+    mode: str = "min"  # min | max
+    patience: int = 3
+    min_delta: float = 0.0
+    stopping_threshold: float | None = None  # stop once the monitor is this good
+    divergence_threshold: float | None = None  # stop once the monitor is this bad
+    stop_on_nonfinite: bool = True
+    restore_best: bool = True
+
+
+@dataclass
+class CostConfig:
+    """Money: dollars per GPU-hour (a named preset or an explicit figure)."""
+
+    gpu: str = "auto"  # auto | h100 | a100 | ... (see backlm.cost)
+    usd_per_gpu_hour: float | None = None
+    assumed_mfu: float = 0.4  # for --estimate-only on a GPU with no measurement
+
+
+@dataclass
 class RunConfig:
     """Everything one ``backlm train`` run needs, resolved."""
 
@@ -99,6 +151,10 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    fivecat: FivecatConfig = field(default_factory=FivecatConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
 
 # --- loading --------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backlm import atomic
 from backlm import checkpoint as ckpt
 from backlm.config import RunConfig, load_config
 from backlm.errors import UserError
@@ -99,8 +98,8 @@ def load_run_config(exp: Experiment) -> RunConfig:
     return load_config(RunConfig, preset=str(path))
 
 
-class _Context:
-    """Everything one rank's loop needs, built once."""
+class TrainingRun:
+    """Everything one rank's loop needs, built once; callbacks receive it."""
 
     def __init__(self, exp: Experiment, cfg: RunConfig, dist_info: DistInfo) -> None:
         import torch
@@ -142,6 +141,13 @@ class _Context:
         self.token_bytes = torch.tensor(self.tokenizer.token_byte_lengths(), dtype=torch.float32,
                                         device=self.device)
         self.flops_per_token = self.raw_model.flops_per_token()
+        # Loop state that callbacks read (and, for the last two, set).
+        self.step = 0
+        self.tokens = 0
+        self.last_batch: tuple[Any, Any] | None = None  # last micro-batch (inputs, targets)
+        self.stop_reason: str | None = None
+        self.save_requested = False
+        self.print = print
 
     def exp_meta(self) -> dict[str, Any]:
         return self.exp.metadata()
@@ -181,7 +187,7 @@ def _set_rng_state(state: dict[str, Any], device_is_cuda: bool) -> None:
             np.frombuffer(ckpt.decode_bytes(state["cuda"]), dtype=np.uint8).copy()))
 
 
-def _all_reduce_mean(values: list[float], ctx: _Context) -> list[float]:
+def _all_reduce_mean(values: list[float], ctx: TrainingRun) -> list[float]:
     if ctx.dist.world == 1:
         return values
     import torch
@@ -192,7 +198,7 @@ def _all_reduce_mean(values: list[float], ctx: _Context) -> list[float]:
     return (t / ctx.dist.world).tolist()
 
 
-def evaluate(ctx: _Context, orders: list[tuple[str, str, float]]) -> dict[str, float]:
+def evaluate(ctx: TrainingRun, orders: list[tuple[str, str, float]]) -> dict[str, float]:
     """Validation loss and bits per byte, per concrete order for bidirectional runs.
 
     ``orders`` lists ``(name, direction, mix)``; each is evaluated on the first
@@ -247,7 +253,7 @@ def eval_orders(direction: str) -> list[tuple[str, str, float]]:
     return [("", direction, 0.0)]
 
 
-def _gather_loader_states(ctx: _Context) -> list[dict[str, Any]]:
+def _gather_loader_states(ctx: TrainingRun) -> list[dict[str, Any]]:
     states = [ld.state_dict() for ld in ctx.loaders]
     if ctx.dist.world == 1:
         return states
@@ -258,10 +264,10 @@ def _gather_loader_states(ctx: _Context) -> list[dict[str, Any]]:
     return [s for rank_states in every for s in rank_states]
 
 
-def _save(ctx: _Context, step: int, tokens: int, evals: dict[str, float]) -> None:
+def _save(ctx: TrainingRun, step: int, tokens: int, evals: dict[str, float]) -> Path | None:
     states = _gather_loader_states(ctx)  # every rank takes part in the gather
     if not ctx.dist.main:
-        return
+        return None
     cfg = ctx.cfg
     meta = {
         "phase": cfg.phase, "direction": cfg.data.direction, "tokens": tokens,
@@ -269,10 +275,11 @@ def _save(ctx: _Context, step: int, tokens: int, evals: dict[str, float]) -> Non
         "rng": _rng_state(ctx.dev.is_cuda), "world_size": ctx.dist.world,
         "saved": utcnow(),
     }
-    ckpt.save(ctx.exp.checkpoints, step, ctx.raw_model.state_dict(), ctx.opt.state_dict(), meta)
+    return ckpt.save(ctx.exp.checkpoints, step, ctx.raw_model.state_dict(), ctx.opt.state_dict(),
+                     meta)
 
 
-def _restore(ctx: _Context) -> tuple[int, int, dict[str, float]]:
+def _restore(ctx: TrainingRun) -> tuple[int, int, dict[str, float]]:
     folder = ckpt.latest(ctx.exp.checkpoints)
     if folder is None:
         return 0, 0, {}
@@ -288,18 +295,6 @@ def _restore(ctx: _Context) -> tuple[int, int, dict[str, float]]:
         loader.load_state_dict(state)
     _set_rng_state(meta["rng"], ctx.dev.is_cuda)
     return int(meta["step"]), int(meta["tokens"]), dict(meta.get("val") or {})
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines written after the checkpoint a resumed run restarts from."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
-    atomic.write_text(path, "".join(f"{line}\n" for line in keep))
 
 
 class _Display:
@@ -339,81 +334,97 @@ class _Display:
             self.progress.stop()
 
 
-def run(exp_path: Path, resume: bool = False, display: bool = True) -> RunSummary:
-    """Train (or continue) the experiment at ``exp_path`` to ``train.max_steps``."""
+def _train_step(ctx: TrainingRun, step: int, cbs) -> dict[str, Any]:
+    """One optimizer update over every micro-batch of this rank; returns the step's record."""
     import torch
 
     from backlm.optim import apply_schedule
+
+    cfg, t = ctx.cfg, time.perf_counter()
+    lr = apply_schedule(ctx.opt, step, cfg.train.max_steps, cfg.optim)
+    cbs.on_step_start(ctx, step + 1)
+    loss_sum = torch.zeros((), device=ctx.device)
+    for i, loader in enumerate(ctx.loaders):
+        batch = loader.next_batch()
+        x = torch.from_numpy(batch.inputs).to(ctx.device, non_blocking=True)
+        y = torch.from_numpy(batch.targets).to(ctx.device, non_blocking=True)
+        last = i == ctx.accum - 1
+        sync = ctx.model.no_sync() if ctx.dist.world > 1 and not last else contextlib.nullcontext()
+        with sync:
+            with ctx.autocast():
+                loss = ctx.forward(x, y)
+            (loss / ctx.accum).backward()
+        loss_sum += loss.detach()
+        ctx.last_batch = (x, y)
+    cbs.on_after_backward(ctx, step + 1)
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(ctx.raw_model.parameters(), clip)
+    ctx.opt.step()
+    ctx.opt.zero_grad(set_to_none=True)
+    train_loss, grad_norm_v = _all_reduce_mean([float(loss_sum) / ctx.accum, float(grad_norm)],
+                                               ctx)
+    dt = time.perf_counter() - t
+    tps = cfg.train.total_batch_tokens / dt
+    peak = ctx.dev.peak_flops * ctx.dist.world
+    return {"loss": train_loss, "lr_mult": lr, "grad_norm": grad_norm_v,
+            "tokens": ctx.tokens + cfg.train.total_batch_tokens, "tokens_per_sec": tps,
+            "mfu": ctx.flops_per_token * tps / peak if peak else 0.0, "dt": dt}
+
+
+def run(exp_path: Path, resume: bool = False, display: bool = True,
+        factories: list[str] | None = None) -> RunSummary:
+    """Train (or continue) the experiment at ``exp_path`` to ``train.max_steps``."""
+    import torch
+
+    from backlm import callbacks
 
     dist_info = init_distributed()
     exp = Experiment(Path(exp_path))
     cfg = load_run_config(exp)
     if cfg.train.device == "cpu" or not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_info.world))
-    ctx = _Context(exp, cfg, dist_info)
-    step, tokens, evals = _restore(ctx) if resume else (0, 0, {})
-    main = dist_info.main
-    metrics_path = exp.path / "metrics.jsonl"
-    if main:
-        _truncate_metrics(metrics_path, step)
+    ctx = TrainingRun(exp, cfg, dist_info)
+    ctx.step, ctx.tokens, evals = _restore(ctx) if resume else (0, 0, {})
+    if dist_info.main:
         exp.update_metadata(status="running", pid=os.getpid(), device=ctx.dev.name,
                             dtype=ctx.dev.dtype, world_size=dist_info.world)
+    shown = _Display(display and dist_info.main, cfg.train.max_steps, ctx.step)
+    ctx.print = shown.print
+    cbs = callbacks.CallbackList(callbacks.build(ctx, factories))
     orders = eval_orders(cfg.data.direction)
-    first_bpb = None
-    if step == 0:
-        evals = evaluate(ctx, orders)
-        first_bpb = evals["val_bpb"]
-        if main:
-            _log(metrics_path, {"step": 0, **evals})
-    shown = _Display(display and main, cfg.train.max_steps, step)
-    t_start, tokens_run, status = time.perf_counter(), 0, "finished"
+    t_start, start_tokens, status, first_bpb = time.perf_counter(), ctx.tokens, "finished", None
     try:
-        while step < cfg.train.max_steps:
-            t = time.perf_counter()
-            lr = apply_schedule(ctx.opt, step, cfg.train.max_steps, cfg.optim)
-            loss_sum = torch.zeros((), device=ctx.device)
-            for i, loader in enumerate(ctx.loaders):
-                batch = loader.next_batch()
-                x = torch.from_numpy(batch.inputs).to(ctx.device, non_blocking=True)
-                y = torch.from_numpy(batch.targets).to(ctx.device, non_blocking=True)
-                sync = ctx.model.no_sync() if dist_info.world > 1 and i < ctx.accum - 1 \
-                    else contextlib.nullcontext()
-                with sync:
-                    with ctx.autocast():
-                        loss = ctx.forward(x, y)
-                    (loss / ctx.accum).backward()
-                loss_sum += loss.detach()
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(ctx.raw_model.parameters(), clip)
-            ctx.opt.step()
-            ctx.opt.zero_grad(set_to_none=True)
-            step += 1
-            train_loss, grad_norm_v = _all_reduce_mean(
-                [float(loss_sum) / ctx.accum, float(grad_norm)], ctx)
-            dt = time.perf_counter() - t
-            tokens += cfg.train.total_batch_tokens
-            tokens_run += cfg.train.total_batch_tokens
-            tps = cfg.train.total_batch_tokens / dt
-            mfu = ctx.flops_per_token * tps / (ctx.dev.peak_flops * dist_info.world) \
-                if ctx.dev.peak_flops else 0.0
-            if not math.isfinite(train_loss):
-                status = "diverged"
-            record = {"step": step, "loss": train_loss, "lr_mult": lr, "grad_norm": grad_norm_v,
-                      "tokens": tokens, "tokens_per_sec": tps, "mfu": mfu, "dt": dt}
-            if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+        cbs.on_train_start(ctx)
+        if ctx.step == 0:
+            evals = evaluate(ctx, orders)
+            first_bpb = evals["val_bpb"]
+            cbs.on_eval(ctx, 0, evals)
+            cbs.on_step_end(ctx, 0, dict(evals))
+        while ctx.step < cfg.train.max_steps and ctx.stop_reason is None:
+            record = _train_step(ctx, ctx.step, cbs)
+            ctx.step += 1
+            ctx.tokens = record["tokens"]
+            step = ctx.step
+            if not math.isfinite(record["loss"]):
+                ctx.stop_reason = "diverged"
+            elif step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
                 evals = evaluate(ctx, orders)
                 record.update(evals)
                 shown.print(f"step {step:>6} · " + " · ".join(
                     f"{k} {v:.4f}" for k, v in evals.items()))
-            if main and (step % cfg.train.log_every == 0 or "val_loss" in record):
-                _log(metrics_path, record)
-            shown.update(step, f"loss {train_loss:.3f} · lr×{lr:.2f} · {tps:,.0f} tok/s · "
-                               f"MFU {mfu:.1%}")
-            if step % cfg.train.save_every == 0 or step == cfg.train.max_steps:
-                _save(ctx, step, tokens, evals)
+                cbs.on_eval(ctx, step, evals)
+            cbs.on_step_end(ctx, step, record)
+            shown.update(step, f"loss {record['loss']:.3f} · lr×{record['lr_mult']:.2f} · "
+                               f"{record['tokens_per_sec']:,.0f} tok/s · MFU {record['mfu']:.1%}")
+            if ctx.stop_reason == "diverged":
+                break  # never checkpoint non-finite weights
+            if (ctx.save_requested or step % cfg.train.save_every == 0
+                    or step == cfg.train.max_steps or ctx.stop_reason):
+                folder = _save(ctx, step, ctx.tokens, evals)
+                ctx.save_requested = False
+                cbs.on_checkpoint(ctx, step, folder)
             _fault_point(step)
-            if status == "diverged":
-                break
+        status = ctx.stop_reason or "finished"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -423,15 +434,16 @@ def run(exp_path: Path, resume: bool = False, display: bool = True) -> RunSummar
     finally:
         shown.close()
         wall = time.perf_counter() - t_start
-        if main:
-            final = {"step": step, "tokens": tokens, **evals}
+        cbs.on_train_end(ctx, status)
+        if dist_info.main:
+            final = {"step": ctx.step, "tokens": ctx.tokens, **evals}
             exp.update_metadata(status=status, finished=utcnow(), results=final)
-    tps_run = tokens_run / wall if wall > 0 else 0.0
-    mfu_run = ctx.flops_per_token * tps_run / (ctx.dev.peak_flops * dist_info.world) \
-        if ctx.dev.peak_flops else 0.0
+    tps_run = (ctx.tokens - start_tokens) / wall if wall > 0 else 0.0
+    peak = ctx.dev.peak_flops * dist_info.world
     return RunSummary(
-        exp_id=exp.id, path=str(exp.path), status=status, steps=step, tokens=tokens,
-        wall_seconds=wall, tokens_per_sec=tps_run, mfu=mfu_run,
+        exp_id=exp.id, path=str(exp.path), status=status, steps=ctx.step, tokens=ctx.tokens,
+        wall_seconds=wall, tokens_per_sec=tps_run,
+        mfu=ctx.flops_per_token * tps_run / peak if peak else 0.0,
         val_loss=evals.get("val_loss"), val_bpb=evals.get("val_bpb"), first_val_bpb=first_bpb,
         device=ctx.dev.device,
     )
@@ -450,19 +462,13 @@ def _fault_point(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def summary_from_metadata(exp: Experiment) -> RunSummary:
     """A RunSummary rebuilt from metadata.json and metrics.jsonl (after a torchrun spawn)."""
     meta = exp.metadata()
     res = meta.get("results") or {}
-    rows = []
-    path = exp.path / "metrics.jsonl"
-    if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from backlm.logs.jsonl import read
+
+    rows = read(exp.path / "metrics.jsonl")
     steps = [r for r in rows if "dt" in r]
     wall = sum(r["dt"] for r in steps)
     tokens = sum(r["tokens_per_sec"] * r["dt"] for r in steps)

@@ -1,9 +1,72 @@
-"""Placeholder until implemented."""
+"""``backlm data prepare``: build the embedded docstring corpus, no network needed."""
 
-from backlm.ui import user_errors
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import typer
+
+from backlm.ui import console, user_errors
+
+if TYPE_CHECKING:
+    from backlm.data.corpus import PrepareSummary
+
+_STAGES = {
+    "scan": "finding .py files",
+    "extract": "reading docstrings",
+    "write": "writing shards",
+    "tokenizer": "training tokenizer",
+    "count": "counting tokens",
+}
 
 
 @user_errors
-def prepare() -> None:
-    """Not implemented yet."""
-    raise SystemExit(1)
+def prepare(
+    dataset: str = typer.Option("pydocs", help="Dataset name (folder under $BACKLM_HOME/data)."),
+    vocab_size: int = typer.Option(8192, help="Tokenizer vocabulary, special tokens included."),
+    workers: int = typer.Option(2, min=1, help="Processes reading source files."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the dataset exists."),
+) -> None:
+    """Build train/val/ood shards and a tokenizer from the local Python's docstrings."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from backlm.data.corpus import prepare_corpus
+    from backlm.paths import dataset_dir
+
+    target = dataset_dir(dataset)
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=_STAGES.get(stage, stage), completed=done,
+                       total=total or None)
+
+        summary = prepare_corpus(
+            target, vocab_size=vocab_size, workers=workers, force=force, progress=progress
+        )
+    if summary.existed:
+        console.print(f"dataset [bold]{dataset}[/] already exists at {target}: nothing to do "
+                      "(use --force to rebuild it)")
+    _print_summary(summary)
+
+
+def _print_summary(summary: PrepareSummary) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"dataset {summary.path.name}")
+    for col in ("split", "documents", "characters", "tokens", "shards"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for name, s in summary.splits.items():
+        table.add_row(name, f"{s.documents:,}", f"{s.characters:,}", f"{s.tokens:,}",
+                      str(s.shards))
+    console.print(table)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    details = [f"path: {summary.path}"]
+    if summary.vocab_size:
+        details.append(f"vocab size: {summary.vocab_size:,}")
+    if not summary.existed:
+        details.append(f"{summary.files:,} source files, {summary.bytes / 1e6:.1f} MB of text "
+                       f"in {summary.seconds:.0f} s")
+    console.print("  ".join(details), highlight=False)

@@ -1,0 +1,443 @@
+"""The embedded default corpus: docstrings of the local Python installation (DESIGN.md §6).
+
+``backlm data prepare`` needs no network: the standard library and the installed packages
+(torch, numpy, matplotlib, ... are dependencies) hold tens of megabytes of English technical
+prose in their docstrings. Nothing is imported: sources are read as text and every docstring
+is confirmed by :mod:`ast`. The interpreter's help topics (``pydoc_data/topics.py``) are the
+out-of-distribution set.
+
+Parsing every file whole costs minutes on two cores (torch alone is ~60 MB of source), so a
+regular expression finds the strings that open a ``def``/``class`` body and only the short
+snippet from the header to the end of that string goes through :func:`ast.parse`. On the
+standard library this yields the same docstrings as walking each module's full tree.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import site
+import sys
+import sysconfig
+import time
+import tokenize
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from backlm.errors import UserError
+
+Progress = Callable[[str, int, int], None]
+
+MIN_CHARS = 64  # shorter docstrings are mostly one-line labels ("Return self.")
+MAX_FILE_BYTES = 4 * 1024 * 1024  # larger .py files are generated tables, not prose
+VAL_PER_MILLE = 10  # ~1% of documents go to val
+SKIP_DIRS = {"test", "tests", "__pycache__", "site-packages", "dist-packages", "node_modules"}
+SUMMARY_FILE = "prepare.json"
+_HEADER_LOOKBACK = 80  # lines between a def/class keyword and its body (long signatures)
+
+# --- docstrings from source text -------------------------------------------------------------
+
+_BLANK_LINES = r"(?:[ \t]*(?:#[^\n]*)?\n)*"
+# A line ending in ':' then (after blank/comment lines) an indented string: a candidate body
+# docstring. Group 1 is the body indentation, group 2 the quote.
+_BODY_STRING = re.compile(
+    r":[ \t]*(?:#[^\n]*)?\n" + _BLANK_LINES + r"([ \t]+)[rRuU]?(\"\"\"|'''|\"|')"
+)
+_MODULE_STRING = re.compile(r"\A" + _BLANK_LINES + r"[rRuU]?(\"\"\"|'''|\"|')")
+_STRING_REST = {
+    '"""': re.compile(r'[^"\\]*(?:(?:\\[\s\S]|"(?!""))[^"\\]*)*"""'),
+    "'''": re.compile(r"[^'\\]*(?:(?:\\[\s\S]|'(?!''))[^'\\]*)*'''"),
+    '"': re.compile(r'[^"\\\n]*(?:\\[\s\S][^"\\\n]*)*"'),
+    "'": re.compile(r"[^'\\\n]*(?:\\[\s\S][^'\\\n]*)*'"),
+}
+_HEADER = re.compile(r"([ \t]*)(?:async[ \t]+def|def|class)[ \t]+\w")
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
+
+
+def docstrings(text: str, min_chars: int = MIN_CHARS) -> list[str]:
+    """Cleaned docstrings (module, class, function) of Python source ``text``, in order.
+
+    Only docstrings of at least ``min_chars`` characters after :func:`inspect.cleandoc` are
+    kept. Each is confirmed by parsing the snippet from its ``def``/``class`` line to its end;
+    a candidate whose snippet does not parse is skipped.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    found: list[str] = []
+    head = _MODULE_STRING.match(text)
+    if head:
+        end = _string_end(text, head.group(1), head.end())
+        if end - head.end() >= min_chars:
+            doc = _snippet_docstring(text[:end], module=True)
+            if doc is not None and len(doc) >= min_chars:
+                found.append(doc)
+    for m in _BODY_STRING.finditer(text):
+        end = _string_end(text, m.group(2), m.end())
+        # A literal is never shorter than its cleaned value: skip short ones before parsing.
+        if end - m.end() < min_chars:
+            continue
+        start, indent = _header_before(text, m.start())
+        if start < 0 or len(indent.expandtabs()) >= len(m.group(1).expandtabs()):
+            continue
+        snippet = text[start:end]
+        # An indented def cannot start a module; an `if 1:` block lets it parse as written.
+        doc = _snippet_docstring("if 1:\n" + snippet if indent else snippet, nested=bool(indent))
+        if doc is not None and len(doc) >= min_chars:
+            found.append(doc)
+    # An escape like "\ud800" in a docstring gives a lone surrogate, which is not UTF-8.
+    return [doc for doc in found if not _SURROGATE.search(doc)]
+
+
+def _string_end(text: str, quote: str, pos: int) -> int:
+    m = _STRING_REST[quote].match(text, pos)
+    return m.end() if m else -1
+
+
+def _header_before(text: str, pos: int) -> tuple[int, str]:
+    """Start and indentation of the nearest def/class line at or above ``pos`` (-1 if none)."""
+    start = text.rfind("\n", 0, pos) + 1
+    for _ in range(_HEADER_LOOKBACK):
+        m = _HEADER.match(text, start)
+        if m:
+            return start, m.group(1)
+        if start == 0:
+            break
+        start = text.rfind("\n", 0, start - 1) + 1
+    return -1, ""
+
+
+def _snippet_docstring(snippet: str, module: bool = False, nested: bool = False) -> str | None:
+    try:
+        tree = ast.parse(snippet)
+    except _PARSE_ERRORS:
+        return None
+    node: ast.AST = tree
+    if not module:
+        body = getattr(tree.body[0], "body", []) if nested else tree.body
+        node = body[0] if body else tree
+        if not isinstance(node, _DEFS):
+            return None
+    # Exactly one statement: the string really opens this body (not a later block's string).
+    if len(getattr(node, "body", ())) != 1:
+        return None
+    return ast.get_docstring(node, clean=True)  # type: ignore[arg-type]
+
+
+def file_docstrings(path: str | Path) -> list[str]:
+    """Docstrings of one ``.py`` file, honouring its coding cookie; unreadable files give []."""
+    try:
+        data = Path(path).read_bytes()
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        return docstrings(data.decode(encoding))
+    except (OSError, SyntaxError, UnicodeDecodeError, LookupError):
+        return []
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+def default_roots() -> list[Path]:
+    """The standard library, then every site-packages folder of this interpreter."""
+    paths = sysconfig.get_paths()
+    candidates = [paths["stdlib"], paths["purelib"], paths["platlib"], *site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        candidates.append(site.getusersitepackages())
+    roots: dict[Path, Path] = {}
+    for c in candidates:
+        if Path(c).is_dir():
+            roots.setdefault(Path(c).resolve(), Path(c))
+    return list(roots.values())
+
+
+def default_ood_source() -> Path:
+    """``pydoc_data/topics.py`` of the standard library."""
+    return Path(sysconfig.get_paths()["stdlib"]) / "pydoc_data" / "topics.py"
+
+
+def source_files(roots: Sequence[Path], max_bytes: int = MAX_FILE_BYTES) -> list[Path]:
+    """Every ``.py`` file under ``roots`` in a fixed order (roots in turn, sorted walks).
+
+    Test folders, caches and nested site-packages are skipped (the latter are roots of their
+    own); a file reached twice (symlinks, overlapping roots) is listed once.
+    """
+    files: list[Path] = []
+    seen: set[str] = set()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(
+                d for d in dirnames
+                if d not in SKIP_DIRS and not d.endswith((".dist-info", ".egg-info"))
+            )
+            for name in sorted(filenames):
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path)
+                try:
+                    if real in seen or os.path.getsize(real) > max_bytes:
+                        continue
+                except OSError:
+                    continue
+                seen.add(real)
+                files.append(Path(path))
+    return files
+
+
+def extract_docs(
+    files: Sequence[Path], workers: int = 2, progress: Progress | None = None
+) -> list[str]:
+    """Unique docstrings of ``files`` in file order (the first copy of a repeat wins)."""
+    docs: list[str] = []
+    seen: set[bytes] = set()
+    total = len(files)
+
+    def take(i: int, found: list[str]) -> None:
+        for doc in found:
+            key = _digest(doc)
+            if key not in seen:
+                seen.add(key)
+                docs.append(doc)
+        if progress and (i % 256 == 0 or i == total):
+            progress("extract", i, total)
+
+    if workers <= 1 or total < 2:
+        for i, path in enumerate(files, 1):
+            take(i, file_docstrings(path))
+        return docs
+    import multiprocessing
+
+    with multiprocessing.Pool(workers) as pool:
+        # imap keeps file order, so the result does not depend on the number of workers.
+        results = pool.imap(file_docstrings, [str(p) for p in files], chunksize=32)
+        for i, found in enumerate(results, 1):
+            take(i, found)
+    return docs
+
+
+def ood_docs(path: Path) -> list[str]:
+    """One document per help topic of a ``pydoc_data/topics.py`` (read with ast)."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, *_PARSE_ERRORS) as exc:
+        raise UserError(f"cannot read help topics {path}: {exc}".splitlines()[0]) from None
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "topics" for t in node.targets)
+        ):
+            try:
+                topics = ast.literal_eval(node.value)
+            except ValueError:
+                break
+            if isinstance(topics, dict):
+                texts = (v.strip() for v in topics.values() if isinstance(v, str))
+                return list(dict.fromkeys(t for t in texts if t))
+    raise UserError(f"{path} has no `topics = {{...}}` mapping of help topics")
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def split_docs(docs: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Deterministic (train, val) split by a hash of each document's text.
+
+    About 1% goes to val (at least one document when there are two or more). Each split is
+    ordered by a second slice of the hash: a fixed shuffle, so a stream read from the start
+    mixes packages instead of walking them alphabetically.
+    """
+    train: list[tuple[bytes, str]] = []
+    val: list[tuple[bytes, str]] = []
+    for doc in docs:
+        key = _digest(doc)
+        is_val = int.from_bytes(key[:8], "big") % 1000 < VAL_PER_MILLE
+        (val if is_val else train).append((key, doc))
+    if not val and len(train) >= 2:
+        pick = min(range(len(train)), key=lambda i: train[i][0])
+        val.append(train.pop(pick))
+    def shuffled(pairs: list[tuple[bytes, str]]) -> list[str]:
+        return [d for _, d in sorted(pairs, key=lambda kd: kd[0][8:])]
+
+    return shuffled(train), shuffled(val)
+
+
+# --- prepare --------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitStats:
+    """Size of one split of a prepared dataset."""
+
+    documents: int = 0
+    characters: int = 0
+    bytes: int = 0  # UTF-8
+    tokens: int = 0
+    shards: int = 0
+
+
+@dataclass
+class PrepareSummary:
+    """What ``prepare_corpus`` built (or found already built, with ``existed``)."""
+
+    path: Path
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    vocab_size: int = 0
+    files: int = 0  # source files scanned
+    seconds: float = 0.0
+    existed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        """UTF-8 bytes over every split."""
+        return sum(s.bytes for s in self.splits.values())
+
+
+def prepare_corpus(
+    dataset_dir: Path,
+    vocab_size: int = 8192,
+    workers: int = 2,
+    force: bool = False,
+    progress: Progress | None = None,
+    roots: list[Path] | None = None,
+    ood_source: Path | None = None,
+) -> PrepareSummary:
+    """Build the docstring dataset in ``dataset_dir``: shards, tokenizer and token counts.
+
+    Everything is written to a hidden sibling folder first and renamed into place at the
+    end, so an interrupted run leaves no half-built dataset. An existing (non-empty) dataset
+    is left alone unless ``force``.
+    """
+    from backlm.tokenizer import check_vocab_size
+
+    check_vocab_size(vocab_size)  # fail now, not after a minute of reading files
+    dataset_dir = Path(dataset_dir)
+    _remove_stale_partials(dataset_dir)
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise UserError(f"{dataset_dir} exists and is not a folder: remove it or pick another name")
+    if dataset_dir.is_dir() and any(dataset_dir.iterdir()) and not force:
+        return _existing_summary(dataset_dir)
+    t0 = time.monotonic()
+    tmp = dataset_dir.parent / f".{dataset_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        summary = PrepareSummary(path=dataset_dir)
+        report = progress or (lambda stage, done, total: None)
+        _build(tmp, summary, vocab_size, workers, report, roots, ood_source)
+        summary.seconds = time.monotonic() - t0
+        _write_summary(tmp, summary)
+        _swap_into_place(tmp, dataset_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _build(
+    tmp: Path, summary: PrepareSummary, vocab_size: int, workers: int, report: Progress,
+    roots: list[Path] | None, ood_source: Path | None,
+) -> None:
+    from backlm.data.shards import ShardWriter
+    from backlm.tokenizer import dataset_tokenizer
+
+    report("scan", 0, 0)
+    files = source_files(roots if roots is not None else default_roots())
+    summary.files = len(files)
+    docs = extract_docs(files, workers, report)
+    if not docs:
+        raise UserError("found no docstrings to build a corpus from (no .py sources found)")
+    train, val = split_docs(docs)
+    source = ood_source or default_ood_source()
+    if ood_source is None and not source.is_file():
+        ood: list[str] = []
+        summary.notes.append(f"no help topics at {source}: the ood split is empty")
+    else:
+        ood = ood_docs(source)
+    splits = {"train": train, "val": val, "ood": ood}
+    for i, (name, texts) in enumerate(splits.items()):
+        report("write", i, len(splits))
+        writer = ShardWriter(tmp, name)
+        writer.extend(texts)
+        summary.splits[name] = SplitStats(
+            documents=writer.docs,
+            characters=writer.chars,
+            bytes=sum(len(t.encode("utf-8")) for t in texts),
+            shards=len(writer.close()),
+        )
+    report("tokenizer", 0, 1)
+    tokenizer = dataset_tokenizer(tmp, vocab_size)
+    summary.vocab_size = tokenizer.vocab_size
+    report("tokenizer", 1, 1)
+    total, done = sum(len(t) for t in splits.values()), 0
+    for name, texts in splits.items():
+        for lo in range(0, len(texts), 2048):
+            batch = texts[lo : lo + 2048]
+            ids = tokenizer.encode_batch(batch, num_threads=max(1, workers))
+            summary.splits[name].tokens += sum(len(x) for x in ids)
+            done += len(batch)
+            report("count", done, total)
+
+
+def _write_summary(directory: Path, summary: PrepareSummary) -> None:
+    from backlm.atomic import write_json
+
+    data = asdict(summary)
+    data["path"] = str(summary.path)
+    data["source"] = "python docstrings"
+    data["python"] = sys.version.split()[0]
+    write_json(directory / SUMMARY_FILE, data)
+
+
+def _existing_summary(dataset_dir: Path) -> PrepareSummary:
+    summary = PrepareSummary(path=dataset_dir, existed=True)
+    try:
+        data = json.loads((dataset_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        summary.splits = {k: SplitStats(**v) for k, v in data["splits"].items()}
+        summary.vocab_size = int(data.get("vocab_size", 0))
+        summary.files = int(data.get("files", 0))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        # Not built by prepare (imported or downloaded): report what the shards show.
+        for split in ("train", "val", "ood"):
+            shards = sorted(dataset_dir.glob(f"{split}_*.parquet"))
+            if shards:
+                summary.splits[split] = SplitStats(shards=len(shards))
+        summary.notes.append(f"{dataset_dir} was not built by `backlm data prepare`")
+    return summary
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if old.exists():
+            os.replace(old, final)  # put the previous dataset back rather than lose it
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_partials(final: Path) -> None:
+    """Delete partial builds left by prepare runs that were killed (their pid is gone)."""
+    if not final.parent.is_dir():
+        return
+    for path in sorted(final.parent.glob(f".{final.name}.*-*")):
+        kind, _, pid = path.name[len(final.name) + 2 :].partition("-")
+        try:
+            os.kill(int(pid), 0)  # signal 0 only checks that the process exists
+        except ProcessLookupError:
+            if kind == "old" and not final.exists():
+                os.replace(path, final)  # killed mid-swap: the previous dataset comes back
+            elif kind in ("old", "partial"):
+                shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, OSError):
+            pass  # not a pid, or a live process of another user: leave it

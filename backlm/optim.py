@@ -1,0 +1,219 @@
+"""Optimizers and learning-rate schedule (DESIGN.md §5).
+
+Muon (momentum, then Newton–Schulz orthogonalisation of the update) for hidden matrices; AdamW
+for the embedding, the head and any scalars, with nanochat's ``(model_dim / 768) ** -0.5``
+scaling of the AdamW learning rates. Everything is single-process: under DDP the gradients are
+already all-reduced when ``step()`` runs, so every rank applies the same update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from backlm.config import OptimConfig
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton–Schulz, Keller Jordan's tuned values
+
+
+def orthogonalize(g: Tensor, steps: int = 5) -> Tensor:
+    """Approximately replace ``g`` (``(..., m, n)``) by the nearest semi-orthogonal matrix.
+
+    Quintic Newton–Schulz in bf16 on GPU (its tensor cores make it nearly free there) and
+    fp32 on CPU (where bf16 matmuls are emulated and slower). Leading dims are a batch.
+    """
+    a, b, c = NS_COEFFS
+    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # work on the wide orientation: the Gram matrix is then the small one
+        x = x.mT
+    x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + 1e-7)
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    for _ in range(steps):
+        gram = x @ x.mT
+        # b·A + c·A² and a·X + B·X as fused baddbmm: no separate elementwise passes
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, poly, x, beta=a)
+    x = x.view(*g.shape[:-2], *x.shape[-2:]) if g.ndim > 2 else x.squeeze(0)
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton–Schulz, for parameters with ≥ 2 dimensions.
+
+    Leading dimensions are treated as a batch of matrices (a ``(3, C, C)`` qkv weight is three
+    matrices). Matrices of the same shape, up to transposition, are orthogonalised in one
+    batched call. The update is scaled by ``max(1, rows / cols) ** 0.5``; weight decay is
+    decoupled (``p *= 1 - lr · wd``).
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+                 ns_steps: int = 5, weight_decay: float = 0.0):
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"Muon takes matrices, got a parameter of shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D401 - torch signature
+        """One update of every parameter that has a gradient."""
+        loss = closure() if closure is not None else None
+        buckets: dict[tuple, list[tuple[Tensor, dict[str, Any], Tensor]]] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                upd = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                m, n = p.shape[-2:]
+                upd = upd.reshape(-1, m, n)
+                if m > n:  # orient every member of a bucket the same way
+                    upd = upd.mT
+                key = (tuple(upd.shape[-2:]), upd.dtype, upd.device, group["ns_steps"])
+                buckets.setdefault(key, []).append((p, group, upd))
+        for (_, _, _, steps), items in buckets.items():
+            sizes = [u.size(0) for _, _, u in items]
+            ortho = orthogonalize(torch.cat([u for _, _, u in items]), steps)
+            for (p, group, _), o in zip(items, ortho.split(sizes), strict=True):
+                m, n = p.shape[-2:]
+                if m > n:
+                    o = o.mT
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                scale = max(1.0, m / n) ** 0.5
+                p.add_(o.reshape(p.shape).to(p.dtype), alpha=-group["lr"] * scale)
+        return loss
+
+
+class Optimizers:
+    """Muon and AdamW behind one ``step`` / ``zero_grad`` / ``state_dict`` interface.
+
+    Every param group carries ``initial_lr`` (its base rate) and ``kind`` (``matrix``,
+    ``embedding``, ``unembedding`` or ``scalar``).
+    """
+
+    def __init__(self, muon: Muon | None, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The underlying torch optimizers."""
+        return [o for o in (self.muon, self.adamw) if o is not None]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """All param groups of both optimizers."""
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        """Apply one update with the gradients in ``.grad``."""
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every gradient."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both optimizers' states (momentum buffers, Adam moments, step counts, lrs)."""
+        return {"muon": self.muon.state_dict() if self.muon else None, "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, for an exact resume."""
+        if (state.get("muon") is None) != (self.muon is None):
+            raise ValueError("optimizer state does not match this model (Muon groups differ)")
+        if self.muon is not None:
+            self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP keeps the model in .module, torch.compile in ._orig_mod
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def build_optimizer(model: nn.Module, ocfg: OptimConfig) -> Optimizers:
+    """Muon for ``model.param_groups()["matrix"]``, AdamW for the rest.
+
+    AdamW rates (embedding, unembedding, scalar) are scaled by ``(model_dim / 768) ** -0.5``
+    as in nanochat, so the defaults tuned at width 768 transfer to other widths.
+    """
+    inner = _unwrap(model)
+    groups = inner.param_groups()
+    width = inner.cfg.model_dim
+    scale = (width / 768) ** -0.5
+    adam_groups = [
+        dict(params=groups[kind], lr=lr * scale, initial_lr=lr * scale, kind=kind)
+        for kind, lr in (("embedding", ocfg.embedding_lr), ("unembedding", ocfg.unembedding_lr),
+                         ("scalar", ocfg.scalar_lr))
+        if groups.get(kind)
+    ]
+    params = [p for g in adam_groups for p in g["params"]]
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    adamw = torch.optim.AdamW(adam_groups, betas=tuple(ocfg.adam_betas), eps=1e-10,
+                              weight_decay=ocfg.weight_decay, fused=fused)
+    muon = None
+    if groups.get("matrix"):
+        muon = Muon([dict(params=groups["matrix"], initial_lr=ocfg.matrix_lr, kind="matrix")],
+                    lr=ocfg.matrix_lr, momentum=ocfg.muon_momentum, weight_decay=ocfg.weight_decay,
+                    ns_steps=ocfg.ns_steps)
+    seen = {id(p) for g in (muon.param_groups if muon else []) + adamw.param_groups for p in g["params"]}
+    missing = [n for n, p in inner.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ValueError(f"parameters in no optimizer group: {missing}")
+    return Optimizers(muon, adamw)
+
+
+def lr_multiplier(step: int, max_steps: int, ocfg: OptimConfig) -> float:
+    """Schedule factor for 0-based ``step``: linear warmup, constant, linear warmdown.
+
+    Warmup gives ``(step + 1) / warmup_steps`` (so the first step already moves); warmdown
+    runs over the last ``warmdown_frac · max_steps`` steps and reaches ``final_lr_frac`` at
+    ``step == max_steps``. Where the two overlap the smaller factor wins.
+    """
+    mult = 1.0
+    if ocfg.warmup_steps > 0 and step < ocfg.warmup_steps:
+        mult = (step + 1) / ocfg.warmup_steps
+    warmdown = round(ocfg.warmdown_frac * max_steps)
+    if warmdown > 0 and step > max_steps - warmdown:
+        progress = max(0.0, (max_steps - step) / warmdown)
+        mult = min(mult, progress + (1 - progress) * ocfg.final_lr_frac)
+    return mult
+
+
+def muon_momentum(step: int, ocfg: OptimConfig) -> float:
+    """Muon momentum, ramped linearly from ``muon_momentum_start`` over the warmup steps."""
+    if ocfg.muon_momentum_warmup_steps <= 0:
+        return ocfg.muon_momentum
+    frac = min(step / ocfg.muon_momentum_warmup_steps, 1.0)
+    return (1 - frac) * ocfg.muon_momentum_start + frac * ocfg.muon_momentum
+
+
+def set_lr(optimizers: Optimizers, multiplier: float, momentum: float | None = None) -> None:
+    """Set every group's lr to ``initial_lr · multiplier`` (and Muon momentum if given)."""
+    for group in optimizers.param_groups:
+        group["lr"] = group["initial_lr"] * multiplier
+    if momentum is not None and optimizers.muon is not None:
+        for group in optimizers.muon.param_groups:
+            group["momentum"] = momentum
+
+
+def apply_schedule(optimizers: Optimizers, step: int, max_steps: int, ocfg: OptimConfig) -> float:
+    """Set lr and Muon momentum for ``step``; returns the lr multiplier (for logging)."""
+    mult = lr_multiplier(step, max_steps, ocfg)
+    set_lr(optimizers, mult, muon_momentum(step, ocfg))
+    return mult

@@ -1,0 +1,313 @@
+"""BPE tokenizer: trained with rustbpe, run through tiktoken, stored as plain JSON.
+
+Text is always encoded in reading order (direction is applied to ids later, DESIGN.md §1).
+``encode`` never produces special tokens, even for text that spells one out ("<|bos|>"):
+special ids come only from :mod:`backlm.direction` and :func:`render_conversation`.
+
+On disk a tokenizer is one JSON file, ``<dir>/tokenizer.json``: the split pattern, every
+mergeable token as base64 in rank order, and the special tokens (no pickle, so loading a
+tokenizer never runs code).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from backlm.atomic import write_json
+from backlm.direction import Part, Role, SpecialIds
+from backlm.errors import UserError
+
+SPECIAL_TOKENS = [
+    "<|bos|>",
+    "<|forward|>",
+    "<|backward|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+]
+# GPT-4 style split, with numbers split into runs of at most two digits (as nanochat does):
+# fewer number tokens waste less of a small vocabulary.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT = "backlm-bpe"
+FORMAT_VERSION = 1
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_TRAIN_CHARS = 20_000_000
+_MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+
+class Tokenizer:
+    """A byte-level BPE vocabulary plus backlm's special tokens, wrapping ``tiktoken``."""
+
+    def __init__(self, pattern: str, ranks: Sequence[bytes], specials: dict[str, int]) -> None:
+        import tiktoken
+
+        self.pattern = pattern
+        self.ranks = [bytes(b) for b in ranks]
+        self.specials = dict(specials)
+        missing = [name for name in SPECIAL_TOKENS if name not in self.specials]
+        if missing:
+            raise ValueError(f"tokenizer lacks special tokens: {', '.join(missing)}")
+        mergeable: dict[bytes, int] = {}
+        for rank, token in enumerate(self.ranks):
+            # BPE could in principle reach the same bytes by two merge paths; tiktoken needs
+            # one rank per byte string, so the first (most frequent) merge wins.
+            mergeable.setdefault(token, rank)
+        self._enc = tiktoken.Encoding(
+            name="backlm", pat_str=pattern, mergeable_ranks=mergeable, special_tokens=self.specials
+        )
+        self._byte_lengths: list[int] | None = None
+
+    # --- training and storage ---------------------------------------------------------------
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:
+        """Train a BPE vocabulary of ``vocab_size`` ids in total, special tokens included.
+
+        A corpus too small to supply every merge gives a smaller vocabulary; read the real
+        size from :attr:`vocab_size`.
+        """
+        import rustbpe
+
+        check_vocab_size(vocab_size)
+        bpe = rustbpe.Tokenizer()
+        bpe.train_from_iterator(
+            iter(texts), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN
+        )
+        pairs = sorted((rank, bytes(tok)) for tok, rank in bpe.get_mergeable_ranks())
+        if [rank for rank, _ in pairs] != list(range(len(pairs))):
+            raise RuntimeError("rustbpe returned non-contiguous token ranks")
+        ranks = [tok for _, tok in pairs]
+        specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
+        return cls(bpe.get_pattern(), ranks, specials)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready description :meth:`save` writes."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "vocab_size": self.vocab_size,
+            "pattern": self.pattern,
+            "special_tokens": self.specials,
+            "ranks": [base64.b64encode(tok).decode("ascii") for tok in self.ranks],
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Atomically write ``<directory>/tokenizer.json``; returns its path."""
+        path = Path(directory) / TOKENIZER_FILE
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Tokenizer:
+        """Load a tokenizer folder (or its ``tokenizer.json``); bad files raise UserError."""
+        path = Path(directory)
+        if path.is_dir() or not path.suffix:
+            path = path / TOKENIZER_FILE
+        if not path.is_file():
+            raise UserError(
+                f"no tokenizer at {path}: run `backlm data prepare` (or point to a dataset "
+                "or experiment that has one)"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls._from_dict(data)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"tokenizer file {path} is unreadable ({reason}): rebuild it with "
+                "`backlm data prepare --force`"
+            ) from None
+
+    @classmethod
+    def _from_dict(cls, data: Any) -> Tokenizer:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} tokenizer file")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported tokenizer format version {data.get('version')!r}")
+        pattern, ranks_b64, specials = data["pattern"], data["ranks"], data["special_tokens"]
+        if not (isinstance(pattern, str) and isinstance(ranks_b64, list)
+                and isinstance(specials, dict)):
+            raise ValueError("pattern, ranks or special_tokens has the wrong type")
+        ranks = [base64.b64decode(s, validate=True) for s in ranks_b64]
+        specials = {str(k): int(v) for k, v in specials.items()}
+        if len(ranks) < 256 or sorted(specials.values()) != list(
+            range(len(ranks), len(ranks) + len(specials))
+        ):
+            raise ValueError("token ranks and special ids do not line up")
+        return cls(pattern, ranks, specials)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tokenizer):
+            return NotImplemented
+        return (self.pattern, self.ranks, self.specials) == (
+            other.pattern, other.ranks, other.specials
+        )
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size})"
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    @property
+    def encoding(self) -> Any:
+        """The underlying ``tiktoken.Encoding``."""
+        return self._enc
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (embedding rows a model needs)."""
+        return self._enc.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` in reading order; special-token spellings stay plain text."""
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 2) -> list[list[int]]:
+        """:meth:`encode` for many texts, on ``num_threads`` threads."""
+        return self._enc.encode_ordinary_batch(list(texts), num_threads=max(1, num_threads))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special tokens decode to their names."""
+        return self._enc.decode(list(ids))
+
+    @property
+    def special_ids(self) -> SpecialIds:
+        """The special-token ids :mod:`backlm.direction` works with."""
+        s = self.specials
+        return SpecialIds(
+            bos=s["<|bos|>"],
+            forward=s["<|forward|>"],
+            backward=s["<|backward|>"],
+            user_start=s["<|user_start|>"],
+            user_end=s["<|user_end|>"],
+            assistant_start=s["<|assistant_start|>"],
+            assistant_end=s["<|assistant_end|>"],
+        )
+
+    @property
+    def bos_id(self) -> int:
+        """Id of ``<|bos|>``."""
+        return self.specials["<|bos|>"]
+
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of each id's text (0 for special tokens): the bits-per-byte divisor."""
+        if self._byte_lengths is None:
+            lengths = [0] * self.vocab_size
+            for rank, token in enumerate(self.ranks):
+                lengths[rank] = len(token)
+            self._byte_lengths = lengths
+        return list(self._byte_lengths)
+
+    def id_to_token_str(self, token_id: int) -> str:
+        """Printable text of one id (undecodable byte pieces shown as ``\\xNN``)."""
+        for name, sid in self.specials.items():
+            if sid == token_id:
+                return name
+        if not 0 <= token_id < len(self.ranks):
+            raise IndexError(f"token id {token_id} is outside the vocabulary")
+        return self.ranks[token_id].decode("utf-8", errors="backslashreplace")
+
+    # --- conversations ----------------------------------------------------------------------
+
+    def render_conversation(
+        self, messages: Sequence[dict[str, Any]]
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Render chat ``messages`` in reading order, without BOS.
+
+        Returns ``(ids, roles, parts)``: per token its :class:`~backlm.direction.Role` and
+        :class:`~backlm.direction.Part` (start tag OPEN, text CONTENT, end tag CLOSE). Masks
+        come from :func:`backlm.direction.encode_conversation`. A leading ``system`` message
+        is folded into the first user message; turns must alternate user, assistant, ...
+        """
+        turns = _normalise_messages(messages)
+        sid = self.special_ids
+        tags = {
+            "user": (sid.user_start, sid.user_end, Role.USER),
+            "assistant": (sid.assistant_start, sid.assistant_end, Role.ASSISTANT),
+        }
+        ids: list[int] = []
+        roles: list[int] = []
+        parts: list[int] = []
+        for role_name, content in turns:
+            start, end, role = tags[role_name]
+            body = self.encode(content)
+            ids += [start, *body, end]
+            roles += [int(role)] * (len(body) + 2)
+            parts += [int(Part.OPEN), *[int(Part.CONTENT)] * len(body), int(Part.CLOSE)]
+        return ids, roles, parts
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    """Raise :class:`UserError` unless ``vocab_size`` leaves room for bytes and specials."""
+    if vocab_size < _MIN_VOCAB:
+        raise UserError(
+            f"vocab size must be at least {_MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} "
+            f"special tokens), got {vocab_size}"
+        )
+
+
+def _normalise_messages(messages: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    if not isinstance(messages, Sequence) or not messages:
+        raise UserError("a conversation needs at least one message")
+    turns: list[tuple[str, str]] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise UserError(f"message {i} must be an object with 'role' and 'content'")
+        if not isinstance(msg["content"], str):
+            raise UserError(f"message {i}: 'content' must be a string")
+        turns.append((str(msg["role"]), msg["content"]))
+    if turns[0][0] == "system":
+        if len(turns) < 2 or turns[1][0] != "user":
+            raise UserError("a system message must be followed by a user message")
+        # Nanochat style: the chat format has no system role, so it prefixes the first turn.
+        turns = [("user", f"{turns[0][1]}\n\n{turns[1][1]}"), *turns[2:]]
+    for i, (role, _) in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            raise UserError(
+                f"conversation turn {i} has role {role!r}, expected {expected!r}: turns must "
+                "alternate user, assistant, user, ... (an optional system message first)"
+            )
+    return turns
+
+
+def take_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:
+    """Yield ``texts`` until about ``max_chars`` characters have gone by."""
+    total = 0
+    for text in texts:
+        if total >= max_chars:
+            return
+        total += len(text)
+        yield text
+
+
+def dataset_tokenizer(
+    dataset_dir: str | Path,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    max_chars: int = DEFAULT_TRAIN_CHARS,
+) -> Tokenizer:
+    """The tokenizer of a dataset: loaded from ``<dataset>/tokenizer/`` or trained and saved.
+
+    Training reads the train shards in order, up to ``max_chars`` characters.
+    """
+    from backlm.data.shards import iter_texts, list_shards
+
+    directory = Path(dataset_dir) / TOKENIZER_DIR
+    if (directory / TOKENIZER_FILE).exists():
+        return Tokenizer.load(directory)
+    shards = list_shards(dataset_dir, "train")
+    texts = (text for shard in shards for text in iter_texts(shard))
+    tokenizer = Tokenizer.train(take_chars(texts, max_chars), vocab_size)
+    tokenizer.save(directory)
+    return tokenizer

@@ -1,0 +1,227 @@
+"""Training throughput on CPU: tokens/s and MFU, fp32 against bf16 autocast.
+
+Usage::
+
+    python benchmarks/train_throughput.py [--depth 4] [--head-dim 64] [--seq-len 512]
+        [--batch 8] [--vocab 8192] [--steps 10] [--dtype fp32|bf16|both] [--profile]
+
+One process: (1) one full training step straight away, to time command → first step;
+(2) this machine's matmul peak (large square fp32 matmuls, bf16 too when asked); (3) timed
+training steps (forward + backward + Muon/AdamW step) for each dtype from the same seed, on
+a fixed pool of batches drawn from a random sparse bigram chain, so the loss really falls
+and fp32 and bf16 end losses can be compared. MFU = model FLOPs (``flops_per_token``, which
+counts forward + backward) per second over the measured fp32 peak.
+
+Targets: fp32 MFU ≥ 60 %; bf16 ≥ 1.4× fp32 tokens/s on CPUs with native bf16 (AMX or
+AVX512-BF16); < 15 s from command to first step. The machine is often shared, so timings
+are medians and bests of several steps, and the peak is the best of several matmuls.
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.time()
+
+import argparse  # noqa: E402  (imports after _T0 so their cost counts toward time-to-first-step)
+import os  # noqa: E402
+import statistics  # noqa: E402
+
+
+def process_start() -> float:
+    """Wall-clock time the process started (Linux /proc), else the first line of this file."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _T0
+
+
+def native_bf16() -> bool:
+    """Whether the CPU has bf16 matmul instructions (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def matmul_peak(torch, dtype, sizes=(2048, 3072, 4096), reps=3) -> float:
+    """Best GFLOP/s of square ``torch.mm`` over a few sizes (all threads)."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        c = torch.empty(n, n, dtype=dtype)
+        torch.mm(a, b, out=c)
+        for _ in range(reps):
+            t = time.perf_counter()
+            torch.mm(a, b, out=c)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def bigram_batches(torch, vocab: int, batch: int, seq_len: int, count: int, seed: int):
+    """``count`` (inputs, targets) pairs from a chain where each token has 4 successors."""
+    g = torch.Generator().manual_seed(seed)
+    succ = torch.randint(0, vocab, (vocab, 4), generator=g)
+    out = []
+    for _ in range(count):
+        ids = torch.empty(batch, seq_len + 1, dtype=torch.long)
+        ids[:, 0] = torch.randint(0, vocab, (batch,), generator=g)
+        choice = torch.randint(0, 4, (batch, seq_len), generator=g)
+        for t in range(seq_len):
+            ids[:, t + 1] = succ[ids[:, t], choice[:, t]]
+        out.append((ids[:, :-1].contiguous(), ids[:, 1:].contiguous()))
+    return out
+
+
+class Run:
+    """A model + optimizer from a fixed seed, stepping through the batch pool."""
+
+    def __init__(self, torch, mcfg, ocfg, batches, dtype: str, seed: int):
+        from backlm.model import GPT
+        from backlm.optim import build_optimizer
+
+        torch.manual_seed(seed)
+        self.torch, self.batches, self.dtype, self.i = torch, batches, dtype, 0
+        self.model = GPT(mcfg)
+        self.opt = build_optimizer(self.model, ocfg)
+
+    def step(self) -> float:
+        """One optimizer step; returns the loss."""
+        torch = self.torch
+        x, y = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+            loss = self.model(x, y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+def time_steps(run: Run, warmup: int, steps: int) -> tuple[list[float], float]:
+    """Per-step seconds of ``steps`` steps after ``warmup``; and the final loss."""
+    for _ in range(warmup):
+        run.step()
+    times, loss = [], float("nan")
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = run.step()
+        times.append(time.perf_counter() - t)
+    return times, loss
+
+
+def profile_step(run: Run) -> str:
+    """torch.profiler table (top ops by self time) of one training step."""
+    from torch.profiler import profile
+
+    with profile(record_shapes=True) as prof:
+        run.step()
+    return prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=40, max_shapes_column_width=60
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per dtype")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "both"], default="both")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="print an op profile of an fp32 step")
+    args = parser.parse_args()
+
+    import torch
+
+    from backlm.config import ModelConfig, OptimConfig
+
+    torch.set_num_threads(args.threads)
+    mcfg = ModelConfig(depth=args.depth, head_dim=args.head_dim, vocab_size=args.vocab, seq_len=args.seq_len)
+    ocfg = OptimConfig()
+    dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
+    batches = bigram_batches(torch, args.vocab, args.batch, args.seq_len, 4, args.seed)
+
+    # (1) what a user waits for: interpreter + imports + model + first step
+    runs = {dtypes[0]: Run(torch, mcfg, ocfg, batches, dtypes[0], args.seed)}
+    runs[dtypes[0]].step()
+    first_step_s = time.time() - process_start()
+    runs.update({dt: Run(torch, mcfg, ocfg, batches, dt, args.seed) for dt in dtypes[1:]})
+
+    # (2) the machine's peak
+    peak = {"fp32": matmul_peak(torch, torch.float32)}
+    if "bf16" in dtypes:
+        peak["bf16"] = matmul_peak(torch, torch.bfloat16, reps=2)
+
+    # (3) timed training steps, same seed and batches for every dtype
+    tokens = args.batch * args.seq_len
+    model = runs[dtypes[0]].model
+    flops_tok = model.flops_per_token()
+    results = {}
+    for dt in dtypes:
+        warmup = args.warmup - 1 if dt == dtypes[0] else args.warmup  # first step already ran
+        times, loss = time_steps(runs[dt], max(warmup, 0), args.steps)
+        results[dt] = dict(median=statistics.median(times), best=min(times), loss=loss)
+    peak["fp32"] = max(peak["fp32"], matmul_peak(torch, torch.float32, sizes=(3072,), reps=2))
+
+    report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dtypes)
+    if args.profile:
+        print(profile_step(runs["fp32"] if "fp32" in runs else runs[dtypes[0]]))
+
+
+def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dtypes) -> None:
+    """Print the rich tables: setup, per-dtype throughput, and the targets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"GPT depth {mcfg.depth}, width {mcfg.model_dim}, {mcfg.n_heads} heads × {mcfg.head_dim}, "
+        f"vocab {mcfg.vocab_size}, seq {mcfg.seq_len}, batch {args.batch} ({tokens} tokens/step); "
+        f"{model.num_params() / 1e6:.2f} M params, {flops_tok / 1e6:.1f} MFLOP/token (fwd+bwd); "
+        f"{args.threads} threads; native bf16: {'yes' if native_bf16() else 'no'}"
+    )
+    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
+    console.print(f"matmul peak (best of large square mm): {peaks}")
+    table = Table(title=f"training step: forward + backward + optimizer, {args.steps} timed steps")
+    for col in ("dtype", "step s (median)", "tokens/s (median)", "tokens/s (best)",
+                "GFLOP/s (best)", "MFU vs fp32 peak", f"loss after {args.warmup + args.steps} steps"):
+        table.add_column(col, justify="right")
+    for dt in dtypes:
+        r = results[dt]
+        gflops = flops_tok * tokens / r["best"] / 1e9
+        table.add_row(dt, f"{r['median']:.3f}", f"{tokens / r['median']:,.0f}", f"{tokens / r['best']:,.0f}",
+                      f"{gflops:.1f}", f"{gflops / peak['fp32']:.1%}", f"{r['loss']:.4f}")
+    console.print(table)
+    targets = Table(title="targets")
+    for col in ("target", "measured", "met"):
+        targets.add_column(col)
+    if "fp32" in results:
+        mfu = flops_tok * tokens / results["fp32"]["best"] / 1e9 / peak["fp32"]
+        targets.add_row("fp32 MFU ≥ 60 %", f"{mfu:.1%}", _mark(mfu >= 0.6))
+    if len(dtypes) == 2:
+        ratio = results["fp32"]["median"] / results["bf16"]["median"]
+        note = "" if native_bf16() else " (no native bf16 here: not applicable)"
+        targets.add_row("bf16 ≥ 1.4× fp32 tokens/s", f"{ratio:.2f}×{note}", _mark(ratio >= 1.4))
+        dl = results["bf16"]["loss"] - results["fp32"]["loss"]
+        targets.add_row("bf16 loss ≈ fp32 loss", f"{dl:+.4f}", _mark(abs(dl) < 0.05))
+    targets.add_row("< 15 s command → first step", f"{first_step_s:.1f} s", _mark(first_step_s < 15))
+    console.print(targets)
+
+
+def _mark(ok: bool) -> str:
+    return "[green]yes[/]" if ok else "[red]no[/]"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Muon + AdamW: parameter split, lr scaling, schedule, overfitting, exact resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from backlm.config import ModelConfig, OptimConfig
+from backlm.model import GPT
+from backlm.optim import (
+    apply_schedule,
+    build_optimizer,
+    lr_multiplier,
+    muon_momentum,
+    orthogonalize,
+    set_lr,
+)
+
+CFG = ModelConfig(depth=2, width=64, head_dim=16, vocab_size=256, seq_len=32)
+
+
+def tiny(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(CFG)
+
+
+def fixed_batch(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, CFG.vocab_size, (4, CFG.seq_len + 1), generator=g)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def train(model, opt, batch, steps: int, ocfg: OptimConfig | None = None, start: int = 0, total: int = 0):
+    losses = []
+    for step in range(start, start + steps):
+        if ocfg is not None:
+            apply_schedule(opt, step, total, ocfg)
+        loss = model(*batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_param_split():
+    model = tiny()
+    opt = build_optimizer(model, OptimConfig())
+    muon_params = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    assert id(model.wte.weight) not in muon_params
+    assert id(model.lm_head.weight) not in muon_params
+    for blk in model.blocks:
+        for p in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc, blk.mlp.proj):
+            assert id(p) in muon_params
+    kinds = {g["kind"]: g for g in opt.adamw.param_groups}
+    assert kinds["embedding"]["params"] == [model.wte.weight]
+    assert kinds["unembedding"]["params"] == [model.lm_head.weight]
+    total = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert total == model.num_params()
+
+
+def test_adamw_lrs_scale_with_width():
+    ocfg = OptimConfig()
+    opt = build_optimizer(tiny(), ocfg)
+    scale = (CFG.model_dim / 768) ** -0.5
+    kinds = {g["kind"]: g for g in opt.param_groups}
+    assert kinds["embedding"]["initial_lr"] == pytest.approx(ocfg.embedding_lr * scale)
+    assert kinds["unembedding"]["initial_lr"] == pytest.approx(ocfg.unembedding_lr * scale)
+    assert kinds["matrix"]["initial_lr"] == ocfg.matrix_lr
+
+
+class WithScalar(nn.Module):
+    """A model shape the optimizer must also handle: a learnable scalar, behind a wrapper."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = tiny()
+        self.gain = nn.Parameter(torch.ones(2))
+        self.cfg = self.inner.cfg
+
+    def param_groups(self):
+        groups = self.inner.param_groups()
+        groups["scalar"] = [self.gain]
+        return groups
+
+
+def test_scalars_go_to_adamw_and_wrappers_are_unwrapped():
+    model = WithScalar()
+    wrapper = nn.Module()
+    wrapper.module = model  # what DDP looks like to the optimizer
+    opt = build_optimizer(wrapper, OptimConfig(scalar_lr=0.5))
+    kinds = {g["kind"]: g for g in opt.param_groups}
+    assert kinds["scalar"]["params"] == [model.gain]
+    assert kinds["scalar"]["initial_lr"] == pytest.approx(0.5 * (CFG.model_dim / 768) ** -0.5)
+
+
+def test_orthogonalize_gives_near_unit_singular_values():
+    torch.manual_seed(0)
+    for shape in ((64, 64), (32, 96), (96, 32), (3, 40, 40)):
+        # singular values spread over [0.05, 1] (a random square matrix has some near 0,
+        # which five iterations cannot lift, by design)
+        u, _, vh = torch.linalg.svd(torch.randn(*shape), full_matrices=False)
+        spread = torch.linspace(0.05, 1.0, u.size(-1))
+        o = orthogonalize(u @ torch.diag_embed(spread.expand(*u.shape[:-2], -1)) @ vh)
+        assert o.shape == shape
+        s = torch.linalg.svdvals(o)
+        assert s.min() > 0.6 and s.max() < 1.25, (shape, s.min(), s.max())
+
+
+def test_overfits_a_fixed_batch():
+    model = tiny()
+    opt = build_optimizer(model, OptimConfig())
+    losses = train(model, opt, fixed_batch(), 30)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_lr_schedule():
+    ocfg = OptimConfig(warmup_steps=10, warmdown_frac=0.2, final_lr_frac=0.1)
+    assert lr_multiplier(0, 100, ocfg) == pytest.approx(0.1)
+    assert lr_multiplier(4, 100, ocfg) == pytest.approx(0.5)
+    assert lr_multiplier(9, 100, ocfg) == 1.0
+    assert lr_multiplier(50, 100, ocfg) == 1.0
+    assert lr_multiplier(80, 100, ocfg) == 1.0  # warmdown starts after step 80
+    assert lr_multiplier(90, 100, ocfg) == pytest.approx(0.5 + 0.5 * 0.1)
+    assert lr_multiplier(100, 100, ocfg) == pytest.approx(0.1)
+    plain = OptimConfig(warmup_steps=0, warmdown_frac=0.0)
+    assert all(lr_multiplier(s, 10, plain) == 1.0 for s in range(10))
+
+
+def test_set_lr_and_momentum_warmup():
+    ocfg = OptimConfig(muon_momentum_warmup_steps=100, muon_momentum_start=0.85)
+    assert muon_momentum(0, ocfg) == pytest.approx(0.85)
+    assert muon_momentum(50, ocfg) == pytest.approx(0.90)
+    assert muon_momentum(500, ocfg) == pytest.approx(0.95)
+    opt = build_optimizer(tiny(), ocfg)
+    set_lr(opt, 0.5, momentum=0.9)
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(0.5 * g["initial_lr"])
+    assert opt.muon.param_groups[0]["momentum"] == 0.9
+
+
+def test_state_dict_round_trip_resumes_exactly():
+    ocfg = OptimConfig(warmup_steps=2, weight_decay=0.01, muon_momentum_warmup_steps=5)
+    batch = fixed_batch()
+    model_a = tiny()
+    opt_a = build_optimizer(model_a, ocfg)
+    train(model_a, opt_a, batch, 3, ocfg, start=0, total=10)
+    saved_model = copy.deepcopy(model_a.state_dict())
+    saved_opt = copy.deepcopy(opt_a.state_dict())
+    losses_a = train(model_a, opt_a, batch, 4, ocfg, start=3, total=10)
+
+    model_b = tiny(seed=123)  # different init: everything must come from the state dicts
+    opt_b = build_optimizer(model_b, ocfg)
+    model_b.load_state_dict(saved_model)
+    opt_b.load_state_dict(saved_opt)
+    losses_b = train(model_b, opt_b, batch, 4, ocfg, start=3, total=10)
+    assert losses_a == losses_b
+    for (name, pa), pb in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_load_rejects_mismatched_state():
+    opt = build_optimizer(tiny(), OptimConfig())
+    state = opt.state_dict()
+    state["muon"] = None
+    with pytest.raises(ValueError):
+        opt.load_state_dict(state)
