@@ -31,6 +31,13 @@ def train(
     master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port."),
     experiments: Path = typer.Option(None, "--experiments-dir",
                                      help="Where experiments live (default ./experiments)."),
+    wandb: str = typer.Option(None, "--wandb",
+                              help="auto (offline without an API key), online, offline or off."),
+    stop_on_inversion: bool = typer.Option(
+        None, "--stop-on-inversion/--no-stop-on-inversion",
+        help="Stop when in-training 5CAT finds the direction inverted."),
+    estimate_only: bool = typer.Option(False, "--estimate-only",
+                                       help="Print size, time and cost estimates; do not train."),
 ) -> None:
     """Train a model; with several GPUs (or --nproc-per-node N) it spawns torchrun."""
     import os
@@ -47,11 +54,12 @@ def train(
             raise UserError("--resume continues an experiment as configured; drop the other "
                             "training flags")
     else:
-        flags: dict = {"data": {}, "model": {}, "train": {}}
+        flags: dict = {"data": {}, "model": {}, "train": {}, "log": {}, "fivecat": {}}
         for section, key, value in (
             ("data", "direction", direction), ("model", "depth", depth),
             ("train", "max_steps", max_steps), ("train", "device", device),
-            ("train", "seed", seed),
+            ("train", "seed", seed), ("log", "wandb", wandb),
+            ("fivecat", "stop_on_inversion", stop_on_inversion),
         ):
             if value is not None:
                 flags[section][key] = value

@@ -1,0 +1,70 @@
+"""Loading a trained model from an experiment for evaluation, 5CAT, chat and serving."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backlm import checkpoint as ckpt
+from backlm.errors import UserError
+from backlm.experiment import Experiment, find
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with what it needs to be used correctly."""
+
+    exp: Experiment
+    model: Any  # backlm.model.GPT, in eval mode
+    tokenizer: Any  # backlm.tokenizer.Tokenizer
+    direction: str  # the direction the checkpoint declares
+    step: int
+    meta: dict[str, Any]
+    device: Any  # torch.device
+
+
+def resolve_step(exp: Experiment, step: int | None) -> Path:
+    """Checkpoint folder for ``step``; default: the best step (best.json), else the latest."""
+    steps = ckpt.list_steps(exp.checkpoints)
+    if not steps:
+        raise UserError(f"experiment {exp.id} has no checkpoint yet: train it first")
+    if step is None:
+        best = exp.checkpoints / "best.json"
+        if best.is_file():
+            try:
+                chosen = int(json.loads(best.read_text())["step"])
+                if chosen in steps:
+                    return ckpt.step_dir(exp.checkpoints, chosen)
+            except (ValueError, KeyError, TypeError):
+                pass
+        return ckpt.step_dir(exp.checkpoints, steps[-1])
+    if step not in steps:
+        shown = ", ".join(str(s) for s in steps[-10:])
+        raise UserError(f"experiment {exp.id} has no checkpoint at step {step} "
+                        f"(available: {shown})")
+    return ckpt.step_dir(exp.checkpoints, step)
+
+
+def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int | None = None,
+               device: str = "auto") -> LoadedModel:
+    """Load an experiment's checkpoint (id, tag or path) into an eval-mode GPT."""
+    import torch
+
+    from backlm.config import ModelConfig, from_dict
+    from backlm.hardware import resolve_device
+    from backlm.model import GPT
+    from backlm.paths import experiments_root
+    from backlm.tokenizer import Tokenizer
+
+    exp = ref if isinstance(ref, Experiment) else find(str(ref), root or experiments_root())
+    folder = resolve_step(exp, step)
+    state, _, meta = ckpt.load(folder, with_optimizer=False)
+    cfg = from_dict(ModelConfig, meta["model_config"])
+    dev = torch.device(resolve_device(device, "fp32").device)
+    model = GPT(cfg)
+    model.load_state_dict(state)
+    model.to(dev).eval()
+    tokenizer = Tokenizer.load(exp.path / "tokenizer")
+    return LoadedModel(exp, model, tokenizer, meta["direction"], int(meta["step"]), meta, dev)
