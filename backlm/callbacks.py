@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 # "module:function" factories; each takes the run and returns a list of callbacks (possibly
-# empty, depending on the run's config). Missing modules are skipped.
+# empty, depending on the run's config). Missing modules are skipped. Loggers come last so
+# they see what the others add to a step's record.
 FACTORIES = [
-    "backlm.logs:callbacks",
-    "backlm.fivecat:training_callbacks",
     "backlm.early_stop:callbacks",
+    "backlm.fivecat:training_callbacks",
+    "backlm.logs:callbacks",
 ]
 
 

@@ -142,3 +142,20 @@ def start(cfg: RunConfig | None, root: Path, resume: str | None, plan: LaunchPla
         if proc.returncode != 0:
             raise UserError(f"torchrun exited with code {proc.returncode}; see the log above")
         return trainer.summary_from_metadata(exp)
+
+
+def estimate_only(cfg: RunConfig):
+    """Estimate ``cfg`` without creating anything (uses the dataset's tokenizer if present)."""
+    from backlm.cost import estimate, target_gpu
+    from backlm.direction import Direction
+
+    cfg.data.direction = Direction.parse(cfg.data.direction).value
+    if cfg.model.depth < 1:
+        raise UserError(f"--depth must be at least 1, got {cfg.model.depth}")
+    tok = dataset_dir(cfg.data.dataset) / "tokenizer" / "tokenizer.json"
+    if tok.is_file():
+        from backlm.tokenizer import Tokenizer
+
+        cfg.model.vocab_size = Tokenizer.load(tok.parent).vocab_size
+    name, gpus, peak = target_gpu(cfg)
+    return estimate(cfg, name, gpus, peak)

@@ -148,6 +148,12 @@ class TrainingRun:
         self.stop_reason: str | None = None
         self.save_requested = False
         self.print = print
+        # Filled in at the end by the smart-training callbacks.
+        self.best: dict[str, Any] = {}
+        self.signals: dict[str, Any] = {}
+        self.restored_step: int | None = None
+        self.last_saved: int | None = None
+        self.loader_snapshot: list[dict[str, Any]] | None = None
 
     def exp_meta(self) -> dict[str, Any]:
         return self.exp.metadata()
@@ -341,6 +347,8 @@ def _train_step(ctx: TrainingRun, step: int, cbs) -> dict[str, Any]:
     from backlm.optim import apply_schedule
 
     cfg, t = ctx.cfg, time.perf_counter()
+    # Positions before this step: an interrupt mid-step rewinds to them before saving.
+    ctx.loader_snapshot = [ld.state_dict() for ld in ctx.loaders]
     lr = apply_schedule(ctx.opt, step, cfg.train.max_steps, cfg.optim)
     cbs.on_step_start(ctx, step + 1)
     loss_sum = torch.zeros((), device=ctx.device)
@@ -361,6 +369,7 @@ def _train_step(ctx: TrainingRun, step: int, cbs) -> dict[str, Any]:
     grad_norm = torch.nn.utils.clip_grad_norm_(ctx.raw_model.parameters(), clip)
     ctx.opt.step()
     ctx.opt.zero_grad(set_to_none=True)
+    ctx.loader_snapshot = None
     train_loss, grad_norm_v = _all_reduce_mean([float(loss_sum) / ctx.accum, float(grad_norm)],
                                                ctx)
     dt = time.perf_counter() - t
@@ -420,14 +429,19 @@ def run(exp_path: Path, resume: bool = False, display: bool = True,
                 break  # never checkpoint non-finite weights
             if (ctx.save_requested or step % cfg.train.save_every == 0
                     or step == cfg.train.max_steps or ctx.stop_reason):
-                folder = _save(ctx, step, ctx.tokens, evals)
-                ctx.save_requested = False
-                cbs.on_checkpoint(ctx, step, folder)
-            _fault_point(step)
+                _checkpoint(ctx, cbs, evals)
+            _fault_point(ctx, step)
         status = ctx.stop_reason or "finished"
     except KeyboardInterrupt:
         status = "interrupted"
-        raise
+        if ctx.loader_snapshot is not None:  # interrupted inside a step: undo its reads
+            for loader, state in zip(ctx.loaders, ctx.loader_snapshot, strict=True):
+                loader.load_state_dict(state)
+            ctx.opt.zero_grad(set_to_none=True)
+        if ctx.last_saved != ctx.step and ctx.step > 0:
+            _checkpoint(ctx, cbs, evals)  # Ctrl-C keeps every finished step
+        shown.print(f"interrupted at step {ctx.step}: checkpoint saved; continue with "
+                    f"`backlm train --resume {exp.id}`")
     except BaseException:
         status = "failed"
         raise
@@ -435,31 +449,54 @@ def run(exp_path: Path, resume: bool = False, display: bool = True,
         shown.close()
         wall = time.perf_counter() - t_start
         cbs.on_train_end(ctx, status)
+        if ctx.restored_step is not None:
+            evals = dict(ctx.best.get("evals") or evals)  # the final model is the best one
         if dist_info.main:
-            final = {"step": ctx.step, "tokens": ctx.tokens, **evals}
+            final = {"step": ctx.step, "tokens": ctx.tokens, "final_model_step":
+                     ctx.restored_step or ctx.last_saved, **evals}
             exp.update_metadata(status=status, finished=utcnow(), results=final)
     tps_run = (ctx.tokens - start_tokens) / wall if wall > 0 else 0.0
     peak = ctx.dev.peak_flops * dist_info.world
-    return RunSummary(
+    summary = RunSummary(
         exp_id=exp.id, path=str(exp.path), status=status, steps=ctx.step, tokens=ctx.tokens,
         wall_seconds=wall, tokens_per_sec=tps_run,
         mfu=ctx.flops_per_token * tps_run / peak if peak else 0.0,
         val_loss=evals.get("val_loss"), val_bpb=evals.get("val_bpb"), first_val_bpb=first_bpb,
         device=ctx.dev.device,
     )
+    if dist_info.main:
+        from backlm.summary import write_training_summary
+
+        write_training_summary(ctx, summary)
+    return summary
 
 
-def _fault_point(step: int) -> None:
-    """Crash-test hook: ``BACKLM_KILL_AT_STEP=N`` SIGKILLs this process after step N.
+def _checkpoint(ctx: TrainingRun, cbs, evals: dict[str, float]) -> None:
+    folder = _save(ctx, ctx.step, ctx.tokens, evals)
+    ctx.save_requested = False
+    ctx.last_saved = ctx.step
+    cbs.on_checkpoint(ctx, ctx.step, folder)
 
-    Tests use it to kill a run at an exact step between checkpoints (a real SIGKILL: nothing
-    is flushed or cleaned up), then check that resume reproduces the uninterrupted run.
+
+def _fault_point(ctx: TrainingRun, step: int) -> None:
+    """Fault-injection hooks for crash tests, driven by environment variables.
+
+    ``BACKLM_KILL_AT_STEP=N`` SIGKILLs this process after step N (a real SIGKILL: nothing is
+    flushed or cleaned up); ``BACKLM_INTERRUPT_AT_STEP=N`` raises Ctrl-C's KeyboardInterrupt
+    there; ``BACKLM_NAN_AT_STEP=N`` poisons the weights after step N so the next loss is NaN.
     """
-    at = os.environ.get("BACKLM_KILL_AT_STEP")
-    if at and int(at) == step:
+    env = os.environ.get
+    if env("BACKLM_KILL_AT_STEP") == str(step):
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+    if env("BACKLM_INTERRUPT_AT_STEP") == str(step):
+        raise KeyboardInterrupt
+    if env("BACKLM_NAN_AT_STEP") == str(step):
+        import torch
+
+        with torch.no_grad():
+            next(ctx.raw_model.parameters()).fill_(float("nan"))
 
 
 def summary_from_metadata(exp: Experiment) -> RunSummary:

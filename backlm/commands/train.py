@@ -67,6 +67,13 @@ def train(
             if value is not None:
                 flags[key] = value
         cfg = load_config(RunConfig, preset=config, overrides=overrides, flags=flags)
+    if estimate_only:
+        from backlm.launch import estimate_only as run_estimate
+
+        if cfg is None:
+            raise UserError("--estimate-only plans a new run; it cannot be combined with --resume")
+        _render_estimate(run_estimate(cfg), cfg)
+        return
     import torch
 
     plan = plan_launch(nproc_per_node, nnodes, cfg.train.device if cfg else "auto",
@@ -74,23 +81,78 @@ def train(
                        master_addr, master_port)
     summary = start(cfg, root, resume, plan, display=True)
     _render(summary)
-    if summary.status not in ("finished",):
+    if summary.status == "interrupted":
+        raise typer.Exit(130)
+    if summary.status not in ("finished", "early stop", "target reached"):
         raise typer.Exit(1)
 
 
+def _money(usd) -> str:
+    return f"${usd:,.2f}" if usd is not None else "- (set cost.usd_per_gpu_hour)"
+
+
 def _render(s) -> None:
+    import json
+    from pathlib import Path
+
+    from rich.panel import Panel
     from rich.table import Table
 
-    table = Table(title=f"run {s.exp_id}", show_header=False)
+    from backlm.experiment import Experiment
+    from backlm.summary import lineage_costs
+
+    path = Path(s.path) / "training_summary.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    best = info.get("best") or {}
+    table = Table(show_header=False, box=None)
     table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column()
     bpb = f"{s.val_bpb:.4f}" if s.val_bpb is not None else "-"
     if s.first_val_bpb is not None and s.val_bpb is not None:
         bpb = f"{s.first_val_bpb:.4f} → {s.val_bpb:.4f}"
-    for k, v in (("status", s.status), ("steps", f"{s.steps:,}"), ("tokens", f"{s.tokens:,}"),
-                 ("val loss", f"{s.val_loss:.4f}" if s.val_loss is not None else "-"),
-                 ("val bpb", bpb), ("tokens/s", f"{s.tokens_per_sec:,.0f}"),
-                 ("MFU", f"{s.mfu:.1%}"), ("wall time", f"{s.wall_seconds:.1f} s"),
-                 ("device", s.device), ("folder", s.path)):
+    best_line = "-"
+    if best.get("step") is not None:
+        best_line = f"step {best['step']} · {best['monitor']} {best['value']:.4f}"
+    plateau = (info.get("signals") or {}).get("plateau_at")
+    for k, v in (
+        ("stop reason", info.get("stop_reason", s.status)), ("best", best_line),
+        ("final model", f"step {info.get('final_model_step', s.steps)}"),
+        ("steps", f"{s.steps:,} / {info.get('max_steps', s.steps):,}"),
+        ("tokens", f"{s.tokens:,}"), ("val bpb", bpb),
+        ("plateau", f"from step {plateau}" if plateau else "no"),
+        ("wall time", f"{info.get('wall_seconds', s.wall_seconds):,.1f} s"),
+        ("tokens/s", f"{s.tokens_per_sec:,.0f}"), ("MFU", f"{s.mfu:.1%}"),
+        ("GPU-hours", f"{info.get('gpu_hours', 0.0):.3f}"), ("cost", _money(info.get("usd"))),
+        ("device", s.device), ("folder", s.path),
+    ):
+        table.add_row(k, v)
+    console.print(Panel(table, title=f"run {s.exp_id}", expand=False))
+    rows = lineage_costs(Experiment(Path(s.path)))
+    if len(rows) > 1:
+        lt = Table(title="cost across the lineage")
+        for col in ("experiment", "phase", "steps", "tokens", "wall", "GPU-hours", "USD"):
+            lt.add_column(col)
+        for r in rows:
+            lt.add_row(r["experiment"], r["phase"], f"{r['steps']:,}", f"{r['tokens']:,}",
+                       f"{r['wall_seconds']:.0f} s", f"{r['gpu_hours']:.3f}", _money(r["usd"]))
+        console.print(lt)
+
+
+def _render_estimate(e, cfg) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"estimate · {cfg.data.direction} · depth {cfg.model.depth}",
+                  show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for k, v in (
+        ("parameters", f"{e.params:,}"), ("FLOPs per token", f"{e.flops_per_token:,}"),
+        ("planned tokens", f"{e.planned_tokens:,} ({cfg.train.max_steps:,} steps)"),
+        ("validation tokens", f"{e.eval_tokens:,}"), ("device", e.device),
+        ("throughput", f"{e.tokens_per_sec:,.0f} tok/s ({e.tokens_per_sec_source})"),
+        ("wall time", f"{e.wall_seconds:,.0f} s ({e.wall_seconds / 3600:.2f} h)"),
+        ("GPU-hours", f"{e.gpu_hours:,.2f} on {e.gpus} GPU(s)"),
+        ("cost", _money(e.usd)),
+    ):
         table.add_row(k, v)
     console.print(table)

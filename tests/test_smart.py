@@ -1,0 +1,210 @@
+"""Smart training: early stopping, best restore, divergence, Ctrl-C, estimates, summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from backlm.config import EarlyStopConfig
+from backlm.early_stop import BestTracker, Convergence, slope
+from backlm.errors import UserError
+from tests.test_train import home, losses, metrics, run_cli, tiny_args  # noqa: F401
+
+
+def fake_run(tmp_path, **es):
+    (tmp_path / "checkpoints").mkdir(exist_ok=True)
+    cfg = SimpleNamespace(early_stop=EarlyStopConfig(enabled=True, **es))
+    return SimpleNamespace(cfg=cfg, exp=SimpleNamespace(checkpoints=tmp_path / "checkpoints"),
+                           dist=SimpleNamespace(main=True), step=0, stop_reason=None,
+                           save_requested=False, print=lambda *a: None)
+
+
+def feed(tracker, run, values, every=2):
+    for i, v in enumerate(values):
+        run.save_requested = False
+        tracker.on_eval(run, i * every, {"val_bpb": v})
+        if run.stop_reason:
+            return i * every
+    return None
+
+
+def test_patience_counts_evaluations_without_improvement(tmp_path):
+    run = fake_run(tmp_path, patience=3, min_delta=0.01)
+    t = BestTracker(run)
+    # best at eval 2 (step 4); 1.995 is not better by min_delta; stop 3 evals after the best
+    assert feed(t, run, [3.0, 2.5, 2.0, 1.995, 2.1, 2.05, 1.0]) == 10
+    assert t.best_step == 4 and run.stop_reason == "early stop"
+
+
+def test_thresholds_and_nonfinite(tmp_path):
+    run = fake_run(tmp_path, stopping_threshold=1.5)
+    assert feed(BestTracker(run), run, [3.0, 2.0, 1.4]) == 4
+    assert run.stop_reason == "target reached"
+    run = fake_run(tmp_path, divergence_threshold=5.0)
+    assert feed(BestTracker(run), run, [3.0, 6.0]) == 2 and run.stop_reason == "diverged"
+    run = fake_run(tmp_path)
+    assert feed(BestTracker(run), run, [3.0, math.nan]) == 2 and run.stop_reason == "diverged"
+    run = fake_run(tmp_path, mode="max", patience=1)
+    t = BestTracker(run)
+    assert feed(t, run, [0.1, 0.5, 0.4]) == 4 and t.best_step == 2
+
+
+def test_improvement_requests_a_checkpoint_and_best_json(tmp_path):
+    run = fake_run(tmp_path)
+    t = BestTracker(run)
+    t.on_eval(run, 4, {"val_bpb": 2.0, "val_loss": 3.0})
+    assert run.save_requested
+    t.on_checkpoint(run, 4, None)
+    best = json.loads((tmp_path / "checkpoints" / "best.json").read_text())
+    assert best["step"] == 4 and best["monitor"] == "val_bpb" and "lowest" in best["reason"]
+
+
+def test_bad_early_stop_settings(tmp_path):
+    with pytest.raises(UserError, match="mode"):
+        BestTracker(fake_run(tmp_path, mode="up"))
+    run = fake_run(tmp_path, monitor="val_acc")
+    with pytest.raises(UserError, match="val_acc"):
+        BestTracker(run).on_eval(run, 0, {"val_bpb": 1.0})
+
+
+def test_convergence_signals():
+    assert slope([1, 2, 3]) == pytest.approx(1.0) and slope([5]) == 0.0
+    c = Convergence(window=10, plateau_evals=2, plateau_rel=0.01)
+    run = SimpleNamespace(print=lambda *a: None)
+    for step, val in enumerate([3.0, 2.0, 1.999, 1.998]):
+        rec = {"loss": 4.0 - step, "grad_norm": 1.0, "val_loss": val}
+        c.on_step_end(run, step + 1, rec)
+    assert rec["plateau"] is True and rec["loss_slope"] < 0 and rec["val_ppl"] == \
+        pytest.approx(math.exp(1.998))
+    assert c.plateau_at == 4
+
+
+def test_early_stop_end_to_end(home):  # noqa: F811
+    res = run_cli(tiny_args("--direction", "forward", "--id", "es", "--set", "early_stop.enabled=true",
+                            "--set", "early_stop.patience=2", "--set", "early_stop.min_delta=100",
+                            "--set", "train.eval_every=2", steps=20))
+    assert res.exit_code == 0, res.output
+    exp = home / "exps" / "es"
+    summary = json.loads((exp / "training_summary.json").read_text())
+    # Best is the step-0 evaluation; evaluations at 2 and 4 do not improve by 100: stop at 4.
+    assert summary["stop_reason"] == "early stop" and summary["steps"] == 4
+    assert summary["best"]["step"] == 0 and summary["max_steps"] == 20
+    assert "early stop" in res.output
+
+
+def _subprocess_train(home, exp_id, env=None, resume=False, steps=12, extra=()):  # noqa: F811
+    args = ["train", "--resume", exp_id] if resume else tiny_args(
+        "--direction", "backward", "--id", exp_id, *extra, steps=steps)
+    return subprocess.run([sys.executable, "-m", "backlm.cli", *args],
+                          env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_nan_stops_as_diverged_and_restores_the_best(home):  # noqa: F811
+    res = _subprocess_train(home, "nan", {"BACKLM_NAN_AT_STEP": "5"},
+                            extra=("--set", "train.eval_every=2"))
+    assert res.returncode == 1, res.stderr
+    exp = home / "exps" / "nan"
+    summary = json.loads((exp / "training_summary.json").read_text())
+    assert summary["stop_reason"] == "diverged" and summary["steps"] == 6
+    steps = sorted(int(p.name[5:]) for p in (exp / "checkpoints").glob("step_*"))
+    assert max(steps) == 4  # nothing saved after the weights went bad
+    best = json.loads((exp / "checkpoints" / "best.json").read_text())
+    assert best["step"] == 4 and summary["final_model_step"] == 4
+    from backlm.inference import load_model
+    from backlm.trainer import TrainingRun  # noqa: F401
+
+    lm = load_model(str(exp))
+    assert lm.step == 4
+    assert all(math.isfinite(float(p.detach().abs().sum())) for p in lm.model.parameters())
+    # The restored final model's validation loss is the best evaluation's.
+    meta = json.loads((exp / "metadata.json").read_text())
+    assert meta["results"]["val_bpb"] == pytest.approx(best["value"])
+    val4 = next(m for m in metrics(exp) if m["step"] == 4)["val_bpb"]
+    assert best["value"] == pytest.approx(val4)
+
+
+def test_ctrl_c_saves_and_resume_matches(home):  # noqa: F811
+    ref = _subprocess_train(home, "ref2")
+    assert ref.returncode == 0, ref.stderr
+    res = _subprocess_train(home, "intr", {"BACKLM_INTERRUPT_AT_STEP": "6"})
+    assert res.returncode == 130, res.stderr
+    assert "resume" in res.stdout and "Traceback" not in res.stderr
+    exp = home / "exps" / "intr"
+    assert (exp / "checkpoints" / "step_000006" / "model.safetensors").exists()
+    assert json.loads((exp / "training_summary.json").read_text())["stop_reason"] == "interrupted"
+    assert json.loads((exp / "metadata.json").read_text())["status"] == "interrupted"
+    resumed = _subprocess_train(home, "intr", resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = losses(home / "exps" / "ref2"), losses(exp)
+    assert sorted(b) == list(range(1, 13)) and all(a[s] == b[s] for s in a)
+    assert json.loads((exp / "training_summary.json").read_text())["sessions"] == 2
+
+
+class _InterruptMidStep:
+    """Raises Ctrl-C after the backward pass of step 6, before the optimizer step."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def on_after_backward(self, run, step):
+        if step == 6:
+            raise KeyboardInterrupt
+
+
+def interrupting(run):
+    return [_InterruptMidStep()]
+
+
+def test_ctrl_c_mid_step_rewinds_the_data(home):  # noqa: F811
+    from backlm import callbacks, trainer
+
+    assert run_cli(tiny_args("--direction", "forward", "--id", "ref3", steps=10)).exit_code == 0
+    assert run_cli(tiny_args("--direction", "forward", "--id", "mid", steps=1)).exit_code == 0
+    exp = home / "exps" / "mid"
+    # Same config as ref3 but stopped by an interrupt inside step 6.
+    cfg = (home / "exps" / "ref3" / "config.yaml").read_text().replace("id: ref3", "id: mid")
+    (exp / "config.yaml").write_text(cfg)
+    for p in (exp / "checkpoints").glob("step_*"):
+        import shutil
+
+        shutil.rmtree(p)
+    (exp / "metrics.jsonl").unlink()
+    s = trainer.run(exp, display=False,
+                    factories=[*callbacks.FACTORIES, "tests.test_smart:interrupting"])
+    assert s.status == "interrupted" and s.steps == 5
+    s = trainer.run(exp, resume=True, display=False)
+    assert s.status == "finished"
+    a, b = losses(home / "exps" / "ref3"), losses(exp)
+    assert all(a[k] == b[k] for k in a), [(k, a[k], b[k]) for k in a if a[k] != b[k]]
+
+
+def test_estimate_only_creates_nothing(home):  # noqa: F811
+    res = run_cli(tiny_args("--direction", "forward", "--id", "est", "--estimate-only"))
+    assert res.exit_code == 0, res.output
+    for word in ("parameters", "FLOPs per token", "planned tokens", "wall time", "GPU-hours"):
+        assert word in res.output
+    assert not (home / "exps" / "est").exists()
+    gpu = run_cli(tiny_args("--direction", "forward", "--estimate-only", "--set", "cost.gpu=h100"))
+    assert gpu.exit_code == 0 and "$" in gpu.output and "H100" in gpu.output
+    bad = run_cli(tiny_args("--direction", "forward", "--estimate-only", "--set", "cost.gpu=tpu"))
+    assert bad.exit_code == 2 and "unknown cost.gpu" in bad.output
+
+
+def test_summary_panel_and_file(home):  # noqa: F811
+    res = run_cli(tiny_args("--direction", "forward", "--id", "sum", "--set",
+                            "cost.usd_per_gpu_hour=2.0", steps=4))
+    assert res.exit_code == 0, res.output
+    s = json.loads((home / "exps" / "sum" / "training_summary.json").read_text())
+    for key in ("stop_reason", "best", "steps", "tokens", "wall_seconds", "tokens_per_sec", "mfu",
+                "gpu_hours", "usd", "signals"):
+        assert key in s
+    assert s["stop_reason"] == "max steps" and s["steps"] == 4 and s["gpu_hours"] == 0.0
+    assert s["usd"] == 0.0
+    assert "stop reason" in res.output and "max steps" in res.output
