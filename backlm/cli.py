@@ -10,7 +10,11 @@ import typer
 
 from backlm import __version__
 from backlm.commands import data as data_cmd
+from backlm.commands import eval as eval_cmd
+from backlm.commands import fivecat as fivecat_cmd
+from backlm.commands import log as log_cmd
 from backlm.commands import ls as ls_cmd
+from backlm.commands import note as note_cmd
 from backlm.commands import train as train_cmd
 
 app = typer.Typer(
@@ -40,7 +44,11 @@ def _root(
 
 app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
+app.command("5cat")(fivecat_cmd.fivecat)
 app.command("ls")(ls_cmd.ls)
+app.command("eval")(eval_cmd.eval_)
+app.command("note")(note_cmd.note)
+app.command("log")(log_cmd.log)
 
 
 def main() -> None:

@@ -93,18 +93,37 @@ class TrainConfig:
 
 @dataclass
 class LogConfig:
-    """Research logging: which loggers are on and how often the heavy records are written."""
+    """Research logging (metrics.jsonl is always written; see backlm.logs.hdf5 for the schema).
 
-    hdf5: bool = True
-    jsonl: bool = True
+    A frequency of 0 turns that record off. Rank 0 alone logs.
+    """
+
+    hdf5: bool = True  # {phase}.h5 research log
     wandb: str = "auto"  # auto (offline unless an API key is configured) | online | offline | off
     wandb_project: str = "backlm"
-    per_token_every: int = 50  # per-token losses / predictions / inputs for a sampled slice
-    per_token_rows: int = 2  # rows of the batch in that slice
+    per_token_every: int = 50  # per-token losses / predictions / inputs of a slice of the batch
+    per_token_rows: int = 2  # rows of the last micro-batch in that slice
     stats_every: int = 50  # gradient and activation statistics
-    flush_every: int = 10  # steps between HDF5 flushes
-    sample_every: int = 0  # generation samples to notes/ (0: off)
+    flush_every: int = 10  # steps between HDF5 flushes (and at every checkpoint)
+    sample_every: int = 500  # generation samples to notes/generation_samples.jsonl
     sample_tokens: int = 48
+    sample_temperature: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.wandb == "disabled":
+            self.wandb = "off"  # wandb's own word for it
+        if self.wandb not in WANDB_MODES:
+            raise UserError(f"unknown wandb mode {self.wandb!r}: use one of "
+                            f"{', '.join(WANDB_MODES)} (e.g. --wandb off)")
+        for name in ("per_token_every", "per_token_rows", "stats_every", "sample_every",
+                     "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise UserError(f"log.{name} must be 0 or more, got {getattr(self, name)}")
+        if self.flush_every < 1:
+            raise UserError(f"log.flush_every must be at least 1, got {self.flush_every}")
+
+
+WANDB_MODES = ("auto", "online", "offline", "off")
 
 
 @dataclass
@@ -112,8 +131,9 @@ class FivecatConfig:
     """5CAT during training (DESIGN.md §4); thresholds live in configs/fivecat.yaml."""
 
     every: int = 0  # steps between in-training 5CAT runs (0: off)
-    max_samples: int = 16
+    max_samples: int = 16  # documents per held-out set (the command's default is larger)
     stop_on_inversion: bool = False
+    spec: str = ""  # thresholds and sample settings (YAML); empty: configs/fivecat.yaml
 
 
 @dataclass

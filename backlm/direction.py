@@ -200,6 +200,27 @@ def to_reading_order(
     return model_order(seq[start:], concrete)
 
 
+def kept_window(tokens: Sequence[int], order: Direction | str, length: int) -> list[int]:
+    """The reading-order part of a document that a model-order crop to ``length`` keeps.
+
+    Its first ``length`` tokens going forward, its last ``length`` going backward: the same
+    end the loader keeps when it crops a document (see :func:`encode_document`).
+    """
+    return model_order(model_order(tokens, order)[: max(0, length)], order)
+
+
+def relabel(seq: Sequence[int], ids: SpecialIds, order: Direction | str) -> list[int]:
+    """A bidirectional model-order sequence with its marker replaced by ``order``'s marker.
+
+    Only the marker changes, so the body keeps the order it was encoded in: 5CAT uses this to
+    show a model a body under the wrong marker. Relabelling with the original order undoes it.
+    """
+    start = 1 if seq and seq[0] == ids.bos else 0
+    if len(seq) <= start or seq[start] not in (ids.forward, ids.backward):
+        raise ValueError("bidirectional sequence has no direction marker after BOS")
+    return [*seq[:start], ids.marker(order), *seq[start + 1:]]
+
+
 # --- conversations --------------------------------------------------------------------------
 
 

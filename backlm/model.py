@@ -433,9 +433,12 @@ def head_loss(
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         xc, yc, z, e = x[r0:r1], safe_y[r0:r1], z_buf[: r1 - r0], e_buf[: r1 - r0]
-        torch.mm(xc, w.t(), out=z) if fp32 else z.copy_(xc @ w.t())
+        if fp32:  # the 1/cap of the softcap rides on the matmul (beta=0 ignores old z)
+            z.addmm_(xc, w.t(), beta=0.0, alpha=1.0 / cap if cap > 0 else 1.0)
+        else:
+            z.copy_(xc @ w.t()).mul_(1.0 / cap if cap > 0 else 1.0)
         if cap > 0:
-            z.mul_(1.0 / cap).tanh_()
+            z.tanh_()
             torch.mul(z, cap, out=e)
         else:
             e.copy_(z)

@@ -24,7 +24,6 @@ def orthogonalize(g: Tensor, steps: int = 5) -> Tensor:
     Quintic Newton–Schulz in bf16 on GPU (its tensor cores make it nearly free there) and
     fp32 on CPU (where bf16 matmuls are emulated and slower). Leading dims are a batch.
     """
-    a, b, c = NS_COEFFS
     x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
     tall = x.size(-2) > x.size(-1)
     if tall:  # work on the wide orientation: the Gram matrix is then the small one
@@ -32,13 +31,41 @@ def orthogonalize(g: Tensor, steps: int = 5) -> Tensor:
     x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + 1e-7)
     if x.ndim == 2:
         x = x.unsqueeze(0)
+    m, n = x.shape[-2:]
+    gram_form = x.dtype == torch.float32 and 2 * n > 3 * m
+    x = _newton_schulz_gram(x, steps) if gram_form else _newton_schulz(x, steps)
+    x = x.view(*g.shape[:-2], *x.shape[-2:]) if g.ndim > 2 else x.squeeze(0)
+    return x.mT if tall else x
+
+
+def _newton_schulz(x: Tensor, steps: int) -> Tensor:
+    a, b, c = NS_COEFFS
     for _ in range(steps):
         gram = x @ x.mT
         # b·A + c·A² and a·X + B·X as fused baddbmm: no separate elementwise passes
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
         x = torch.baddbmm(x, poly, x, beta=a)
-    x = x.view(*g.shape[:-2], *x.shape[-2:]) if g.ndim > 2 else x.squeeze(0)
-    return x.mT if tall else x
+    return x
+
+
+def _newton_schulz_gram(x: Tensor, steps: int) -> Tensor:
+    """The same iteration run on the ``m × m`` Gram matrix, for wide ``m × n`` matrices.
+
+    Each step is ``X ← Q(A)·X`` with ``A = X·Xᵀ``; the ``Q``s are polynomials in the first
+    Gram matrix, so they commute with it and ``A ← Q²·A``. Only the last step touches the
+    wide matrix: 4m²n + 34m³ FLOPs instead of 20m²n + 10m³ (a win once n > 1.5·m). Exact in
+    exact arithmetic; in fp32 it matches the direct form to ~1e-6 (bf16 would drift).
+    """
+    a, b, c = NS_COEFFS
+    gram = x @ x.mT
+    acc = None
+    for i in range(steps):
+        q = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        q.diagonal(dim1=-2, dim2=-1).add_(a)
+        acc = q if acc is None else q @ acc
+        if i < steps - 1:
+            gram = q @ (q @ gram)
+    return acc @ x
 
 
 class Muon(torch.optim.Optimizer):
@@ -61,37 +88,44 @@ class Muon(torch.optim.Optimizer):
                     raise ValueError(f"Muon takes matrices, got a parameter of shape {tuple(p.shape)}")
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D401 - torch signature
+    def step(self, closure=None):
         """One update of every parameter that has a gradient."""
         loss = closure() if closure is not None else None
-        buckets: dict[tuple, list[tuple[Tensor, dict[str, Any], Tensor]]] = {}
+        # bucket by (oriented) matrix shape so each bucket is one batched orthogonalisation
+        buckets: dict[tuple, list[tuple[Tensor, dict[str, Any]]]] = {}
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
-                    continue
+                if p.grad is not None:
+                    m, n = p.shape[-2:]
+                    key = (min(m, n), max(m, n), p.dtype, p.device, group["ns_steps"])
+                    buckets.setdefault(key, []).append((p, group))
+        for (rows, cols, dtype, device, steps), items in buckets.items():
+            sizes = [p[0].numel() // (rows * cols) for p in items]
+            stacked = torch.empty(sum(sizes), rows, cols, dtype=dtype, device=device)
+            for (p, group), slot in zip(items, stacked.split(sizes), strict=True):
                 buf = self.state[p].get("momentum_buffer")
                 if buf is None:
                     buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
                 buf.lerp_(p.grad, 1 - group["momentum"])
-                upd = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                g, b = _wide(p.grad, rows), _wide(buf, rows)
+                if group["nesterov"]:  # written straight into the batch: no extra copy
+                    torch.lerp(g, b, group["momentum"], out=slot)
+                else:
+                    slot.copy_(b)
+            ortho = orthogonalize(stacked, steps)
+            for (p, group), o in zip(items, ortho.split(sizes), strict=True):
                 m, n = p.shape[-2:]
-                upd = upd.reshape(-1, m, n)
-                if m > n:  # orient every member of a bucket the same way
-                    upd = upd.mT
-                key = (tuple(upd.shape[-2:]), upd.dtype, upd.device, group["ns_steps"])
-                buckets.setdefault(key, []).append((p, group, upd))
-        for (_, _, _, steps), items in buckets.items():
-            sizes = [u.size(0) for _, _, u in items]
-            ortho = orthogonalize(torch.cat([u for _, _, u in items]), steps)
-            for (p, group, _), o in zip(items, ortho.split(sizes), strict=True):
-                m, n = p.shape[-2:]
-                if m > n:
-                    o = o.mT
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
-                scale = max(1.0, m / n) ** 0.5
-                p.add_(o.reshape(p.shape).to(p.dtype), alpha=-group["lr"] * scale)
+                upd = o.mT if m > n else o
+                p.add_(upd.reshape(p.shape).to(p.dtype), alpha=-group["lr"] * max(1.0, m / n) ** 0.5)
         return loss
+
+
+def _wide(t: Tensor, rows: int) -> Tensor:
+    # (..., m, n) as a batch of (rows, cols) matrices, transposed when tall
+    t = t.reshape(-1, *t.shape[-2:])
+    return t if t.size(-2) == rows else t.mT
 
 
 class Optimizers:

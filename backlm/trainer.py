@@ -210,10 +210,8 @@ def evaluate(ctx: TrainingRun, orders: list[tuple[str, str, float]]) -> dict[str
     ``orders`` lists ``(name, direction, mix)``; each is evaluated on the first
     ``eval_tokens`` of the val split (split across ranks), and the sums are all-reduced.
     """
-    import torch
-
     from backlm.data.loader import PackedLoader
-    from backlm.direction import IGNORE_INDEX
+    from backlm.evaluation.lm import accumulate_loss
 
     cfg = ctx.cfg
     out: dict[str, float] = {}
@@ -225,23 +223,9 @@ def evaluate(ctx: TrainingRun, orders: list[tuple[str, str, float]]) -> dict[str
                               seed=cfg.train.seed, mix=mix, rank=ctx.dist.rank,
                               world_size=ctx.dist.world, loop=False, shuffle=False,
                               threads=cfg.data.tokenizer_threads)
-        nats = nbytes = ntok = 0.0
-        seen = 0
-        with torch.no_grad(), ctx.autocast():
-            for batch in loader:
-                x = torch.from_numpy(batch.inputs).to(ctx.device)
-                y = torch.from_numpy(batch.targets).to(ctx.device)
-                loss = ctx.raw_model(x, y, loss_reduction="none").float()
-                valid = y != IGNORE_INDEX
-                tb = ctx.token_bytes[y.clamp(min=0)] * valid
-                counted = tb > 0  # special tokens (BOS) carry no bytes: excluded from bpb
-                nats += float((loss * counted).sum())
-                nbytes += float(tb.sum())
-                ntok += float(counted.sum())
-                seen += batch.inputs.size
-                if seen >= per_rank:
-                    break
-        nats, nbytes, ntok = _all_reduce_mean([nats, nbytes, ntok], ctx)
+        sums = accumulate_loss(ctx.raw_model, loader, ctx.token_bytes, ctx.device, per_rank,
+                               ctx.autocast())
+        nats, nbytes, ntok = _all_reduce_mean([sums.nats, sums.bytes, sums.tokens], ctx)
         suffix = "" if name == "" else f"_{name}"
         out[f"val_loss{suffix}"] = nats / max(ntok, 1)
         out[f"val_bpb{suffix}"] = nats / (math.log(2) * max(nbytes, 1))

@@ -161,3 +161,28 @@ def test_train_on_overrides():
     assert trained_roles("forward", "all") == {Role.USER, Role.ASSISTANT}
     with pytest.raises(UserError):
         trained_roles("forward", "everyone")
+
+
+# --- 5CAT probes (kept_window, relabel) -------------------------------------------------------
+
+
+@given(docs, orders, st.integers(min_value=0, max_value=250))
+def test_kept_window_is_what_a_model_order_crop_keeps(doc, order, length):
+    from backlm.direction import kept_window
+
+    seq, _ = encode_document(doc, order, IDS)
+    assert kept_window(doc, order, length) == to_reading_order(seq[: 1 + length], order, IDS)
+    assert len(kept_window(doc, order, length)) == min(length, len(doc))
+
+
+@given(docs, orders)
+def test_relabel_swaps_only_the_marker_and_round_trips(doc, order):
+    from backlm.direction import relabel
+
+    seq, _ = encode_document(doc, "bidirectional", IDS, order=order)
+    wrong = relabel(seq, IDS, order.opposite)
+    assert wrong[0] == IDS.bos and read_order_of(wrong, "bidirectional", IDS) is order.opposite
+    assert wrong[2:] == seq[2:]  # the body keeps the order it was encoded in
+    assert relabel(wrong, IDS, order) == seq
+    with pytest.raises(ValueError):
+        relabel([IDS.bos, *doc[:1]] if doc[:1] else [IDS.bos], IDS, order)

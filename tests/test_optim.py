@@ -11,6 +11,8 @@ from torch import nn
 from backlm.config import ModelConfig, OptimConfig
 from backlm.model import GPT
 from backlm.optim import (
+    _newton_schulz,
+    _newton_schulz_gram,
     apply_schedule,
     build_optimizer,
     lr_multiplier,
@@ -108,6 +110,13 @@ def test_orthogonalize_gives_near_unit_singular_values():
         assert o.shape == shape
         s = torch.linalg.svdvals(o)
         assert s.min() > 0.6 and s.max() < 1.25, (shape, s.min(), s.max())
+
+
+def test_gram_form_matches_direct_newton_schulz():
+    torch.manual_seed(0)
+    x = torch.randn(4, 32, 128)
+    x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    torch.testing.assert_close(_newton_schulz_gram(x, 5), _newton_schulz(x, 5), rtol=1e-4, atol=1e-5)
 
 
 def test_overfits_a_fixed_batch():

@@ -17,6 +17,9 @@ def diagnose(
     seq_len: int = typer.Option(256, "--seq-len", min=8, help="Row length in tokens."),
     show: int = typer.Option(3, "--show", min=0, help="Decoded rows to print."),
     mix: float = typer.Option(0.5, "--mix", help="Bidirectional: share of backward documents."),
+    ngram_chars: int = typer.Option(2_000_000, "--ngram-chars", min=0,
+                                    help="Train-split characters for the n-gram direction "
+                                         "signal (0: skip it)."),
 ) -> None:
     """Decode packed rows back to reading order and verify BOS, marker and round trips."""
     from rich.table import Table
@@ -31,7 +34,7 @@ def diagnose(
     folder = dataset_dir(dataset)
     tokenizer = Tokenizer.load(folder / "tokenizer")
     report = run(folder, tokenizer, direction_, split=split, batches=batches, seq_len=seq_len,
-                 show=show, mix=mix)
+                 show=show, mix=mix, ngram_chars=ngram_chars)
 
     for i, row in enumerate(report.samples):
         console.rule(f"row {i} · {row.documents} documents")
@@ -43,7 +46,15 @@ def diagnose(
     for c in report.checks:
         table.add_row(c.name, str(c.checked), str(c.failed),
                       "[green]✓ pass[/]" if c.ok else "[red]✗ FAIL[/]")
+    for sig in report.signals:
+        table.add_row(f"n-gram: {sig.order} documents read {sig.order}", str(sig.voters),
+                      str(sig.voters - sig.agree), _signal_verdict(sig))
     console.print(table)
+    for sig in report.signals:
+        console.print(f"n-gram direction signal · {sig.order} documents: CE as read "
+                      f"{sig.ce_as_is:.3f}, reversed {sig.ce_reversed:.3f} nats/token → "
+                      f"Δ {sig.delta:+.3f}, reads {sig.reads} (bigram fitted on "
+                      f"{report.ngram_tokens:,} reading-order tokens)", highlight=False)
     line = f"{report.rows} rows · {report.tokens:,} tokens · {report.target_fraction:.1%} carry loss"
     if report.backward_fraction is not None:
         line += f" · {report.backward_fraction:.1%} of documents backward (mix {mix})"
@@ -52,6 +63,14 @@ def diagnose(
         console.print("[bold red]diagnose FAILED[/]: the batches are not in the declared order")
         raise typer.Exit(1)
     console.print(f"[bold green]diagnose passed[/]: batches are {report.direction}")
+
+
+def _signal_verdict(sig) -> str:
+    if sig.contradicts:
+        return f"[red]✗ FAIL: reads {sig.reads}[/]"
+    if sig.reads == "inconclusive":
+        return "[yellow]? inconclusive[/]"
+    return "[green]✓ pass[/]"
 
 
 def _clip(text: str, n: int = 240) -> str:

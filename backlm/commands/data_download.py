@@ -1,6 +1,7 @@
 """``backlm data download``: fetch public pretraining shards into a dataset folder.
 
-Task sets (arc, mmlu, gsm8k) will come through a ``--task`` option on this same command.
+Task sets come through ``--task arc|mmlu|gsm8k`` and land in ``$BACKLM_HOME/data/tasks/``,
+where ``backlm eval`` reads them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ def download(
     ),
     val_shards: int = typer.Option(1, "--val-shards", help="Shards kept for validation."),
     workers: int = typer.Option(2, "--workers", help="Parallel downloads."),
+    task: str | None = typer.Option(
+        None, "--task", help="Fetch an evaluation set instead: arc, mmlu or gsm8k."
+    ),
 ) -> None:
     """Download shards of a public dataset (resumable; rerun to continue or to grow it)."""
     from backlm.data.datasets import download_dataset
     from backlm.paths import dataset_dir
 
+    if task is not None:
+        _download_task(task, base_url)
+        return
     directory = dataset_dir(_folder_name(dataset or name))
     with _progress() as bars:
         summary = download_dataset(
@@ -41,6 +48,22 @@ def download(
             workers=workers, progress=bars,
         )
     _render(summary)
+
+
+def _download_task(task: str, base_url: str | None) -> None:
+    from rich.filesize import decimal
+
+    from backlm.data.datasets import download_task
+    from backlm.evaluation.tasks import tasks_root
+
+    with _progress() as bars:
+        summary = download_task(task.strip().lower(), tasks_root(), base_url=base_url,
+                                progress=bars)
+    for path in summary.files:
+        console.print(f"{path}", highlight=False, soft_wrap=True)
+    console.print(f"task {summary.task}: {summary.downloaded} fetched "
+                  f"({decimal(summary.bytes)}), {summary.skipped} already present, "
+                  f"{summary.seconds:.1f} s", highlight=False)
 
 
 def _folder_name(name: str) -> str:

@@ -27,8 +27,9 @@ from backlm.errors import UserError
 class DatasetSource:
     """Where a named dataset's files live and how they are numbered.
 
-    ``kind`` is ``"shards"`` for pretraining text; task sets (arc, mmlu, gsm8k) will be
-    another kind, with their own fetch-and-convert step, reached through ``--task``.
+    ``kind`` is ``"shards"`` for pretraining text and ``"task"`` for evaluation sets (arc,
+    mmlu, gsm8k), fetched as published by :func:`download_task` (``--task``); ``columns``
+    lists the parquet columns a task file must have.
     """
 
     base_url: str
@@ -36,6 +37,7 @@ class DatasetSource:
     max_shards: int
     kind: str = "shards"
     description: str = ""
+    columns: tuple[str, ...] = ()
 
     def filename(self, index: int) -> str:
         """Remote file name of shard ``index``."""
@@ -53,6 +55,35 @@ DATASETS: dict[str, DatasetSource] = {
         max_shards=1823,
         description="FineWeb-Edu, 100B tokens shuffled; ~100 MB parquet shards, text column",
     ),
+    # Evaluation sets, test splits as published (read by backlm.evaluation.tasks).
+    "arc-easy": DatasetSource(
+        base_url="https://huggingface.co/datasets/allenai/ai2_arc/resolve/main",
+        pattern="ARC-Easy/test-{index:05d}-of-00001.parquet", max_shards=1, kind="task",
+        description="AI2 ARC-Easy test set, multiple choice",
+        columns=("id", "question", "choices", "answerKey"),
+    ),
+    "arc-challenge": DatasetSource(
+        base_url="https://huggingface.co/datasets/allenai/ai2_arc/resolve/main",
+        pattern="ARC-Challenge/test-{index:05d}-of-00001.parquet", max_shards=1, kind="task",
+        description="AI2 ARC-Challenge test set, multiple choice",
+        columns=("id", "question", "choices", "answerKey"),
+    ),
+    "mmlu": DatasetSource(
+        base_url="https://huggingface.co/datasets/cais/mmlu/resolve/main",
+        pattern="all/test-{index:05d}-of-00001.parquet", max_shards=1, kind="task",
+        description="MMLU test set, all 57 subjects, multiple choice",
+        columns=("question", "subject", "choices", "answer"),
+    ),
+    "gsm8k": DatasetSource(
+        base_url="https://huggingface.co/datasets/openai/gsm8k/resolve/main",
+        pattern="main/test-{index:05d}-of-00001.parquet", max_shards=1, kind="task",
+        description="GSM8K test set, grade-school maths with worked solutions",
+        columns=("question", "answer"),
+    ),
+}
+# `backlm data download --task NAME` fetches these task sets.
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    "arc": ("arc-easy", "arc-challenge"), "mmlu": ("mmlu",), "gsm8k": ("gsm8k",),
 }
 MANIFEST = "download.json"
 STAGING = ".download"  # complete-but-unplaced files and .part files, keyed by remote name
@@ -121,8 +152,12 @@ def download_dataset(
 
 
 def _plan(name: str, shards: int, val_shards: int, workers: int, base_url: str | None):
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}: known datasets are {', '.join(DATASETS)}")
+    if name not in DATASETS or DATASETS[name].kind != "shards":
+        if name in DATASETS or name in TASK_GROUPS:
+            group = next((g for g, names in TASK_GROUPS.items() if name in (g, *names)), name)
+            raise UserError(f"{name} is a task set: run `backlm data download --task {group}`")
+        known = ", ".join(n for n, s in DATASETS.items() if s.kind == "shards")
+        raise UserError(f"unknown dataset {name!r}: known datasets are {known}")
     source = DATASETS[name]
     if val_shards < 0 or workers < 1:
         raise UserError("--val-shards must be 0 or more and --workers at least 1")
@@ -227,3 +262,82 @@ class _Manifest:
 
     def _save(self) -> None:
         write_json(self.path, {"source": self.name, "files": dict(sorted(self.files.items()))})
+
+
+# --- task sets ------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskDownloadSummary:
+    """What :func:`download_task` did."""
+
+    task: str
+    files: list[Path]
+    downloaded: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def task_members(task: str) -> tuple[str, ...]:
+    """Registry names a ``--task`` value stands for (``arc`` is ARC-Easy and ARC-Challenge)."""
+    if task in TASK_GROUPS:
+        return TASK_GROUPS[task]
+    if task in DATASETS and DATASETS[task].kind == "task":
+        return (task,)
+    raise UserError(f"unknown task set {task!r}: choose one of {', '.join(TASK_GROUPS)}")
+
+
+def download_task(
+    task: str,
+    tasks_dir: Path,
+    base_url: str | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    *,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30,
+) -> TaskDownloadSummary:
+    """Fetch task set ``task`` into ``tasks_dir/<name>/`` under the files' published names.
+
+    Uses :func:`download_file` (retries, resume, atomic rename); each file must be parquet with
+    the task's columns before it gets its final name, and files already in place are skipped.
+    ``base_url`` replaces each source's home (the published sub-paths are kept).
+    """
+    started = time.monotonic()
+    members = task_members(task)
+    if base_url is not None:
+        _check_url(base_url)
+    summary = TaskDownloadSummary(task, [])
+    for name in members:
+        source = DATASETS[name]
+        for index in range(source.max_shards):
+            url = source.url(index, base_url)
+            dest = Path(tasks_dir) / name / Path(source.filename(index)).name
+            summary.files.append(dest)
+            if dest.exists():
+                summary.skipped += 1
+                continue
+            label = f"{name}/{dest.name}"
+            report = None if progress is None else (
+                lambda done, total, lb=label: progress(lb, done, total))
+            download_file(url, dest, progress=report, retries=retries, backoff=backoff,
+                          timeout=timeout,
+                          validate=lambda p, u=url, s=source: _check_task_file(u, p, s.columns))
+            summary.downloaded += 1
+            summary.bytes += dest.stat().st_size
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _check_task_file(url: str, part: Path, columns: tuple[str, ...]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.ParquetFile(part).schema_arrow.names
+    except (OSError, pa.ArrowException):
+        names = None
+    if names is None or any(c not in names for c in columns):
+        raise UserError(f"{url} is not a parquet file with columns {', '.join(columns)}; "
+                        "check --base-url")

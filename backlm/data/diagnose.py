@@ -4,6 +4,11 @@ Packs a few batches exactly as training would, then for every document in every 
 the BOS and marker positions, that the marker's target is masked, and that turning the
 model-order tokens back to reading order reproduces the source text (a cropped document must
 come back as the part the direction keeps: its beginning going forward, its ending backward).
+
+Independently of :mod:`backlm.direction`, a bigram fitted on raw reading-order text scores
+every document body as is and reversed (:mod:`backlm.data.ngram`): forward bodies must read
+forward and backward bodies backward, so even a bug shared by the transform and its inverse
+is caught.
 """
 
 from __future__ import annotations
@@ -14,8 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from backlm.data.loader import PackedLoader
+from backlm.data.ngram import DirectionSignal, direction_signals, fit_dataset
 from backlm.data.shards import list_shards
-from backlm.direction import IGNORE_INDEX, Direction, read_order_of, to_reading_order
+from backlm.direction import (
+    IGNORE_INDEX,
+    Direction,
+    prefix_length,
+    read_order_of,
+    to_reading_order,
+)
 
 
 @dataclass
@@ -56,10 +68,12 @@ class DiagnoseReport:
     backward_fraction: float | None
     checks: list[Check] = field(default_factory=list)
     samples: list[DecodedRow] = field(default_factory=list)
+    signals: list[DirectionSignal] = field(default_factory=list)  # n-gram, per declared order
+    ngram_tokens: int = 0  # reading-order tokens the bigram was fitted on
 
     @property
     def passed(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return all(c.ok for c in self.checks) and not any(s.contradicts for s in self.signals)
 
 
 def diagnose(
@@ -74,8 +88,12 @@ def diagnose(
     seed: int = 0,
     mix: float = 0.5,
     show: int = 3,
+    ngram_chars: int = 2_000_000,
 ) -> DiagnoseReport:
-    """Pack ``batches`` batches of ``split`` in ``direction`` and verify them document by document."""
+    """Pack ``batches`` batches of ``split`` in ``direction`` and verify them document by document.
+
+    ``ngram_chars`` characters of train text fit the bigram of the direction signal (0: off).
+    """
     direction = Direction.parse(direction)
     ids = tokenizer.special_ids
     loader = PackedLoader(
@@ -88,6 +106,7 @@ def diagnose(
         "marker target masked", "round trip to reading order", "crop keeps the right end",
     )}
     rows, tokens, targets, orders = 0, 0, 0, []
+    bodies: list[tuple[str, list[int]]] = []  # (declared order, body in model order)
     samples: list[DecodedRow] = []
     for _ in range(batches):
         try:
@@ -109,7 +128,13 @@ def diagnose(
             for start, (_, n, cropped), text in zip(starts, prov, texts, strict=False):
                 seg = [int(t) for t in row[start : start + n]]
                 if direction is Direction.BIDIRECTIONAL:
-                    has = len(seg) > 1 and seg[1] in (ids.forward, ids.backward)
+                    if len(seg) < 2:
+                        continue  # a row may end on a lone BOS: a boundary target, no marker
+                    if seg[1] == IGNORE_INDEX:
+                        # The row ends on the marker: it exists only as a (masked) target.
+                        checks["marker target masked"].record(True)
+                        continue
+                    has = seg[1] in (ids.forward, ids.backward)
                     checks["direction marker after BOS"].record(has)
                     checks["marker target masked"].record(
                         start + 1 < len(tgt) and tgt[start + 1] == IGNORE_INDEX
@@ -118,6 +143,7 @@ def diagnose(
                         continue
                 order = read_order_of(seg, direction, ids)
                 orders.append(order)
+                bodies.append((order.value, seg[prefix_length(direction):]))
                 back = to_reading_order(seg, direction, ids)
                 source = tokenizer.encode(text)
                 if not cropped:
@@ -143,8 +169,13 @@ def diagnose(
     back_frac = None
     if direction is Direction.BIDIRECTIONAL and orders:
         back_frac = sum(o is Direction.BACKWARD for o in orders) / len(orders)
-    return DiagnoseReport(
+    report = DiagnoseReport(
         direction=direction.value, split=split, rows=rows, tokens=tokens,
         target_fraction=targets / max(tokens, 1), backward_fraction=back_frac,
         checks=list(checks.values()), samples=samples,
     )
+    if ngram_chars > 0:
+        bigram = fit_dataset(dataset_dir, tokenizer, max_chars=ngram_chars)
+        report.ngram_tokens = bigram.tokens
+        report.signals = direction_signals(bigram, bodies)
+    return report

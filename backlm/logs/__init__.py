@@ -50,14 +50,73 @@ class LoggingCallback(Callback):
 
 
 def build_loggers(run: Any, resume_step: int) -> list[MetricLogger]:
-    """The loggers the run's config asks for (metrics.jsonl is always written)."""
+    """The loggers ``run.cfg.log`` asks for: metrics.jsonl always, then HDF5 and wandb."""
     from backlm.logs.jsonl import JsonlLogger
 
-    return [JsonlLogger(run.exp.path / "metrics.jsonl", resume_step)]
+    loggers: list[MetricLogger] = [JsonlLogger(run.exp.path / "metrics.jsonl", resume_step)]
+    if run.cfg.log.hdf5:
+        from backlm.logs.hdf5 import Hdf5Logger
+
+        loggers.append(Hdf5Logger(run.exp.path / f"{run.cfg.phase}.h5", schema_for(run),
+                                  file_attrs(run), group_attrs(run), resume_step,
+                                  run.cfg.log.flush_every, warn=run.print))
+    from backlm.logs.wandb_log import open_wandb
+
+    loggers.append(open_wandb(run))
+    return loggers
+
+
+def schema_for(run: Any) -> Any:
+    """The research-log layout of ``run``: names known before the first step."""
+    from backlm.logs.hdf5 import BASE_SCALARS, Schema
+    from backlm.trainer import eval_orders
+
+    per_direction = [f"val_{m}_{name}" for name, _, _ in eval_orders(run.cfg.data.direction)
+                     if name for m in ("loss", "bpb")]
+    params = tuple(n for n, p in run.raw_model.named_parameters() if p.requires_grad)
+    return Schema(scalars=(*BASE_SCALARS, *per_direction), params=params,
+                  layers=tuple(f"blocks.{i}" for i in range(len(run.raw_model.blocks))),
+                  rows=min(run.cfg.log.per_token_rows, run.cfg.train.device_batch_size),
+                  seq_len=run.cfg.model.seq_len)
+
+
+def file_attrs(run: Any) -> dict[str, Any]:
+    """File attributes of ``{phase}.h5`` (see backlm.logs.hdf5)."""
+    from backlm import __version__
+    from backlm.config import to_yaml
+    from backlm.experiment import utcnow
+    from backlm.logs.hdf5 import SCHEMA_VERSION
+
+    cfg = run.cfg
+    return {"schema_version": SCHEMA_VERSION, "experiment_id": run.exp.id, "phase": cfg.phase,
+            "direction": cfg.data.direction, "config": to_yaml(cfg), "created": utcnow(),
+            "backlm_version": __version__, "resumed_at": ""}
+
+
+def group_attrs(run: Any) -> dict[str, dict[str, Any]]:
+    """Cadences stored beside the data they describe."""
+    log = run.cfg.log
+    return {"scalars": {"every": run.cfg.train.log_every},
+            "per_token": {"every": log.per_token_every, "rows": log.per_token_rows,
+                          "seq_len": run.cfg.model.seq_len},
+            "gradients": {"every": log.stats_every}, "activations": {"every": log.stats_every}}
 
 
 def callbacks(run: Any) -> list[Callback]:
-    """Training-loop factory (see backlm.callbacks.FACTORIES)."""
+    """Training-loop factory (see backlm.callbacks.FACTORIES): loggers, research records,
+    generation samples; nothing on ranks other than 0."""
     if not run.dist.main:
         return []
-    return [LoggingCallback(build_loggers(run, run.step))]
+    loggers = build_loggers(run, run.step)
+    out: list[Callback] = [LoggingCallback(loggers)]
+    if run.cfg.log.hdf5:
+        from backlm.logs.hdf5 import Hdf5Logger
+        from backlm.logs.research import ResearchCallback
+
+        h5 = next(lg for lg in loggers if isinstance(lg, Hdf5Logger))
+        out.append(ResearchCallback(run, h5))
+    if run.cfg.log.sample_every > 0:
+        from backlm.logs.samples import SampleCallback
+
+        out.append(SampleCallback(run))
+    return out

@@ -1,0 +1,28 @@
+"""``backlm note``: append a timestamped note (or issue) to an experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from backlm.ui import console, user_errors
+
+
+@user_errors
+def note(
+    experiment: str = typer.Argument(..., help="Experiment id, path or tag."),
+    text: str = typer.Argument(..., help="The note, one line (quote it)."),
+    issue: bool = typer.Option(False, "--issue", help="Record it in notes/issues.txt instead."),
+    experiments: Path = typer.Option(None, "--experiments-dir",
+                                     help="Where experiments live (default ./experiments)."),
+) -> None:
+    """Append a line with the time and the experiment's latest step to notes/notes.txt."""
+    from backlm.experiment import find
+    from backlm.notes import add_note
+    from backlm.paths import experiments_root
+
+    exp = find(experiment, experiments or experiments_root())
+    path, line = add_note(exp, text, issue)
+    console.print(f"{'issue' if issue else 'note'} added to {path}:\n  {line}", highlight=False,
+                  markup=False, soft_wrap=True)

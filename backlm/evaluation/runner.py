@@ -1,0 +1,278 @@
+"""One evaluation of one checkpoint: every requested task in every requested direction.
+
+``run_eval`` checks everything a user can get wrong (experiment, directions, tasks, task
+data, step) before the model is loaded, then writes one JSON file per task and evaluated
+direction to ``experiments/<id>/evaluations/<phase>/<direction>/<task>.json``::
+
+    {"experiment", "task", "direction", "model_direction", "native", "phase", "step",
+     "created", "summary": {...}, "records": [...]}
+
+``direction`` is the evaluated order (for a bidirectional model: the marker used);
+``native`` says whether the model was trained in it. The summary's ``score`` (with its
+``metric``) is what the cross-direction table compares; language modelling summarises
+``val_loss``/``val_bpb`` (and ``ood_*``) and its records hold each split's loss by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backlm.atomic import write_json
+from backlm.direction import Direction
+from backlm.errors import UserError
+from backlm.evaluation import tasks as T
+
+# progress(label, done, total): label names the task and direction being evaluated
+Progress = Callable[[str, int, int], None]
+DEFAULT_LM_TOKENS = 32768
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclass
+class EvalOptions:
+    """What to evaluate; ``tasks`` None means lm plus every task whose data is downloaded."""
+
+    directions: Sequence[str] = ("forward", "backward")
+    tasks: Sequence[str] | None = None
+    step: int | None = None
+    max_per_task: int | None = None
+    lm_tokens: int | None = None  # default: the run's train.eval_tokens
+    batch_size: int | None = None  # default: the run's train.device_batch_size
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    device: str = "auto"
+
+
+@dataclass
+class TaskResult:
+    """One task in one evaluated direction."""
+
+    task: str
+    direction: str
+    native: bool
+    summary: dict[str, Any]
+    path: Path
+
+
+@dataclass
+class EvalReport:
+    """Everything one ``backlm eval`` produced."""
+
+    exp_id: str
+    exp_path: Path
+    phase: str
+    step: int
+    model_direction: str
+    directions: list[str]
+    results: list[TaskResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, task: str, direction: str) -> TaskResult | None:
+        """The result of ``task`` in ``direction``, if it was evaluated."""
+        return next((r for r in self.results if r.task == task and r.direction == direction),
+                    None)
+
+
+def parse_directions(text: str | Sequence[str]) -> list[str]:
+    """Concrete evaluated orders from a comma list (forward, backward)."""
+    names = [d.strip() for d in (text.split(",") if isinstance(text, str) else text)]
+    out = []
+    for name in (n for n in names if n):
+        try:
+            direction = Direction.parse(name)
+        except UserError:
+            raise UserError(f"unknown direction {name!r} in --directions: use forward, "
+                            "backward or forward,backward") from None
+        if direction is Direction.BIDIRECTIONAL:
+            raise UserError("--directions takes forward and/or backward: a bidirectional "
+                            "model is evaluated with the marker of each")
+        out.append(direction.value)
+    if not out:
+        raise UserError("--directions is empty: use forward, backward or forward,backward")
+    return list(dict.fromkeys(out))
+
+
+def resolve_tasks(requested: Sequence[str] | None, notes: list[str]) -> list[str]:
+    """Requested tasks (checked, data present); by default lm + every downloaded task."""
+    if requested is None:
+        missing = [t for t in T.KNOWN_TASKS[1:] if not T.is_downloaded(t)]
+        if missing:
+            notes.append(f"not downloaded, skipped: {', '.join(missing)} "
+                         "(`backlm data download --task arc|mmlu|gsm8k`)")
+        return [t for t in T.KNOWN_TASKS if t == T.LM_TASK or t not in missing]
+    tasks = T.parse_tasks(requested)
+    for task in tasks:
+        if task != T.LM_TASK:
+            T.task_files(task)  # raises with the exact download command
+    return tasks
+
+
+def run_eval(ref: str, root: Path, options: EvalOptions,
+             progress: Progress | None = None) -> EvalReport:
+    """Evaluate an experiment's checkpoint (id, tag or path) and write the result files."""
+    from backlm.experiment import find
+    from backlm.inference import load_model, resolve_step
+
+    orders = parse_directions(options.directions)
+    for flag, value in (("--max-per-task", options.max_per_task),
+                        ("--lm-tokens", options.lm_tokens), ("--max-new-tokens",
+                                                             options.max_new_tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    exp = find(ref, root)
+    notes: list[str] = []
+    tasks = resolve_tasks(options.tasks, notes)
+    resolve_step(exp, options.step)  # a missing step fails before any data is read
+    # Every input is read before the model is loaded, so bad data fails fast.
+    examples: dict[str, Any] = {t: T.load_task(t, options.max_per_task) for t in tasks
+                                if t != T.LM_TASK}
+    if T.LM_TASK in tasks:
+        examples[T.LM_TASK] = _lm_shards(exp, notes)
+    loaded = load_model(exp, step=options.step, device=options.device)
+    phase = str(loaded.meta.get("phase") or exp.metadata().get("phase") or "base")
+    report = EvalReport(exp.id, exp.path, phase, loaded.step, loaded.direction, orders,
+                        notes=notes)
+    for task in tasks:
+        for order in orders:
+            label = f"{task} · {order}"
+            tick = None if progress is None else (lambda d, n, lb=label: progress(lb, d, n))
+            records, summary = _evaluate(loaded, task, order, examples[task], options, tick)
+            report.results.append(_write(report, task, order, summary, records))
+    return report
+
+
+def _evaluate(loaded: Any, task: str, order: str, examples: Any, options: EvalOptions,
+              tick: Any) -> tuple[list[dict], dict[str, Any]]:
+    from backlm.evaluation import scoring
+
+    if task == T.LM_TASK:
+        return _lm(loaded, examples, order, options)
+    if task in T.MULTIPLE_CHOICE:
+        return scoring.evaluate_choice_task(loaded, examples, order, tick)
+    return scoring.evaluate_generation_task(loaded, examples, order, options.max_new_tokens,
+                                            tick)
+
+
+def _run_defaults(exp: Any) -> dict[str, int]:
+    """Batch size and LM token budget of the run's config (fallbacks if it is unreadable)."""
+    from backlm.trainer import load_run_config
+
+    try:
+        cfg = load_run_config(exp)
+        return {"batch_size": cfg.train.device_batch_size, "lm_tokens": cfg.train.eval_tokens}
+    except (UserError, OSError, ValueError, KeyError):
+        return {"batch_size": 8, "lm_tokens": DEFAULT_LM_TOKENS}
+
+
+def _lm_shards(exp: Any, notes: list[str]) -> dict[str, list[Path]]:
+    """Held-out shards per split of the experiment's dataset (``data_dir`` in metadata)."""
+    from backlm.evaluation.lm import lm_shards
+
+    data_dir = exp.metadata().get("data_dir")
+    if not data_dir:
+        raise UserError(f"experiment {exp.id} names no data_dir in metadata.json; "
+                        "leave lm out of --tasks")
+    shards, missing = lm_shards(Path(data_dir))
+    notes.extend(missing)
+    return shards
+
+
+def _lm(loaded: Any, shards: dict[str, list[Path]], order: str,
+        options: EvalOptions) -> tuple[list[dict], dict[str, Any]]:
+    from backlm.evaluation.lm import evaluate_text, lm_record
+
+    defaults = _run_defaults(loaded.exp)
+    records, summary = [], {"metric": "val_loss"}
+    for split, paths in shards.items():
+        sums = evaluate_text(loaded, paths, order,
+                             batch_size=options.batch_size or defaults["batch_size"],
+                             max_tokens=options.lm_tokens or defaults["lm_tokens"])
+        records.append(lm_record(split, sums))
+        summary.update({f"{split}_loss": sums.loss, f"{split}_bpb": sums.bpb,
+                        f"{split}_tokens": int(sums.tokens)})
+    summary["score"] = summary["val_loss"]
+    return records, summary
+
+
+def _write(report: EvalReport, task: str, order: str, summary: dict[str, Any],
+           records: list[dict]) -> TaskResult:
+    from backlm.experiment import utcnow
+
+    native = Direction(order) in Direction.parse(report.model_direction).orders
+    path = report.exp_path / "evaluations" / report.phase / order / f"{task}.json"
+    write_json(path, {
+        "experiment": report.exp_id, "task": task, "direction": order,
+        "model_direction": report.model_direction, "native": native, "phase": report.phase,
+        "step": report.step, "created": utcnow(), "summary": summary, "records": records,
+    })
+    return TaskResult(task, order, native, summary, path)
+
+
+# --- comparisons ----------------------------------------------------------------------------
+
+
+def direction_rows(report: EvalReport) -> list[dict[str, Any]]:
+    """Per task: score per evaluated direction, native, cross and gap (native − cross).
+
+    Native and cross exist for forward and backward models evaluated in both orders; a
+    bidirectional model is native in both, so they stay None for it. For language modelling
+    the score is a loss, so there a negative gap means the native order is better.
+    """
+    rows = []
+    for task in dict.fromkeys(r.task for r in report.results):
+        scores = {d: r.summary["score"] for d in report.directions
+                  if (r := report.get(task, d)) is not None}
+        metric = next(r.summary["metric"] for r in report.results if r.task == task)
+        native = cross = gap = None
+        model = Direction.parse(report.model_direction)
+        if model is not Direction.BIDIRECTIONAL:
+            native, cross = scores.get(model.value), scores.get(model.opposite.value)
+            if native is not None and cross is not None:
+                gap = native - cross
+        rows.append({"task": task, "metric": metric, "scores": scores, "native": native,
+                     "cross": cross, "gap": gap})
+    return rows
+
+
+def lm_matrix(report: EvalReport) -> list[dict[str, Any]]:
+    """Language-modelling rows: split × evaluated direction with CE (nats/token) and bpb."""
+    rows = []
+    for split in ("val", "ood"):
+        for d in report.directions:
+            r = report.get(T.LM_TASK, d)
+            if r is not None and f"{split}_loss" in r.summary:
+                rows.append({"split": split, "direction": d, "native": r.native,
+                             "loss": r.summary[f"{split}_loss"],
+                             "bpb": r.summary[f"{split}_bpb"]})
+    return rows
+
+
+def log_to_research_log(report: EvalReport) -> bool:
+    """Append every summary to the experiment's research log (``{phase}.h5``).
+
+    One entry per task (the log's kind), its values named ``<direction>/<key>``. Needs
+    :func:`backlm.logs.hdf5.append_eval` and a research log written by training; returns False
+    when either is absent, or (with a note in the report) when the log refuses the append,
+    e.g. while a live run writes it: the JSON results are written by then either way.
+    """
+    try:
+        from backlm.logs.hdf5 import append_eval
+    except ImportError:
+        return False
+    h5 = report.exp_path / f"{report.phase}.h5"
+    if not h5.is_file():
+        return False
+    per_task: dict[str, dict[str, float]] = {}
+    for r in report.results:
+        per_task.setdefault(r.task, {}).update(
+            {f"{r.direction}/{k}": float(v) for k, v in r.summary.items()
+             if isinstance(v, int | float) and not isinstance(v, bool)})
+    try:
+        for task, values in per_task.items():
+            append_eval(h5, task, report.step, values)
+    except UserError as exc:
+        report.notes.append(f"research log not updated: {exc}")
+        return False
+    return True

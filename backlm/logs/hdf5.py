@@ -1,0 +1,358 @@
+"""The research log ``{phase}.h5``: schema, crash-safe SWMR writer, recovery and eval appends.
+
+Schema (``schema_version`` 1). Every group below holds a ``step`` dataset (int64) that indexes
+its rows; every other dataset in the group has one row per entry of ``step`` (axis 0). All
+datasets are extendable (``maxshape=(None, ...)``), chunked and gzip-compressed.
+
+File attributes: ``schema_version``, ``experiment_id``, ``phase``, ``direction``, ``config``
+(the resolved config as YAML text), ``created``, ``backlm_version``, ``resumed_at`` (steps a
+resumed run restarted from, comma-separated; empty if never).
+
+``/scalars/`` (one row per logged step, ``train.log_every``, default every step; the initial
+evaluation is step 0): ``loss``, ``lr_mult`` (the schedule's learning-rate multiplier: each
+parameter group's lr is its base lr × this), ``grad_norm``, ``tokens``, ``tokens_per_sec``,
+``mfu``, ``dt`` (seconds per step), ``val_loss``, ``val_bpb`` and, in bidirectional runs,
+``val_loss_forward``, ``val_loss_backward``, ``val_bpb_forward``, ``val_bpb_backward`` — all
+float64, NaN where a step lacks the value (validation runs every ``train.eval_every`` steps).
+
+``/per_token/`` (every ``log.per_token_every`` steps; group attrs ``every``, ``rows``,
+``seq_len``): the first ``log.per_token_rows`` rows of the step's last micro-batch, scored by
+an extra no-grad forward before the optimizer update. ``loss`` float16 (n, rows, T), NaN where
+the target is ignored; ``pred`` int32 (n, rows, T) argmax predictions; ``input`` and
+``target`` int32 (n, rows, T) token ids in model order (target −1: ignored);
+``position_loss`` float32 (n, T), the mean loss at each position over the rows.
+
+``/gradients/<param>/{norm,mean,std,max_abs}`` (float32, every ``log.stats_every`` steps, from
+``p.grad`` after the backward passes, before clipping): one group per model parameter, named
+as in ``model.named_parameters()`` (e.g. ``blocks.0.attn.qkv``).
+
+``/activations/<layer>/{mean,std,rms,max_abs}`` (float32, every ``log.stats_every`` steps):
+the output of each transformer block (``blocks.0`` ...), over every micro-batch of the step,
+captured by forward hooks armed only on those steps (no extra forward pass).
+
+``/eval/{kind,name,value}`` (one row per value; ``kind`` and ``name`` are fixed-length byte
+strings): validation results (kind ``val``) at every evaluation, and whatever other code adds
+through :func:`append_eval` (e.g. kind ``5cat``). ``/extra/{name,value}``: numeric record keys
+other callbacks add to a step's record that the fixed ``/scalars`` do not name.
+
+Crash safety (HDF5 SWMR, DESIGN.md §3). A new file is built under a temporary name with every
+group and dataset created up front — nothing can be created once ``swmr_mode`` is on — and
+renamed into place; the writer then reopens it, switches SWMR on and appends. Rows are buffered
+and written every ``log.flush_every`` steps and at every checkpoint; a group's ``step`` is
+written after its other datasets, so its length counts the complete rows. Readers open with
+``h5py.File(path, "r", libver="latest", swmr=True)`` and may follow a live run (``refresh()``
+or reopen). After a SIGKILL the file keeps its "open for write" flag: a plain open or an append
+fails, an SWMR read works and holds every step up to the last flush. A resumed run therefore
+rebuilds the file (SWMR read → fresh file with the rows of steps ≤ the checkpoint step → atomic
+rename) and appends, so steps are never duplicated.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from backlm import atomic
+from backlm.errors import UserError
+from backlm.logs import MetricLogger
+
+SCHEMA_VERSION = 1
+GROUPS = ("scalars", "per_token", "gradients", "activations", "eval", "extra")
+BASE_SCALARS = ("loss", "lr_mult", "grad_norm", "tokens", "tokens_per_sec", "mfu", "dt",
+                "val_loss", "val_bpb")
+GRAD_STATS = ("norm", "mean", "std", "max_abs")
+ACT_STATS = ("mean", "std", "rms", "max_abs")
+KIND_LEN, NAME_LEN = 16, 64
+_CHUNK_BYTES = 32768
+
+# Writers open in this process, by resolved path, so append_eval can go through them: a second
+# handle on a file under SWMR write would corrupt it.
+_OPEN: dict[str, Hdf5Logger] = {}
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What one run's file holds; every name is known before the first step."""
+
+    scalars: tuple[str, ...]
+    params: tuple[str, ...]
+    layers: tuple[str, ...]
+    rows: int
+    seq_len: int
+
+    def datasets(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every dataset path → (shape of one row, dtype)."""
+        out: dict[str, tuple[tuple[int, ...], str]] = {f"{g}/step": ((), "i8") for g in GROUPS}
+        out.update({f"scalars/{n}": ((), "f8") for n in self.scalars})
+        slice_ = (self.rows, self.seq_len)
+        out.update({"per_token/loss": (slice_, "f2"), "per_token/pred": (slice_, "i4"),
+                    "per_token/input": (slice_, "i4"), "per_token/target": (slice_, "i4"),
+                    "per_token/position_loss": ((self.seq_len,), "f4")})
+        out.update({f"gradients/{p}/{s}": ((), "f4") for p in self.params for s in GRAD_STATS})
+        out.update({f"activations/{n}/{s}": ((), "f4") for n in self.layers for s in ACT_STATS})
+        out.update({"eval/kind": ((), f"S{KIND_LEN}"), "eval/name": ((), f"S{NAME_LEN}"),
+                    "eval/value": ((), "f8"), "extra/name": ((), f"S{NAME_LEN}"),
+                    "extra/value": ((), "f8")})
+        return out
+
+
+def open_reader(path: Path) -> h5py.File:
+    """Open a research log for reading, also while it is written or after a crash."""
+    return h5py.File(path, "r", libver="latest", swmr=True)
+
+
+class Hdf5Logger(MetricLogger):
+    """Appends to ``{phase}.h5`` in SWMR mode; rows are buffered until the next flush."""
+
+    def __init__(self, path: Path, schema: Schema, attrs: dict[str, Any],
+                 group_attrs: dict[str, dict[str, Any]] | None = None, resume_step: int = 0,
+                 flush_every: int = 10, warn: Callable[[str], None] = print) -> None:
+        self.path = Path(path)
+        self.schema, self.flush_every = schema, flush_every
+        keep = resume_step if resume_step > 0 and self.path.exists() else None
+        if keep is not None:
+            attrs = {**attrs, "resumed_at": _resumes(self.path, resume_step)}
+        rebuild(self.path, keep, schema.datasets(), attrs, group_attrs or {}, warn, fresh=True)
+        self._f = h5py.File(self.path, "r+", libver="latest")
+        self._f.swmr_mode = True
+        self._ds = {name: self._f[name] for name in schema.datasets()}
+        self._buf: dict[str, list[Any]] = {name: [] for name in self._ds}
+        self._last = {g: _last_step(self._ds[f"{g}/step"]) for g in GROUPS}
+        self._since_flush = 0
+        _OPEN[str(self.path.resolve())] = self
+
+    # --- what the loop and the research callback hand in ------------------------------------
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        """Buffer one ``/scalars`` row (NaN for missing names), eval and extra values."""
+        if not self._claim("scalars", step):
+            return
+        for name in self.schema.scalars:
+            self._buf[f"scalars/{name}"].append(_number(record.get(name)))
+        vals = {k: v for k, v in record.items() if k.startswith("val_") and _is_number(v)}
+        if vals:
+            self.add_eval("val", step, vals)
+        for key, value in record.items():
+            if key not in self.schema.scalars and key not in vals and _is_number(value):
+                self._row("extra", step, name=_bytes(key, NAME_LEN), value=float(value))
+        self._since_flush += 1
+        if self._since_flush >= self.flush_every:
+            self.flush()
+
+    def add_per_token(self, step: int, arrays: dict[str, np.ndarray]) -> None:
+        """Buffer one ``/per_token`` row: loss, pred, input, target, position_loss."""
+        if self._claim("per_token", step):
+            for key, value in arrays.items():
+                self._buf[f"per_token/{key}"].append(value)
+
+    def add_stats(self, group: str, step: int, stats: dict[str, dict[str, float]]) -> None:
+        """Buffer one row of ``/gradients`` or ``/activations``: {param or layer: {stat: v}}."""
+        if self._claim(group, step):
+            for name, values in stats.items():
+                for stat, value in values.items():
+                    self._buf[f"{group}/{name}/{stat}"].append(value)
+
+    def add_eval(self, kind: str, step: int, values: dict[str, float]) -> None:
+        """Buffer one ``/eval`` row per value."""
+        for name, value in values.items():
+            self._row("eval", step, kind=_bytes(kind, KIND_LEN), name=_bytes(name, NAME_LEN),
+                      value=float(value))
+
+    def _claim(self, group: str, step: int) -> bool:
+        # A step already in the group (a repeated hook call) is skipped, never duplicated.
+        if step <= self._last[group]:
+            return False
+        self._last[group] = step
+        self._buf[f"{group}/step"].append(step)
+        return True
+
+    def _row(self, group: str, step: int, **values: Any) -> None:
+        self._buf[f"{group}/step"].append(step)
+        for key, value in values.items():
+            self._buf[f"{group}/{key}"].append(value)
+
+    # --- durability ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every buffered row (each group's ``step`` last) and flush the file."""
+        if not self._f.id.valid:
+            return
+        steps = [n for n in self._buf if n.endswith("/step")]
+        for name in [n for n in self._buf if not n.endswith("/step")] + steps:
+            rows = self._buf[name]
+            if rows:
+                _append(self._ds[name], np.asarray(rows, dtype=self._ds[name].dtype))
+                rows.clear()
+        self._f.flush()
+        self._since_flush = 0
+
+    def close(self) -> None:
+        """Flush and close; the file then opens without SWMR too."""
+        if self._f.id.valid:
+            self.flush()
+            self._f.close()
+        _OPEN.pop(str(self.path.resolve()), None)
+
+
+def append_eval(h5_path: Path, kind: str, step: int, values: dict[str, float]) -> None:
+    """Add evaluation results (e.g. 5CAT) to a research log, during or after a run.
+
+    During a run in this process the open writer takes them (and flushes). Otherwise the file
+    is opened for append; a file a killed run left "open for write" is rebuilt first, keeping
+    every row. A file another live process is writing raises :class:`UserError`.
+    """
+    path = Path(h5_path)
+    writer = _OPEN.get(str(path.resolve()))
+    if writer is not None:
+        writer.add_eval(kind, step, values)
+        writer.flush()
+        return
+    if not path.is_file():
+        raise UserError(f"no research log at {path}: train with log.hdf5 on to create one")
+    from backlm.experiment import RunLock
+
+    if RunLock(path.parent / "run.lock").active():
+        raise UserError(f"{path} is being written by a live training run: add results from "
+                        "inside that run, or after it ends")
+    try:
+        f = h5py.File(path, "r+", libver="latest")
+    except OSError:
+        rebuild(path, None, {}, {}, {}, print)  # left open by a killed run: clear by rebuilding
+        f = h5py.File(path, "r+", libver="latest")
+    with f:
+        for name, value in values.items():
+            for key, row in (("kind", _bytes(kind, KIND_LEN)), ("name", _bytes(name, NAME_LEN)),
+                             ("value", float(value))):
+                _append(f[f"eval/{key}"], np.asarray([row], dtype=f[f"eval/{key}"].dtype))
+            _append(f["eval/step"], np.asarray([step], dtype="i8"))
+
+
+# --- building, recovering ---------------------------------------------------------------------
+
+
+def rebuild(path: Path, keep_step: int | None, layout: dict[str, tuple[tuple[int, ...], str]],
+            attrs: dict[str, Any], group_attrs: dict[str, dict[str, Any]],
+            warn: Callable[[str], None], fresh: bool = False) -> None:
+    """Write ``path`` anew (temporary name, then atomic rename) with every dataset created.
+
+    With ``fresh`` and ``keep_step`` None the old file's rows are dropped (a new run).
+    Otherwise the old file is read in SWMR mode (so a crashed writer's file opens) and rows of
+    steps ≤ ``keep_step`` (all rows when None) are copied; its other datasets and attributes
+    are kept too. An unreadable old file is moved aside to ``*.corrupt``.
+    """
+    old = None
+    if path.exists() and not (fresh and keep_step is None):
+        try:
+            old = open_reader(path)
+        except OSError as exc:
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            warn(f"research log {path.name} was unreadable ({exc}); moved to {aside.name}")
+    try:
+        with atomic.atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as new:
+            full = {**(_layout_of(old) if old else {}), **layout}
+            merged_attrs = {**(dict(old.attrs) if old else {}), **attrs}
+            _create(new, full, merged_attrs, group_attrs)
+            if old is not None:
+                _copy_rows(old, new, keep_step)
+    finally:
+        if old is not None:
+            old.close()
+
+
+def _create(f: h5py.File, layout: dict[str, tuple[tuple[int, ...], str]],
+            attrs: dict[str, Any], group_attrs: dict[str, dict[str, Any]]) -> None:
+    for key, value in attrs.items():
+        f.attrs[key] = value
+    for name, (tail, dtype) in layout.items():
+        row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        chunk_rows = max(1, min(1024, _CHUNK_BYTES // row_bytes))
+        numeric = np.dtype(dtype).kind in "fiu"
+        f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                         chunks=(chunk_rows, *tail), compression="gzip", compression_opts=4,
+                         shuffle=numeric)
+    for group, values in group_attrs.items():
+        for key, value in values.items():
+            f.require_group(group).attrs[key] = value
+
+
+def _layout_of(f: h5py.File) -> dict[str, tuple[tuple[int, ...], str]]:
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.maxshape[:1] == (None,):
+            out[name] = (tuple(obj.shape[1:]), obj.dtype.str)
+
+    f.visititems(visit)
+    return out
+
+
+def _copy_rows(old: h5py.File, new: h5py.File, keep_step: int | None) -> None:
+    for group in new:
+        if f"{group}/step" not in old or f"{group}/step" not in new:
+            continue
+        names = [n for n in _layout_of(new) if n.startswith(f"{group}/")]
+        present = [n for n in names if n in old and old[n].shape[1:] == new[n].shape[1:]]
+        steps = old[f"{group}/step"][:]
+        n = min([len(steps)] + [old[x].shape[0] for x in present])
+        late = np.nonzero(steps[:n] > keep_step)[0] if keep_step is not None else []
+        k = int(late[0]) if len(late) else n  # steps only grow: the kept rows are a prefix
+        for name in names:
+            ds = new[name]
+            ds.resize((k, *ds.shape[1:]))
+            for i in range(0, k, 4096):
+                j = min(k, i + 4096)
+                ds[i:j] = old[name][i:j] if name in present else _fill(ds.dtype, j - i,
+                                                                      ds.shape[1:])
+
+
+def _fill(dtype: np.dtype, n: int, tail: tuple[int, ...]) -> np.ndarray:
+    value: Any = np.nan if dtype.kind == "f" else (b"" if dtype.kind == "S" else -1)
+    return np.full((n, *tail), value, dtype=dtype)
+
+
+def _resumes(path: Path, step: int) -> str:
+    try:
+        with open_reader(path) as f:
+            before = str(f.attrs.get("resumed_at", ""))
+    except OSError:
+        before = ""
+    return ",".join([s for s in before.split(",") if s] + [str(step)])
+
+
+# --- small helpers --------------------------------------------------------------------------
+
+
+def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
+    """Extend ``ds`` by ``rows`` (low-level calls: about 3× faster than slicing)."""
+    n = ds.id.shape[0]
+    count = rows.shape[0]
+    ds.id.set_extent((n + count, *ds.shape[1:]))
+    space = ds.id.get_space()
+    space.select_hyperslab((n,) + (0,) * (rows.ndim - 1), rows.shape)
+    ds.id.write(h5py.h5s.create_simple(rows.shape), space, np.ascontiguousarray(rows))
+
+
+def _last_step(ds: h5py.Dataset) -> int:
+    return int(ds[-1]) if ds.shape[0] else -1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> float:
+    return float(value) if _is_number(value) else math.nan
+
+
+def _bytes(text: str, size: int) -> bytes:
+    return str(text).encode("utf-8")[:size]
+

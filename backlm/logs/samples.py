@@ -1,0 +1,67 @@
+"""Generation samples during training: ``notes/generation_samples.jsonl`` (rank 0).
+
+Every ``log.sample_every`` steps the model writes ``log.sample_tokens`` tokens from BOS (plus
+each direction marker in a bidirectional run), with a fixed seed so samples at different steps
+are comparable. Each line holds the tokens in model order and turned back into reading order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from backlm.callbacks import Callback
+
+
+def prompts(direction: str, ids: Any) -> list[tuple[str, list[int]]]:
+    """``(order, prompt ids)``: BOS, or BOS + marker once per order for bidirectional."""
+    from backlm.direction import Direction
+
+    d = Direction.parse(direction)
+    if d is Direction.BIDIRECTIONAL:
+        return [(o.value, [ids.bos, ids.marker(o)]) for o in d.orders]
+    return [(d.value, [ids.bos])]
+
+
+def generate_samples(run: Any, step: int) -> list[dict[str, Any]]:
+    """One record per prompt: ids and text in model order and in reading order."""
+    from backlm.direction import to_reading_order
+
+    cfg, tok = run.cfg, run.tokenizer
+    ids = tok.special_ids
+    out = []
+    for order, prompt in prompts(cfg.data.direction, ids):
+        with run.autocast():
+            new = list(run.raw_model.generate(prompt, cfg.log.sample_tokens,
+                                              temperature=cfg.log.sample_temperature,
+                                              seed=cfg.train.seed))
+        model_ids = prompt + new
+        reading = to_reading_order(model_ids, cfg.data.direction, ids)
+        out.append({
+            "step": step, "direction": cfg.data.direction, "order": order,
+            "temperature": cfg.log.sample_temperature, "seed": cfg.train.seed,
+            "prompt_ids": prompt, "model_order_ids": model_ids, "reading_order_ids": reading,
+            "model_order_text": tok.decode(model_ids), "reading_order_text": tok.decode(reading),
+        })
+    return out
+
+
+class SampleCallback(Callback):
+    """Appends generation samples; a resumed run first drops samples past its checkpoint."""
+
+    def __init__(self, run: Any) -> None:
+        from backlm.logs.jsonl import truncate
+
+        self.every = run.cfg.log.sample_every
+        self.path = Path(run.exp.path) / "notes" / "generation_samples.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        truncate(self.path, run.step)
+
+    def on_step_end(self, run: Any, step: int, record: dict[str, Any]) -> None:
+        if step == 0 or step % self.every:
+            return
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                        for r in generate_samples(run, step))
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
