@@ -191,6 +191,12 @@ def test_steps_are_never_duplicated_and_append_eval_goes_through_the_writer(tmp_
     append_eval(path, "5cat", 2, {"score": 0.8})  # standalone, after the run
     with h5py.File(path, "r") as f:  # a cleanly closed file opens without SWMR too
         assert list(f["eval/step"][:]) == [1, 2]
+    from backlm.errors import UserError
+    from backlm.logs.reader import read_eval
+
+    assert read_eval(path, "5cat") == {"score": ([1, 2], [0.75, 0.8])}
+    with pytest.raises(UserError, match="no research log"):
+        append_eval(tmp_path / "none.h5", "5cat", 1, {"score": 1.0})
 
 
 def _train_subprocess(home: Path, exp_id: str, env: dict | None = None, resume=False):

@@ -95,50 +95,58 @@ def declared_pass(model, x: Tensor, first: int, chunk: int, autocast
     return torch.cat(ce), torch.cat(ent), torch.cat(top), offsets / max(1, n * len(pos))
 
 
+def rollout_cuts(prefix: int, length: int, horizon: int) -> list[int]:
+    """Where gate D's rollouts start, last first: every ``horizon`` tokens back from the end,
+    over the last three quarters of the body (the first quarter is too little context)."""
+    first = prefix + max(4, (length - prefix) // 4)
+    return list(range(length - horizon, first - 1, -horizon))
+
+
 @torch.no_grad()
-def greedy_rollout(model, prefix: Tensor, horizon: int, chunk: int, autocast) -> Tensor:
-    """``horizon`` greedy tokens after each row of ``prefix``, feeding the model its own tokens."""
-    cfg = model.cfg
-    outs = []
-    for i in range(0, prefix.size(0), chunk):
-        rows = prefix[i:i + chunk]
-        cache = KVCache(cfg.depth, rows.size(0), cfg.n_heads, cfg.head_dim,
-                        rows.size(1) + horizon)
-        ids, made = rows, []
-        for _ in range(horizon):
-            with autocast():
-                h = model.hidden(ids, cache)[:, -1:]
-            ids = model.logits(h).argmax(-1)  # (n, 1)
-            made.append(ids)
-        outs.append(torch.cat(made, dim=1))
-    return torch.cat(outs)
-
-
-def rollout_cuts(prefix: int, length: int, samples: Samples) -> list[int]:
-    """Where gate D's rollouts start: ``rollout_starts`` cuts spread over the second half of
-    the body (enough context before, ``horizon`` reference tokens after)."""
-    h, n = samples.horizon, samples.rollout_starts
-    lo, hi = prefix + (length - prefix) // 2, length - h
-    lo = min(lo, hi)
-    return sorted({lo + round(i * (hi - lo) / max(1, n - 1)) for i in range(n)})
-
-
-def rollout_vs_teacher(model, x: Tensor, top: Tensor, prefix: int, samples: Samples,
-                       autocast) -> tuple[float, float]:
+def rollout_vs_teacher(model, x: Tensor, top: Tensor, prefix: int, horizon: int, autocast
+                       ) -> tuple[float, float]:
     """Gate D: greedy rollout match rate and teacher-forced top-1 accuracy, same targets.
 
-    Several short rollouts per row rather than one long one: after the first miss a rollout
-    rarely realigns with the reference, so a long horizon measures little but compounding.
+    Many short rollouts per row rather than one long one: after its first miss a rollout
+    rarely realigns with the reference, so a long horizon measures compounding and little
+    else. One prefill fills a KV cache for the whole rows; each rollout rewinds it to its cut
+    and writes its own tokens over the next ``horizon`` positions. Cuts run from the end
+    backwards, ``horizon`` apart, so no rollout reads positions an earlier one overwrote.
     """
-    h = samples.horizon
-    hits = tf_hits = total = 0.0
-    for cut in rollout_cuts(prefix, x.size(1), samples):
-        ref = x[:, cut:cut + h]
-        made = greedy_rollout(model, x[:, :cut], h, samples.batch_rows, autocast)
-        hits += float((made == ref).sum())
-        tf_hits += float((top[:, cut - 1:cut - 1 + h] == ref).sum())
-        total += ref.numel()
+    cfg, (n, length) = model.cfg, x.shape
+    cache = KVCache(cfg.depth, n, cfg.n_heads, cfg.head_dim, length)
+    with autocast():
+        model.hidden(x, cache)
+    hits = tf_hits = total = 0
+    with one_cpu_thread(x.device):
+        for cut in rollout_cuts(prefix, length, horizon):
+            cache.pos = cut - 1
+            ids, made = x[:, cut - 1:cut], []
+            for _ in range(horizon):  # re-feeding x[cut-1] rewrites its own K/V unchanged
+                with autocast():
+                    h = model.hidden(ids, cache)
+                ids = model.logits(h).argmax(-1)
+                made.append(ids)
+            ref = x[:, cut:cut + horizon]
+            hits += int((torch.cat(made, dim=1) == ref).sum())
+            tf_hits += int((top[:, cut - 1:cut - 1 + horizon] == ref).sum())
+            total += ref.numel()
     return hits / max(total, 1), tf_hits / max(total, 1)
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device):
+    """Decode steps on CPU with one thread: their matmuls are a few rows tall, and waking a
+    second thread costs more than it saves (5× slower per step on a busy 2-core machine)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _mean(values: Tensor, mask: Tensor) -> float:
@@ -155,15 +163,16 @@ def measure(model, probe: Probe, samples: Samples, autocast=contextlib.nullconte
     body = (_targets(x, p) != IGNORE_INDEX).float()  # the targets that are document tokens
     ce, ent, top, offsets = declared_pass(model, x, p, chunk, autocast)
     ce_decl = _mean(ce, body)
-    ce_opp = _mean(row_ce(model, probe.opposite, p, chunk, autocast), body)
+    wide = 4 * chunk  # CE-only passes never hold full logits: larger batches are cheaper
+    ce_opp = _mean(row_ce(model, probe.opposite, p, wide, autocast), body)
     ce_wrong = None
     if probe.wrong_marker is not None:
-        ce_wrong = _mean(row_ce(model, probe.wrong_marker, p, chunk, autocast), body)
+        ce_wrong = _mean(row_ce(model, probe.wrong_marker, p, wide, autocast), body)
     # gate C: the last K targets, their context ablated (log-prob change = −CE change)
     last = ce[:, -k:].mean()
-    shuffled = row_ce(model, probe.shuffled, p, chunk, autocast)[:, -k:].mean()
-    reversed_ = row_ce(model, probe.reversed, p, chunk, autocast)[:, -k:].mean()
-    match, tf_acc = rollout_vs_teacher(model, x, top, p, samples, autocast)
+    shuffled = row_ce(model, probe.shuffled, p, wide, autocast)[:, -k:].mean()
+    reversed_ = row_ce(model, probe.reversed, p, wide, autocast)[:, -k:].mean()
+    match, tf_acc = rollout_vs_teacher(model, x, top, p, samples.horizon, autocast)
     logps = {kk: float(v) for kk, v in zip(OFFSETS, offsets, strict=True)}
     margin = logps[1] - max(v for kk, v in logps.items() if kk != 1)
     mask = body.bool()

@@ -38,7 +38,6 @@ class Samples:
     min_tokens: int = 40  # shortest window when documents are short
     ablate_last: int = 16  # K: targets whose context gate C ablates
     horizon: int = 4  # H: greedy rollout length of gate D
-    rollout_starts: int = 4  # rollouts per document (cuts spread over its second half)
     entropy_bins: int = 8  # gate E bins (quantiles of the pooled predictive entropy)
     min_bin_tokens: int = 16  # a bin counts when both sets have this many tokens in it
     batch_rows: int = 8  # rows per forward pass (bounds the memory of full logits)
@@ -73,10 +72,9 @@ def load_spec(name_or_path: str | Path | None = None) -> FivecatSpec:
     spec = from_dict(FivecatSpec, {k: v for k, v in data.items() if k != "source"})
     spec.source = str(path)
     s = spec.samples
-    if s.max_samples < 2 or s.window < 8 or s.ablate_last < 1 or s.horizon < 1 \
-            or s.rollout_starts < 1:
-        raise UserError(f"{path}: samples need max_samples ≥ 2, window ≥ 8 and ablate_last, "
-                        "horizon and rollout_starts ≥ 1")
+    if s.max_samples < 2 or s.window < 8 or s.ablate_last < 1 or s.horizon < 1:
+        raise UserError(f"{path}: samples need max_samples ≥ 2, window ≥ 8, ablate_last ≥ 1 "
+                        "and horizon ≥ 1")
     if s.min_tokens < s.ablate_last + 4 or s.min_tokens < s.horizon + 4:
         raise UserError(f"{path}: samples.min_tokens must exceed ablate_last and horizon by 4")
     return spec

@@ -1,7 +1,10 @@
 """Metric loggers: one interface, several back ends (JSONL always; HDF5, wandb by config).
 
-Training code talks to :class:`LoggingCallback` only; it never branches on which loggers are
-on. Only rank 0 logs.
+Training code talks to the callbacks :func:`callbacks` builds only; it never branches on
+which loggers are on. Only rank 0 logs. Modules: ``jsonl`` (metrics.jsonl), ``hdf5`` (the
+``{phase}.h5`` research log and its schema), ``research`` (per-token slices, gradient and
+activation statistics), ``wandb_log`` (live view), ``samples`` (generation samples),
+``reader`` (what ``backlm log`` shows).
 """
 
 from __future__ import annotations

@@ -223,6 +223,11 @@ def append_eval(h5_path: Path, kind: str, step: int, values: dict[str, float]) -
         raise UserError(f"{path} is being written by a live training run: add results from "
                         "inside that run, or after it ends")
     try:
+        open_reader(path).close()
+    except OSError:
+        raise UserError(f"research log {path} is corrupt: it cannot be read even in SWMR "
+                        "mode; move it aside to start a new one") from None
+    try:
         f = h5py.File(path, "r+", libver="latest")
     except OSError:
         rebuild(path, None, {}, {}, {}, print)  # left open by a killed run: clear by rebuilding
@@ -260,6 +265,8 @@ def rebuild(path: Path, keep_step: int | None, layout: dict[str, tuple[tuple[int
         with atomic.atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as new:
             full = {**(_layout_of(old) if old else {}), **layout}
             merged_attrs = {**(dict(old.attrs) if old else {}), **attrs}
+            if old is not None and "created" in old.attrs:
+                merged_attrs["created"] = old.attrs["created"]  # the file's first run
             _create(new, full, merged_attrs, group_attrs)
             if old is not None:
                 _copy_rows(old, new, keep_step)

@@ -168,6 +168,20 @@ def _eval_rows(f: Any) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+def read_eval(path: Path, kind: str) -> dict[str, tuple[list[int], list[float]]]:
+    """``/eval`` rows of one ``kind`` as {name: (steps, values)}, in step order."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    with open_log(path) as f:
+        n = rows(f, "eval")
+        cols = [f[f"eval/{c}"][:n] for c in ("step", "kind", "name", "value")]
+    for step, k, name, value in zip(*cols, strict=True):
+        if k.decode() == kind:
+            steps, values = out.setdefault(name.decode(), ([], []))
+            steps.append(int(step))
+            values.append(float(value))
+    return out
+
+
 def new_scalar_rows(path: Path, after: int) -> list[dict[str, float]]:
     """``/scalars`` rows with step > ``after`` (for ``--follow``); [] while unreadable."""
     import numpy as np
