@@ -204,6 +204,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+_YAML11_WORDS = {"on", "off", "yes", "no", "y", "n"}
+_BOOL_WORDS = {"true": True, "on": True, "yes": True, "y": True,
+               "false": False, "off": False, "no": False, "n": False}
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Turn ``["a.b=3", "c=x"]`` into a nested dict; values are parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -215,6 +220,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if raw.strip().lower() in _YAML11_WORDS:
+            value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans: keep the word
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -246,7 +253,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         choices = ", ".join(sorted(names))
-        raise UserError(f"unknown config key {prefix}{unknown[0]!r}: valid keys here are {choices}")
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}': valid keys here are {choices}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
@@ -271,6 +278,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -280,7 +289,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     elif tp is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
+        if isinstance(value, bool):
+            return "on" if value else "off"  # a preset's YAML 1.1 `off` means the word
+        if isinstance(value, str | int | float):
             return str(value)
     else:
         return value

@@ -28,6 +28,7 @@ def fivecat(
     from backlm.direction import Direction
     from backlm.errors import UserError
     from backlm.fivecat import load_spec, result_path, run_fivecat, save_result
+    from backlm.fivecat.engine import held_out_splits
     from backlm.inference import load_model
     from backlm.paths import experiments_root
 
@@ -39,6 +40,7 @@ def fivecat(
     if not meta.get("data_dir"):
         raise UserError(f"experiment {lm.exp.id} names no data_dir in metadata.json: it cannot "
                         "be checked without its held-out text")
+    held_out_splits(Path(meta["data_dir"]))  # a missing data folder fails before any output
     console.print(f"5CAT · {lm.exp.id} · step {lm.step} · declared {declared}"
                   + (f" (checkpoint says {lm.direction})" if override else ""), highlight=False)
     result = run_fivecat(lm.model, lm.tokenizer, declared, Path(meta["data_dir"]), spec_)

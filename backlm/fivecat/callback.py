@@ -34,14 +34,18 @@ class FivecatCallback(Callback):
         self.spec = load_spec(cfg.spec or None).with_max_samples(cfg.max_samples)
         self.best: float | None = None
         self.pending: dict[str, Any] | None = None
+        # The direction the model is judged as: the run's own, unless set to another one
+        # (what a mislabeled checkpoint would claim, to see the alarm fire).
+        self.direction: str | None = None
 
     def on_train_start(self, run: Any) -> None:
-        # a resumed run keeps competing with the best score it had
+        """A resumed run keeps competing with the best score it had."""
         prior = read_best(run.exp.checkpoints)
         if prior and int(prior.get("step", 0)) <= run.step and prior.get("score") is not None:
             self.best = float(prior["score"])
 
     def on_step_end(self, run: Any, step: int, record: dict[str, Any]) -> None:
+        """Every ``every`` steps: measure on rank 0, then act on rank 0's decision everywhere."""
         if step <= 0 or step % self.every:
             return  # step 0 is the untrained model: nothing to check yet
         result = self._measure(run) if run.dist.main else None
@@ -63,7 +67,8 @@ class FivecatCallback(Callback):
         model.eval()
         try:
             with torch.no_grad():
-                return run_fivecat(model, run.tokenizer, run.cfg.data.direction,
+                direction = self.direction or run.cfg.data.direction
+                return run_fivecat(model, run.tokenizer, direction,
                                    Path(run.exp_meta()["data_dir"]), self.spec, run.autocast)
         finally:
             model.train(was_training)
@@ -86,6 +91,7 @@ class FivecatCallback(Callback):
         return bool(result.inverted and self.stop_on_inversion), save
 
     def on_checkpoint(self, run: Any, step: int, folder: Path | None) -> None:
+        """Write ``best_5cat.json`` once the best step's checkpoint exists (rank 0)."""
         if run.dist.main and self.pending and self.pending["step"] == step:
             atomic.write_json(run.exp.checkpoints / BEST_FILE, self.pending)
             self.pending = None

@@ -82,9 +82,10 @@ class FivecatResult:
         rows = [r for r in self.rows if r.gate == gate and (figure is None or r.figure == figure)]
         if not rows:
             return float("nan")
-        values = [r.value if math.isfinite(r.value) else -math.inf * (1 if r.op == ">=" else -1)
-                  for r in rows]
-        return min(values) if rows[0].op == ">=" else max(values)
+        higher_is_better = rows[0].op == ">="
+        unmeasured = -math.inf if higher_is_better else math.inf  # NaN: as bad as it gets
+        values = [r.value if math.isfinite(r.value) else unmeasured for r in rows]
+        return min(values) if higher_is_better else max(values)
 
     @property
     def direction_margin(self) -> float:

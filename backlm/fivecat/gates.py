@@ -124,8 +124,7 @@ def rollout_vs_teacher(model, x: Tensor, top: Tensor, prefix: int, horizon: int,
             ids, made = x[:, cut - 1:cut], []
             for _ in range(horizon):  # re-feeding x[cut-1] rewrites its own K/V unchanged
                 with autocast():
-                    h = model.hidden(ids, cache)
-                ids = model.logits(h).argmax(-1)
+                    ids = model.logits(model.hidden(ids, cache)).argmax(-1)
                 made.append(ids)
             ref = x[:, cut:cut + horizon]
             hits += int((torch.cat(made, dim=1) == ref).sum())

@@ -23,8 +23,8 @@ class Thresholds:
     offset_margin: float = 0.5  # θA, nats: logp(+1) − max over the other offsets
     direction_margin: float = 0.05  # θB, relative CE margin of the declared order
     marker_margin: float = 0.02  # θB for the marker of bidirectional models, relative
-    context_drop: float = 0.1  # θC, nats per target: both ablations must cost at least this
-    rollout_ratio: float = 0.3  # θD, greedy match rate / teacher-forced top-1 accuracy
+    context_drop: float = 0.05  # θC, nats per target: both ablations must cost at least this
+    rollout_ratio: float = 0.2  # θD, greedy match rate / teacher-forced top-1 accuracy
     generalisation_gap: float = 0.5  # θE, mean relative CE gap OOD vs VAL per entropy bin
     inverted_below: float = -0.01  # a direction or marker margin below this is an inversion
 
@@ -33,7 +33,7 @@ class Thresholds:
 class Samples:
     """How much text 5CAT reads, and the shape of its probes."""
 
-    max_samples: int = 32  # documents per held-out set
+    max_samples: int = 24  # documents per held-out set
     window: int = 128  # tokens per document window (capped by the model's seq_len)
     min_tokens: int = 40  # shortest window when documents are short
     ablate_last: int = 16  # K: targets whose context gate C ablates
