@@ -117,8 +117,8 @@ class Muon(torch.optim.Optimizer):
                 m, n = p.shape[-2:]
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
-                upd = o.mT if m > n else o
-                p.add_(upd.reshape(p.shape).to(p.dtype), alpha=-group["lr"] * max(1.0, m / n) ** 0.5)
+                upd = (o.mT if m > n else o).to(p.dtype)
+                p.view(-1, m, n).add_(upd, alpha=-group["lr"] * max(1.0, m / n) ** 0.5)
         return loss
 
 

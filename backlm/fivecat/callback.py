@@ -76,8 +76,8 @@ class FivecatCallback(Callback):
     def _react(self, run: Any, step: int, result: FivecatResult) -> tuple[bool, bool]:
         """Print, log to the research log, and decide (stop, checkpoint) on rank 0."""
         figs = result.figures()
-        run.print(f"5CAT step {step}: {result.passed_count}/5 · " + " · ".join(
-            f"{g} {figs[f'fivecat_{g}']:+.3f}{'✓' if result.gate_passed(g) else '✗'}"
+        run.print(f"5CAT step {step}: {result.passed_count}/5 " + " ".join(
+            f"{g}{figs[f'fivecat_{g}']:+.2f}{'✓' if result.gate_passed(g) else '✗'}"
             for g in "ABCDE" if figs.get(f"fivecat_{g}") is not None)
             + f" · score {result.score:+.3f}")
         if result.inverted:

@@ -141,7 +141,11 @@ def build_probes(data_dir: Path, tokenizer, direction: Direction | str, samples:
                  seq_len: int, splits: list[str]) -> tuple[list[Probe], dict[str, dict]]:
     """Probes of every split in ``splits`` and every marker; also what was read per split."""
     direction = Direction.parse(direction)
-    max_len = max(8, min(samples.window, seq_len - MAX_PREFIX))
+    max_len = min(samples.window, seq_len - MAX_PREFIX)
+    if max_len < samples.ablate_last + samples.horizon + 8:
+        raise UserError(f"5CAT needs windows of at least {samples.ablate_last + samples.horizon + 8} "
+                        f"tokens; this model's seq_len is {seq_len}: lower samples.ablate_last "
+                        "and samples.horizon in the 5CAT spec")
     probes, info = [], {}
     for split in splits:
         files = split_files(data_dir, split)
