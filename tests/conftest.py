@@ -57,3 +57,22 @@ def tiny_dataset(tmp_path: Path) -> Path:
     write_shard(d / "train_00001.parquet", docs[250:500], row_group_docs=50)
     write_shard(d / "val_00000.parquet", docs[500:], row_group_docs=50)
     return d
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """BACKLM_HOME with a tiny dataset ("tiny") and its tokenizer; experiments in tmp;
+    wandb never online."""
+    from backlm.data.shards import write_shard
+    from backlm.tokenizer import Tokenizer
+
+    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BACKLM_EXPERIMENTS", str(tmp_path / "exps"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    d = tmp_path / "home" / "data" / "tiny"
+    docs = make_docs(400)
+    write_shard(d / "train_00000.parquet", docs[:360], row_group_docs=40)
+    write_shard(d / "val_00000.parquet", docs[360:], row_group_docs=40)
+    Tokenizer.train(docs, vocab_size=300).save(d / "tokenizer")
+    return tmp_path

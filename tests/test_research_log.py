@@ -18,29 +18,12 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import make_docs
 from tests.test_train import run_cli, tiny_args
 
 FAST = ["--set", "train.save_every=4", "--set", "log.flush_every=2",
         "--set", "log.per_token_every=2", "--set", "log.stats_every=3"]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """BACKLM_HOME with a tiny dataset and tokenizer; experiments in tmp; wandb never online."""
-    from backlm.data.shards import write_shard
-    from backlm.tokenizer import Tokenizer
-
-    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BACKLM_EXPERIMENTS", str(tmp_path / "exps"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    d = tmp_path / "home" / "data" / "tiny"
-    docs = make_docs(400)
-    write_shard(d / "train_00000.parquet", docs[:360], row_group_docs=40)
-    write_shard(d / "val_00000.parquet", docs[360:], row_group_docs=40)
-    Tokenizer.train(docs, vocab_size=300).save(d / "tokenizer")
-    return tmp_path
 
 
 def train(exp_id: str, *extra: str, steps: int = 6, direction: str = "forward",

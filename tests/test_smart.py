@@ -14,7 +14,7 @@ import pytest
 from backlm.config import EarlyStopConfig
 from backlm.early_stop import BestTracker, Convergence, slope
 from backlm.errors import UserError
-from tests.test_train import home, losses, metrics, run_cli, tiny_args  # noqa: F401
+from tests.test_train import losses, metrics, run_cli, tiny_args
 
 
 def fake_run(tmp_path, **es):
@@ -85,7 +85,7 @@ def test_convergence_signals():
     assert c.plateau_at == 4
 
 
-def test_early_stop_end_to_end(home):  # noqa: F811
+def test_early_stop_end_to_end(home):
     res = run_cli(tiny_args("--direction", "forward", "--id", "es", "--set", "early_stop.enabled=true",
                             "--set", "early_stop.patience=2", "--set", "early_stop.min_delta=100",
                             "--set", "train.eval_every=2", steps=20))
@@ -98,7 +98,7 @@ def test_early_stop_end_to_end(home):  # noqa: F811
     assert "early stop" in res.output
 
 
-def _subprocess_train(home, exp_id, env=None, resume=False, steps=12, extra=()):  # noqa: F811
+def _subprocess_train(home, exp_id, env=None, resume=False, steps=12, extra=()):
     args = ["train", "--resume", exp_id] if resume else tiny_args(
         "--direction", "backward", "--id", exp_id, *extra, steps=steps)
     return subprocess.run([sys.executable, "-m", "backlm.cli", *args],
@@ -106,7 +106,7 @@ def _subprocess_train(home, exp_id, env=None, resume=False, steps=12, extra=()):
                           timeout=300)
 
 
-def test_nan_stops_as_diverged_and_restores_the_best(home):  # noqa: F811
+def test_nan_stops_as_diverged_and_restores_the_best(home):
     res = _subprocess_train(home, "nan", {"BACKLM_NAN_AT_STEP": "5"},
                             extra=("--set", "train.eval_every=2"))
     assert res.returncode == 1, res.stderr
@@ -130,7 +130,7 @@ def test_nan_stops_as_diverged_and_restores_the_best(home):  # noqa: F811
     assert best["value"] == pytest.approx(val4)
 
 
-def test_ctrl_c_saves_and_resume_matches(home):  # noqa: F811
+def test_ctrl_c_saves_and_resume_matches(home):
     ref = _subprocess_train(home, "ref2")
     assert ref.returncode == 0, ref.stderr
     res = _subprocess_train(home, "intr", {"BACKLM_INTERRUPT_AT_STEP": "6"})
@@ -162,7 +162,7 @@ def interrupting(run):
     return [_InterruptMidStep()]
 
 
-def test_ctrl_c_mid_step_rewinds_the_data(home):  # noqa: F811
+def test_ctrl_c_mid_step_rewinds_the_data(home):
     from backlm import callbacks, trainer
 
     assert run_cli(tiny_args("--direction", "forward", "--id", "ref3", steps=10)).exit_code == 0
@@ -185,7 +185,7 @@ def test_ctrl_c_mid_step_rewinds_the_data(home):  # noqa: F811
     assert all(a[k] == b[k] for k in a), [(k, a[k], b[k]) for k in a if a[k] != b[k]]
 
 
-def test_estimate_only_creates_nothing(home):  # noqa: F811
+def test_estimate_only_creates_nothing(home):
     res = run_cli(tiny_args("--direction", "forward", "--id", "est", "--estimate-only"))
     assert res.exit_code == 0, res.output
     for word in ("parameters", "FLOPs per token", "planned tokens", "wall time", "GPU-hours"):
@@ -197,7 +197,7 @@ def test_estimate_only_creates_nothing(home):  # noqa: F811
     assert bad.exit_code == 2 and "unknown cost.gpu" in bad.output
 
 
-def test_summary_panel_and_file(home):  # noqa: F811
+def test_summary_panel_and_file(home):
     res = run_cli(tiny_args("--direction", "forward", "--id", "sum", "--set",
                             "cost.usd_per_gpu_hour=2.0", steps=4))
     assert res.exit_code == 0, res.output

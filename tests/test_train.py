@@ -12,7 +12,6 @@ import pytest
 from typer.testing import CliRunner
 
 from backlm.cli import app
-from tests.conftest import make_docs
 
 TINY = [
     "model.depth=2", "model.width=64", "model.head_dim=32", "model.seq_len=32",
@@ -29,20 +28,6 @@ def tiny_args(*extra: str, steps: int = 8) -> list[str]:
     return args + list(extra)
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """BACKLM_HOME with a tiny dataset and its tokenizer; experiments in tmp."""
-    from backlm.data.shards import write_shard
-    from backlm.tokenizer import Tokenizer
-
-    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BACKLM_EXPERIMENTS", str(tmp_path / "exps"))
-    d = tmp_path / "home" / "data" / "tiny"
-    docs = make_docs(400)
-    write_shard(d / "train_00000.parquet", docs[:360], row_group_docs=40)
-    write_shard(d / "val_00000.parquet", docs[360:], row_group_docs=40)
-    Tokenizer.train(docs, vocab_size=300).save(d / "tokenizer")
-    return tmp_path
 
 
 def metrics(exp: Path) -> list[dict]:

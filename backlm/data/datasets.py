@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backlm.atomic import write_json
-from backlm.data.download import DownloadCancelled, _check_url, download_file, fsync_dir
+from backlm.atomic import fsync_dir, write_json
+from backlm.data.download import DownloadCancelled, _check_url, download_file
 from backlm.data.shards import SPLITS, open_shard, shard_name
 from backlm.errors import UserError
 

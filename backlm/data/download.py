@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backlm import __version__
+from backlm.atomic import fsync_dir
 from backlm.errors import UserError
 
 try:
@@ -121,16 +122,6 @@ def download_file(
         raise
     fsync_dir(dest.parent)
     return dest
-
-
-def fsync_dir(directory: Path) -> None:
-    """Flush a directory entry so a rename inside it survives a crash."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def file_sha256(path: Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from backlm.data.download import fsync_dir
+from backlm.atomic import fsync_dir
 from backlm.data.shards import SHARD_CHARS, SPLITS, ShardWriter
 from backlm.errors import UserError
 
