@@ -29,6 +29,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from backlm.errors import UserError
 
 IGNORE_INDEX = -1
@@ -154,6 +156,25 @@ def encode_document(
     else:
         seq = [ids.bos, *body]
         mask = [True] * (len(body) + 1)
+    return seq, mask
+
+
+def encode_document_array(
+    tokens: np.ndarray, direction: Direction | str, ids: SpecialIds,
+    order: Direction | str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`encode_document` on an int64 array, for the data loader's hot path."""
+    direction = Direction.parse(direction)
+    concrete = _resolve_order(direction, order)
+    head = 2 if direction is Direction.BIDIRECTIONAL else 1
+    seq = np.empty(len(tokens) + head, dtype=np.int64)
+    seq[0] = ids.bos
+    if head == 2:
+        seq[1] = ids.marker(concrete)
+    seq[head:] = tokens[::-1] if concrete is Direction.BACKWARD else tokens
+    mask = np.ones(len(seq), dtype=bool)
+    if head == 2:
+        mask[1] = False
     return seq, mask
 
 

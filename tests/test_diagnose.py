@@ -38,9 +38,9 @@ def test_diagnose_catches_a_missing_reversal(prepared, monkeypatch):
     from backlm import direction as d
 
     def buggy(tokens, direction, ids, order=None):  # forgets to reverse backward documents
-        return d.encode_document(tokens, "forward", ids)
+        return d.encode_document_array(tokens, "forward", ids)
 
-    monkeypatch.setattr(loader, "encode_document", buggy)
+    monkeypatch.setattr(loader, "encode_document_array", buggy)
     res = CliRunner().invoke(app, ["data", "diagnose", "-d", "backward", "--seq-len", "64"])
     assert res.exit_code == 1 and "FAILED" in res.output
 

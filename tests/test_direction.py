@@ -15,6 +15,7 @@ from backlm.direction import (
     document_order,
     encode_conversation,
     encode_document,
+    encode_document_array,
     model_order,
     read_order_of,
     to_reading_order,
@@ -186,3 +187,13 @@ def test_relabel_swaps_only_the_marker_and_round_trips(doc, order):
     assert relabel(wrong, IDS, order) == seq
     with pytest.raises(ValueError):
         relabel([IDS.bos, *doc[:1]] if doc[:1] else [IDS.bos], IDS, order)
+
+
+@given(docs, st.sampled_from(["forward", "backward", "bidirectional"]), orders)
+def test_array_encoding_matches_list_encoding(doc, direction, order):
+    import numpy as np
+
+    o = order if direction == "bidirectional" else None
+    seq, mask = encode_document(doc, direction, IDS, order=o)
+    aseq, amask = encode_document_array(np.asarray(doc, dtype=np.int64), direction, IDS, order=o)
+    assert aseq.tolist() == seq and amask.tolist() == mask

@@ -18,6 +18,7 @@ in the packing buffer, so :meth:`PackedLoader.load_state_dict` resumes at the ex
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from backlm.data.shards import open_shard, read_row_group
-from backlm.direction import IGNORE_INDEX, Direction, SpecialIds, document_order, encode_document
+from backlm.direction import (
+    IGNORE_INDEX,
+    Direction,
+    SpecialIds,
+    document_order,
+    encode_document_array,
+)
 from backlm.errors import UserError
 
 STATE_VERSION = 1
@@ -114,6 +121,8 @@ class PackedLoader:
             raise UserError(f"the shards hold no documents: {self.shards[0].parent}")
         # Fewer row groups than ranks: every rank reads every row group, taking its own rows.
         self._row_stride = len(self._units) < world_size
+        self._units_cache: tuple[int, list[tuple[int, int]]] = (-1, [])
+        self._rows_cache: tuple[tuple[int, int], tuple[list[str], list[int]]] = ((-1, -1), ([], []))
         self._cursor = (0, 0, 0)  # next (epoch, unit position, row) not yet tokenized
         self._buffer: list[tuple[int, int]] = []  # sorted (length, seq) of buffered docs
         self._docs: dict[int, _Doc] = {}
@@ -125,14 +134,19 @@ class PackedLoader:
     # --- document stream ---------------------------------------------------------------
 
     def _epoch_units(self, epoch: int) -> list[tuple[int, int]]:
+        if self._units_cache[0] == epoch:
+            return self._units_cache[1]
         units = list(self._units)
         if self.shuffle:
             random.Random(self.seed * 1_000_003 + epoch).shuffle(units)
-        if self._row_stride:
-            return units
-        return units[self.rank :: self.world_size]
+        if not self._row_stride:
+            units = units[self.rank :: self.world_size]
+        self._units_cache = (epoch, units)
+        return units
 
     def _unit_rows(self, epoch: int, pos: int) -> tuple[list[str], list[int]]:
+        if self._rows_cache[0] == (epoch, pos):
+            return self._rows_cache[1]  # read-aheads often take a row group in several bites
         shard, group = self._epoch_units(epoch)[pos]
         texts = read_row_group(self._files[shard], group, self.shards[shard])
         order = list(range(len(texts)))
@@ -142,6 +156,7 @@ class PackedLoader:
             )
         if self._row_stride:
             order = order[self.rank :: self.world_size]
+        self._rows_cache = ((epoch, pos), (texts, order))
         return texts, order
 
     def _read_ahead(self) -> None:
@@ -173,13 +188,19 @@ class PackedLoader:
         self._pending.extend(self._encode(keys, texts))
 
     def _encode(self, keys: list[tuple[int, int, int]], texts: list[str]) -> list[_Doc]:
-        docs = []
-        for key, toks in zip(keys, self.tokenizer.encode_batch(texts, self.threads), strict=True):
-            if not toks:
+        token_lists = self.tokenizer.encode_batch(texts, self.threads)
+        lengths = [len(t) for t in token_lists]
+        # One C-level pass into a flat array; documents become views into it.
+        flat = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int64,
+                           count=sum(lengths))
+        docs, start = [], 0
+        for key, n in zip(keys, lengths, strict=True):
+            body, start = flat[start : start + n], start + n
+            if not n:
                 continue  # an empty document would only add a stray BOS
             order = document_order(self.direction, doc_id(key), self.seed, self.mix)
-            seq, mask = encode_document(toks, self.direction, self.ids, order)
-            docs.append(_Doc(key, np.asarray(seq, dtype=np.int64), np.asarray(mask, dtype=bool)))
+            seq, mask = encode_document_array(body, self.direction, self.ids, order)
+            docs.append(_Doc(key, seq, mask))
         return docs
 
     # --- packing ----------------------------------------------------------------------
