@@ -6,10 +6,13 @@ loss) are checked against a plain autograd reference of the same architecture.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from backlm import model as model_module
 from backlm.config import ModelConfig
 from backlm.direction import IGNORE_INDEX
 from backlm.model import GPT, KVCache
@@ -55,7 +58,8 @@ def reference_loss(model: GPT, idx: torch.Tensor, tgt: torch.Tensor) -> torch.Te
         x = x + F.linear(a.transpose(1, 2).reshape(B, T, -1), blk.attn.proj)
         x = x + F.linear(F.relu(F.linear(nrm(x), blk.mlp.fc)).square(), blk.mlp.proj)
     logits = model.lm_head(nrm(x)).float()
-    logits = cfg.softcap * torch.tanh(logits / cfg.softcap)
+    if cfg.softcap > 0:
+        logits = cfg.softcap * torch.tanh(logits / cfg.softcap)
     return F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=IGNORE_INDEX)
 
 
@@ -93,6 +97,23 @@ def test_fused_loss_and_gradients_match_reference():
     got, want = grads(model, loss), grads(model, reference_loss(model, idx, tgt))
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("softcap", [0.0, 15.0, 60.0])
+def test_chunked_loss_matches_reference(monkeypatch, softcap):
+    # several chunks with a ragged last one; softcap 0 and > 40 take the max-shift path
+    monkeypatch.setitem(model_module.HEAD_CHUNK_ELEMENTS, "cpu", 7 * CFG.vocab_size)
+    model = make_model(dataclasses.replace(CFG, softcap=softcap))
+    idx, tgt = batch()
+    tgt[2, 3:] = IGNORE_INDEX
+    loss = model(idx, tgt)
+    torch.testing.assert_close(loss, reference_loss(model, idx, tgt), rtol=1e-5, atol=1e-5)
+    got, want = grads(model, loss), grads(model, reference_loss(model, idx, tgt))
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():
+        per_tok = model(idx, tgt, loss_reduction="none")
+    torch.testing.assert_close(per_tok.sum() / (tgt != IGNORE_INDEX).sum(), loss.detach())
 
 
 def test_loss_ignores_masked_targets():
@@ -212,9 +233,11 @@ def test_generate_needs_a_prompt():
         next(make_model().generate([], 3))
 
 
-def test_bf16_autocast_on_cpu():
+def test_bf16_autocast_on_cpu(monkeypatch):
+    monkeypatch.setitem(model_module.HEAD_CHUNK_ELEMENTS, "cpu", 7 * CFG.vocab_size)
     model = make_model()
     idx, tgt = batch()
+    fp32_grads = grads(model, model(idx, tgt))
     with torch.no_grad():
         ref = model(idx, tgt)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -222,9 +245,11 @@ def test_bf16_autocast_on_cpu():
         loss = model(idx, tgt)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     assert abs(loss.item() - ref.item()) < 0.05 * ref.item()
-    loss.backward()
-    for p in model.parameters():
-        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    bf16_grads = grads(model, loss)
+    for name, g in bf16_grads.items():
+        assert g.dtype == torch.float32 and torch.isfinite(g).all()
+        cos = F.cosine_similarity(g.flatten(), fp32_grads[name].flatten(), dim=0)
+        assert cos > 0.98, (name, cos)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert len(list(model.generate([1, 2], 4, temperature=0))) == 4
 
