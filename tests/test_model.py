@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backlm import model as model_module
+from backlm import kernels as model_module
 from backlm.config import ModelConfig
 from backlm.direction import IGNORE_INDEX
 from backlm.model import GPT, KVCache

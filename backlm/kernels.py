@@ -1,0 +1,227 @@
+"""Hand-written autograd functions for the GPT's memory-bound parts.
+
+On a CPU the matmuls run near the machine's peak and the rest is bound by memory bandwidth, so
+RMS norm, the fused q/k/v projection with QK norm and rotary, the ReLU² MLP and the softcapped
+loss have hand-written backward passes that make as few passes over memory as possible; the
+loss never materialises the ``(B·T, vocab)`` logits. Tests check them against plain autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from backlm.direction import IGNORE_INDEX
+
+# Autograd would keep a temporary per elementwise op and run one pass over memory for each in
+# backward; these Functions fold what they can into in-place ops and matmul epilogues. Each
+# runs with autocast off: callers pass tensors already cast to the compute dtype.
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float, device=None) -> tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` of shape ``(seq_len, head_dim // 2)`` in fp32."""
+    inv_freq = base ** -(torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor, sign: float = 1.0) -> None:
+    """``out = rotate(x)`` by the angles (``sign=-1``: the inverse rotation), halves-paired."""
+    x1, x2 = x.chunk(2, dim=-1)
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=o1)
+    o1.addcmul_(x2, sin, value=sign)
+    torch.mul(x2, cos, out=o2)
+    o2.addcmul_(x1, sin, value=-sign)
+
+
+def _rms_scale(x: Tensor) -> Tensor:
+    # 1 / rms over the last dim in fp32, keepdim; eps as F.rms_norm's default
+    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_()
+    return ms.mul_(1.0 / x.size(-1)).add_(torch.finfo(x.dtype).eps).rsqrt_()
+
+
+def _rms_backward(g: Tensor, y: Tensor, r: Tensor) -> Tensor:
+    # y = x·r with r = rms(x)^-1  ⇒  dx = r · (g − y · mean(g·y))
+    s = torch.linalg.vecdot(g, y, dim=-1).unsqueeze(-1).mul_(1.0 / y.size(-1))
+    return torch.addcmul(g, y, s.to(g.dtype), value=-1.0).mul_(r.to(g.dtype))
+
+
+class _Norm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        r = _rms_scale(x)
+        y = x * r.to(x.dtype)
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        y, r = ctx.saved_tensors
+        return _rms_backward(g, y, r)
+
+
+def norm(x: Tensor) -> Tensor:
+    """RMS norm over the last dimension, without learnable parameters."""
+    return _Norm.apply(x)
+
+
+class _QKV(torch.autograd.Function):
+    """``x @ w.T`` split into q, k, v ``(B, H, T, D)``; q and k RMS-normed, then rotated.
+
+    Rotation preserves each head vector's norm, so normalising before rotating equals
+    nanochat's rotate-then-normalise, and the backward pass needs only the outputs (which
+    attention keeps anyway). Gradients go back into one ``(B, T, 3, H, D)`` buffer so the
+    weight gradient is a single matmul. q, k, v are transposed views: SDPA takes them as is.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, cos: Tensor, sin: Tensor, batch: int, heads: int):
+        T, D = x.size(0) // batch, w.size(0) // (3 * heads)
+        qkv = torch.mm(x, w.t()).view(batch, T, 3, heads, D)
+        qk = qkv[:, :, :2]
+        r = _rms_scale(qk)
+        cos, sin = cos[:, None, None], sin[:, None, None]  # broadcast over (B, T, 2, H, D/2)
+        out = torch.empty(qk.shape, dtype=x.dtype, device=x.device)
+        _rotate(qk * r.to(qk.dtype), cos, sin, out)
+        ctx.save_for_backward(x, w, out, r, cos, sin)
+        return out[:, :, 0].transpose(1, 2), out[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, gq: Tensor, gk: Tensor, gv: Tensor):
+        x, w, out, r, cos, sin = ctx.saved_tensors
+        B, T, _, H, D = out.shape
+        g = torch.empty(B, T, 3, H, D, dtype=x.dtype, device=x.device)
+        for i, gi in enumerate((gq, gk)):
+            # y = R(x·r): the rms backward commutes with the rotation, since R is orthogonal
+            gi = _rms_backward(gi.transpose(1, 2), out[:, :, i], r[:, :, i])
+            _rotate(gi, cos[:, 0], sin[:, 0], g[:, :, i], sign=-1.0)
+        g[:, :, 2] = gv.transpose(1, 2)
+        g2 = g.view(x.size(0), -1)
+        gx = torch.mm(g2, w) if ctx.needs_input_grad[0] else None
+        gw = torch.mm(g2.t(), x) if ctx.needs_input_grad[1] else None
+        return gx, gw, None, None, None, None
+
+
+def qkv_rotary_norm(x: Tensor, w: Tensor, cos: Tensor, sin: Tensor, batch: int, heads: int):
+    """q, k, v ``(B, H, T, D)`` from tokens ``x`` ``(B·T, C)`` and the flat qkv weight."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _QKV.apply(x, w, cos, sin, batch, heads)
+
+
+class _MLP(torch.autograd.Function):
+    """``relu(x @ fc.T)² @ proj.T`` with one elementwise pass in backward.
+
+    d(relu(u)²)/du = 2·relu(u): the gradient is ``grad · h`` in place, and the factor 2 is
+    applied to the two small matmul outputs rather than to the wide hidden tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fc: Tensor, proj: Tensor) -> Tensor:
+        h = torch.mm(x, fc.t()).relu_()
+        a = h.square()
+        ctx.save_for_backward(x, fc, proj, h, a)
+        return torch.mm(a, proj.t())
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        x, fc, proj, h, a = ctx.saved_tensors
+        gu = torch.mm(gy, proj).mul_(h)
+        gx = torch.mm(gu, fc).mul_(2.0) if ctx.needs_input_grad[0] else None
+        gfc = torch.mm(gu.t(), x).mul_(2.0) if ctx.needs_input_grad[1] else None
+        gproj = torch.mm(gy.t(), a) if ctx.needs_input_grad[2] else None
+        return gx, gfc, gproj
+
+
+def mlp(x: Tensor, fc: Tensor, proj: Tensor) -> Tensor:
+    """ReLU² MLP on tokens ``x`` ``(N, C)``."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _MLP.apply(x, fc, proj)
+
+
+# logits elements alive at once in the loss: two 16 MB chunk buffers stay in a server CPU's
+# L3 while the chunk matmuls stay large enough to run near peak; GPUs want fewer launches
+HEAD_CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**26}
+
+
+def head_loss(
+    x: Tensor, w: Tensor, y: Tensor, cap: float, row_scale: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Per-token loss of ``softcap(x @ w.T)`` against ``y``, chunk by chunk.
+
+    With ``row_scale`` (one weight per row, 0 at ignored rows) also returns the gradients of
+    ``sum(row_scale · loss)`` with respect to ``x`` and ``w``; they are cheap to get here
+    because the softmax is already in hand. Logits are fp32 whatever the input dtype.
+    """
+    n, vocab = x.size(0), w.size(0)
+    valid = y != IGNORE_INDEX
+    safe_y = torch.where(valid, y, 0).unsqueeze(1)
+    losses = torch.empty(n, dtype=torch.float32, device=x.device)
+    with_grad = row_scale is not None
+    grad_x = torch.empty_like(x) if with_grad else None
+    grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if with_grad else None
+    rows = max(1, min(HEAD_CHUNK_ELEMENTS.get(x.device.type, 2**24) // vocab, n))
+    # two reusable chunk buffers: z holds logits -> tanh -> tanh², e holds exp -> gradient
+    z_buf = torch.empty(rows, vocab, dtype=torch.float32, device=x.device)
+    e_buf = torch.empty_like(z_buf)
+    fp32 = x.dtype == torch.float32
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        xc, yc, z, e = x[r0:r1], safe_y[r0:r1], z_buf[: r1 - r0], e_buf[: r1 - r0]
+        if fp32:  # the 1/cap of the softcap rides on the matmul (beta=0 ignores old z)
+            z.addmm_(xc, w.t(), beta=0.0, alpha=1.0 / cap if cap > 0 else 1.0)
+        else:
+            z.copy_(xc @ w.t()).mul_(1.0 / cap if cap > 0 else 1.0)
+        if cap > 0:
+            z.tanh_()
+            torch.mul(z, cap, out=e)
+        else:
+            e.copy_(z)
+        target_logit = e.gather(1, yc).squeeze(1)
+        if cap <= 0 or cap > 40:
+            # |logit| ≤ cap keeps exp() below overflow for cap ≤ 40; otherwise shift by the max
+            shift = e.amax(dim=1, keepdim=True)
+            e.sub_(shift)
+            target_logit = target_logit - shift.squeeze(1)
+        total = e.exp_().sum(dim=1)
+        losses[r0:r1] = torch.where(valid[r0:r1], total.log() - target_logit, 0.0)
+        if not with_grad:
+            continue
+        # d loss / d logit = softmax − onehot, times d softcap / d logit = 1 − tanh²
+        rs = row_scale[r0:r1]
+        e.mul_((rs / total).unsqueeze(1))
+        e.scatter_add_(1, yc, -rs.unsqueeze(1))
+        if cap > 0:
+            e.addcmul_(e, z.mul_(z), value=-1.0)
+        if fp32:
+            torch.mm(e, w, out=grad_x[r0:r1])
+            grad_w.addmm_(e.t(), xc)
+        else:  # low-precision matmuls, fp32 accumulation of the head's gradient
+            g = e.to(x.dtype)
+            grad_x[r0:r1] = g @ w
+            grad_w.add_(g.t() @ xc)
+    return losses, grad_x, grad_w
+
+
+class _SoftcapLoss(torch.autograd.Function):
+    """Mean (or sum) softcapped cross-entropy whose gradients are computed in forward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, y: Tensor, cap: float, mean: bool) -> Tensor:
+        valid = (y != IGNORE_INDEX).to(torch.float32)
+        # dividing by a tensor count keeps this free of host syncs on GPU
+        row_scale = valid / valid.sum().clamp(min=1) if mean else valid
+        losses, grad_x, grad_w = head_loss(x, w, y, cap, row_scale)
+        ctx.save_for_backward(grad_x, grad_w.to(w.dtype))
+        return (losses * row_scale).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype), None, None, None
+
+
+def softcap_loss(x: Tensor, w: Tensor, y: Tensor, cap: float, mean: bool = True) -> Tensor:
+    """Training loss of ``softcap(x @ w.T)`` vs ``y`` (``IGNORE_INDEX`` skipped), fused."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _SoftcapLoss.apply(x, w, y, cap, mean)
