@@ -96,11 +96,15 @@ def _concrete(order: Direction | str) -> Direction:
     return order
 
 
-def model_order(tokens: Sequence[int], order: Direction | str) -> list[int]:
-    """Put reading-order ``tokens`` into a concrete model ``order`` (its own inverse)."""
-    if _concrete(order) is Direction.BACKWARD:
-        return list(reversed(tokens))
-    return list(tokens)
+def model_order(tokens: Sequence[int] | np.ndarray, order: Direction | str):
+    """Put reading-order ``tokens`` into a concrete model ``order`` (its own inverse).
+
+    Lists come back as lists; NumPy arrays as arrays (a reversed view, no copy).
+    """
+    backward = _concrete(order) is Direction.BACKWARD
+    if isinstance(tokens, np.ndarray):
+        return tokens[::-1] if backward else tokens
+    return list(reversed(tokens)) if backward else list(tokens)
 
 
 # --- per-document choice for bidirectional runs -------------------------------------------
@@ -171,7 +175,7 @@ def encode_document_array(
     seq[0] = ids.bos
     if head == 2:
         seq[1] = ids.marker(concrete)
-    seq[head:] = tokens[::-1] if concrete is Direction.BACKWARD else tokens
+    seq[head:] = model_order(tokens, concrete)
     mask = np.ones(len(seq), dtype=bool)
     if head == 2:
         mask[1] = False
