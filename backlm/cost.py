@@ -102,9 +102,11 @@ def _measure_cpu(cfg: RunConfig) -> tuple[float, float]:
 def estimate(cfg: RunConfig, device_name: str, gpus: int, peak_flops: float,
              measure: bool = True) -> Estimate:
     """Estimate a run of ``cfg`` on ``gpus`` devices (0: CPU) of the given name and peak."""
+    import torch
+
     from backlm.model import GPT
 
-    with _meta_device():
+    with torch.device("meta"):  # sizes only: no weights are allocated
         model = GPT(cfg.model)
     params, fpt = model.num_params(), model.flops_per_token()
     tokens = cfg.train.max_steps * cfg.train.total_batch_tokens
@@ -125,19 +127,6 @@ def estimate(cfg: RunConfig, device_name: str, gpus: int, peak_flops: float,
     gpu_hours = wall * gpus / 3600
     return Estimate(params, fpt, tokens, eval_tokens, device_name, tps, source, wall, gpus,
                     gpu_hours, usd_h, gpu_hours * usd_h if usd_h is not None else None)
-
-
-class _meta_device:
-    """Build a model without allocating weights (sizes only)."""
-
-    def __enter__(self):
-        import torch
-
-        self._ctx = torch.device("meta")
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
 
 
 def target_gpu(cfg: RunConfig) -> tuple[str, int, float]:

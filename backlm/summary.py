@@ -29,8 +29,7 @@ def write_training_summary(run: Any, summary: Any) -> dict[str, Any]:
         "phase": run.cfg.phase,
         "direction": run.cfg.data.direction,
         "stop_reason": REASONS.get(summary.status, summary.status),
-        "best": {k: v for k, v in run.best.items() if k != "evals"} | {
-            "evals": run.best.get("evals")},
+        "best": {"evals": None, **run.best},
         "final_model_step": run.restored_step if run.restored_step is not None else run.step,
         "steps": summary.steps,
         "max_steps": run.cfg.train.max_steps,

@@ -116,7 +116,7 @@ class TrainingRun:
         self.device = torch.device(self.dev.device)
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = Tokenizer.load(exp.path / "tokenizer")
-        data_dir = Path(self.exp_meta()["data_dir"])
+        data_dir = Path(exp.metadata()["data_dir"])
         self.streams, self.accum = plan_streams(cfg, dist_info.world)
         shards = list_shards(data_dir, "train")
         first = dist_info.rank * self.accum
@@ -155,9 +155,6 @@ class TrainingRun:
         self.last_saved: int | None = None
         self.loader_snapshot: list[dict[str, Any]] | None = None
 
-    def exp_meta(self) -> dict[str, Any]:
-        return self.exp.metadata()
-
     def autocast(self):
         import torch
 
@@ -167,13 +164,11 @@ class TrainingRun:
 
 
 def _rng_state(device_is_cuda: bool) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     state = {
         "torch": ckpt.encode_bytes(torch.get_rng_state().numpy().tobytes()),
         "python": json.dumps(random.getstate()),
-        "numpy": json.dumps(np.random.get_state()[1].tolist()),
     }
     if device_is_cuda:
         state["cuda"] = ckpt.encode_bytes(torch.cuda.get_rng_state().numpy().tobytes())
