@@ -116,7 +116,7 @@ class TrainingRun:
         self.device = torch.device(self.dev.device)
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = Tokenizer.load(exp.path / "tokenizer")
-        data_dir = Path(exp.metadata()["data_dir"])
+        self.data_dir = data_dir = Path(exp.metadata()["data_dir"])
         self.streams, self.accum = plan_streams(cfg, dist_info.world)
         shards = list_shards(data_dir, "train")
         first = dist_info.rank * self.accum

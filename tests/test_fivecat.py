@@ -170,7 +170,7 @@ def _fake_run(exp: Path, model, direction: str, **fivecat_cfg):
     e = Experiment(exp)
     printed: list[str] = []
     return SimpleNamespace(
-        cfg=cfg, exp=e, exp_meta=e.metadata, raw_model=model, device=model.lm_head.weight.device,
+        cfg=cfg, exp=e, data_dir=Path(e.metadata()["data_dir"]), raw_model=model, device=model.lm_head.weight.device,
         tokenizer=Tokenizer.load(exp / "tokenizer"), dist=SimpleNamespace(main=True, world=1),
         autocast=contextlib.nullcontext, print=printed.append, printed=printed, step=0,
         stop_reason=None, save_requested=False,

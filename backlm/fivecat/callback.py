@@ -69,7 +69,7 @@ class FivecatCallback(Callback):
             with torch.no_grad():
                 direction = self.direction or run.cfg.data.direction
                 return run_fivecat(model, run.tokenizer, direction,
-                                   Path(run.exp_meta()["data_dir"]), self.spec, run.autocast)
+                                   run.data_dir, self.spec, run.autocast)
         finally:
             model.train(was_training)
 
