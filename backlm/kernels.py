@@ -9,6 +9,7 @@ loss never materialises the ``(B·T, vocab)`` logits. Tests check them against p
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from backlm.direction import IGNORE_INDEX
@@ -107,6 +108,85 @@ def qkv_rotary_norm(x: Tensor, w: Tensor, cos: Tensor, sin: Tensor, batch: int, 
     """q, k, v ``(B, H, T, D)`` from tokens ``x`` ``(B·T, C)`` and the flat qkv weight."""
     with torch.autocast(x.device.type, enabled=False):
         return _QKV.apply(x, w, cos, sin, batch, heads)
+
+
+# Query rows per block of the CPU attention below: 128 measured fastest at head dim 64, T 512
+# (64: 54 ms, 128: 53 ms, 192: 56 ms, SDPA: 71 ms per layer, forward + backward, B·H = 32).
+ATTENTION_BLOCK = 128
+# Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
+# which keeps no T×T state.
+ATTENTION_SAVED_BYTES = 256 * 2**20
+
+
+class _CausalAttention(torch.autograd.Function):
+    """Causal attention for CPU training: query blocks of ``ATTENTION_BLOCK`` rows.
+
+    PyTorch's CPU flash-attention backward runs its matmuls in small tiles, at about a quarter
+    of the machine's matmul peak. Here query block ``i`` attends to keys ``[0, end_i)`` with a
+    few large batched matmuls, which skips most of the masked upper triangle, and keeps the
+    block's probabilities for backward instead of recomputing them.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        B, H, T, D = q.shape
+        n = B * H
+        qs = torch.empty(n, T, D, dtype=q.dtype, device=q.device)
+        torch.mul(q, D**-0.5, out=qs.view(B, H, T, D))  # the copy to (B·H, T, D) carries the scale
+        k, v = k.reshape(n, T, D), v.reshape(n, T, D)
+        out = torch.empty_like(qs)
+        probs = []
+        for s0 in range(0, T, ATTENTION_BLOCK):
+            e = min(T, s0 + ATTENTION_BLOCK)
+            p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
+            future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
+            p[:, :, s0:e].masked_fill_(future, float("-inf"))
+            torch.softmax(p, -1, out=p)
+            out[:, s0:e] = torch.bmm(p, v[:, :e])
+            probs.append(p)
+        ctx.save_for_backward(qs, k, v, out, *probs)
+        ctx.shape = q.shape
+        return out.view(B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        qs, k, v, out, *probs = ctx.saved_tensors
+        n, T, D = qs.shape
+        g = g.reshape(n, T, D)
+        # dS = P ∘ (dP − rowsum(dO ∘ O)): the softmax backward, with dP = dO·Vᵀ
+        rowdot = torch.linalg.vecdot(g, out).unsqueeze(-1)
+        gq = torch.empty_like(qs)
+        gk, gv = torch.zeros_like(k), torch.zeros_like(v)
+        for i, p in enumerate(probs):
+            s0, e = i * ATTENTION_BLOCK, min(T, (i + 1) * ATTENTION_BLOCK)
+            gi = g[:, s0:e]
+            gv[:, :e] += torch.bmm(p.transpose(1, 2), gi)
+            ds = torch.bmm(gi, v[:, :e].transpose(1, 2)).sub_(rowdot[:, s0:e]).mul_(p)
+            gq[:, s0:e] = torch.bmm(ds, k[:, :e])
+            gk[:, :e] += torch.bmm(ds.transpose(1, 2), qs[:, s0:e])
+        return gq.mul_(D**-0.5).view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
+
+
+def _saved_probability_bytes(q: Tensor) -> int:
+    B, H, T, _ = q.shape
+    kept = sum((min(T, s0 + ATTENTION_BLOCK) - s0) * min(T, s0 + ATTENTION_BLOCK)
+               for s0 in range(0, T, ATTENTION_BLOCK))
+    return B * H * kept * q.element_size()
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal self-attention of ``(B, H, T, D)`` tensors.
+
+    fp32 CPU training takes :class:`_CausalAttention` (about 25 % faster end to end per layer
+    than SDPA here) while its saved state stays under ``ATTENTION_SAVED_BYTES``; everything
+    else (GPU, autocast, inference) uses SDPA.
+    """
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if (train and q.device.type == "cpu" and q.dtype == torch.float32
+            and _saved_probability_bytes(q) <= ATTENTION_SAVED_BYTES):
+        with torch.autocast("cpu", enabled=False):
+            return _CausalAttention.apply(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 class _MLP(torch.autograd.Function):

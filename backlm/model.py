@@ -1,11 +1,11 @@
 """GPT for every direction (DESIGN.md §5), nanochat style.
 
 Token embedding (untied from the head), rotary positions, parameter-free RMS norm, QK norm,
-causal SDPA attention, ReLU² MLP, untied ``lm_head`` and a tanh logit softcap. The model never
+causal attention, ReLU² MLP, untied ``lm_head`` and a tanh logit softcap. The model never
 knows the direction: that lives entirely in the token order the data loader produces.
 
 The memory-bound parts (norm, fused q/k/v with rotary, MLP, the softcapped loss) run through
-the hand-written autograd functions of :mod:`backlm.kernels`.
+the hand-written autograd functions of :mod:`backlm.kernels`, as does CPU training attention.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from torch import Tensor, nn
 
 from backlm.config import ModelConfig
 from backlm.direction import IGNORE_INDEX
-from backlm.kernels import head_loss, mlp, norm, qkv_rotary_norm, rotary_tables, softcap_loss
+from backlm.kernels import (
+    causal_attention,
+    head_loss,
+    mlp,
+    norm,
+    qkv_rotary_norm,
+    rotary_tables,
+    softcap_loss,
+)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype | None:
@@ -82,7 +90,7 @@ class Attention(nn.Module):
         x2, w = cast(compute_dtype(x), x.reshape(B * T, C), self.qkv.flatten(0, 1))
         q, k, v = qkv_rotary_norm(x2, w, cos.to(w.dtype), sin.to(w.dtype), B, self.n_heads)
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = causal_attention(q, k, v)
         else:
             prefix = cache.pos
             k, v = cache.insert(self.layer, k, v)
