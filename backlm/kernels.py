@@ -110,9 +110,10 @@ def qkv_rotary_norm(x: Tensor, w: Tensor, cos: Tensor, sin: Tensor, batch: int, 
         return _QKV.apply(x, w, cos, sin, batch, heads)
 
 
-# Query rows per block of the CPU attention below: 128 measured fastest at head dim 64, T 512
-# (64: 54 ms, 128: 53 ms, 192: 56 ms, SDPA: 71 ms per layer, forward + backward, B·H = 32).
-ATTENTION_BLOCK = 128
+# Query rows per block of the CPU attention below. 64, 96 and 128 are within a few percent of
+# each other and 1.2-1.4× faster than SDPA (benchmarks/attention.py, BENCHMARKS.md); smaller
+# blocks skip more of the masked triangle but make the matmuls less efficient.
+ATTENTION_BLOCK = 64
 # Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
 # which keeps no T×T state.
 ATTENTION_SAVED_BYTES = 256 * 2**20
@@ -177,8 +178,8 @@ def _saved_probability_bytes(q: Tensor) -> int:
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal self-attention of ``(B, H, T, D)`` tensors.
 
-    fp32 CPU training takes :class:`_CausalAttention` (about 25 % faster end to end per layer
-    than SDPA here) while its saved state stays under ``ATTENTION_SAVED_BYTES``; everything
+    fp32 CPU training takes :class:`_CausalAttention` (forward + backward 1.2-1.4× faster
+    than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``; everything
     else (GPU, autocast, inference) uses SDPA.
     """
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))

@@ -140,15 +140,36 @@ def time_steps(run: Run, warmup: int, steps: int, probe: PeakProbe) -> tuple[lis
     return times, loss
 
 
-def profile_step(run: Run) -> str:
-    """torch.profiler table (top ops by self time) of one training step."""
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
+
+
+def profile_step(run: Run, flops_step: float, peak: float) -> None:
+    """Profile one fp32 step: top ops, then the time split into GEMMs and everything else.
+
+    The split bounds what elementwise work costs: with the non-GEMM time at zero and the GEMMs
+    as fast as now, MFU would be ``flops_step / gemm_time / peak``.
+    """
+    from rich.console import Console
+    from rich.table import Table
     from torch.profiler import profile
 
     with profile(record_shapes=True) as prof:
         run.step()
-    return prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=40, max_shapes_column_width=60
-    )
+    events = prof.key_averages(group_by_input_shape=True)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=40,
+                       max_shapes_column_width=60))
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e6
+    flash = sum(e.self_cpu_time_total for e in events if "flash_attention" in e.key) / 1e6
+    table = Table(title="profiled step (profiler overhead included): where the time goes")
+    for col in ("part", "seconds", "share", "MFU if only this part took time"):
+        table.add_column(col, justify="right")
+    for name, sec in (("GEMMs (model, attention blocks, Muon)", gemm), ("SDPA flash attention", flash),
+                      ("everything else (elementwise, copies, reductions)", total - gemm - flash),
+                      ("whole step", total)):
+        if sec > 0:
+            table.add_row(name, f"{sec:.3f}", f"{sec / total:.0%}", f"{flops_step / sec / 1e9 / peak:.0%}")
+    Console().print(table)
 
 
 def main() -> None:
@@ -163,7 +184,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "both"], default="both")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--profile", action="store_true", help="print an op profile of an fp32 step")
+    parser.add_argument("--profile", action="store_true",
+                        help="print an op profile of an fp32 step and its GEMM / non-GEMM split")
     args = parser.parse_args()
 
     import torch
@@ -201,7 +223,7 @@ def main() -> None:
 
     report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dtypes)
     if args.profile:
-        print(profile_step(runs["fp32"] if "fp32" in runs else runs[dtypes[0]]))
+        profile_step(runs["fp32"] if "fp32" in runs else runs[dtypes[0]], flops_tok * tokens, peak["fp32"])
 
 
 def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dtypes) -> None:
