@@ -388,8 +388,14 @@ def run(exp_path: Path, resume: bool = False, display: bool = True,
             first_bpb = evals["val_bpb"]
             cbs.on_eval(ctx, 0, evals)
             cbs.on_step_end(ctx, 0, dict(evals))
+        startup = None if ctx.step >= cfg.train.max_steps else {"first_step_start_s": _since_start()}
         while ctx.step < cfg.train.max_steps and ctx.stop_reason is None:
             record = _train_step(ctx, ctx.step, cbs)
+            if startup is not None:  # what the user waited for, in metadata.json
+                startup["first_step_end_s"] = _since_start()
+                if dist_info.main:
+                    exp.update_metadata(startup=startup)
+                startup = None
             ctx.step += 1
             ctx.tokens = record["tokens"]
             step = ctx.step
@@ -448,6 +454,13 @@ def run(exp_path: Path, resume: bool = False, display: bool = True,
 
         write_training_summary(ctx, summary)
     return summary
+
+
+def _since_start() -> float:
+    """Seconds since this process started (a torchrun worker's own start under torchrun)."""
+    from backlm.hardware import process_start
+
+    return round(time.time() - process_start(), 2)
 
 
 def _checkpoint(ctx: TrainingRun, cbs, evals: dict[str, float]) -> None:

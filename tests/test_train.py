@@ -28,8 +28,6 @@ def tiny_args(*extra: str, steps: int = 8) -> list[str]:
     return args + list(extra)
 
 
-
-
 def metrics(exp: Path) -> list[dict]:
     return [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
 
@@ -53,6 +51,8 @@ def test_train_writes_the_experiment_tree(home):
     meta = json.loads((exp / "metadata.json").read_text())
     assert meta["status"] == "finished" and meta["direction"] == "backward"
     assert meta["phase"] == "base" and meta["depth"] == 2 and meta["torch"]
+    # seconds from this (pytest) process's start: positive, and the step takes time
+    assert 0 < meta["startup"]["first_step_start_s"] < meta["startup"]["first_step_end_s"]
     assert json.loads((exp / "parent_link.json").read_text()) is None
     ck = json.loads((exp / "checkpoints/step_000008/meta.json").read_text())
     assert ck["direction"] == "backward" and ck["model_config"]["depth"] == 2

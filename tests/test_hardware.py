@@ -1,0 +1,60 @@
+"""Devices, peaks and the process clock behind MFU and time-to-first-step."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from backlm import hardware
+from backlm.errors import UserError
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    t = time.perf_counter()
+    peak = hardware.measure_matmul_peak("fp32", sizes=(64, 128), seconds=0.05)
+    assert math.isfinite(peak) and 1e6 < peak < 1e15
+    assert time.perf_counter() - t < 5
+
+
+def test_cpu_peak_is_measured_once_per_process(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hardware, "_CPU_PEAK", {})
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda dtype: calls.append(dtype) or 1e11)
+    assert hardware.cpu_peak("fp32") == hardware.cpu_peak("fp32") == 1e11
+    hardware.cpu_peak("bf16")
+    assert calls == ["fp32", "bf16"]
+
+
+def test_process_start_is_before_now():
+    started = hardware.process_start()
+    assert time.time() - 7 * 24 * 3600 < started <= time.time()
+
+
+@pytest.mark.parametrize(("name", "dtype", "peak"), [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989e12),
+    ("NVIDIA H100 PCIe", "bf16", 756e12),
+    ("NVIDIA A100-SXM4-80GB", "fp32", 312e12 / 16),
+    ("Some Future GPU", "bf16", 0.0),
+])
+def test_gpu_peaks_by_name(name, dtype, peak):
+    assert hardware.gpu_peak(name, dtype)[0] == peak
+
+
+def test_bad_devices_are_user_errors(monkeypatch):
+    with pytest.raises(UserError, match="unknown device"):
+        hardware.resolve_device("tpu", "auto")
+    with pytest.raises(UserError, match="unknown dtype"):
+        hardware.resolve_device("cpu", "fp8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA device"):
+        hardware.resolve_device("cuda", "auto")
+
+
+def test_cpu_defaults_to_fp32_with_a_measured_peak(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_peak", lambda dtype: 2e11)
+    info = hardware.resolve_device("auto", "auto")
+    assert (info.device, info.dtype, info.peak_flops, info.is_cuda) == ("cpu", "fp32", 2e11, False)
