@@ -180,10 +180,12 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     fp32 CPU training takes :class:`_CausalAttention` (forward + backward 1.2-1.4× faster
     than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``; everything
-    else (GPU, autocast, inference) uses SDPA.
+    else (GPU, autocast, inference, ``torch.compile``) uses SDPA.
     """
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    # under torch.compile, inductor gets SDPA, which it knows how to lower
     if (train and q.device.type == "cpu" and q.dtype == torch.float32
+            and not torch.compiler.is_compiling()
             and _saved_probability_bytes(q) <= ATTENTION_SAVED_BYTES):
         with torch.autocast("cpu", enabled=False):
             return _CausalAttention.apply(q, k, v)

@@ -145,10 +145,25 @@ def test_attention_falls_back_to_sdpa(monkeypatch):
     assert calls == []  # fp32 CPU training: the blocked kernel
     with torch.no_grad():
         model_module.causal_attention(q, k, v)  # inference keeps no probabilities: SDPA
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    model_module.causal_attention(q, k, v)  # inside torch.compile: SDPA, which inductor lowers
+    monkeypatch.undo()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
     monkeypatch.setattr(model_module, "ATTENTION_SAVED_BYTES", 100)
     model_module.causal_attention(q, k, v)  # over the memory budget: SDPA
     model_module.causal_attention(*(t.detach().double().requires_grad_() for t in (q, k, v)))
-    assert calls == [1, 1, 1]
+    assert calls == [1, 1, 1, 1]
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager():
+    # train.compile on CPU: about a minute of compiling, so slow-marked
+    model = make_model()
+    idx, tgt = batch()
+    want = grads(model, model(idx, tgt))
+    got = grads(model, torch.compile(model)(idx, tgt))
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_loss_ignores_masked_targets():
