@@ -122,8 +122,8 @@ ATTENTION_SAVED_BYTES = 256 * 2**20
 class _CausalAttention(torch.autograd.Function):
     """Causal attention for CPU training: query blocks of ``ATTENTION_BLOCK`` rows.
 
-    PyTorch's CPU flash-attention backward runs its matmuls in small tiles, at about a quarter
-    of the machine's matmul peak. Here query block ``i`` attends to keys ``[0, end_i)`` with a
+    PyTorch's CPU flash attention runs its matmuls in small tiles: forward + backward reach
+    under a fifth of the machine's matmul peak (benchmarks/attention.py). Here query block ``i`` attends to keys ``[0, end_i)`` with a
     few large batched matmuls, which skips most of the masked upper triangle, and keeps the
     block's probabilities for backward instead of recomputing them.
     """
@@ -146,7 +146,7 @@ class _CausalAttention(torch.autograd.Function):
             out[:, s0:e] = torch.bmm(p, v[:, :e])
             probs.append(p)
         ctx.save_for_backward(qs, k, v, out, *probs)
-        ctx.shape = q.shape
+        ctx.shape, ctx.block = q.shape, ATTENTION_BLOCK
         return out.view(B, H, T, D)
 
     @staticmethod
@@ -159,7 +159,7 @@ class _CausalAttention(torch.autograd.Function):
         gq = torch.empty_like(qs)
         gk, gv = torch.zeros_like(k), torch.zeros_like(v)
         for i, p in enumerate(probs):
-            s0, e = i * ATTENTION_BLOCK, min(T, (i + 1) * ATTENTION_BLOCK)
+            s0, e = i * ctx.block, min(T, (i + 1) * ctx.block)
             gi = g[:, s0:e]
             gv[:, :e] += torch.bmm(p.transpose(1, 2), gi)
             ds = torch.bmm(gi, v[:, :e].transpose(1, 2)).sub_(rowdot[:, s0:e]).mul_(p)
