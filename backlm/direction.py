@@ -225,6 +225,16 @@ def to_reading_order(
     return model_order(seq[start:], concrete)
 
 
+def loader_direction(model_direction: Direction | str, order: Direction | str) -> tuple[str, float]:
+    """``(direction, mix)`` that make a :class:`PackedLoader` feed ``model_direction`` text in
+    the concrete ``order``: the order itself, or for a bidirectional model the matching marker
+    on every document (mix 0 is always forward, mix 1 always backward)."""
+    order = Direction.parse(order)
+    if Direction.parse(model_direction) is Direction.BIDIRECTIONAL:
+        return Direction.BIDIRECTIONAL.value, 1.0 if order is Direction.BACKWARD else 0.0
+    return order.value, 0.0
+
+
 def kept_window(tokens: Sequence[int], order: Direction | str, length: int) -> list[int]:
     """The reading-order part of a document that a model-order crop to ``length`` keeps.
 

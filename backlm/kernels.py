@@ -119,13 +119,19 @@ ATTENTION_BLOCK = 64
 ATTENTION_SAVED_BYTES = 256 * 2**20
 
 
+def _query_blocks(T: int, block: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each query block; block ``i`` sees keys ``[0, end)``."""
+    return [(s0, min(T, s0 + block)) for s0 in range(0, T, block)]
+
+
 class _CausalAttention(torch.autograd.Function):
     """Causal attention for CPU training: query blocks of ``ATTENTION_BLOCK`` rows.
 
     PyTorch's CPU flash attention runs its matmuls in small tiles: forward + backward reach
-    under a fifth of the machine's matmul peak (benchmarks/attention.py). Here query block ``i`` attends to keys ``[0, end_i)`` with a
-    few large batched matmuls, which skips most of the masked upper triangle, and keeps the
-    block's probabilities for backward instead of recomputing them.
+    under a fifth of the machine's matmul peak (benchmarks/attention.py). Here query block
+    ``i`` attends to keys ``[0, end_i)`` with a few large batched matmuls, which skips most of
+    the masked upper triangle, and keeps the block's probabilities for backward instead of
+    recomputing them.
     """
 
     @staticmethod
@@ -137,8 +143,7 @@ class _CausalAttention(torch.autograd.Function):
         k, v = k.reshape(n, T, D), v.reshape(n, T, D)
         out = torch.empty_like(qs)
         probs = []
-        for s0 in range(0, T, ATTENTION_BLOCK):
-            e = min(T, s0 + ATTENTION_BLOCK)
+        for s0, e in _query_blocks(T, ATTENTION_BLOCK):
             p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
             future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
             p[:, :, s0:e].masked_fill_(future, float("-inf"))
@@ -158,8 +163,7 @@ class _CausalAttention(torch.autograd.Function):
         rowdot = torch.linalg.vecdot(g, out).unsqueeze(-1)
         gq = torch.empty_like(qs)
         gk, gv = torch.zeros_like(k), torch.zeros_like(v)
-        for i, p in enumerate(probs):
-            s0, e = i * ctx.block, min(T, (i + 1) * ctx.block)
+        for (s0, e), p in zip(_query_blocks(T, ctx.block), probs, strict=True):
             gi = g[:, s0:e]
             gv[:, :e] += torch.bmm(p.transpose(1, 2), gi)
             ds = torch.bmm(gi, v[:, :e].transpose(1, 2)).sub_(rowdot[:, s0:e]).mul_(p)
@@ -170,8 +174,7 @@ class _CausalAttention(torch.autograd.Function):
 
 def _saved_probability_bytes(q: Tensor) -> int:
     B, H, T, _ = q.shape
-    kept = sum((min(T, s0 + ATTENTION_BLOCK) - s0) * min(T, s0 + ATTENTION_BLOCK)
-               for s0 in range(0, T, ATTENTION_BLOCK))
+    kept = sum((e - s0) * e for s0, e in _query_blocks(T, ATTENTION_BLOCK))
     return B * H * kept * q.element_size()
 
 

@@ -233,9 +233,11 @@ def evaluate(ctx: TrainingRun, orders: list[tuple[str, str, float]]) -> dict[str
 
 def eval_orders(direction: str) -> list[tuple[str, str, float]]:
     """What validation measures: the run's direction, or each marker of a bidirectional run."""
+    from backlm.direction import loader_direction
+
     if direction == "bidirectional":
-        return [("forward", "bidirectional", 0.0), ("backward", "bidirectional", 1.0)]
-    return [("", direction, 0.0)]
+        return [(order, *loader_direction(direction, order)) for order in ("forward", "backward")]
+    return [("", *loader_direction(direction, direction))]
 
 
 def _gather_loader_states(ctx: TrainingRun) -> list[dict[str, Any]]:
@@ -388,7 +390,7 @@ def run(exp_path: Path, resume: bool = False, display: bool = True,
             first_bpb = evals["val_bpb"]
             cbs.on_eval(ctx, 0, evals)
             cbs.on_step_end(ctx, 0, dict(evals))
-        startup = None if ctx.step >= cfg.train.max_steps else {"first_step_start_s": _since_start()}
+        startup = {"first_step_start_s": _since_start()}
         while ctx.step < cfg.train.max_steps and ctx.stop_reason is None:
             record = _train_step(ctx, ctx.step, cbs)
             if startup is not None:  # what the user waited for, in metadata.json

@@ -149,6 +149,8 @@ def diagnose(
                 if not cropped:
                     checks["round trip to reading order"].record(back == source)
                 else:
+                    # sliced here on purpose, not via direction.kept_window: the check must
+                    # not share code with the loader it checks
                     kept = source[len(source) - len(back):] if order is Direction.BACKWARD \
                         else source[: len(back)]
                     checks["crop keeps the right end"].record(back == kept)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backlm.direction import IGNORE_INDEX, Direction
+from backlm.direction import IGNORE_INDEX, Direction, loader_direction
 
 LM_SPLITS = ("val", "ood")
 
@@ -115,16 +115,6 @@ def _add_positions(sums: LossSums, x: Any, loss: Any, counted: Any, bos: int) ->
     for k in range(buckets):
         sums.pos_nats[k] += float(nats[k])
         sums.pos_tokens[k] += float(toks[k])
-
-
-def loader_direction(model_direction: Direction | str, order: Direction | str) -> tuple[str, float]:
-    """``(direction, mix)`` that make a :class:`PackedLoader` feed ``model_direction`` text in
-    the concrete ``order``: the order itself, or for a bidirectional model the matching marker
-    on every document (mix 0 is always forward, mix 1 always backward)."""
-    order = Direction.parse(order)
-    if Direction.parse(model_direction) is Direction.BIDIRECTIONAL:
-        return Direction.BIDIRECTIONAL.value, 1.0 if order is Direction.BACKWARD else 0.0
-    return order.value, 0.0
 
 
 def lm_shards(data_dir: Path) -> tuple[dict[str, list[Path]], list[str]]:
