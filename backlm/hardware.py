@@ -74,9 +74,9 @@ def gpu_peak(name: str, dtype: str) -> tuple[float, str]:
 
 _CPU_PEAK: dict[str, float] = {}
 
-# Square sizes for the CPU peak: MKL reaches its peak only on large matrices (on the 2-core
-# Xeon of BENCHMARKS.md, ~170 GFLOP/s at 1024 against ~260 at 3072), and an MFU against a
-# small-matrix "peak" reads high (68% in the progress bar for a run that is 55% of this one).
+# Square sizes for the CPU peak: MKL reaches its peak only on large matrices (on the quiet
+# 2-core Xeon of BENCHMARKS.md, ~160 GFLOP/s at 1024² against ~260 at 3072²), and an MFU
+# against a small-matrix "peak" reads high (68% in the progress bar for a run at ~41%).
 PEAK_SIZES = {"fp32": (2048, 3072), "bf16": (1024, 2048)}
 
 

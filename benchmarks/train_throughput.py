@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/train_throughput.py [--depth 4] [--head-dim 64] [--seq-len 512]
-        [--batch 8] [--vocab 8192] [--steps 10] [--dtype fp32|bf16|both] [--profile]
+        [--batch 8] [--vocab 8192] [--steps 10] [--dtype fp32|bf16|both] [--compile] [--profile]
 
 One process: (1) one full training step straight away, to time start → first step of the
 bare model (`benchmarks/first_step.py` times the whole `backlm train` command);
@@ -55,13 +55,14 @@ def bigram_batches(torch, vocab: int, batch: int, seq_len: int, count: int, seed
 class Run:
     """A model + optimizer from a fixed seed, stepping through the batch pool."""
 
-    def __init__(self, torch, mcfg, ocfg, batches, dtype: str, seed: int):
+    def __init__(self, torch, mcfg, ocfg, batches, dtype: str, seed: int, compile: bool = False):
         from backlm.model import GPT
         from backlm.optim import build_optimizer
 
         torch.manual_seed(seed)
         self.torch, self.batches, self.dtype, self.i = torch, batches, dtype, 0
         self.model = GPT(mcfg)
+        self.forward = torch.compile(self.model) if compile else self.model
         self.opt = build_optimizer(self.model, ocfg)
 
     def step(self) -> float:
@@ -70,7 +71,7 @@ class Run:
         x, y = self.batches[self.i % len(self.batches)]
         self.i += 1
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-            loss = self.model(x, y)
+            loss = self.forward(x, y)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -156,6 +157,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "both"], default="both")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (the first step then includes compiling)")
     parser.add_argument("--profile", action="store_true",
                         help="print an op profile of an fp32 step and its GEMM / non-GEMM split")
     args = parser.parse_args()
@@ -172,16 +175,16 @@ def main() -> None:
     batches = bigram_batches(torch, args.vocab, args.batch, args.seq_len, 4, args.seed)
 
     # (1) what a user waits for: interpreter + imports + model + first step
-    runs = {dtypes[0]: Run(torch, mcfg, ocfg, batches, dtypes[0], args.seed)}
+    runs = {dtypes[0]: Run(torch, mcfg, ocfg, batches, dtypes[0], args.seed, args.compile)}
     runs[dtypes[0]].step()
     first_step_s = time.time() - process_start()  # backlm's own clock for `backlm train` too
-    runs.update({dt: Run(torch, mcfg, ocfg, batches, dt, args.seed) for dt in dtypes[1:]})
+    runs.update({dt: Run(torch, mcfg, ocfg, batches, dt, args.seed, args.compile) for dt in dtypes[1:]})
 
     # (2) the machine's peak
-    # the same measurement as the progress bar's MFU, over larger sizes and longer
-    peak = {"fp32": measure_matmul_peak("fp32", (2048, 3072, 4096), seconds=3.0)}
+    # the same measurement as the progress bar's MFU, over larger sizes and longer; GFLOP/s
+    peak = {"fp32": measure_matmul_peak("fp32", (2048, 3072, 4096), seconds=3.0) / 1e9}
     if "bf16" in dtypes:
-        peak["bf16"] = measure_matmul_peak("bf16", (2048, 3072), seconds=2.0)
+        peak["bf16"] = measure_matmul_peak("bf16", (2048, 3072), seconds=2.0) / 1e9
 
     # (3) timed training steps, same seed and batches for every dtype
     tokens = args.batch * args.seq_len
@@ -218,7 +221,8 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dt
     if noisy:
         console.print(f"[yellow]step times vary > 25 % ({', '.join(noisy)}): the machine is busy; "
                       "MFU uses the best step against the best peak[/]")
-    table = Table(title=f"training step: forward + backward + optimizer, {args.steps} timed steps")
+    compiled = ", torch.compile" if args.compile else ""
+    table = Table(title=f"training step: forward + backward + optimizer, {args.steps} timed steps{compiled}")
     for col in ("dtype", "step s (median)", "tokens/s (median)", "tokens/s (best)",
                 "GFLOP/s (best)", "MFU vs fp32 peak", f"loss after {args.warmup + args.steps} steps"):
         table.add_column(col, justify="right")
