@@ -8,11 +8,49 @@ loss never materialises the ``(B·T, vocab)`` logits. Tests check them against p
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from backlm.direction import IGNORE_INDEX
+
+try:  # the fused C kernels (backlm/_native.c), built at install when a C compiler is present
+    from backlm import _native
+except ImportError:  # pragma: no cover - depends on the install
+    _native = None
+
+_native_on = os.environ.get("BACKLM_NATIVE", "1") != "0"
+
+
+def native_kernels() -> str | None:
+    """The instruction set the fused C kernels run with, or None when they are off or absent.
+
+    With them, fp32 CPU work on norms, QK norm + rotary, attention softmax and the softcapped
+    loss takes one pass over memory per op instead of several (``BACKLM_NATIVE=0`` turns them
+    off; ``benchmarks/train_throughput.py --native both`` compares).
+    """
+    return _native.ISA if _native is not None and _native_on else None
+
+
+def set_native(enabled: bool) -> bool:
+    """Turn the fused C kernels on or off for this process; returns the previous setting."""
+    global _native_on
+    previous, _native_on = _native_on, enabled
+    return previous
+
+
+def _native_ok(*tensors: Tensor) -> bool:
+    # the C kernels take raw fp32 CPU buffers in row-major order; torch.compile traces fake
+    # tensors, which have no data, so it gets the PyTorch ops
+    return (_native is not None and _native_on and not torch.compiler.is_compiling()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+                    for t in tensors))
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
 
 # Autograd would keep a temporary per elementwise op and run one pass over memory for each in
 # backward; these Functions fold what they can into in-place ops and matmul epilogues. Each
@@ -51,14 +89,24 @@ def _rms_backward(g: Tensor, y: Tensor, r: Tensor) -> Tensor:
 class _Norm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        r = _rms_scale(x)
-        y = x * r.to(x.dtype)
+        if _native_ok(x):
+            y, r = torch.empty_like(x), torch.empty(*x.shape[:-1], 1, device=x.device)
+            _native.rms_fwd(x.data_ptr(), y.data_ptr(), r.data_ptr(), y.numel() // y.size(-1),
+                            y.size(-1), torch.finfo(x.dtype).eps, torch.get_num_threads())
+        else:
+            r = _rms_scale(x)
+            y = x * r.to(x.dtype)
         ctx.save_for_backward(y, r)
         return y
 
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         y, r = ctx.saved_tensors
+        if _native_ok(y, g := g.contiguous()):
+            dx = torch.empty_like(g)
+            _native.rms_bwd(g.data_ptr(), y.data_ptr(), r.data_ptr(), dx.data_ptr(),
+                            y.numel() // y.size(-1), y.size(-1), torch.get_num_threads())
+            return dx
         return _rms_backward(g, y, r)
 
 
@@ -73,31 +121,54 @@ class _QKV(torch.autograd.Function):
     Rotation preserves each head vector's norm, so normalising before rotating equals
     nanochat's rotate-then-normalise, and the backward pass needs only the outputs (which
     attention keeps anyway). Gradients go back into one ``(B, T, 3, H, D)`` buffer so the
-    weight gradient is a single matmul. q, k, v are transposed views: SDPA takes them as is.
+    weight gradient is a single matmul. With the C kernels q, k and v come out contiguous
+    (one pass that also saves attention its copies); otherwise they are transposed views.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, cos: Tensor, sin: Tensor, batch: int, heads: int):
         T, D = x.size(0) // batch, w.size(0) // (3 * heads)
         qkv = torch.mm(x, w.t()).view(batch, T, 3, heads, D)
-        qk = qkv[:, :, :2]
-        r = _rms_scale(qk)
-        cos, sin = cos[:, None, None], sin[:, None, None]  # broadcast over (B, T, 2, H, D/2)
-        out = torch.empty(qk.shape, dtype=x.dtype, device=x.device)
-        _rotate(qk * r.to(qk.dtype), cos, sin, out)
+        cos, sin = cos.contiguous(), sin.contiguous()
+        ctx.native = _native_ok(qkv, cos, sin) and cos.size(0) == T
+        if ctx.native:
+            out = torch.empty(2, batch, heads, T, D, dtype=x.dtype, device=x.device)
+            v = torch.empty(batch, heads, T, D, dtype=x.dtype, device=x.device)
+            r = torch.empty(batch * T, 2 * heads, device=x.device)
+            _native.qk_fwd(qkv.data_ptr(), out.data_ptr(), v.data_ptr(), r.data_ptr(),
+                           cos.data_ptr(), sin.data_ptr(), batch, T, heads, D,
+                           torch.finfo(x.dtype).eps, torch.get_num_threads())
+            q, k = out[0], out[1]
+        else:
+            qk = qkv[:, :, :2]
+            r = _rms_scale(qk)
+            out = torch.empty(batch, T, 2, heads, D, dtype=x.dtype, device=x.device)
+            # broadcast over (B, T, 2, H, D/2)
+            _rotate(qk * r.to(qk.dtype), cos[:, None, None], sin[:, None, None], out)
+            q, k, v = (t.transpose(1, 2) for t in (out[:, :, 0], out[:, :, 1], qkv[:, :, 2]))
         ctx.save_for_backward(x, w, out, r, cos, sin)
-        return out[:, :, 0].transpose(1, 2), out[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        ctx.batch, ctx.heads = batch, heads
+        return q, k, v
 
     @staticmethod
     def backward(ctx, gq: Tensor, gk: Tensor, gv: Tensor):
         x, w, out, r, cos, sin = ctx.saved_tensors
-        B, T, _, H, D = out.shape
+        B, H = ctx.batch, ctx.heads
+        T, D = x.size(0) // B, w.size(0) // (3 * H)
         g = torch.empty(B, T, 3, H, D, dtype=x.dtype, device=x.device)
-        for i, gi in enumerate((gq, gk)):
-            # y = R(x·r): the rms backward commutes with the rotation, since R is orthogonal
-            gi = _rms_backward(gi.transpose(1, 2), out[:, :, i], r[:, :, i])
-            _rotate(gi, cos[:, 0], sin[:, 0], g[:, :, i], sign=-1.0)
-        g[:, :, 2] = gv.transpose(1, 2)
+        if ctx.native:
+            grads = (gq, gk, gv)
+            if any(t.stride(-1) != 1 or t.stride() != gq.stride() for t in grads):
+                grads = tuple(t.contiguous() for t in grads)
+            _native.qk_bwd(*(t.data_ptr() for t in grads), *grads[0].stride()[:3], out.data_ptr(),
+                           r.data_ptr(), cos.data_ptr(), sin.data_ptr(), g.data_ptr(), B, T, H, D,
+                           torch.get_num_threads())
+        else:
+            for i, gi in enumerate((gq, gk)):
+                # y = R(x·r): the rms backward commutes with the rotation, since R is orthogonal
+                gi = _rms_backward(gi.transpose(1, 2), out[:, :, i], r[:, :, i])
+                _rotate(gi, cos[:, None], sin[:, None], g[:, :, i], sign=-1.0)
+            g[:, :, 2] = gv.transpose(1, 2)
         g2 = g.view(x.size(0), -1)
         gx = torch.mm(g2, w) if ctx.needs_input_grad[0] else None
         gw = torch.mm(g2.t(), x) if ctx.needs_input_grad[1] else None
@@ -137,28 +208,33 @@ class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         B, H, T, D = q.shape
-        n = B * H
-        qs = torch.empty(n, T, D, dtype=q.dtype, device=q.device)
-        torch.mul(q, D**-0.5, out=qs.view(B, H, T, D))  # the copy to (B·H, T, D) carries the scale
-        k, v = k.reshape(n, T, D), v.reshape(n, T, D)
+        n, scale = B * H, D**-0.5
+        k, v = k.reshape(n, T, D), v.reshape(n, T, D)  # views when contiguous (the C path's q/k/v)
+        native = _native_ok(k)
+        # the C softmax applies the 1/√D itself; otherwise it rides on q's copy
+        qs = q.reshape(n, T, D) if native else (q * scale).reshape(n, T, D)
         out = torch.empty_like(qs)
         probs = []
         for s0, e in _query_blocks(T, ATTENTION_BLOCK):
             p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
-            future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
-            p[:, :, s0:e].masked_fill_(future, float("-inf"))
-            torch.softmax(p, -1, out=p)
+            if native:
+                _native.causal_softmax(p.data_ptr(), n, e - s0, e, s0, scale, torch.get_num_threads())
+            else:
+                future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
+                p[:, :, s0:e].masked_fill_(future, float("-inf"))
+                torch.softmax(p, -1, out=p)
             out[:, s0:e] = torch.bmm(p, v[:, :e])
             probs.append(p)
         ctx.save_for_backward(qs, k, v, out, *probs)
-        ctx.shape, ctx.block = q.shape, ATTENTION_BLOCK
+        ctx.shape, ctx.block, ctx.native = q.shape, ATTENTION_BLOCK, native
         return out.view(B, H, T, D)
 
     @staticmethod
     def backward(ctx, g: Tensor):
         qs, k, v, out, *probs = ctx.saved_tensors
         n, T, D = qs.shape
-        g = g.reshape(n, T, D)
+        scale = D**-0.5
+        g = g.reshape(n, T, D).contiguous()
         # dS = P ∘ (dP − rowsum(dO ∘ O)): the softmax backward, with dP = dO·Vᵀ
         rowdot = torch.linalg.vecdot(g, out).unsqueeze(-1)
         gq = torch.empty_like(qs)
@@ -166,10 +242,17 @@ class _CausalAttention(torch.autograd.Function):
         for (s0, e), p in zip(_query_blocks(T, ctx.block), probs, strict=True):
             gi = g[:, s0:e]
             gv[:, :e] += torch.bmm(p.transpose(1, 2), gi)
-            ds = torch.bmm(gi, v[:, :e].transpose(1, 2)).sub_(rowdot[:, s0:e]).mul_(p)
+            ds = torch.bmm(gi, v[:, :e].transpose(1, 2))
+            if ctx.native:  # ds also takes the 1/√D here, so q was saved unscaled
+                _native.softmax_bwd(ds.data_ptr(), p.data_ptr(), rowdot.data_ptr(), n, e - s0, e, s0,
+                                    T, scale, torch.get_num_threads())
+            else:
+                ds.sub_(rowdot[:, s0:e]).mul_(p)
             gq[:, s0:e] = torch.bmm(ds, k[:, :e])
             gk[:, :e] += torch.bmm(ds.transpose(1, 2), qs[:, s0:e])
-        return gq.mul_(D**-0.5).view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
+        if not ctx.native:
+            gq.mul_(scale)
+        return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
 
 
 def _saved_probability_bytes(q: Tensor) -> int:
@@ -204,8 +287,13 @@ class _MLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, fc: Tensor, proj: Tensor) -> Tensor:
-        h = torch.mm(x, fc.t()).relu_()
-        a = h.square()
+        h = torch.mm(x, fc.t())
+        if _native_ok(h):
+            a = torch.empty_like(h)
+            _native.relu_sq(h.data_ptr(), a.data_ptr(), h.numel(), torch.get_num_threads())
+        else:
+            h.relu_()
+            a = h.square()
         ctx.save_for_backward(x, fc, proj, h, a)
         return torch.mm(a, proj.t())
 
@@ -251,6 +339,11 @@ def head_loss(
     z_buf = torch.empty(rows, vocab, dtype=torch.float32, device=x.device)
     e_buf = torch.empty_like(z_buf)
     fp32 = x.dtype == torch.float32
+    # one fused pass per row in C: softcap, exp, sum, loss and gradient (see _native_body.h)
+    fused = fp32 and 0 < cap <= 40 and _native_ok(z_buf)
+    if fused:
+        safe_y = safe_y.to(torch.int64).contiguous()
+        row_scale = row_scale.float().contiguous() if with_grad else None
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         xc, yc, z, e = x[r0:r1], safe_y[r0:r1], z_buf[: r1 - r0], e_buf[: r1 - r0]
@@ -258,6 +351,16 @@ def head_loss(
             z.addmm_(xc, w.t(), beta=0.0, alpha=1.0 / cap if cap > 0 else 1.0)
         else:
             z.copy_(xc @ w.t()).mul_(1.0 / cap if cap > 0 else 1.0)
+        if fused:
+            chunk_loss = losses[r0:r1]
+            _native.softcap_ce(z.data_ptr(), e.data_ptr(), yc.data_ptr(),
+                               _ptr(row_scale[r0:r1] if with_grad else None),
+                               chunk_loss.data_ptr(), r1 - r0, vocab, cap, torch.get_num_threads())
+            chunk_loss.masked_fill_(~valid[r0:r1], 0.0)
+            if with_grad:
+                torch.mm(e, w, out=grad_x[r0:r1])
+                grad_w.addmm_(e.t(), xc)
+            continue
         if cap > 0:
             z.tanh_()
             torch.mul(z, cap, out=e)

@@ -3,15 +3,18 @@
 Usage::
 
     python benchmarks/train_throughput.py [--depth 4] [--head-dim 64] [--seq-len 512]
-        [--batch 8] [--vocab 8192] [--steps 10] [--dtype fp32|bf16|both] [--compile] [--profile]
+        [--batch 8] [--vocab 8192] [--steps 10] [--dtype fp32|bf16|both] [--native on|off|both]
+        [--compile] [--profile]
 
 One process: (1) one full training step straight away, to time start → first step of the
 bare model (`benchmarks/first_step.py` times the whole `backlm train` command);
 (2) this machine's matmul peak (large square fp32 matmuls, bf16 too when asked); (3) timed
-training steps (forward + backward + Muon/AdamW step) for each dtype from the same seed, on
+training steps (forward + backward + Muon/AdamW step) for each variant from the same seed, on
 a fixed pool of batches drawn from a random sparse bigram chain, so the loss really falls
 and fp32 and bf16 end losses can be compared. MFU = model FLOPs (``flops_per_token``, which
-counts forward + backward) per second over the measured fp32 peak.
+counts forward + backward) per second over the measured fp32 peak. fp32 runs twice when
+backlm's fused C kernels are built: with them (what training uses) and with PyTorch ops only;
+the variants take turns step by step so that the machine's drift hits both.
 
 Targets: fp32 MFU ≥ 60 %; bf16 ≥ 1.4× fp32 tokens/s on CPUs with native bf16 (AMX or
 AVX512-BF16); < 15 s from command to first step. The machine may be shared, so timings
@@ -55,19 +58,24 @@ def bigram_batches(torch, vocab: int, batch: int, seq_len: int, count: int, seed
 class Run:
     """A model + optimizer from a fixed seed, stepping through the batch pool."""
 
-    def __init__(self, torch, mcfg, ocfg, batches, dtype: str, seed: int, compile: bool = False):
+    def __init__(self, torch, mcfg, ocfg, batches, dtype: str, seed: int, compile: bool = False,
+                 native: bool = True):
         from backlm.model import GPT
         from backlm.optim import build_optimizer
 
         torch.manual_seed(seed)
         self.torch, self.batches, self.dtype, self.i = torch, batches, dtype, 0
+        self.native = native
         self.model = GPT(mcfg)
         self.forward = torch.compile(self.model) if compile else self.model
         self.opt = build_optimizer(self.model, ocfg)
 
     def step(self) -> float:
         """One optimizer step; returns the loss."""
+        from backlm.kernels import set_native
+
         torch = self.torch
+        set_native(self.native)
         x, y = self.batches[self.i % len(self.batches)]
         self.i += 1
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
@@ -100,17 +108,23 @@ class PeakProbe:
         return self.best
 
 
-def time_steps(run: Run, warmup: int, steps: int, probe: PeakProbe) -> tuple[list[float], float]:
-    """Per-step seconds of ``steps`` steps after ``warmup``, and the final loss."""
-    for _ in range(warmup):
-        run.step()
-    times, loss = [], float("nan")
+def time_steps(runs: dict[str, Run], warmup: dict[str, int], steps: int,
+               probe: PeakProbe) -> dict[str, tuple[list[float], float]]:
+    """Per-step seconds of ``steps`` steps after each run's warmup, and each final loss.
+
+    The runs take turns step by step, so a change in the machine's load hits all of them.
+    """
+    for name, run in runs.items():
+        for _ in range(warmup[name]):
+            run.step()
+    out = {name: ([], float("nan")) for name in runs}
     for _ in range(steps):
-        t = time.perf_counter()
-        loss = run.step()
-        times.append(time.perf_counter() - t)
-        probe.sample()
-    return times, loss
+        for name, run in runs.items():
+            t = time.perf_counter()
+            loss = run.step()
+            out[name] = (out[name][0] + [time.perf_counter() - t], loss)
+            probe.sample()
+    return out
 
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
@@ -161,50 +175,67 @@ def main() -> None:
                         help="torch.compile the model (the first step then includes compiling)")
     parser.add_argument("--profile", action="store_true",
                         help="print an op profile of an fp32 step and its GEMM / non-GEMM split")
+    parser.add_argument("--native", choices=["on", "off", "both"], default="both",
+                        help="fp32 with backlm's fused C kernels, with PyTorch ops only, or both "
+                             "side by side (default; 'on' alone when the kernels are not built)")
     args = parser.parse_args()
 
     import torch
 
     from backlm.config import ModelConfig, OptimConfig
     from backlm.hardware import measure_matmul_peak, process_start
+    from backlm.kernels import native_kernels
 
     torch.set_num_threads(args.threads)
     mcfg = ModelConfig(depth=args.depth, head_dim=args.head_dim, vocab_size=args.vocab, seq_len=args.seq_len)
     ocfg = OptimConfig()
-    dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
+    isa = native_kernels()
+    # variant name -> (dtype, fused C kernels on); bf16 runs through PyTorch's ops either way
+    variants: dict[str, tuple[str, bool]] = {}
+    if args.dtype in ("fp32", "both"):
+        if isa and args.native in ("on", "both"):
+            variants["fp32"] = ("fp32", True)
+        if not isa or args.native in ("off", "both"):
+            variants["fp32 (torch ops)" if isa else "fp32"] = ("fp32", False)
+    if args.dtype in ("bf16", "both"):
+        variants["bf16"] = ("bf16", bool(isa))
+    names = list(variants)
     batches = bigram_batches(torch, args.vocab, args.batch, args.seq_len, 4, args.seed)
 
     # (1) what a user waits for: interpreter + imports + model + first step
-    runs = {dtypes[0]: Run(torch, mcfg, ocfg, batches, dtypes[0], args.seed, args.compile)}
-    runs[dtypes[0]].step()
+    def make(name: str) -> Run:
+        dtype, native = variants[name]
+        return Run(torch, mcfg, ocfg, batches, dtype, args.seed, args.compile, native)
+
+    runs = {names[0]: make(names[0])}
+    runs[names[0]].step()
     first_step_s = time.time() - process_start()  # backlm's own clock for `backlm train` too
-    runs.update({dt: Run(torch, mcfg, ocfg, batches, dt, args.seed, args.compile) for dt in dtypes[1:]})
+    runs.update({name: make(name) for name in names[1:]})
 
     # (2) the machine's peak
     # the same measurement as the progress bar's MFU, over larger sizes and longer; GFLOP/s
     peak = {"fp32": measure_matmul_peak("fp32", (2048, 3072, 4096), seconds=3.0) / 1e9}
-    if "bf16" in dtypes:
+    if "bf16" in variants:
         peak["bf16"] = measure_matmul_peak("bf16", (2048, 3072), seconds=2.0) / 1e9
 
-    # (3) timed training steps, same seed and batches for every dtype
+    # (3) timed training steps, same seed and batches for every variant, taking turns
     tokens = args.batch * args.seq_len
-    model = runs[dtypes[0]].model
+    model = runs[names[0]].model
     flops_tok = model.flops_per_token()
-    results = {}
     probe = PeakProbe(torch)
-    for dt in dtypes:
-        warmup = args.warmup - 1 if dt == dtypes[0] else args.warmup  # first step already ran
-        times, loss = time_steps(runs[dt], max(warmup, 0), args.steps, probe)
-        results[dt] = dict(median=statistics.median(times), best=min(times), loss=loss)
+    # the first variant's first step already ran
+    warmup = {name: max(args.warmup - (name == names[0]), 0) for name in names}
+    results = {name: dict(median=statistics.median(times), best=min(times), loss=loss)
+               for name, (times, loss) in time_steps(runs, warmup, args.steps, probe).items()}
     peak["fp32"] = max(peak["fp32"], probe.best)
 
-    report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dtypes)
+    report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, names, isa)
     if args.profile:
-        profile_step(runs["fp32"] if "fp32" in runs else runs[dtypes[0]], flops_tok * tokens, peak["fp32"])
+        profile_step(runs[names[0]], flops_tok * tokens, peak["fp32"])
 
 
-def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dtypes) -> None:
-    """Print the rich tables: setup, per-dtype throughput, and the targets."""
+def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, names, isa) -> None:
+    """Print the rich tables: setup, per-variant throughput, and the targets."""
     from rich.console import Console
     from rich.table import Table
 
@@ -213,23 +244,24 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dt
         f"GPT depth {mcfg.depth}, width {mcfg.model_dim}, {mcfg.n_heads} heads × {mcfg.head_dim}, "
         f"vocab {mcfg.vocab_size}, seq {mcfg.seq_len}, batch {args.batch} ({tokens} tokens/step); "
         f"{model.num_params() / 1e6:.2f} M params, {flops_tok / 1e6:.1f} MFLOP/token (fwd+bwd); "
-        f"{args.threads} threads; native bf16: {'yes' if native_bf16() else 'no'}"
+        f"{args.threads} threads; native bf16: {'yes' if native_bf16() else 'no'}; "
+        f"fused C kernels: {isa or 'not built'}"
     )
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
     console.print(f"matmul peak (best of large square mm, sampled throughout): {peaks}")
-    noisy = [dt for dt in dtypes if results[dt]["median"] > 1.25 * results[dt]["best"]]
+    noisy = [name for name in names if results[name]["median"] > 1.25 * results[name]["best"]]
     if noisy:
         console.print(f"[yellow]step times vary > 25 % ({', '.join(noisy)}): the machine is busy; "
                       "MFU uses the best step against the best peak[/]")
     compiled = ", torch.compile" if args.compile else ""
     table = Table(title=f"training step: forward + backward + optimizer, {args.steps} timed steps{compiled}")
-    for col in ("dtype", "step s (median)", "tokens/s (median)", "tokens/s (best)",
+    for col in ("variant", "step s (median)", "tokens/s (median)", "tokens/s (best)",
                 "GFLOP/s (best)", "MFU vs fp32 peak", f"loss after {args.warmup + args.steps} steps"):
         table.add_column(col, justify="right")
-    for dt in dtypes:
-        r = results[dt]
+    for name in names:
+        r = results[name]
         gflops = flops_tok * tokens / r["best"] / 1e9
-        table.add_row(dt, f"{r['median']:.3f}", f"{tokens / r['median']:,.0f}", f"{tokens / r['best']:,.0f}",
+        table.add_row(name, f"{r['median']:.3f}", f"{tokens / r['median']:,.0f}", f"{tokens / r['best']:,.0f}",
                       f"{gflops:.1f}", f"{gflops / peak['fp32']:.1%}", f"{r['loss']:.4f}")
     console.print(table)
     targets = Table(title="targets")
@@ -238,7 +270,10 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, dt
     if "fp32" in results:
         mfu = flops_tok * tokens / results["fp32"]["best"] / 1e9 / peak["fp32"]
         targets.add_row("fp32 MFU ≥ 60 %", f"{mfu:.1%}", _mark(mfu >= 0.6))
-    if len(dtypes) == 2:
+    if "fp32 (torch ops)" in results and "fp32" in results:
+        speedup = results["fp32 (torch ops)"]["median"] / results["fp32"]["median"]
+        targets.add_row("fused C kernels vs PyTorch ops (fp32 median step)", f"{speedup:.2f}×", "")
+    if "fp32" in results and "bf16" in results:
         ratio = results["fp32"]["median"] / results["bf16"]["median"]
         note = "" if native_bf16() else " (no native bf16 here: not applicable)"
         targets.add_row("bf16 ≥ 1.4× fp32 tokens/s", f"{ratio:.2f}×{note}", _mark(ratio >= 1.4))

@@ -1,0 +1,262 @@
+/* backlm._native: fused fp32 CPU kernels for the GPT's memory-bound steps.
+ *
+ * Optional: setup.py builds it when a C compiler with OpenMP is present, and backlm/kernels.py
+ * falls back to the equivalent PyTorch ops when it is missing (tests compare the two). Each
+ * function takes tensor data pointers as integers (the caller checks dtype, device and
+ * contiguity), releases the GIL and splits rows over OpenMP threads. OpenMP here is the
+ * libgomp that PyTorch already loaded, so both share one thread pool.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TARGET
+#define SFX _generic
+#include "_native_body.h"
+#undef TARGET
+#undef SFX
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TARGET __attribute__((target("avx2,fma")))
+#define SFX _avx2
+#include "_native_body.h"
+#undef TARGET
+#undef SFX
+#define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define SFX _avx512
+#include "_native_body.h"
+#undef TARGET
+#undef SFX
+#endif
+
+typedef void (*softcap_ce_fn)(float *, float *, const int64_t *, const float *, float *, int64_t,
+                              int64_t, int64_t, float);
+typedef void (*rms_fwd_fn)(const float *, float *, float *, int64_t, int64_t, int64_t, float);
+typedef void (*rms_bwd_fn)(const float *, const float *, const float *, float *, int64_t, int64_t,
+                           int64_t);
+typedef void (*qk_fwd_fn)(const float *, float *, float *, float *, const float *, const float *,
+                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+typedef void (*qk_bwd_fn)(const float *, const float *, const float *, int64_t, int64_t, int64_t,
+                          const float *, const float *, const float *, const float *, float *,
+                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+typedef void (*relu_sq_fn)(float *, float *, int64_t, int64_t);
+typedef void (*softmax_fn)(float *, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+typedef void (*softmax_bwd_fn)(float *, const float *, const float *, int64_t, int64_t, int64_t,
+                               int64_t, int64_t, int64_t, float);
+
+static struct {
+    const char *isa;
+    softcap_ce_fn softcap_ce;
+    rms_fwd_fn rms_fwd;
+    rms_bwd_fn rms_bwd;
+    qk_fwd_fn qk_fwd;
+    qk_bwd_fn qk_bwd;
+    relu_sq_fn relu_sq;
+    softmax_fn causal_softmax;
+    softmax_bwd_fn softmax_bwd;
+} K;
+
+#define PICK(sfx, name)                                                                         \
+    do {                                                                                        \
+        K.isa = name;                                                                           \
+        K.softcap_ce = softcap_ce_rows##sfx;                                                    \
+        K.rms_fwd = rms_fwd_rows##sfx;                                                          \
+        K.rms_bwd = rms_bwd_rows##sfx;                                                          \
+        K.qk_fwd = qk_fwd_rows##sfx;                                                            \
+        K.qk_bwd = qk_bwd_rows##sfx;                                                            \
+        K.relu_sq = relu_sq_range##sfx;                                                         \
+        K.causal_softmax = causal_softmax_rows##sfx;                                            \
+        K.softmax_bwd = softmax_bwd_rows##sfx;                                                  \
+    } while (0)
+
+static void pick_isa(void) {
+    PICK(_generic, "generic");
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+        PICK(_avx512, "avx512");
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        PICK(_avx2, "avx2");
+#endif
+}
+
+/* Row range of thread `tid` of `n` over `rows` rows. */
+#define SHARE(rows, r0, r1)                                                                     \
+    int tid_ = omp_get_thread_num(), n_ = omp_get_num_threads();                                \
+    int64_t r0 = (rows) * tid_ / n_, r1 = (rows) * (tid_ + 1) / n_
+
+#define PTR(T, v) ((T *)(uintptr_t)(v))
+
+static PyObject *softcap_ce(PyObject *self, PyObject *args) {
+    unsigned long long z, e, y, rs, loss;
+    long long rows, V;
+    float cap;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKKLLfi", &z, &e, &y, &rs, &loss, &rows, &V, &cap, &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(rows, r0, r1);
+        K.softcap_ce(PTR(float, z), PTR(float, e), PTR(const int64_t, y),
+                     rs ? PTR(const float, rs) : NULL, PTR(float, loss), r0, r1, V, cap);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *rms_fwd(PyObject *self, PyObject *args) {
+    unsigned long long x, y, r;
+    long long N, C;
+    float eps;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLfi", &x, &y, &r, &N, &C, &eps, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(N, r0, r1);
+        K.rms_fwd(PTR(const float, x), PTR(float, y), PTR(float, r), r0, r1, C, eps);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *rms_bwd(PyObject *self, PyObject *args) {
+    unsigned long long g, y, r, dx;
+    long long N, C;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKLLi", &g, &y, &r, &dx, &N, &C, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(N, r0, r1);
+        K.rms_bwd(PTR(const float, g), PTR(const float, y), PTR(const float, r), PTR(float, dx),
+                  r0, r1, C);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *qk_fwd(PyObject *self, PyObject *args) {
+    unsigned long long qkv, out, vout, r, c, s;
+    long long B, T, H, D;
+    float eps;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKKKLLLLfi", &qkv, &out, &vout, &r, &c, &s, &B, &T, &H, &D,
+                          &eps, &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(B * T, r0, r1);
+        K.qk_fwd(PTR(const float, qkv), PTR(float, out), PTR(float, vout), PTR(float, r),
+                 PTR(const float, c), PTR(const float, s), r0, r1, B, T, H, D, eps);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *qk_bwd(PyObject *self, PyObject *args) {
+    unsigned long long gq, gk, gv, out, r, c, s, g;
+    long long sb, sh, st, B, T, H, D;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLLKKKKKLLLLi", &gq, &gk, &gv, &sb, &sh, &st, &out, &r, &c,
+                          &s, &g, &B, &T, &H, &D, &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(B * T, r0, r1);
+        K.qk_bwd(PTR(const float, gq), PTR(const float, gk), PTR(const float, gv), sb, sh, st,
+                 PTR(const float, out), PTR(const float, r), PTR(const float, c),
+                 PTR(const float, s), PTR(float, g), r0, r1, B, T, H, D);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *relu_sq(PyObject *self, PyObject *args) {
+    unsigned long long u, a;
+    long long n;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKLi", &u, &a, &n, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(n, i0, i1);
+        K.relu_sq(PTR(float, u), PTR(float, a), i0, i1);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *causal_softmax(PyObject *self, PyObject *args) {
+    unsigned long long p;
+    long long n, rows, cols, first;
+    float scale;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KLLLLfi", &p, &n, &rows, &cols, &first, &scale, &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(n * rows, r0, r1);
+        K.causal_softmax(PTR(float, p), r0, r1, rows, cols, first, scale);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *softmax_bwd(PyObject *self, PyObject *args) {
+    unsigned long long ds, p, rowdot;
+    long long n, rows, cols, first, T;
+    float scale;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLLLLfi", &ds, &p, &rowdot, &n, &rows, &cols, &first, &T,
+                          &scale, &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(n * rows, r0, r1);
+        K.softmax_bwd(PTR(float, ds), PTR(const float, p), PTR(const float, rowdot), r0, r1, rows,
+                      cols, first, T, scale);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"softcap_ce", softcap_ce, METH_VARARGS,
+     "softcap_ce(z, e, y, rs, loss, rows, V, cap, threads): softcapped CE rows, in place"},
+    {"rms_fwd", rms_fwd, METH_VARARGS, "rms_fwd(x, y, r, N, C, eps, threads)"},
+    {"rms_bwd", rms_bwd, METH_VARARGS, "rms_bwd(g, y, r, dx, N, C, threads)"},
+    {"qk_fwd", qk_fwd, METH_VARARGS,
+     "qk_fwd(qkv, out, vout, r, cos, sin, B, T, H, D, eps, threads)"},
+    {"qk_bwd", qk_bwd, METH_VARARGS,
+     "qk_bwd(gq, gk, gv, sb, sh, st, out, r, cos, sin, g, B, T, H, D, threads)"},
+    {"relu_sq", relu_sq, METH_VARARGS, "relu_sq(u, a, n, threads): u = relu(u), a = u²"},
+    {"causal_softmax", causal_softmax, METH_VARARGS,
+     "causal_softmax(p, n, rows, cols, first, scale, threads)"},
+    {"softmax_bwd", softmax_bwd, METH_VARARGS,
+     "softmax_bwd(ds, p, rowdot, n, rows, cols, first, T, scale, threads)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
+                                    "Fused fp32 CPU kernels (see backlm/kernels.py).", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    pick_isa();
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddStringConstant(m, "ISA", K.isa) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
