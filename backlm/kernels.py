@@ -4,6 +4,12 @@ On a CPU the matmuls run near the machine's peak and the rest is bound by memory
 RMS norm, the fused q/k/v projection with QK norm and rotary, the ReLU² MLP and the softcapped
 loss have hand-written backward passes that make as few passes over memory as possible; the
 loss never materialises the ``(B·T, vocab)`` logits. Tests check them against plain autograd.
+
+For fp32 on CPU the elementwise work between the matmuls runs in fused C kernels
+(``backlm/_native.c``, built at install when a C compiler with OpenMP is present): one pass
+per op where PyTorch's ops take several, 1.1-1.3× faster per training step
+(BENCHMARKS.md). Without them, or with ``BACKLM_NATIVE=0``, the same functions use PyTorch
+ops; tests/test_native.py checks that both paths agree.
 """
 
 from __future__ import annotations
@@ -333,7 +339,8 @@ def head_loss(
     losses = torch.empty(n, dtype=torch.float32, device=x.device)
     with_grad = row_scale is not None
     grad_x = torch.empty_like(x) if with_grad else None
-    grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if with_grad else None
+    # the first chunk's addmm_ overwrites it (beta=0), so no zero-fill pass
+    grad_w = torch.empty(w.shape, dtype=torch.float32, device=w.device) if with_grad else None
     rows = max(1, min(HEAD_CHUNK_ELEMENTS.get(x.device.type, 2**24) // vocab, n))
     # two reusable chunk buffers: z holds logits -> tanh -> tanh², e holds exp -> gradient
     z_buf = torch.empty(rows, vocab, dtype=torch.float32, device=x.device)
@@ -359,7 +366,7 @@ def head_loss(
             chunk_loss.masked_fill_(~valid[r0:r1], 0.0)
             if with_grad:
                 torch.mm(e, w, out=grad_x[r0:r1])
-                grad_w.addmm_(e.t(), xc)
+                grad_w.addmm_(e.t(), xc, beta=float(r0 > 0))
             continue
         if cap > 0:
             z.tanh_()
@@ -384,11 +391,15 @@ def head_loss(
             e.addcmul_(e, z.mul_(z), value=-1.0)
         if fp32:
             torch.mm(e, w, out=grad_x[r0:r1])
-            grad_w.addmm_(e.t(), xc)
+            grad_w.addmm_(e.t(), xc, beta=float(r0 > 0))
         else:  # low-precision matmuls, fp32 accumulation of the head's gradient
             g = e.to(x.dtype)
             grad_x[r0:r1] = g @ w
-            grad_w.add_(g.t() @ xc)
+            gw = g.t() @ xc
+            if r0 > 0:
+                grad_w.add_(gw)
+            else:
+                grad_w.copy_(gw)
     return losses, grad_x, grad_w
 
 
@@ -407,7 +418,10 @@ class _SoftcapLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype), None, None, None
+        # loss.backward() passes 1: on CPU the check is free and saves two passes over memory
+        if grad_out.device.type != "cpu" or float(grad_out) != 1.0:
+            grad_x, grad_w = grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype)
+        return grad_x, grad_w, None, None, None
 
 
 def softcap_loss(x: Tensor, w: Tensor, y: Tensor, cap: float, mean: bool = True) -> Tensor:

@@ -6,8 +6,10 @@ Usage::
         [--blocks 64,128,192] [--reps 8]
 
 Times forward and backward of causal attention on q, k, v laid out as the model hands them
-over (transposed views of one ``(B, T, 3, H, D)`` buffer), for SDPA and for
-``backlm.kernels.causal_attention`` at each query-block size, interleaved round by round so
+over (transposed views of one ``(B, T, 3, H, D)`` buffer, or contiguous tensors when backlm's C
+kernels are built and produce them), for SDPA and for
+``backlm.kernels.causal_attention`` at each query-block size (and, when backlm's C kernels are
+built, the first size with PyTorch's softmax instead of theirs), interleaved round by round so
 machine load hits every variant alike; reports the best round of each and checks that
 outputs and gradients agree with SDPA. FLOP/s counts the causal half of the 4·B·H·T²·D
 forward (and twice that backward) matmul FLOPs.
@@ -47,24 +49,36 @@ def main() -> None:
     def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def blocked(size):
+    def blocked(size, native=True):
         def run(q, k, v):
             kernels.ATTENTION_BLOCK = size
+            kernels.set_native(native)
             return kernels.causal_attention(q, k, v)
         return run
 
     variants = {"SDPA": sdpa}
     variants.update({f"blocked {b}": blocked(int(b)) for b in args.blocks.split(",")})
+    contiguous = set()
+    if kernels.native_kernels():
+        # with the C kernels q, k, v arrive contiguous; without them, as transposed views
+        contiguous = {fn for name, fn in variants.items() if name != "SDPA"}
+        first = int(args.blocks.split(",")[0])
+        variants[f"blocked {first}, PyTorch ops"] = blocked(first, native=False)
     kernels.ATTENTION_SAVED_BYTES = 2**62  # measure the kernel whatever its memory
 
     def once(fn):
         leaf = buf.clone().requires_grad_(True)
         q, k, v = (leaf[:, :, i].transpose(1, 2) for i in range(3))
+        if fn in contiguous:  # the C q/k/v kernel hands attention contiguous tensors
+            q, k, v = (t.detach().contiguous().requires_grad_(True) for t in (q, k, v))
         t0 = time.perf_counter()
         out = fn(q, k, v)
         t1 = time.perf_counter()
         out.backward(grad_out)
-        return t1 - t0, time.perf_counter() - t1, out.detach(), leaf.grad
+        elapsed = time.perf_counter() - t1
+        grad = leaf.grad if fn not in contiguous else torch.stack(
+            [t.grad.transpose(1, 2) for t in (q, k, v)], 2)  # as (B, T, 3, H, D)
+        return t1 - t0, elapsed, out.detach(), grad
 
     _, _, ref_out, ref_grad = once(sdpa)
     best = {name: [float("inf"), float("inf")] for name in variants}

@@ -19,7 +19,8 @@ the variants take turns step by step so that the machine's drift hits both.
 Targets: fp32 MFU ≥ 60 %; bf16 ≥ 1.4× fp32 tokens/s on CPUs with native bf16 (AMX or
 AVX512-BF16); < 15 s from command to first step. The machine may be shared, so timings
 are medians and bests of several steps, the peak is also sampled between steps, and MFU
-compares the best step with the best peak (the least disturbed moments of each).
+compares the best step with the best peak (the least disturbed moments of each); the median
+step against the same peak is printed beside it as the conservative figure.
 """
 
 from __future__ import annotations
@@ -256,20 +257,23 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, na
     compiled = ", torch.compile" if args.compile else ""
     table = Table(title=f"training step: forward + backward + optimizer, {args.steps} timed steps{compiled}")
     for col in ("variant", "step s (median)", "tokens/s (median)", "tokens/s (best)",
-                "GFLOP/s (best)", "MFU vs fp32 peak", f"loss after {args.warmup + args.steps} steps"):
+                "GFLOP/s (best)", "MFU: best step", "MFU: median step",
+                f"loss after {args.warmup + args.steps} steps"):
         table.add_column(col, justify="right")
     for name in names:
         r = results[name]
         gflops = flops_tok * tokens / r["best"] / 1e9
+        median_mfu = flops_tok * tokens / r["median"] / 1e9 / peak["fp32"]
         table.add_row(name, f"{r['median']:.3f}", f"{tokens / r['median']:,.0f}", f"{tokens / r['best']:,.0f}",
-                      f"{gflops:.1f}", f"{gflops / peak['fp32']:.1%}", f"{r['loss']:.4f}")
+                      f"{gflops:.1f}", f"{gflops / peak['fp32']:.1%}", f"{median_mfu:.1%}",
+                      f"{r['loss']:.4f}")
     console.print(table)
     targets = Table(title="targets")
     for col in ("target", "measured", "met"):
         targets.add_column(col)
     if "fp32" in results:
         mfu = flops_tok * tokens / results["fp32"]["best"] / 1e9 / peak["fp32"]
-        targets.add_row("fp32 MFU ≥ 60 %", f"{mfu:.1%}", _mark(mfu >= 0.6))
+        targets.add_row("fp32 MFU ≥ 60 % (best step vs best peak)", f"{mfu:.1%}", _mark(mfu >= 0.6))
     if "fp32 (torch ops)" in results and "fp32" in results:
         speedup = results["fp32 (torch ops)"]["median"] / results["fp32"]["median"]
         targets.add_row("fused C kernels vs PyTorch ops (fp32 median step)", f"{speedup:.2f}×", "")
