@@ -136,7 +136,7 @@ class _QKV(torch.autograd.Function):
         T, D = x.size(0) // batch, w.size(0) // (3 * heads)
         qkv = torch.mm(x, w.t()).view(batch, T, 3, heads, D)
         cos, sin = cos.contiguous(), sin.contiguous()
-        ctx.native = _native_ok(qkv, cos, sin) and cos.size(0) == T
+        ctx.native = _native_ok(qkv, cos, sin) and cos.shape == (T, D // 2) == sin.shape
         if ctx.native:
             out = torch.empty(2, batch, heads, T, D, dtype=x.dtype, device=x.device)
             v = torch.empty(batch, heads, T, D, dtype=x.dtype, device=x.device)
@@ -350,6 +350,9 @@ def head_loss(
     fused = fp32 and 0 < cap <= 40 and _native_ok(z_buf)
     if fused:
         safe_y = safe_y.to(torch.int64).contiguous()
+        if n and not 0 <= int(safe_y.min()) <= int(safe_y.max()) < vocab:
+            # the C kernel indexes rows with these; PyTorch's gather would raise the same way
+            raise IndexError(f"target id out of range for a vocabulary of {vocab}")
         row_scale = row_scale.float().contiguous() if with_grad else None
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)

@@ -185,3 +185,9 @@ def test_nan_propagates():
     x[1, 0] = float("nan")
     losses = kernels.head_loss(x, w, torch.tensor([1, 2, 3]), 15.0, None)[0]
     assert torch.isnan(losses[1]) and torch.isfinite(losses[[0, 2]]).all()
+
+
+def test_out_of_range_targets_raise_instead_of_reading_past_the_logits():
+    x, w = torch.randn(4, 8), torch.randn(50, 8)
+    with pytest.raises((IndexError, RuntimeError)):  # RuntimeError: PyTorch's gather
+        kernels.head_loss(x, w, torch.tensor([1, 2, 50, 3]), 15.0, None)
