@@ -42,6 +42,7 @@ typedef void (*qk_fwd_fn)(const float *, float *, float *, float *, const float 
 typedef void (*qk_bwd_fn)(const float *, const float *, const float *, int64_t, int64_t, int64_t,
                           const float *, const float *, const float *, const float *, float *,
                           int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+typedef void (*relu_sq_fn)(float *, float *, int64_t, int64_t);
 typedef void (*softmax_fn)(float *, int64_t, int64_t, int64_t, int64_t, int64_t, float);
 typedef void (*softmax_bwd_fn)(float *, const float *, const float *, int64_t, int64_t, int64_t,
                                int64_t, int64_t, int64_t, float);
@@ -53,6 +54,7 @@ static struct {
     rms_bwd_fn rms_bwd;
     qk_fwd_fn qk_fwd;
     qk_bwd_fn qk_bwd;
+    relu_sq_fn relu_sq;
     softmax_fn causal_softmax;
     softmax_bwd_fn softmax_bwd;
 } K;
@@ -65,6 +67,7 @@ static struct {
         K.rms_bwd = rms_bwd_rows##sfx;                                                          \
         K.qk_fwd = qk_fwd_rows##sfx;                                                            \
         K.qk_bwd = qk_bwd_rows##sfx;                                                            \
+        K.relu_sq = relu_sq_range##sfx;                                                         \
         K.causal_softmax = causal_softmax_rows##sfx;                                            \
         K.softmax_bwd = softmax_bwd_rows##sfx;                                                  \
     } while (0)
@@ -176,6 +179,21 @@ static PyObject *qk_bwd(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *relu_sq(PyObject *self, PyObject *args) {
+    unsigned long long u, a;
+    long long n;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKLi", &u, &a, &n, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(n, i0, i1);
+        K.relu_sq(PTR(float, u), PTR(float, a), i0, i1);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *causal_softmax(PyObject *self, PyObject *args) {
     unsigned long long p;
     long long n, rows, cols, first;
@@ -221,6 +239,7 @@ static PyMethodDef methods[] = {
      "qk_fwd(qkv, out, vout, r, cos, sin, B, T, H, D, eps, threads)"},
     {"qk_bwd", qk_bwd, METH_VARARGS,
      "qk_bwd(gq, gk, gv, sb, sh, st, out, r, cos, sin, g, B, T, H, D, threads)"},
+    {"relu_sq", relu_sq, METH_VARARGS, "relu_sq(u, a, n, threads): u = relu(u), a = u²"},
     {"causal_softmax", causal_softmax, METH_VARARGS,
      "causal_softmax(p, n, rows, cols, first, scale, threads)"},
     {"softmax_bwd", softmax_bwd, METH_VARARGS,

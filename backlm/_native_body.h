@@ -168,6 +168,16 @@ TARGET static void FN(qk_bwd_rows)(const float *gq, const float *gk, const float
     }
 }
 
+/* ReLU², forward, over elements [i0, i1): u becomes relu(u) in place and a gets relu(u)². */
+TARGET static void FN(relu_sq_range)(float *u, float *a, int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; i++) {
+        float h = u[i] > 0.0f ? u[i] : 0.0f;
+        u[i] = h;
+        a[i] = h * h;
+    }
+}
+
 /* Causal softmax of scale·p, in place, over attention score rows [r0, r1) of a (n·rows, cols)
  * block whose query row i (0-based within the block) sees keys [0, first + i]; later keys
  * get 0. */

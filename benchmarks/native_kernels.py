@@ -49,7 +49,7 @@ def main() -> None:
 
     cos, sin = kernels.rotary_tables(T, D, 10000.0)
     x, xn = randn(B * T, C), randn(B, T, C)
-    w_qkv = randn(3 * C, C, scale=C**-0.5)
+    w_qkv, fc, proj = randn(3 * C, C, scale=C**-0.5), randn(4 * C, C, scale=C**-0.5), randn(C, 4 * C, scale=0.02)
     head = randn(args.vocab, C, scale=0.02)
     targets = torch.randint(0, args.vocab, (B * T,), generator=g)
     q, k, v = (randn(B, H, T, D) for _ in range(3))
@@ -63,6 +63,7 @@ def main() -> None:
         "RMS norm (B, T, C)": lambda: summed(kernels.norm(xn)),
         "q/k/v projection + QK norm + rotary": lambda: summed(kernels.qkv_rotary_norm(x, w_qkv, cos, sin, B, H)),
         "causal attention (blocked)": lambda: summed(kernels.causal_attention(q, k, v)),
+        "ReLU² MLP": lambda: summed(kernels.mlp(x, fc, proj)),
         f"softcapped loss over {B * T} × {args.vocab} logits": lambda: kernels.softcap_loss(x, head, targets, 15.0),
     }
     best = {(name, native): float("inf") for name in cases for native in (True, False)}
