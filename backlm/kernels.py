@@ -7,7 +7,7 @@ loss never materialises the ``(B·T, vocab)`` logits. Tests check them against p
 
 For fp32 on CPU the elementwise work between the matmuls runs in fused C kernels
 (``backlm/_native.c``, built at install when a C compiler with OpenMP is present): one pass
-per op where PyTorch's ops take several, 1.1-1.3× faster per training step
+per op where PyTorch's ops take several; a training step is 1.11-1.16× faster
 (BENCHMARKS.md). Without them, or with ``BACKLM_NATIVE=0``, the same functions use PyTorch
 ops; tests/test_native.py checks that both paths agree.
 """
