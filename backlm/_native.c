@@ -32,31 +32,17 @@
 #undef SFX
 #endif
 
-typedef void (*softcap_ce_fn)(float *, float *, const int64_t *, const float *, float *, int64_t,
-                              int64_t, int64_t, float);
-typedef void (*rms_fwd_fn)(const float *, float *, float *, int64_t, int64_t, int64_t, float);
-typedef void (*rms_bwd_fn)(const float *, const float *, const float *, float *, int64_t, int64_t,
-                           int64_t);
-typedef void (*qk_fwd_fn)(const float *, float *, float *, float *, const float *, const float *,
-                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
-typedef void (*qk_bwd_fn)(const float *, const float *, const float *, int64_t, int64_t, int64_t,
-                          const float *, const float *, const float *, const float *, float *,
-                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
-typedef void (*relu_sq_fn)(float *, float *, int64_t, int64_t);
-typedef void (*softmax_fn)(float *, int64_t, int64_t, int64_t, int64_t, int64_t, float);
-typedef void (*softmax_bwd_fn)(float *, const float *, const float *, int64_t, int64_t, int64_t,
-                               int64_t, int64_t, int64_t, float);
-
+/* The chosen instruction set's kernels; every copy has the generic one's signature. */
 static struct {
     const char *isa;
-    softcap_ce_fn softcap_ce;
-    rms_fwd_fn rms_fwd;
-    rms_bwd_fn rms_bwd;
-    qk_fwd_fn qk_fwd;
-    qk_bwd_fn qk_bwd;
-    relu_sq_fn relu_sq;
-    softmax_fn causal_softmax;
-    softmax_bwd_fn softmax_bwd;
+    __typeof__(softcap_ce_rows_generic) *softcap_ce;
+    __typeof__(rms_fwd_rows_generic) *rms_fwd;
+    __typeof__(rms_bwd_rows_generic) *rms_bwd;
+    __typeof__(qk_fwd_rows_generic) *qk_fwd;
+    __typeof__(qk_bwd_rows_generic) *qk_bwd;
+    __typeof__(relu_sq_range_generic) *relu_sq;
+    __typeof__(causal_softmax_rows_generic) *causal_softmax;
+    __typeof__(softmax_bwd_rows_generic) *softmax_bwd;
 } K;
 
 #define PICK(sfx, name)                                                                         \

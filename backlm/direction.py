@@ -235,6 +235,15 @@ def loader_direction(model_direction: Direction | str, order: Direction | str) -
     return order.value, 0.0
 
 
+def eval_orders(direction: Direction | str) -> list[tuple[str, str, float]]:
+    """What validation measures, as ``(label, loader direction, mix)``: the run's own order
+    (label ``""``), or each marker of a bidirectional run (labels ``forward``, ``backward``)."""
+    direction = Direction.parse(direction)
+    if direction is Direction.BIDIRECTIONAL:
+        return [(o.value, *loader_direction(direction, o)) for o in direction.orders]
+    return [("", *loader_direction(direction, direction))]
+
+
 def kept_window(tokens: Sequence[int], order: Direction | str, length: int) -> list[int]:
     """The reading-order part of a document that a model-order crop to ``length`` keeps.
 

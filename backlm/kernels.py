@@ -54,10 +54,6 @@ def _native_ok(*tensors: Tensor) -> bool:
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
                     for t in tensors))
 
-
-def _ptr(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
 # Autograd would keep a temporary per elementwise op and run one pass over memory for each in
 # backward; these Functions fold what they can into in-place ops and matmul epilogues. Each
 # runs with autocast off: callers pass tensors already cast to the compute dtype.
@@ -108,7 +104,8 @@ class _Norm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         y, r = ctx.saved_tensors
-        if _native_ok(y, g := g.contiguous()):
+        g = g.contiguous()
+        if _native_ok(y, g):
             dx = torch.empty_like(g)
             _native.rms_bwd(g.data_ptr(), y.data_ptr(), r.data_ptr(), dx.data_ptr(),
                             y.numel() // y.size(-1), y.size(-1), torch.get_num_threads())
@@ -364,7 +361,7 @@ def head_loss(
         if fused:
             chunk_loss = losses[r0:r1]
             _native.softcap_ce(z.data_ptr(), e.data_ptr(), yc.data_ptr(),
-                               _ptr(row_scale[r0:r1] if with_grad else None),
+                               row_scale[r0:r1].data_ptr() if with_grad else 0,
                                chunk_loss.data_ptr(), r1 - r0, vocab, cap, torch.get_num_threads())
             chunk_loss.masked_fill_(~valid[r0:r1], 0.0)
             if with_grad:

@@ -24,6 +24,7 @@ from typing import Any
 
 from backlm import checkpoint as ckpt
 from backlm.config import RunConfig, load_config
+from backlm.direction import eval_orders
 from backlm.errors import UserError
 from backlm.experiment import Experiment, utcnow
 
@@ -229,15 +230,6 @@ def evaluate(ctx: TrainingRun, orders: list[tuple[str, str, float]]) -> dict[str
         out["val_bpb"] = sum(out[f"val_bpb_{n}"] for n, _, _ in orders) / len(orders)
     ctx.model.train()
     return out
-
-
-def eval_orders(direction: str) -> list[tuple[str, str, float]]:
-    """What validation measures: the run's direction, or each marker of a bidirectional run."""
-    from backlm.direction import loader_direction
-
-    if direction == "bidirectional":
-        return [(order, *loader_direction(direction, order)) for order in ("forward", "backward")]
-    return [("", *loader_direction(direction, direction))]
 
 
 def _gather_loader_states(ctx: TrainingRun) -> list[dict[str, Any]]:

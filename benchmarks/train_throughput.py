@@ -61,22 +61,21 @@ class Run:
 
     def __init__(self, torch, mcfg, ocfg, batches, dtype: str, seed: int, compile: bool = False,
                  native: bool = True):
+        from backlm.kernels import set_native
         from backlm.model import GPT
         from backlm.optim import build_optimizer
 
         torch.manual_seed(seed)
         self.torch, self.batches, self.dtype, self.i = torch, batches, dtype, 0
-        self.native = native
+        self.native, self.set_native = native, set_native
         self.model = GPT(mcfg)
         self.forward = torch.compile(self.model) if compile else self.model
         self.opt = build_optimizer(self.model, ocfg)
 
     def step(self) -> float:
         """One optimizer step; returns the loss."""
-        from backlm.kernels import set_native
-
         torch = self.torch
-        set_native(self.native)
+        self.set_native(self.native)
         x, y = self.batches[self.i % len(self.batches)]
         self.i += 1
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
@@ -118,14 +117,15 @@ def time_steps(runs: dict[str, Run], warmup: dict[str, int], steps: int,
     for name, run in runs.items():
         for _ in range(warmup[name]):
             run.step()
-    out = {name: ([], float("nan")) for name in runs}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    losses = dict.fromkeys(runs, float("nan"))
     for _ in range(steps):
         for name, run in runs.items():
             t = time.perf_counter()
-            loss = run.step()
-            out[name] = (out[name][0] + [time.perf_counter() - t], loss)
+            losses[name] = run.step()
+            times[name].append(time.perf_counter() - t)
             probe.sample()
-    return out
+    return {name: (times[name], losses[name]) for name in runs}
 
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}

@@ -71,8 +71,8 @@ def build_loggers(run: Any, resume_step: int) -> list[MetricLogger]:
 
 def schema_for(run: Any) -> Any:
     """The research-log layout of ``run``: names known before the first step."""
+    from backlm.direction import eval_orders
     from backlm.logs.hdf5 import BASE_SCALARS, Schema
-    from backlm.trainer import eval_orders
 
     per_direction = [f"val_{m}_{name}" for name, _, _ in eval_orders(run.cfg.data.direction)
                      if name for m in ("loss", "bpb")]
