@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 import os
-import re
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,24 +19,13 @@ from typing import Any
 from backlm import atomic
 from backlm.errors import UserError
 
-STEP_RE = re.compile(r"^step_(\d{6,})$")
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
 
 
-def step_dir(checkpoints: Path, step: int) -> Path:
-    """Folder of the checkpoint at ``step``."""
-    return Path(checkpoints) / f"step_{step:06d}"
-
-
-def list_steps(checkpoints: Path) -> list[int]:
-    """Steps that have a complete checkpoint, ascending."""
-    if not Path(checkpoints).is_dir():
-        return []
-    steps = []
-    for p in Path(checkpoints).iterdir():
-        m = STEP_RE.match(p.name)
-        if m and (p / "meta.json").is_file() and (p / "model.safetensors").is_file():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole checkpoint (weights and metadata)."""
+    return (folder / META_FILE).is_file() and (folder / MODEL_FILE).is_file()
 
 
 def sha256_file(path: Path) -> str:
@@ -87,65 +76,72 @@ def _unflatten(node: Any, tensors: dict[str, Any]) -> Any:
     return node
 
 
-def encode_bytes(data: bytes) -> str:
-    """Bytes (e.g. an RNG state) as base64 text for meta.json."""
+def _encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def decode_bytes(text: str) -> bytes:
-    """Inverse of :func:`encode_bytes`."""
+def _decode(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"))
 
 
-def save(
-    checkpoints: Path, step: int, model_state: dict[str, Any], optim_state: Any,
-    meta: dict[str, Any], keep_last: int = 0,
-) -> Path:
-    """Write the checkpoint of ``step`` atomically; returns its folder.
+def rng_state(cuda: bool) -> dict[str, Any]:
+    """This process's torch (and CUDA) and Python RNG states, JSON-ready for meta.json."""
+    import torch
 
-    ``keep_last`` > 0 deletes older step folders beyond that many (best steps named in
-    best.json are kept).
+    state = {
+        "torch": _encode(torch.get_rng_state().numpy().tobytes()),
+        "python": json.dumps(random.getstate()),
+    }
+    if cuda:
+        state["cuda"] = _encode(torch.cuda.get_rng_state().numpy().tobytes())
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], cuda: bool) -> None:
+    """Inverse of :func:`rng_state`: the resumed run draws the numbers the killed one would."""
+    import numpy as np
+    import torch
+
+    def tensor(text: str):
+        return torch.from_numpy(np.frombuffer(_decode(text), dtype=np.uint8).copy())
+
+    torch.set_rng_state(tensor(state["torch"]))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if cuda and "cuda" in state:
+        torch.cuda.set_rng_state(tensor(state["cuda"]))
+
+
+def save(folder: Path, model_state: dict[str, Any], optim_state: Any,
+         meta: dict[str, Any]) -> Path:
+    """Write a checkpoint into ``folder`` atomically (temporary name, then rename).
+
+    ``meta`` (JSON) must hold the ``step``; the weights' sha256 is added to it.
     """
     from safetensors.torch import save_file
 
-    final = step_dir(checkpoints, step)
+    final = Path(folder)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
-    save_file(weights, str(tmp / "model.safetensors"))
+    save_file(weights, str(tmp / MODEL_FILE))
     tensors: dict[str, Any] = {}
     structure = _flatten_optimizer(optim_state, "opt", tensors)
     save_file(tensors, str(tmp / "optim.safetensors"))
     atomic.write_json(tmp / "optim.json", structure)
-    meta = dict(meta, step=step, model_sha256=sha256_file(tmp / "model.safetensors"))
-    atomic.write_json(tmp / "meta.json", meta)
+    meta = dict(meta, model_sha256=sha256_file(tmp / MODEL_FILE))
+    atomic.write_json(tmp / META_FILE, meta)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    if keep_last > 0:
-        _prune(Path(checkpoints), keep_last)
     return final
-
-
-def _prune(checkpoints: Path, keep_last: int) -> None:
-    keep = set(list_steps(checkpoints)[-keep_last:])
-    for name in ("best.json", "best_5cat.json"):
-        p = checkpoints / name
-        if p.is_file():
-            try:
-                keep.add(int(json.loads(p.read_text())["step"]))
-            except (ValueError, KeyError, TypeError):
-                pass
-    for s in list_steps(checkpoints):
-        if s not in keep:
-            shutil.rmtree(step_dir(checkpoints, s), ignore_errors=True)
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
     """meta.json of a checkpoint folder (UserError when missing or corrupt)."""
     try:
-        return json.loads((folder / "meta.json").read_text())
+        return json.loads((folder / META_FILE).read_text())
     except FileNotFoundError:
         raise UserError(f"checkpoint {folder} has no meta.json") from None
     except (OSError, ValueError) as exc:
@@ -158,7 +154,7 @@ def load(folder: Path, with_optimizer: bool = True, verify: bool = True) -> tupl
     from safetensors.torch import load_file
 
     meta = read_meta(folder)
-    weights = folder / "model.safetensors"
+    weights = folder / MODEL_FILE
     if verify and meta.get("model_sha256") and weights.is_file():
         if sha256_file(weights) != meta["model_sha256"]:
             raise UserError(f"checkpoint {folder} is corrupt: model.safetensors checksum mismatch")
@@ -175,9 +171,3 @@ def load(folder: Path, with_optimizer: bool = True, verify: bool = True) -> tupl
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"checkpoint {folder} is corrupt: {exc}".splitlines()[0]) from None
     return model_state, optim_state, meta
-
-
-def latest(checkpoints: Path) -> Path | None:
-    """Folder of the newest complete checkpoint, or None."""
-    steps = list_steps(checkpoints)
-    return step_dir(checkpoints, steps[-1]) if steps else None

@@ -18,7 +18,9 @@ import yaml
 
 from backlm.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Presets ship inside the package (the repository's top-level configs/ links here), so they
+# resolve from any folder and from a non-editable install.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -189,7 +191,8 @@ def preset_path(name_or_path: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none"
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")
+                             if p.stem != "fivecat")) or "none"
     raise UserError(f"unknown config preset {name_or_path!r}: known presets are {known}")
 
 

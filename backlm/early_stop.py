@@ -15,8 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from backlm import atomic
-from backlm.callbacks import Callback
+from backlm.callbacks import Callback, LoopState
 from backlm.errors import UserError
 
 STOP_REASONS = ("max steps", "early stop", "target reached", "diverged", "interrupted",
@@ -26,8 +25,8 @@ STOP_REASONS = ("max steps", "early stop", "target reached", "diverged", "interr
 class BestTracker(Callback):
     """Keeps ``best.json`` and, when enabled, stops the run early."""
 
-    def __init__(self, run: Any) -> None:
-        es = run.cfg.early_stop
+    def __init__(self, state: LoopState) -> None:
+        es = state.run.cfg.early_stop
         if es.mode not in ("min", "max"):
             raise UserError(f"early_stop.mode must be min or max, got {es.mode!r}")
         if es.patience < 1:
@@ -40,14 +39,14 @@ class BestTracker(Callback):
         self.wait = 0
         self.pending: dict[str, Any] | None = None
 
-    def on_train_start(self, run: Any) -> None:
-        prior = _read_best(run)
-        if prior and prior.get("monitor") == self.es.monitor and prior.get("step", 0) <= run.step:
+    def on_train_start(self, state: LoopState) -> None:
+        prior = state.run.exp.best("val")
+        if prior and prior.get("monitor") == self.es.monitor and prior.get("step", 0) <= state.step:
             self.best, self.best_step = float(prior["value"]), int(prior["step"])
             self.best_evals = dict(prior.get("evals") or {})
             self.wait = int(prior.get("wait", 0))
 
-    def on_eval(self, run: Any, step: int, evals: dict[str, float]) -> None:
+    def on_eval(self, state: LoopState, step: int, evals: dict[str, float]) -> None:
         if self.es.monitor not in evals:
             known = ", ".join(sorted(evals))
             raise UserError(f"early_stop.monitor {self.es.monitor!r} is not measured; "
@@ -55,11 +54,11 @@ class BestTracker(Callback):
         value = float(evals[self.es.monitor])
         if not math.isfinite(value):
             if self.es.stop_on_nonfinite:
-                run.stop_reason = "diverged"
+                state.stop_reason = "diverged"
             return
         if self._improved(value):
             self.best, self.best_step, self.best_evals, self.wait = value, step, dict(evals), 0
-            run.save_requested = True  # the best step must have a checkpoint to restore
+            state.save_requested = True  # the best step must have a checkpoint to restore
             self.pending = self._record(step, value, evals)
         elif step > 0:
             self.wait += 1
@@ -67,12 +66,12 @@ class BestTracker(Callback):
             return
         if self.es.stopping_threshold is not None and \
                 self.sign * (value - self.es.stopping_threshold) <= 0:
-            run.stop_reason = "target reached"
+            state.stop_reason = "target reached"
         elif self.es.divergence_threshold is not None and \
                 self.sign * (value - self.es.divergence_threshold) > 0:
-            run.stop_reason = "diverged"
+            state.stop_reason = "diverged"
         elif self.wait >= self.es.patience:
-            run.stop_reason = "early stop"
+            state.stop_reason = "early stop"
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -84,37 +83,27 @@ class BestTracker(Callback):
         return {"step": step, "monitor": self.es.monitor, "mode": self.es.mode, "value": value,
                 "reason": f"{word} {self.es.monitor} so far", "evals": evals, "wait": 0}
 
-    def on_checkpoint(self, run: Any, step: int, folder: Any) -> None:
-        if run.dist.main and self.pending and self.pending["step"] == step:
-            atomic.write_json(run.exp.checkpoints / "best.json", self.pending)
+    def on_checkpoint(self, state: LoopState, step: int, folder: Any) -> None:
+        if state.run.dist.main and self.pending and self.pending["step"] == step:
+            state.run.exp.write_best("val", self.pending)
             self.pending = None
 
-    def on_train_end(self, run: Any, status: str) -> None:
-        run.best = {"step": self.best_step, "monitor": self.es.monitor, "value": self.best,
+    def on_train_end(self, state: LoopState, status: str) -> None:
+        state.best = {"step": self.best_step, "monitor": self.es.monitor, "value": self.best,
                     "evals": self.best_evals}
         if not self.es.restore_best or self.best_step is None or status == "failed":
             return
-        if self.best_step == run.step or self.best_step == 0:
+        if self.best_step == state.step or self.best_step == 0:
             return
         from backlm import checkpoint as ckpt
 
-        folder = ckpt.step_dir(run.exp.checkpoints, self.best_step)
+        folder = state.run.exp.checkpoint_dir(self.best_step)
         if folder.is_dir():
-            state, _, _ = ckpt.load(folder, with_optimizer=False)
-            run.raw_model.load_state_dict(state)
-            run.restored_step = self.best_step
-            run.print(f"restored the best checkpoint: step {self.best_step} "
+            weights, _, _ = ckpt.load(folder, with_optimizer=False)
+            state.run.model.load_state_dict(weights)
+            state.restored_step = self.best_step
+            state.say(f"restored the best checkpoint: step {self.best_step} "
                       f"({self.es.monitor} {self.best:.4f})")
-
-
-def _read_best(run: Any) -> dict[str, Any] | None:
-    import json
-
-    path = run.exp.checkpoints / "best.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def slope(ys: list[float]) -> float:
@@ -138,7 +127,7 @@ class Convergence(Callback):
         self.vals: list[float] = []
         self.plateau_at: int | None = None
 
-    def on_step_end(self, run: Any, step: int, record: dict[str, Any]) -> None:
+    def on_step_end(self, state: LoopState, step: int, record: dict[str, Any]) -> None:
         if "loss" in record and math.isfinite(record["loss"]):
             self.losses = (self.losses + [record["loss"]])[-self.window:]
             self.grad_norms = (self.grad_norms + [record["grad_norm"]])[-self.window:]
@@ -154,14 +143,14 @@ class Convergence(Callback):
             record["plateau"] = gain < self.plateau_rel
             if record["plateau"] and self.plateau_at is None:
                 self.plateau_at = step
-                run.print(f"plateau: val loss improved {gain:.2%} over the last "
+                state.say(f"plateau: val loss improved {gain:.2%} over the last "
                           f"{self.plateau_evals} evaluations")
 
-    def on_train_end(self, run: Any, status: str) -> None:
-        run.signals = {"loss_slope": slope(self.losses), "grad_norm_slope": slope(self.grad_norms),
+    def on_train_end(self, state: LoopState, status: str) -> None:
+        state.signals = {"loss_slope": slope(self.losses), "grad_norm_slope": slope(self.grad_norms),
                        "plateau_at": self.plateau_at}
 
 
-def callbacks(run: Any) -> list[Callback]:
-    """Training-loop factory (see backlm.callbacks.FACTORIES)."""
-    return [Convergence(), BestTracker(run)]
+def callbacks(state: LoopState) -> list[Callback]:
+    """The run's convergence signals and best tracker (early stopping when enabled)."""
+    return [Convergence(), BestTracker(state)]

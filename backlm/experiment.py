@@ -1,10 +1,16 @@
-"""The experiment tree (DESIGN.md §2): ids, folders, metadata, the run lock and lookup.
+"""The experiment tree (DESIGN.md §2): the one module that knows an experiment folder's layout.
 
 ::
 
     experiments/<id>/
-      config.yaml  metadata.json  parent_link.json  metrics.jsonl  tokenizer/
-      checkpoints/step_XXXXXX/  notes/
+      config.yaml  metadata.json  parent_link.json  metrics.jsonl  training_summary.json
+      tokenizer/  run.lock  {phase}.h5  RESEARCH_REPORT.md  figures/
+      checkpoints/step_XXXXXX/  checkpoints/best.json  checkpoints/best_5cat.json
+      evaluations/<phase>/<order>/<task>.json  evaluations/<phase>/fivecat/step_XXXXXX.json
+      notes/notes.txt  notes/issues.txt  notes/generation_samples.jsonl
+
+Every other module reaches these files through :class:`Experiment`; a test fails if their
+names are spelled anywhere else in the package.
 """
 
 from __future__ import annotations
@@ -13,20 +19,24 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
-import socket
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backlm import atomic
 from backlm.errors import UserError
+from backlm.lock import RunLock
+
+if TYPE_CHECKING:
+    from backlm.config import RunConfig
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+STEP_RE = re.compile(r"^step_(\d{6,})$")
+# best.json: best validation metric (early stopping); best_5cat.json: best 5CAT score.
+BEST_FILES = {"val": "best.json", "5cat": "best_5cat.json"}
+FIVECAT = "fivecat"  # evaluations/<phase>/fivecat/: 5CAT results, one file per step
 
 
 def new_id(phase: str, direction: str, depth: int, now: dt.datetime | None = None) -> str:
@@ -49,65 +59,6 @@ def utcnow() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def git_commit() -> str | None:
-    """Commit of the backlm source tree, if it is a git checkout."""
-    with contextlib.suppress(Exception):
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5,
-        )
-        if out.returncode == 0:
-            return out.stdout.strip()
-    return None
-
-
-def environment() -> dict[str, Any]:
-    """Versions and host recorded in metadata.json (torch is imported by the caller)."""
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-    }
-
-
-@dataclass
-class Experiment:
-    """One experiment folder."""
-
-    path: Path
-
-    @property
-    def id(self) -> str:
-        return self.path.name
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def metadata_path(self) -> Path:
-        return self.path / "metadata.json"
-
-    def metadata(self) -> dict[str, Any]:
-        """Parsed metadata.json; a missing or corrupt file is a UserError."""
-        return read_json(self.metadata_path, what=f"experiment {self.id}")
-
-    def update_metadata(self, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into metadata.json atomically."""
-        meta = self.metadata() if self.metadata_path.exists() else {}
-        meta.update(fields)
-        atomic.write_json(self.metadata_path, meta)
-        return meta
-
-    def lock(self) -> RunLock:
-        """The lock that keeps a second run out of this experiment."""
-        return RunLock(self.path / "run.lock")
-
-
 def read_json(path: Path, what: str = "") -> Any:
     """Read a JSON file, turning absence or corruption into a one-line UserError."""
     label = what or str(path)
@@ -119,119 +70,254 @@ def read_json(path: Path, what: str = "") -> Any:
         raise UserError(f"{label}: {path} is corrupt ({exc})") from None
 
 
+def _read_optional(path: Path) -> Any:
+    """A JSON file's content, or None when it is absent or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment folder: every file of DESIGN.md §2 by name."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    # --- files ---------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.path / "metadata.json"
+
+    @property
+    def parent_link_path(self) -> Path:
+        return self.path / "parent_link.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        """``training_summary.json``: stop reason, best step, cost."""
+        return self.path / "training_summary.json"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def notes_dir(self) -> Path:
+        return self.path / "notes"
+
+    def notes_path(self, issue: bool = False) -> Path:
+        """``notes/notes.txt``, or ``notes/issues.txt`` for issues."""
+        return self.notes_dir / ("issues.txt" if issue else "notes.txt")
+
+    @property
+    def samples_path(self) -> Path:
+        """Generation samples written during training."""
+        return self.notes_dir / "generation_samples.jsonl"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "RESEARCH_REPORT.md"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.path / "figures"
+
+    def research_log(self, phase: str | None = None) -> Path:
+        """The research log ``{phase}.h5`` (default: the experiment's own phase)."""
+        return self.path / f"{phase or self.phase}.h5"
+
+    def research_logs(self) -> list[Path]:
+        """Every research log in the folder, by name."""
+        return sorted(self.path.glob("*.h5"))
+
+    def evaluations_dir(self, phase: str | None = None) -> Path:
+        """``evaluations/<phase>/``: everything ``eval`` and ``5cat`` wrote for a phase."""
+        return self.path / "evaluations" / (phase or self.phase)
+
+    def evaluation_path(self, phase: str, order: str, task: str) -> Path:
+        """``evaluations/<phase>/<order>/<task>.json``: one task read in one order."""
+        return self.evaluations_dir(phase) / order / f"{task}.json"
+
+    def fivecat_path(self, phase: str, step: int, declared_as: str | None = None) -> Path:
+        """``evaluations/<phase>/fivecat/step_XXXXXX.json`` (``_as-<dir>`` when judged as
+        another direction than the checkpoint declares)."""
+        suffix = f"_as-{declared_as}" if declared_as else ""
+        return self.evaluations_dir(phase) / FIVECAT / f"step_{step:06d}{suffix}.json"
+
+    # --- contents --------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """Parsed metadata; a missing or corrupt file is a UserError."""
+        meta = read_json(self.metadata_path, what=f"experiment {self.id}")
+        if not isinstance(meta, dict):
+            raise UserError(f"experiment {self.id}: {self.metadata_path} is corrupt (not an "
+                            "object)")
+        return meta
+
+    def update_metadata(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the metadata atomically."""
+        meta = self.metadata() if self.metadata_path.exists() else {}
+        meta.update(fields)
+        atomic.write_json(self.metadata_path, meta)
+        return meta
+
+    @property
+    def phase(self) -> str:
+        """The experiment's phase (base, mid, sft, rl) from its metadata."""
+        return str(self.metadata().get("phase") or "base")
+
+    def config(self) -> RunConfig:
+        """The resolved configuration the experiment was created with."""
+        from backlm.config import RunConfig, from_dict, read_yaml
+
+        if not self.config_path.is_file():
+            raise UserError(f"experiment {self.id} has no {self.config_path.name}; it cannot "
+                            "be trained or evaluated as configured")
+        return from_dict(RunConfig, read_yaml(self.config_path))
+
+    def data_dir(self) -> Path:
+        """The dataset folder the experiment trained on (held-out text lives there)."""
+        folder = self.metadata().get("data_dir")
+        if not folder:
+            raise UserError(f"experiment {self.id} names no data_dir in "
+                            f"{self.metadata_path.name}: its held-out text cannot be found")
+        return Path(folder)
+
+    def parent_link(self) -> dict[str, Any] | None:
+        """The parent link (None for a base run or a folder without one)."""
+        link = _read_optional(self.parent_link_path)
+        return link if isinstance(link, dict) else None
+
+    def lineage(self) -> list[Experiment]:
+        """The experiment's ancestors that still exist, root first, then itself."""
+        chain = [Path(p) for p in (self.parent_link() or {}).get("chain", [])]
+        ancestors = [Experiment(p) for p in chain]
+        return [e for e in ancestors if e.metadata_path.is_file()] + [self]
+
+    def training_summary(self) -> dict[str, Any] | None:
+        """The training summary, or None when absent or unreadable."""
+        data = _read_optional(self.summary_path)
+        return data if isinstance(data, dict) else None
+
+    def write_training_summary(self, data: dict[str, Any]) -> None:
+        atomic.write_json(self.summary_path, data)
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def checkpoint_dir(self, step: int) -> Path:
+        """Folder of the checkpoint at ``step`` (whether or not it exists)."""
+        return self.checkpoints / f"step_{step:06d}"
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps that have a complete checkpoint, ascending."""
+        from backlm.checkpoint import is_complete
+
+        if not self.checkpoints.is_dir():
+            return []
+        steps = []
+        for p in self.checkpoints.iterdir():
+            m = STEP_RE.match(p.name)
+            if m and is_complete(p):
+                steps.append(int(m.group(1)))
+        return sorted(steps)
+
+    def latest_checkpoint(self) -> Path | None:
+        """Folder of the newest complete checkpoint, or None."""
+        steps = self.checkpoint_steps()
+        return self.checkpoint_dir(steps[-1]) if steps else None
+
+    def best_path(self, kind: str = "val") -> Path:
+        """``checkpoints/best.json`` (kind ``val``) or ``checkpoints/best_5cat.json``."""
+        return self.checkpoints / BEST_FILES[kind]
+
+    def best(self, kind: str = "val") -> dict[str, Any] | None:
+        """The best-step record of ``kind``, or None when absent or unreadable."""
+        data = _read_optional(self.best_path(kind))
+        return data if isinstance(data, dict) else None
+
+    def write_best(self, kind: str, record: dict[str, Any]) -> None:
+        atomic.write_json(self.best_path(kind), record)
+
+    def best_steps(self) -> set[int]:
+        """Steps named by any best-step record (checkpoints that must be kept)."""
+        steps = set()
+        for kind in BEST_FILES:
+            with contextlib.suppress(TypeError, ValueError, KeyError):
+                steps.add(int((self.best(kind) or {})["step"]))
+        return steps
+
+    # --- the run lock ----------------------------------------------------------------------
+
+    def lock(self) -> RunLock:
+        """The lock that keeps a second run out of this experiment."""
+        return RunLock(self.path / "run.lock")
+
+    def is_running(self) -> bool:
+        """Whether a live process holds the run lock."""
+        return self.lock().active()
+
+
 def create(
     root: Path, exp_id: str, *, config_yaml: str, metadata: dict[str, Any],
     parent_link: dict[str, Any] | None, tokenizer_dir: Path | None = None,
 ) -> Experiment:
     """Create a new experiment folder; an existing id is a UserError (use --resume)."""
     check_id(exp_id)
-    path = Path(root) / exp_id
-    if path.exists():
+    exp = Experiment(Path(root) / exp_id)
+    if exp.path.exists():
         raise UserError(
             f"experiment {exp_id} already exists in {root}: choose another --id or "
             f"continue it with `backlm train --resume {exp_id}`"
         )
-    tmp = Path(root) / f".{exp_id}.creating"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "checkpoints").mkdir(parents=True)
-    (tmp / "notes").mkdir()
-    atomic.write_text(tmp / "config.yaml", config_yaml)
-    atomic.write_json(tmp / "metadata.json", metadata)
-    atomic.write_json(tmp / "parent_link.json", parent_link)
+    tmp = Experiment(Path(root) / f".{exp_id}.creating")
+    shutil.rmtree(tmp.path, ignore_errors=True)
+    tmp.checkpoints.mkdir(parents=True)
+    tmp.notes_dir.mkdir()
+    atomic.write_text(tmp.config_path, config_yaml)
+    atomic.write_json(tmp.metadata_path, metadata)
+    atomic.write_json(tmp.parent_link_path, parent_link)
     if tokenizer_dir is not None:
-        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        shutil.copytree(tokenizer_dir, tmp.tokenizer_dir)
     try:
-        os.rename(tmp, path)  # atomic: the folder appears complete or not at all
+        os.rename(tmp.path, exp.path)  # atomic: the folder appears complete or not at all
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.path, ignore_errors=True)
         raise UserError(f"experiment {exp_id} already exists in {root}") from None
-    return Experiment(path)
-
-
-class RunLock:
-    """An exclusive lock file naming the holder's pid and host.
-
-    A lock left by a dead process on this host is stale and taken over; a live holder (or a
-    holder on another host) makes the second run fail with a UserError.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.held = False
-
-    def acquire(self) -> RunLock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": utcnow()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder and self._alive(holder):
-                    raise UserError(
-                        f"experiment {self.path.parent.name} is in use by pid {holder['pid']} "
-                        f"on {holder['host']} since {holder.get('since', '?')}; wait for it to "
-                        f"finish or use another --id"
-                    ) from None
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()  # stale lock of a dead run
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise UserError(f"could not lock experiment {self.path.parent.name}")
-
-    def active(self) -> bool:
-        """Whether a live process holds this lock."""
-        holder = self._holder()
-        return bool(holder) and self._alive(holder)
-
-    def _holder(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    @staticmethod
-    def _alive(holder: dict[str, Any]) -> bool:
-        if holder.get("host") != socket.gethostname():
-            return True  # cannot tell: be safe
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError, KeyError, TypeError):
-            return True
-        return True
-
-    def release(self) -> None:
-        if self.held:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self.held = False
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    return exp
 
 
 # --- lookup -----------------------------------------------------------------------------------
 
 
 def all_experiments(root: Path) -> list[Experiment]:
-    """Every experiment folder under ``root`` (those with a metadata.json)."""
+    """Every experiment folder under ``root`` (those with metadata)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(
-        (Experiment(p) for p in root.iterdir() if (p / "metadata.json").is_file()),
-        key=lambda e: e.id,
-    )
+    exps = (Experiment(p) for p in root.iterdir() if p.is_dir())
+    return sorted((e for e in exps if e.metadata_path.is_file()), key=lambda e: e.id)
 
 
-TAG_RE = re.compile(r"^(?:(?P<phase>[a-z]+)_)?d(?P<depth>\d+)_(?P<direction>forward|backward|bidirectional)$")
+TAG_RE = re.compile(
+    r"^(?:(?P<phase>[a-z]+)_)?d(?P<depth>\d+)_(?P<direction>forward|backward|bidirectional)$")
 
 
 def find(ref: str, root: Path) -> Experiment:
@@ -240,22 +326,19 @@ def find(ref: str, root: Path) -> Experiment:
     A tag picks the newest experiment of that depth and direction (and phase); several
     equally new candidates, or none, are a UserError listing what exists.
     """
-    direct = Path(ref)
-    if (direct / "metadata.json").is_file():
-        return Experiment(direct)
-    by_id = Path(root) / ref
-    if (by_id / "metadata.json").is_file():
-        return Experiment(by_id)
+    for candidate in (Experiment(Path(ref)), Experiment(Path(root) / ref)):
+        if candidate.metadata_path.is_file():
+            return candidate
     m = TAG_RE.match(ref)
     exps = all_experiments(root)
     if m:
         hits = []
         for e in exps:
-            meta = e.metadata()
+            meta = _read_optional(e.metadata_path) or {}
             if (meta.get("direction") == m["direction"]
                     and str(meta.get("depth")) == m["depth"]
                     and (m["phase"] is None or meta.get("phase") == m["phase"])):
-                hits.append((meta.get("created", ""), e))
+                hits.append((str(meta.get("created", "")), e))
         if hits:
             hits.sort(key=lambda h: h[0])
             newest = [e for c, e in hits if c == hits[-1][0]]
@@ -267,15 +350,8 @@ def find(ref: str, root: Path) -> Experiment:
     raise UserError(f"no experiment {ref!r} in {root} (known: {known}); see `backlm ls`")
 
 
-def command_line() -> str:
-    """The command line of this process, for metadata.json."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
 def list_rows(root: Path) -> list[dict[str, Any]]:
     """One summary row per experiment for ``backlm ls`` (reads JSON only, no torch)."""
-    from backlm.checkpoint import list_steps
-
     rows = []
     for e in all_experiments(root):
         try:
@@ -284,9 +360,9 @@ def list_rows(root: Path) -> list[dict[str, Any]]:
             rows.append({"id": e.id, "phase": "?", "direction": "?", "depth": "?", "step": "?",
                          "val_bpb": None, "status": "corrupt"})
             continue
-        steps = list_steps(e.checkpoints)
+        steps = e.checkpoint_steps()
         status = meta.get("status", "?")
-        if status == "running" and not RunLock(e.path / "run.lock").active():
+        if status == "running" and not e.is_running():
             status = "stopped"  # killed without a chance to say so
         results = meta.get("results") or {}
         rows.append({

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,27 +23,26 @@ class LoadedModel:
     meta: dict[str, Any]
     device: Any  # torch.device
 
+    @property
+    def phase(self) -> str:
+        """The phase that wrote the checkpoint (its meta.json, else the experiment's)."""
+        return str(self.meta.get("phase") or self.exp.phase)
+
 
 def resolve_step(exp: Experiment, step: int | None) -> Path:
-    """Checkpoint folder for ``step``; default: the best step (best.json), else the latest."""
-    steps = ckpt.list_steps(exp.checkpoints)
+    """Checkpoint folder for ``step``; default: the best step (``best.json``), else the latest."""
+    steps = exp.checkpoint_steps()
     if not steps:
         raise UserError(f"experiment {exp.id} has no checkpoint yet: train it first")
     if step is None:
-        best = exp.checkpoints / "best.json"
-        if best.is_file():
-            try:
-                chosen = int(json.loads(best.read_text())["step"])
-                if chosen in steps:
-                    return ckpt.step_dir(exp.checkpoints, chosen)
-            except (ValueError, KeyError, TypeError):
-                pass
-        return ckpt.step_dir(exp.checkpoints, steps[-1])
+        best = (exp.best("val") or {}).get("step")
+        chosen = best if isinstance(best, int) and best in steps else steps[-1]
+        return exp.checkpoint_dir(chosen)
     if step not in steps:
         shown = ", ".join(str(s) for s in steps[-10:])
         raise UserError(f"experiment {exp.id} has no checkpoint at step {step} "
                         f"(available: {shown})")
-    return ckpt.step_dir(exp.checkpoints, step)
+    return exp.checkpoint_dir(step)
 
 
 def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int | None = None,
@@ -66,5 +64,5 @@ def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int
     model = GPT(cfg)
     model.load_state_dict(state)
     model.to(dev).eval()
-    tokenizer = Tokenizer.load(exp.path / "tokenizer")
+    tokenizer = Tokenizer.load(exp.tokenizer_dir)
     return LoadedModel(exp, model, tokenizer, meta["direction"], int(meta["step"]), meta, dev)

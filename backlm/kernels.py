@@ -6,53 +6,19 @@ loss have hand-written backward passes that make as few passes over memory as po
 loss never materialises the ``(B·T, vocab)`` logits. Tests check them against plain autograd.
 
 For fp32 on CPU the elementwise work between the matmuls runs in fused C kernels
-(``backlm/_native.c``, built at install when a C compiler with OpenMP is present): one pass
+(``backlm/native.lib.c``, built at install when a C compiler with OpenMP is present): one pass
 per op where PyTorch's ops take several; a training step is 1.11-1.16× faster
 (BENCHMARKS.md). Without them, or with ``BACKLM_NATIVE=0``, the same functions use PyTorch
-ops; tests/test_native.py checks that both paths agree.
+ops; tests/testnative.lib.py checks that both paths agree.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from backlm import native
 from backlm.direction import IGNORE_INDEX
-
-try:  # the fused C kernels (backlm/_native.c), built at install when a C compiler is present
-    from backlm import _native
-except ImportError:  # pragma: no cover - depends on the install
-    _native = None
-
-_native_on = os.environ.get("BACKLM_NATIVE", "1") != "0"
-
-
-def native_kernels() -> str | None:
-    """The instruction set the fused C kernels run with, or None when they are off or absent.
-
-    With them, fp32 CPU work on norms, QK norm + rotary, attention softmax and the softcapped
-    loss takes one pass over memory per op instead of several (``BACKLM_NATIVE=0`` turns them
-    off; ``benchmarks/train_throughput.py --native both`` compares).
-    """
-    return _native.ISA if _native is not None and _native_on else None
-
-
-def set_native(enabled: bool) -> bool:
-    """Turn the fused C kernels on or off for this process; returns the previous setting."""
-    global _native_on
-    previous, _native_on = _native_on, enabled
-    return previous
-
-
-def _native_ok(*tensors: Tensor) -> bool:
-    # the C kernels take raw fp32 CPU buffers in row-major order; torch.compile traces fake
-    # tensors, which have no data, so it gets the PyTorch ops
-    return (_native is not None and _native_on and not torch.compiler.is_compiling()
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
-                    for t in tensors))
 
 # Autograd would keep a temporary per elementwise op and run one pass over memory for each in
 # backward; these Functions fold what they can into in-place ops and matmul epilogues. Each
@@ -91,9 +57,9 @@ def _rms_backward(g: Tensor, y: Tensor, r: Tensor) -> Tensor:
 class _Norm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        if _native_ok(x):
+        if native.usable(x):
             y, r = torch.empty_like(x), torch.empty(*x.shape[:-1], 1, device=x.device)
-            _native.rms_fwd(x.data_ptr(), y.data_ptr(), r.data_ptr(), y.numel() // y.size(-1),
+            native.lib.rms_fwd(x.data_ptr(), y.data_ptr(), r.data_ptr(), y.numel() // y.size(-1),
                             y.size(-1), torch.finfo(x.dtype).eps, torch.get_num_threads())
         else:
             r = _rms_scale(x)
@@ -105,9 +71,9 @@ class _Norm(torch.autograd.Function):
     def backward(ctx, g: Tensor) -> Tensor:
         y, r = ctx.saved_tensors
         g = g.contiguous()
-        if _native_ok(y, g):
+        if native.usable(y, g):
             dx = torch.empty_like(g)
-            _native.rms_bwd(g.data_ptr(), y.data_ptr(), r.data_ptr(), dx.data_ptr(),
+            native.lib.rms_bwd(g.data_ptr(), y.data_ptr(), r.data_ptr(), dx.data_ptr(),
                             y.numel() // y.size(-1), y.size(-1), torch.get_num_threads())
             return dx
         return _rms_backward(g, y, r)
@@ -133,12 +99,12 @@ class _QKV(torch.autograd.Function):
         T, D = x.size(0) // batch, w.size(0) // (3 * heads)
         qkv = torch.mm(x, w.t()).view(batch, T, 3, heads, D)
         cos, sin = cos.contiguous(), sin.contiguous()
-        ctx.native = _native_ok(qkv, cos, sin) and cos.shape == (T, D // 2) == sin.shape
+        ctx.native = native.usable(qkv, cos, sin) and cos.shape == (T, D // 2) == sin.shape
         if ctx.native:
             out = torch.empty(2, batch, heads, T, D, dtype=x.dtype, device=x.device)
             v = torch.empty(batch, heads, T, D, dtype=x.dtype, device=x.device)
             r = torch.empty(batch * T, 2 * heads, device=x.device)
-            _native.qk_fwd(qkv.data_ptr(), out.data_ptr(), v.data_ptr(), r.data_ptr(),
+            native.lib.qk_fwd(qkv.data_ptr(), out.data_ptr(), v.data_ptr(), r.data_ptr(),
                            cos.data_ptr(), sin.data_ptr(), batch, T, heads, D,
                            torch.finfo(x.dtype).eps, torch.get_num_threads())
             q, k = out[0], out[1]
@@ -163,7 +129,7 @@ class _QKV(torch.autograd.Function):
             grads = (gq, gk, gv)
             if any(t.stride(-1) != 1 or t.stride() != gq.stride() for t in grads):
                 grads = tuple(t.contiguous() for t in grads)
-            _native.qk_bwd(*(t.data_ptr() for t in grads), *grads[0].stride()[:3], out.data_ptr(),
+            native.lib.qk_bwd(*(t.data_ptr() for t in grads), *grads[0].stride()[:3], out.data_ptr(),
                            r.data_ptr(), cos.data_ptr(), sin.data_ptr(), g.data_ptr(), B, T, H, D,
                            torch.get_num_threads())
         else:
@@ -184,103 +150,6 @@ def qkv_rotary_norm(x: Tensor, w: Tensor, cos: Tensor, sin: Tensor, batch: int, 
         return _QKV.apply(x, w, cos, sin, batch, heads)
 
 
-# Query rows per block of the CPU attention below. 64, 96 and 128 are within a few percent of
-# each other and 1.2-1.4× faster than SDPA (benchmarks/attention.py, BENCHMARKS.md); smaller
-# blocks skip more of the masked triangle but make the matmuls less efficient.
-ATTENTION_BLOCK = 64
-# Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
-# which keeps no T×T state.
-ATTENTION_SAVED_BYTES = 256 * 2**20
-
-
-def _query_blocks(T: int, block: int) -> list[tuple[int, int]]:
-    """``(start, end)`` of each query block; block ``i`` sees keys ``[0, end)``."""
-    return [(s0, min(T, s0 + block)) for s0 in range(0, T, block)]
-
-
-class _CausalAttention(torch.autograd.Function):
-    """Causal attention for CPU training: query blocks of ``ATTENTION_BLOCK`` rows.
-
-    PyTorch's CPU flash attention runs its matmuls in small tiles: forward + backward reach
-    under a fifth of the machine's matmul peak (benchmarks/attention.py). Here query block
-    ``i`` attends to keys ``[0, end_i)`` with a few large batched matmuls, which skips most of
-    the masked upper triangle, and keeps the block's probabilities for backward instead of
-    recomputing them.
-    """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        B, H, T, D = q.shape
-        n, scale = B * H, D**-0.5
-        k, v = k.reshape(n, T, D), v.reshape(n, T, D)  # views when contiguous (the C path's q/k/v)
-        native = _native_ok(k)
-        # the C softmax applies the 1/√D itself; otherwise it rides on q's copy
-        qs = q.reshape(n, T, D) if native else (q * scale).reshape(n, T, D)
-        out = torch.empty_like(qs)
-        probs = []
-        for s0, e in _query_blocks(T, ATTENTION_BLOCK):
-            p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
-            if native:
-                _native.causal_softmax(p.data_ptr(), n, e - s0, e, s0, scale, torch.get_num_threads())
-            else:
-                future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
-                p[:, :, s0:e].masked_fill_(future, float("-inf"))
-                torch.softmax(p, -1, out=p)
-            out[:, s0:e] = torch.bmm(p, v[:, :e])
-            probs.append(p)
-        ctx.save_for_backward(qs, k, v, out, *probs)
-        ctx.shape, ctx.block, ctx.native = q.shape, ATTENTION_BLOCK, native
-        return out.view(B, H, T, D)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        qs, k, v, out, *probs = ctx.saved_tensors
-        n, T, D = qs.shape
-        scale = D**-0.5
-        g = g.reshape(n, T, D).contiguous()
-        # dS = P ∘ (dP − rowsum(dO ∘ O)): the softmax backward, with dP = dO·Vᵀ
-        rowdot = torch.linalg.vecdot(g, out).unsqueeze(-1)
-        gq = torch.empty_like(qs)
-        gk, gv = torch.zeros_like(k), torch.zeros_like(v)
-        for (s0, e), p in zip(_query_blocks(T, ctx.block), probs, strict=True):
-            gi = g[:, s0:e]
-            gv[:, :e] += torch.bmm(p.transpose(1, 2), gi)
-            ds = torch.bmm(gi, v[:, :e].transpose(1, 2))
-            if ctx.native:  # ds also takes the 1/√D here, so q was saved unscaled
-                _native.softmax_bwd(ds.data_ptr(), p.data_ptr(), rowdot.data_ptr(), n, e - s0, e, s0,
-                                    T, scale, torch.get_num_threads())
-            else:
-                ds.sub_(rowdot[:, s0:e]).mul_(p)
-            gq[:, s0:e] = torch.bmm(ds, k[:, :e])
-            gk[:, :e] += torch.bmm(ds.transpose(1, 2), qs[:, s0:e])
-        if not ctx.native:
-            gq.mul_(scale)
-        return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
-
-
-def _saved_probability_bytes(q: Tensor) -> int:
-    B, H, T, _ = q.shape
-    kept = sum((e - s0) * e for s0, e in _query_blocks(T, ATTENTION_BLOCK))
-    return B * H * kept * q.element_size()
-
-
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal self-attention of ``(B, H, T, D)`` tensors.
-
-    fp32 CPU training takes :class:`_CausalAttention` (forward + backward 1.2-1.4× faster
-    than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``; everything
-    else (GPU, autocast, inference, ``torch.compile``) uses SDPA.
-    """
-    train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    # under torch.compile, inductor gets SDPA, which it knows how to lower
-    if (train and q.device.type == "cpu" and q.dtype == torch.float32
-            and not torch.compiler.is_compiling()
-            and _saved_probability_bytes(q) <= ATTENTION_SAVED_BYTES):
-        with torch.autocast("cpu", enabled=False):
-            return _CausalAttention.apply(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
 class _MLP(torch.autograd.Function):
     """``relu(x @ fc.T)² @ proj.T`` with one elementwise pass in backward.
 
@@ -291,9 +160,9 @@ class _MLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, fc: Tensor, proj: Tensor) -> Tensor:
         h = torch.mm(x, fc.t())
-        if _native_ok(h):
+        if native.usable(h):
             a = torch.empty_like(h)
-            _native.relu_sq(h.data_ptr(), a.data_ptr(), h.numel(), torch.get_num_threads())
+            native.lib.relu_sq(h.data_ptr(), a.data_ptr(), h.numel(), torch.get_num_threads())
         else:
             h.relu_()
             a = h.square()
@@ -344,7 +213,7 @@ def head_loss(
     e_buf = torch.empty_like(z_buf)
     fp32 = x.dtype == torch.float32
     # one fused pass per row in C: softcap, exp, sum, loss and gradient (see _native_body.h)
-    fused = fp32 and 0 < cap <= 40 and _native_ok(z_buf)
+    fused = fp32 and 0 < cap <= 40 and native.usable(z_buf)
     if fused:
         safe_y = safe_y.to(torch.int64).contiguous()
         if n and not 0 <= int(safe_y.min()) <= int(safe_y.max()) < vocab:
@@ -360,7 +229,7 @@ def head_loss(
             z.copy_(xc @ w.t()).mul_(1.0 / cap if cap > 0 else 1.0)
         if fused:
             chunk_loss = losses[r0:r1]
-            _native.softcap_ce(z.data_ptr(), e.data_ptr(), yc.data_ptr(),
+            native.lib.softcap_ce(z.data_ptr(), e.data_ptr(), yc.data_ptr(),
                                row_scale[r0:r1].data_ptr() if with_grad else 0,
                                chunk_loss.data_ptr(), r1 - r0, vocab, cap, torch.get_num_threads())
             chunk_loss.masked_fill_(~valid[r0:r1], 0.0)

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backlm.attention import causal_attention
 from backlm.config import ModelConfig
 from backlm.direction import IGNORE_INDEX
 from backlm.kernels import (
-    causal_attention,
     head_loss,
     mlp,
     norm,

@@ -19,11 +19,9 @@ _TAIL_BYTES = 65536
 
 def latest_step(exp: Experiment) -> int:
     """The experiment's latest step: newest checkpoint or last metrics.jsonl line."""
-    from backlm.checkpoint import list_steps
-
-    steps = list_steps(exp.checkpoints)
+    steps = exp.checkpoint_steps()
     best = steps[-1] if steps else 0
-    path = exp.path / "metrics.jsonl"
+    path = exp.metrics_path
     if path.is_file():
         with open(path, "rb") as f:
             # Only the tail: metrics.jsonl of a long run is large, its last lines are enough.
@@ -41,7 +39,7 @@ def add_note(exp: Experiment, text: str, issue: bool = False) -> tuple[Path, str
     body = " ".join(text.split())  # one line per note, whatever the shell passed
     if not body:
         raise UserError('the note is empty: give its text, e.g. backlm note EXP "lr too high"')
-    path = exp.path / "notes" / ("issues.txt" if issue else "notes.txt")
+    path = exp.notes_path(issue)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = f"{utcnow()}  step {latest_step(exp)}  {body}"
     with open(path, "a", encoding="utf-8") as f:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from backlm.errors import UserError
+
 DEFAULT_DATASET = "pydocs"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def backlm_home() -> Path:
@@ -19,7 +23,10 @@ def data_root() -> Path:
 
 
 def dataset_dir(name: str = DEFAULT_DATASET) -> Path:
-    """Folder of one dataset's shards (``$BACKLM_HOME/data/<name>``)."""
+    """Folder of one dataset's shards (``$BACKLM_HOME/data/<name>``); a name that is not a
+    plain folder name raises :class:`UserError`."""
+    if not _NAME_RE.fullmatch(name):
+        raise UserError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'")
     return data_root() / name
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "backlm-bpe"
 FORMAT_VERSION = 1
@@ -305,34 +304,3 @@ def _normalise_messages(messages: Sequence[dict[str, Any]]) -> list[tuple[str, s
                 "alternate user, assistant, user, ... (an optional system message first)"
             )
     return turns
-
-
-def take_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:
-    """Yield ``texts`` until about ``max_chars`` characters have gone by."""
-    total = 0
-    for text in texts:
-        if total >= max_chars:
-            return
-        total += len(text)
-        yield text
-
-
-def dataset_tokenizer(
-    dataset_dir: str | Path,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    max_chars: int = DEFAULT_TRAIN_CHARS,
-) -> Tokenizer:
-    """The tokenizer of a dataset: loaded from ``<dataset>/tokenizer/`` or trained and saved.
-
-    Training reads the train shards in order, up to ``max_chars`` characters.
-    """
-    from backlm.data.shards import iter_texts, list_shards
-
-    directory = Path(dataset_dir) / TOKENIZER_DIR
-    if (directory / TOKENIZER_FILE).exists():
-        return Tokenizer.load(directory)
-    shards = list_shards(dataset_dir, "train")
-    texts = (text for shard in shards for text in iter_texts(shard))
-    tokenizer = Tokenizer.train(take_chars(texts, max_chars), vocab_size)
-    tokenizer.save(directory)
-    return tokenizer

@@ -1,14 +1,18 @@
-"""Console output shared by the commands: rich consoles and the user-error boundary."""
+"""Console output shared by the commands: rich consoles, the user-error boundary, progress bars
+(one helper makes them all) and the training display."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from backlm.callbacks import Callback, LoopState
 from backlm.errors import UserError
 
 console = Console()
@@ -42,3 +46,94 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text.replace("\n", " "))
+
+
+# --- progress bars ----------------------------------------------------------------------------
+
+
+def make_progress(kind: str = "count", transient: bool = True) -> Any:
+    """A rich Progress with the columns of ``kind``: ``count`` (n of m), ``bytes`` (downloads:
+    size, speed, ETA) or ``train`` (steps, a stats field and ETA)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns: dict[str, tuple[Any, ...]] = {
+        "count": (MofNCompleteColumn(), TimeElapsedColumn()),
+        "bytes": (DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()),
+        "train": (MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                  TimeRemainingColumn()),
+    }
+    return Progress(TextColumn("{task.description}"), BarColumn(), *columns[kind],
+                    console=console, transient=transient)
+
+
+class Bars:
+    """A progress reporter: one bar per label, created on first use (thread-safe)."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, label: str, done: float, total: float | None, *,
+                 description: str | None = None, stats: str = "") -> None:
+        """Show ``done`` of ``total`` on the bar named ``label`` (``total`` None: unknown)."""
+        with self.lock:
+            if label not in self.tasks:
+                self.tasks[label] = self.progress.add_task(label, total=total, stats=stats)
+        self.progress.update(self.tasks[label], completed=done, total=total, stats=stats,
+                             description=description or label)
+
+    def print(self, text: str) -> None:
+        """A line above the bars."""
+        self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def progress_bars(kind: str = "count", transient: bool = True) -> Iterator[Bars]:
+    """A live display for the duration of the block, yielding its :class:`Bars` reporter."""
+    with make_progress(kind, transient) as progress:
+        yield Bars(progress)
+
+
+class TrainDisplay(Callback):
+    """The training display: a progress bar (loss, lr, tokens/s, MFU, ETA), each validation
+    and every message of the run printed above it. Rank 0 only."""
+
+    def __init__(self) -> None:
+        self.bars: Bars | None = None
+        self._progress: Any = None
+
+    def on_train_start(self, state: LoopState) -> None:
+        self._progress = make_progress("train", transient=False)
+        self._progress.start()
+        self.bars = Bars(self._progress)
+        self.bars("train", state.step, state.run.cfg.train.max_steps)
+
+    def on_eval(self, state: LoopState, step: int, evals: dict[str, float]) -> None:
+        if self.bars and step > 0:
+            self.bars.print(f"step {step:>6} · " + " · ".join(
+                f"{k} {v:.4f}" for k, v in evals.items()))
+
+    def on_step_end(self, state: LoopState, step: int, record: dict[str, Any]) -> None:
+        if self.bars and step > 0:
+            self.bars("train", step, state.run.cfg.train.max_steps, stats=(
+                f"loss {record['loss']:.3f} · lr×{record['lr_mult']:.2f} · "
+                f"{record['tokens_per_sec']:,.0f} tok/s · MFU {record['mfu']:.1%}"))
+
+    def on_message(self, state: LoopState, text: str) -> None:
+        if self.bars:
+            self.bars.print(text)
+
+    def on_train_end(self, state: LoopState, status: str) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -11,7 +11,9 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     """Train the given experiment on this rank; the launching process holds the lock."""
     from backlm.errors import UserError
+    from backlm.experiment import Experiment
     from backlm.trainer import run
+    from backlm.ui import TrainDisplay
 
     parser = argparse.ArgumentParser(prog="backlm.worker")
     parser.add_argument("--experiment", required=True, type=Path)
@@ -19,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     display = os.environ.get("BACKLM_DISPLAY", "1") == "1" and os.environ.get("RANK", "0") == "0"
     try:
-        run(args.experiment, resume=args.resume, display=display)
+        exp = Experiment(args.experiment)
+        run(exp, exp.config(), resume=args.resume, observers=[TrainDisplay()] if display else ())
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

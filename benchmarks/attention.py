@@ -8,7 +8,7 @@ Usage::
 Times forward and backward of causal attention on q, k, v laid out as the model hands them
 over (transposed views of one ``(B, T, 3, H, D)`` buffer, or contiguous tensors when backlm's C
 kernels are built and produce them), for SDPA and for
-``backlm.kernels.causal_attention`` at each query-block size (and, when backlm's C kernels are
+``backlm.attention.causal_attention`` at each query-block size (and, when backlm's C kernels are
 built, the first size with PyTorch's softmax instead of theirs), interleaved round by round so
 machine load hits every variant alike; reports the best round of each and checks that
 outputs and gradients agree with SDPA. FLOP/s counts the causal half of the 4·B·H·T²·D
@@ -38,7 +38,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from backlm import kernels
+    from backlm import attention, native
 
     torch.set_num_threads(args.threads)
     B, H, T, D = args.batch, args.heads, args.seq_len, args.head_dim
@@ -49,22 +49,22 @@ def main() -> None:
     def sdpa(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def blocked(size, native=True):
+    def blocked(size, use_native=True):
         def run(q, k, v):
-            kernels.ATTENTION_BLOCK = size
-            kernels.set_native(native)
-            return kernels.causal_attention(q, k, v)
+            attention.ATTENTION_BLOCK = size
+            native.set_native(use_native)
+            return attention.causal_attention(q, k, v)
         return run
 
     variants = {"SDPA": sdpa}
     variants.update({f"blocked {b}": blocked(int(b)) for b in args.blocks.split(",")})
     contiguous = set()
-    if kernels.native_kernels():
+    if native.native_kernels():
         # with the C kernels q, k, v arrive contiguous; without them, as transposed views
         contiguous = {fn for name, fn in variants.items() if name != "SDPA"}
         first = int(args.blocks.split(",")[0])
-        variants[f"blocked {first}, PyTorch ops"] = blocked(first, native=False)
-    kernels.ATTENTION_SAVED_BYTES = 2**62  # measure the kernel whatever its memory
+        variants[f"blocked {first}, PyTorch ops"] = blocked(first, use_native=False)
+    attention.ATTENTION_SAVED_BYTES = 2**62  # measure the kernel whatever its memory
 
     def once(fn):
         leaf = buf.clone().requires_grad_(True)

@@ -34,9 +34,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from backlm import kernels
+    from backlm import attention, kernels, native
 
-    if not kernels.native_kernels():
+    if not native.native_kernels():
         raise SystemExit("backlm's C kernels are not built (or BACKLM_NATIVE=0): nothing to compare")
     torch.set_num_threads(args.threads)
     B, T, D = args.batch, args.seq_len, args.head_dim
@@ -62,22 +62,22 @@ def main() -> None:
     cases = {
         "RMS norm (B, T, C)": lambda: summed(kernels.norm(xn)),
         "q/k/v projection + QK norm + rotary": lambda: summed(kernels.qkv_rotary_norm(x, w_qkv, cos, sin, B, H)),
-        "causal attention (blocked)": lambda: summed(kernels.causal_attention(q, k, v)),
+        "causal attention (blocked)": lambda: summed(attention.causal_attention(q, k, v)),
         "ReLU² MLP": lambda: summed(kernels.mlp(x, fc, proj)),
         f"softcapped loss over {B * T} × {args.vocab} logits": lambda: kernels.softcap_loss(x, head, targets, 15.0),
     }
-    best = {(name, native): float("inf") for name in cases for native in (True, False)}
+    best = {(name, on): float("inf") for name in cases for on in (True, False)}
     for _ in range(args.reps):
         for name, fn in cases.items():
-            for native in (True, False):
-                kernels.set_native(native)
+            for on in (True, False):
+                native.set_native(on)
                 t = time.perf_counter()
                 fn().backward()
-                best[name, native] = min(best[name, native], time.perf_counter() - t)
-    kernels.set_native(True)
+                best[name, on] = min(best[name, on], time.perf_counter() - t)
+    native.set_native(True)
 
     table = Table(title=f"forward + backward, best of {args.reps} alternating rounds, {args.threads} threads, "
-                        f"C kernels: {kernels.native_kernels()}")
+                        f"C kernels: {native.native_kernels()}")
     for col in ("function", "PyTorch ops ms", "C kernels ms", "speed-up"):
         table.add_column(col, justify="right")
     for name in cases:

@@ -61,8 +61,8 @@ class Run:
 
     def __init__(self, torch, mcfg, ocfg, batches, dtype: str, seed: int, compile: bool = False,
                  native: bool = True):
-        from backlm.kernels import set_native
         from backlm.model import GPT
+        from backlm.native import set_native
         from backlm.optim import build_optimizer
 
         torch.manual_seed(seed)
@@ -185,7 +185,7 @@ def main() -> None:
 
     from backlm.config import ModelConfig, OptimConfig
     from backlm.hardware import measure_matmul_peak, process_start
-    from backlm.kernels import native_kernels
+    from backlm.native import native_kernels
 
     torch.set_num_threads(args.threads)
     mcfg = ModelConfig(depth=args.depth, head_dim=args.head_dim, vocab_size=args.vocab, seq_len=args.seq_len)

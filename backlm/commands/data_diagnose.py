@@ -26,13 +26,14 @@ def diagnose(
     from rich.text import Text
 
     from backlm.data.diagnose import diagnose as run
+    from backlm.data.vocab import tokenizer_dir
     from backlm.direction import Direction
     from backlm.paths import dataset_dir
     from backlm.tokenizer import Tokenizer
 
     direction_ = Direction.parse(direction)
     folder = dataset_dir(dataset)
-    tokenizer = Tokenizer.load(folder / "tokenizer")
+    tokenizer = Tokenizer.load(tokenizer_dir(folder))
     report = run(folder, tokenizer, direction_, split=split, batches=batches, seq_len=seq_len,
                  show=show, mix=mix, ngram_chars=ngram_chars)
 

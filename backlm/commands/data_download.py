@@ -6,14 +6,9 @@ where ``backlm eval`` reads them.
 
 from __future__ import annotations
 
-import contextlib
-import re
-import threading
-from collections.abc import Iterator
-
 import typer
 
-from backlm.ui import console, user_errors
+from backlm.ui import console, progress_bars, user_errors
 
 
 @user_errors
@@ -41,8 +36,8 @@ def download(
     if task is not None:
         _download_task(task, base_url)
         return
-    directory = dataset_dir(_folder_name(dataset or name))
-    with _progress() as bars:
+    directory = dataset_dir(dataset or name)
+    with progress_bars("bytes") as bars:
         summary = download_dataset(
             name, directory, shards, base_url=base_url, val_shards=val_shards,
             workers=workers, progress=bars,
@@ -56,7 +51,7 @@ def _download_task(task: str, base_url: str | None) -> None:
     from backlm.data.datasets import download_task
     from backlm.evaluation.tasks import tasks_root
 
-    with _progress() as bars:
+    with progress_bars("bytes") as bars:
         summary = download_task(task.strip().lower(), tasks_root(), base_url=base_url,
                                 progress=bars)
     for path in summary.files:
@@ -64,49 +59,6 @@ def _download_task(task: str, base_url: str | None) -> None:
     console.print(f"task {summary.task}: {summary.downloaded} fetched "
                   f"({decimal(summary.bytes)}), {summary.skipped} already present, "
                   f"{summary.seconds:.1f} s", highlight=False)
-
-
-def _folder_name(name: str) -> str:
-    from backlm.errors import UserError
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise UserError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'")
-    return name
-
-
-class _Bars:
-    """Progress callback: one rich bar per shard, created on its first bytes (thread-safe)."""
-
-    def __init__(self, progress) -> None:
-        self.progress = progress
-        self.tasks: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, label: str, done: int, total: int | None) -> None:
-        with self.lock:
-            if label not in self.tasks:
-                self.tasks[label] = self.progress.add_task(label, total=total)
-        self.progress.update(self.tasks[label], completed=done, total=total)
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[_Bars]:
-    """A transient rich display with one download bar per shard."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    display = Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True,
-    )
-    with display:
-        yield _Bars(display)
 
 
 def _render(summary) -> None:

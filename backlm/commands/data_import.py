@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import typer
 
-from backlm.ui import console, user_errors
+from backlm.ui import console, progress_bars, user_errors
 
 
 @user_errors
@@ -31,35 +30,17 @@ def import_(
     ),
 ) -> None:
     """Import your own text as train/val shards (nothing is written if any input is bad)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from backlm.data.importer import import_files
     from backlm.paths import dataset_dir
 
-    directory = dataset_dir(_folder_name(dataset))
-    display = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        console=console, transient=True,
-    )
-    with display:
-        task = display.add_task("reading", total=None)
-
-        def advance(path: Path, index: int, total: int) -> None:
-            display.update(task, description=f"reading {path.name}", completed=index, total=total)
-
+    directory = dataset_dir(dataset)
+    with progress_bars() as bars:
         summary = import_files(
             paths, directory, val_fraction=val_fraction, text_field=text_field,
-            split_paragraphs=split_paragraphs, append=append, progress=advance,
+            split_paragraphs=split_paragraphs, append=append,
+            progress=lambda path, i, n: bars("reading", i, n, description=f"reading {path.name}"),
         )
     _render(summary)
-
-
-def _folder_name(name: str) -> str:
-    from backlm.errors import UserError
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise UserError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-'")
-    return name
 
 
 def _render(summary) -> None:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from backlm.ui import console, user_errors
+from backlm.ui import console, progress_bars, user_errors
 
 if TYPE_CHECKING:
     from backlm.data.corpus import PrepareSummary
@@ -28,22 +28,15 @@ def prepare(
     force: bool = typer.Option(False, "--force", help="Rebuild even if the dataset exists."),
 ) -> None:
     """Build train/val/ood shards and a tokenizer from the local Python's docstrings."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from backlm.data.corpus import prepare_corpus
     from backlm.paths import dataset_dir
 
     target = dataset_dir(dataset)
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=_STAGES.get(stage, stage), completed=done,
-                       total=total or None)
-
+    with progress_bars() as bars:
         summary = prepare_corpus(
-            target, vocab_size=vocab_size, workers=workers, force=force, progress=progress
+            target, vocab_size=vocab_size, workers=workers, force=force,
+            progress=lambda stage, done, total: bars(
+                "prepare", done, total or None, description=_STAGES.get(stage, stage)),
         )
     if summary.existed:
         console.print(f"dataset [bold]{dataset}[/] already exists at {target}: nothing to do "

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
-from backlm.ui import console, user_errors
+from backlm.commands.options import DEVICE, EXPERIMENT, EXPERIMENTS_DIR, STEP, experiments_root
+from backlm.ui import console, progress_bars, user_errors
 
 
 @user_errors
 def eval_(
-    exp: str = typer.Argument(..., help="Experiment id, tag (e.g. d20_backward) or path."),
-    step: int = typer.Option(None, "--step", help="Checkpoint step (default: best, else latest)."),
+    exp: str = EXPERIMENT,
+    step: int = STEP,
     directions: str = typer.Option(
         "forward,backward", "--directions",
         help="Orders to evaluate in; a bidirectional model gets the matching marker."),
@@ -28,41 +27,20 @@ def eval_(
                                   help="Tokens per split for lm (default: train.eval_tokens)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens",
                                        help="Tokens a generation task may write."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    experiments: Path = typer.Option(None, "--experiments-dir",
-                                     help="Where experiments live (default ./experiments)."),
+    device: str = DEVICE,
+    experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Evaluate a checkpoint: CE/bpb on val and OOD text and task scores, per direction."""
-    from backlm.evaluation.runner import EvalOptions, log_to_research_log, run_eval
-    from backlm.paths import experiments_root
+    from backlm.evaluation.runner import EvalOptions, run_eval
 
     options = EvalOptions(
         directions=directions, tasks=tasks.split(",") if tasks is not None else None,
         step=step, max_per_task=max_per_task, lm_tokens=lm_tokens,
         max_new_tokens=max_new_tokens, device=device,
     )
-    with _progress() as bars:
-        report = run_eval(exp, experiments or experiments_root(), options, bars)
-    logged = log_to_research_log(report)
-    _render(report, logged)
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator:
-    """A transient rich display with one bar per task and direction."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       console=console, transient=True)
-    ids: dict[str, int] = {}
-
-    def report(label: str, done: int, total: int) -> None:
-        if label not in ids:
-            ids[label] = display.add_task(label, total=total)
-        display.update(ids[label], completed=done, total=total)
-
-    with display:
-        yield report
+    with progress_bars() as bars:
+        report = run_eval(exp, experiments_root(experiments), options, bars)
+    _render(report)
 
 
 def _fmt(value, signed: bool = False) -> str:
@@ -71,12 +49,12 @@ def _fmt(value, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
-def _render(report, logged: bool) -> None:
+def _render(report) -> None:
     from rich.table import Table
 
     from backlm.evaluation.runner import direction_rows, lm_matrix
 
-    console.print(f"[bold]{report.exp_id}[/] · {report.model_direction} model · "
+    console.print(f"[bold]{report.exp.id}[/] · {report.model_direction} model · "
                   f"step {report.step} · phase {report.phase}")
     matrix = lm_matrix(report)
     if matrix:
@@ -104,7 +82,7 @@ def _render(report, logged: bool) -> None:
         console.print(table)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    folder = report.exp_path / "evaluations" / report.phase
+    folder = report.exp.evaluations_dir(report.phase)
     console.print(f"wrote {len(report.results)} result files under {folder}"
-                  + (" · summaries appended to the research log" if logged else ""),
+                  + (" · summaries appended to the research log" if report.logged else ""),
                   highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from backlm.commands.options import EXPERIMENT, EXPERIMENTS_DIR, experiments_root
 from backlm.ui import console, user_errors
 
 FOLLOW_COLUMNS = ("loss", "lr_mult", "grad_norm", "tokens_per_sec", "val_loss", "val_bpb")
@@ -14,19 +15,17 @@ FOLLOW_COLUMNS = ("loss", "lr_mult", "grad_norm", "tokens_per_sec", "val_loss", 
 
 @user_errors
 def log(
-    experiment: str = typer.Argument(..., help="Experiment id, path or tag."),
+    experiment: str = EXPERIMENT,
     follow: bool = typer.Option(False, "--follow", "-f",
                                 help="Print new steps every second until the run ends."),
     top: int = typer.Option(12, "--top", help="Gradient/activation rows shown (0: all)."),
-    experiments: Path = typer.Option(None, "--experiments-dir",
-                                     help="Where experiments live (default ./experiments)."),
+    experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Research log contents: groups, shapes and last values; --follow a live run."""
     from backlm.experiment import find
     from backlm.logs.reader import log_path, summarize
-    from backlm.paths import experiments_root
 
-    exp = find(experiment, experiments or experiments_root())
+    exp = find(experiment, experiments_root(experiments))
     path = log_path(exp)
     summary = summarize(path, top)
     _render(summary)

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
-
+from backlm.commands.options import EXPERIMENTS_DIR, experiments_root
 from backlm.ui import console, user_errors
 
 
 @user_errors
 def ls(
-    experiments: Path = typer.Option(None, "--experiments-dir",
-                                     help="Where experiments live (default ./experiments)."),
+    experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """List experiments: id, phase, direction, depth, step, val bpb, status."""
     from rich.table import Table
 
     from backlm.experiment import list_rows
-    from backlm.paths import experiments_root
 
-    root = experiments or experiments_root()
+    root = experiments_root(experiments)
     rows = list_rows(root)
     if not rows:
         console.print(f"no experiments in {root}")

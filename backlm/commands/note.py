@@ -6,23 +6,22 @@ from pathlib import Path
 
 import typer
 
+from backlm.commands.options import EXPERIMENT, EXPERIMENTS_DIR, experiments_root
 from backlm.ui import console, user_errors
 
 
 @user_errors
 def note(
-    experiment: str = typer.Argument(..., help="Experiment id, path or tag."),
+    experiment: str = EXPERIMENT,
     text: str = typer.Argument(..., help="The note, one line (quote it)."),
     issue: bool = typer.Option(False, "--issue", help="Record it in notes/issues.txt instead."),
-    experiments: Path = typer.Option(None, "--experiments-dir",
-                                     help="Where experiments live (default ./experiments)."),
+    experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Append a line with the time and the experiment's latest step to notes/notes.txt."""
     from backlm.experiment import find
     from backlm.notes import add_note
-    from backlm.paths import experiments_root
 
-    exp = find(experiment, experiments or experiments_root())
+    exp = find(experiment, experiments_root(experiments))
     path, line = add_note(exp, text, issue)
     console.print(f"{'issue' if issue else 'note'} added to {path}:\n  {line}", highlight=False,
                   markup=False, soft_wrap=True)

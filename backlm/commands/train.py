@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from backlm.commands.options import EXPERIMENTS_DIR, experiments_root
 from backlm.ui import console, user_errors
 
 
@@ -23,14 +24,15 @@ def train(
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(None, "--seed", help="Seed for data order and init."),
     resume: str = typer.Option(None, "--resume", help="Continue this experiment (id or tag)."),
-    nproc_per_node: int = typer.Option(None, "--nproc-per-node",
-                                       help="Processes per node (spawns torchrun when > 1)."),
+    nproc_per_node: int = typer.Option(
+        None, "--nproc-per-node",
+        help="Processes per node; given, it always spawns torchrun (1 included). Default: one "
+             "per visible GPU, trained in this process when there is one device."),
     nnodes: int = typer.Option(1, "--nnodes", help="Nodes taking part (torchrun)."),
     node_rank: int = typer.Option(0, "--node-rank", help="This node's rank (multi-node)."),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Rendezvous host."),
     master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port."),
-    experiments: Path = typer.Option(None, "--experiments-dir",
-                                     help="Where experiments live (default ./experiments)."),
+    experiments: Path = EXPERIMENTS_DIR,
     wandb: str = typer.Option(None, "--wandb",
                               help="auto (offline without an API key), online, offline or off."),
     stop_on_inversion: bool = typer.Option(
@@ -44,10 +46,11 @@ def train(
 
     from backlm.config import RunConfig, load_config
     from backlm.errors import UserError
-    from backlm.launch import plan_launch, start
-    from backlm.paths import experiments_root
+    from backlm.launch import plan_launch
+    from backlm.launch import train as run_training
+    from backlm.ui import TrainDisplay
 
-    root = experiments or experiments_root()
+    root = experiments_root(experiments)
     cfg = None
     if resume:
         if any(v is not None for v in (direction, depth, config, overrides, exp_id, max_steps)):
@@ -79,7 +82,8 @@ def train(
     plan = plan_launch(nproc_per_node, nnodes, cfg.train.device if cfg else "auto",
                        torch.cuda.device_count(), "LOCAL_RANK" in os.environ, node_rank,
                        master_addr, master_port)
-    summary = start(cfg, root, resume, plan, display=True)
+    summary = run_training(cfg, root, resume=resume, plan=plan, observers=[TrainDisplay()],
+                           say=lambda text: console.print(text, highlight=False))
     _render(summary)
     if summary.status == "interrupted":
         raise typer.Exit(130)
@@ -92,17 +96,13 @@ def _money(usd) -> str:
 
 
 def _render(s) -> None:
-    import json
-    from pathlib import Path
-
     from rich.panel import Panel
     from rich.table import Table
 
     from backlm.experiment import Experiment
     from backlm.summary import lineage_costs
 
-    path = Path(s.path) / "training_summary.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
+    info = Experiment(Path(s.path)).training_summary() or {}
     best = info.get("best") or {}
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")

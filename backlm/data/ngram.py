@@ -140,7 +140,7 @@ def fit_dataset(dataset_dir, tokenizer, splits: Sequence[str] = ("train", "val")
     from pathlib import Path
 
     from backlm.data.shards import iter_texts
-    from backlm.tokenizer import take_chars
+    from backlm.data.vocab import take_chars
 
     for split in splits:
         shards = sorted(Path(dataset_dir).glob(f"{split}_*.parquet"))

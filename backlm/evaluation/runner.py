@@ -24,6 +24,7 @@ from backlm.atomic import write_json
 from backlm.direction import Direction
 from backlm.errors import UserError
 from backlm.evaluation import tasks as T
+from backlm.experiment import Experiment
 
 # progress(label, done, total): label names the task and direction being evaluated
 Progress = Callable[[str, int, int], None]
@@ -60,14 +61,14 @@ class TaskResult:
 class EvalReport:
     """Everything one ``backlm eval`` produced."""
 
-    exp_id: str
-    exp_path: Path
+    exp: Experiment
     phase: str
     step: int
     model_direction: str
     directions: list[str]
     results: list[TaskResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    logged: bool = False  # summaries also went to the research log
 
     def get(self, task: str, direction: str) -> TaskResult | None:
         """The result of ``task`` in ``direction``, if it was evaluated."""
@@ -111,7 +112,8 @@ def resolve_tasks(requested: Sequence[str] | None, notes: list[str]) -> list[str
 
 def run_eval(ref: str, root: Path, options: EvalOptions,
              progress: Progress | None = None) -> EvalReport:
-    """Evaluate an experiment's checkpoint (id, tag or path) and write the result files."""
+    """Evaluate an experiment's checkpoint (id, tag or path): write the result files and add
+    their summaries to the research log."""
     from backlm.experiment import find
     from backlm.inference import load_model, resolve_step
 
@@ -131,15 +133,14 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
     if T.LM_TASK in tasks:
         examples[T.LM_TASK] = _lm_shards(exp, notes)
     loaded = load_model(exp, step=options.step, device=options.device)
-    phase = str(loaded.meta.get("phase") or exp.metadata().get("phase") or "base")
-    report = EvalReport(exp.id, exp.path, phase, loaded.step, loaded.direction, orders,
-                        notes=notes)
+    report = EvalReport(exp, loaded.phase, loaded.step, loaded.direction, orders, notes=notes)
     for task in tasks:
         for order in orders:
             label = f"{task} · {order}"
             tick = None if progress is None else (lambda d, n, lb=label: progress(lb, d, n))
             records, summary = _evaluate(loaded, task, order, examples[task], options, tick)
             report.results.append(_write(report, task, order, summary, records))
+    report.logged = log_to_research_log(report)
     return report
 
 
@@ -155,26 +156,20 @@ def _evaluate(loaded: Any, task: str, order: str, examples: Any, options: EvalOp
                                             tick)
 
 
-def _run_defaults(exp: Any) -> dict[str, int]:
+def _run_defaults(exp: Experiment) -> dict[str, int]:
     """Batch size and LM token budget of the run's config (fallbacks if it is unreadable)."""
-    from backlm.trainer import load_run_config
-
     try:
-        cfg = load_run_config(exp)
+        cfg = exp.config()
         return {"batch_size": cfg.train.device_batch_size, "lm_tokens": cfg.train.eval_tokens}
     except (UserError, OSError, ValueError, KeyError):
         return {"batch_size": 8, "lm_tokens": DEFAULT_LM_TOKENS}
 
 
-def _lm_shards(exp: Any, notes: list[str]) -> dict[str, list[Path]]:
+def _lm_shards(exp: Experiment, notes: list[str]) -> dict[str, list[Path]]:
     """Held-out shards per split of the experiment's dataset (``data_dir`` in metadata)."""
     from backlm.evaluation.lm import lm_shards
 
-    data_dir = exp.metadata().get("data_dir")
-    if not data_dir:
-        raise UserError(f"experiment {exp.id} names no data_dir in metadata.json; "
-                        "leave lm out of --tasks")
-    shards, missing = lm_shards(Path(data_dir))
+    shards, missing = lm_shards(exp.data_dir())
     notes.extend(missing)
     return shards
 
@@ -201,9 +196,9 @@ def _write(report: EvalReport, task: str, order: str, summary: dict[str, Any],
     from backlm.experiment import utcnow
 
     native = Direction(order) in Direction.parse(report.model_direction).orders
-    path = report.exp_path / "evaluations" / report.phase / order / f"{task}.json"
+    path = report.exp.evaluation_path(report.phase, order, task)
     write_json(path, {
-        "experiment": report.exp_id, "task": task, "direction": order,
+        "experiment": report.exp.id, "task": task, "direction": order,
         "model_direction": report.model_direction, "native": native, "phase": report.phase,
         "step": report.step, "created": utcnow(), "summary": summary, "records": records,
     })
@@ -250,29 +245,25 @@ def lm_matrix(report: EvalReport) -> list[dict[str, Any]]:
 
 
 def log_to_research_log(report: EvalReport) -> bool:
-    """Append every summary to the experiment's research log (``{phase}.h5``).
+    """Append every summary to the experiment's research log of the evaluated phase.
 
-    One entry per task (the log's kind), its values named ``<direction>/<key>``. Needs
-    :func:`backlm.logs.hdf5.append_eval` and a research log written by training; returns False
-    when either is absent, or (with a note in the report) when the log refuses the append,
-    e.g. while a live run writes it: the JSON results are written by then either way.
+    One entry per task (the log's kind), its values named ``<direction>/<key>``. Returns False
+    when the experiment has no research log, or (with a note in the report) when the log
+    refuses the append, e.g. while a live run writes it: the JSON results are written by then
+    either way.
     """
-    try:
-        from backlm.logs.hdf5 import append_eval
-    except ImportError:
-        return False
-    h5 = report.exp_path / f"{report.phase}.h5"
-    if not h5.is_file():
-        return False
+    from backlm.logs.hdf5 import log_eval
+
     per_task: dict[str, dict[str, float]] = {}
     for r in report.results:
         per_task.setdefault(r.task, {}).update(
             {f"{r.direction}/{k}": float(v) for k, v in r.summary.items()
              if isinstance(v, int | float) and not isinstance(v, bool)})
+    logged = False
     try:
         for task, values in per_task.items():
-            append_eval(h5, task, report.step, values)
+            logged = log_eval(report.exp, report.phase, task, report.step, values)
     except UserError as exc:
         report.notes.append(f"research log not updated: {exc}")
         return False
-    return True
+    return logged

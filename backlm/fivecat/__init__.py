@@ -14,35 +14,38 @@ D. rollout: greedy H-token continuations, fed back to the model, must match the 
 E. generalisation: CE on OOD vs VAL within bins of matched predictive entropy; the mean
    relative gap must stay below θE.
 
-:func:`run_fivecat` runs them on a loaded model; :func:`training_callbacks` runs them during
-training (``fivecat.every``) and keeps ``checkpoints/best_5cat.json``.
+:func:`run_fivecat` runs them on a model; :func:`backlm.fivecat.runner.check` is what
+``backlm 5cat`` calls (load a checkpoint, run, save the result); :func:`training_callbacks` runs
+them during training (``fivecat.every``) and keeps ``checkpoints/best_5cat.json``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from backlm.fivecat.engine import (
     GATES,
     INVERTED,
     FivecatResult,
     GateRow,
-    result_path,
     run_fivecat,
     save_result,
 )
 from backlm.fivecat.spec import FivecatSpec, Samples, Thresholds, load_spec
 
+if TYPE_CHECKING:
+    from backlm.callbacks import Callback, LoopState
+
 __all__ = [
     "GATES", "INVERTED", "FivecatResult", "FivecatSpec", "GateRow", "Samples", "Thresholds",
-    "load_spec", "result_path", "run_fivecat", "save_result", "training_callbacks",
+    "load_spec", "run_fivecat", "save_result", "training_callbacks",
 ]
 
 
-def training_callbacks(run: Any) -> list:
-    """Training-loop factory (see backlm.callbacks.FACTORIES): 5CAT every ``fivecat.every``."""
-    if run.cfg.fivecat.every <= 0:
+def training_callbacks(state: LoopState) -> list[Callback]:
+    """5CAT every ``fivecat.every`` steps of a training run (nothing when 0)."""
+    if state.run.cfg.fivecat.every <= 0:
         return []
     from backlm.fivecat.callback import FivecatCallback
 
-    return [FivecatCallback(run)]
+    return [FivecatCallback(state)]

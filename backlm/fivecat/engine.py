@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,11 @@ class FivecatResult:
         out["fivecat_inverted"] = int(self.inverted)
         return {k: (v if isinstance(v, int) or math.isfinite(v) else None) for k, v in out.items()}
 
+    def log_values(self) -> dict[str, float]:
+        """The headline figures for the research log's ``/eval`` (kind ``5cat``)."""
+        return {k.removeprefix("fivecat_"): float(v) for k, v in self.figures().items()
+                if v is not None}
+
     def to_json(self) -> dict[str, Any]:
         """Everything, JSON-ready (NaN and infinities become null)."""
         return _clean({
@@ -145,7 +151,7 @@ def held_out_splits(data_dir: Path) -> tuple[list[str], list[str]]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist: prepare or import the dataset "
-                        "the experiment was trained on (metadata.json data_dir)")
+                        "the experiment was trained on (data_dir in its metadata)")
     if not split_files(data_dir, "val"):
         raise UserError(f"no val shards in {data_dir}: 5CAT needs held-out text; run "
                         "`backlm data prepare` or import a val split")
@@ -158,8 +164,10 @@ def held_out_splits(data_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def run_fivecat(model, tokenizer, direction: Direction | str, data_dir: Path,
-                spec: FivecatSpec, autocast=contextlib.nullcontext) -> FivecatResult:
-    """Run the five gates on ``model`` (eval mode) as a ``direction`` model."""
+                spec: FivecatSpec, autocast=contextlib.nullcontext,
+                progress: Callable[[int, int], None] | None = None) -> FivecatResult:
+    """Run the five gates on ``model`` (eval mode) as a ``direction`` model;
+    ``progress(done, total)`` is told after each probe is measured."""
     from backlm.fivecat.gates import generalisation, measure
 
     t0 = time.perf_counter()
@@ -167,7 +175,11 @@ def run_fivecat(model, tokenizer, direction: Direction | str, data_dir: Path,
     splits, warnings = held_out_splits(data_dir)
     probes, sets = build_probes(data_dir, tokenizer, direction, spec.samples,
                                 model.cfg.seq_len, splits)
-    figs = [measure(model, p, spec.samples, autocast) for p in probes]
+    figs = []
+    for probe in probes:
+        figs.append(measure(model, probe, spec.samples, autocast))
+        if progress is not None:
+            progress(len(figs), len(probes))
     gens = [generalisation(a, b, spec.samples) for a in figs for b in figs
             if a.split == "val" and b.split == splits[1] and a.marker == b.marker]
     judged = [f for f in figs if f.split in ("val", "ood")]
@@ -220,12 +232,6 @@ def judge(figs: list, gens: list[dict[str, Any]], spec: FivecatSpec) -> list[Gat
                             threshold=th.generalisation_gap,
                             detail=f"{g['bins_used']} of {len(g['bins'])} bins"))
     return rows
-
-
-def result_path(exp, step: int, phase: str, declared_as: str | None = None) -> Path:
-    """``evaluations/<phase>/fivecat/step_XXXXXX.json`` (``_as-<dir>`` for an override)."""
-    suffix = f"_as-{declared_as}" if declared_as else ""
-    return Path(exp.path) / "evaluations" / phase / "fivecat" / f"step_{step:06d}{suffix}.json"
 
 
 def save_result(path: Path, result: FivecatResult, extra: dict[str, Any]) -> Path:

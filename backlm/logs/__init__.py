@@ -11,24 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backlm.callbacks import Callback
-
-
-class MetricLogger:
-    """Interface: receives one record (a flat dict of numbers) per logged step."""
-
-    def log(self, step: int, record: dict[str, Any]) -> None:
-        """Record the metrics of ``step``."""
-
-    def flush(self) -> None:
-        """Make everything logged so far durable."""
-
-    def close(self) -> None:
-        """Flush and release resources."""
-
-
-class NullLogger(MetricLogger):
-    """Logs nothing."""
+from backlm.callbacks import Callback, LoopState, RunInfo
+from backlm.logs.base import MetricLogger
 
 
 class LoggingCallback(Callback):
@@ -37,53 +21,54 @@ class LoggingCallback(Callback):
     def __init__(self, loggers: list[MetricLogger]) -> None:
         self.loggers = loggers
 
-    def on_step_end(self, run: Any, step: int, record: dict[str, Any]) -> None:
-        log_every = run.cfg.train.log_every
+    def on_step_end(self, state: LoopState, step: int, record: dict[str, Any]) -> None:
+        log_every = state.run.cfg.train.log_every
         if step % log_every == 0 or any(k.startswith("val_") for k in record):
             for logger in self.loggers:
                 logger.log(step, record)
 
-    def on_checkpoint(self, run: Any, step: int, folder: Any) -> None:
+    def on_checkpoint(self, state: LoopState, step: int, folder: Any) -> None:
         for logger in self.loggers:
             logger.flush()
 
-    def on_train_end(self, run: Any, status: str) -> None:
+    def on_train_end(self, state: LoopState, status: str) -> None:
         for logger in self.loggers:
             logger.close()
 
 
-def build_loggers(run: Any, resume_step: int) -> list[MetricLogger]:
-    """The loggers ``run.cfg.log`` asks for: metrics.jsonl always, then HDF5 and wandb."""
+def build_loggers(state: LoopState) -> list[MetricLogger]:
+    """The loggers the run's ``log`` config asks for: metrics.jsonl always, then HDF5 and
+    wandb. A resumed run's loggers drop what was logged after its checkpoint."""
     from backlm.logs.jsonl import JsonlLogger
+    from backlm.logs.wandb_log import open_wandb
 
-    loggers: list[MetricLogger] = [JsonlLogger(run.exp.path / "metrics.jsonl", resume_step)]
+    run = state.run
+    loggers: list[MetricLogger] = [JsonlLogger(run.exp.metrics_path, state.step)]
     if run.cfg.log.hdf5:
         from backlm.logs.hdf5 import Hdf5Logger
 
-        loggers.append(Hdf5Logger(run.exp.path / f"{run.cfg.phase}.h5", schema_for(run),
-                                  file_attrs(run), group_attrs(run), resume_step,
-                                  run.cfg.log.flush_every, warn=run.print))
-    from backlm.logs.wandb_log import open_wandb
-
-    loggers.append(open_wandb(run))
+        loggers.append(Hdf5Logger(run.exp.research_log(run.cfg.phase), schema_for(run),
+                                  file_attrs(run), group_attrs(run), state.step,
+                                  run.cfg.log.flush_every, warn=state.say))
+    loggers.append(open_wandb(run, warn=state.say))
     return loggers
 
 
-def schema_for(run: Any) -> Any:
+def schema_for(run: RunInfo) -> Any:
     """The research-log layout of ``run``: names known before the first step."""
     from backlm.direction import eval_orders
     from backlm.logs.hdf5 import BASE_SCALARS, Schema
 
     per_direction = [f"val_{m}_{name}" for name, _, _ in eval_orders(run.cfg.data.direction)
                      if name for m in ("loss", "bpb")]
-    params = tuple(n for n, p in run.raw_model.named_parameters() if p.requires_grad)
+    params = tuple(n for n, p in run.model.named_parameters() if p.requires_grad)
     return Schema(scalars=(*BASE_SCALARS, *per_direction), params=params,
-                  layers=tuple(f"blocks.{i}" for i in range(len(run.raw_model.blocks))),
+                  layers=tuple(f"blocks.{i}" for i in range(len(run.model.blocks))),
                   rows=min(run.cfg.log.per_token_rows, run.cfg.train.device_batch_size),
                   seq_len=run.cfg.model.seq_len)
 
 
-def file_attrs(run: Any) -> dict[str, Any]:
+def file_attrs(run: RunInfo) -> dict[str, Any]:
     """File attributes of ``{phase}.h5`` (see backlm.logs.hdf5)."""
     from backlm import __version__
     from backlm.config import to_yaml
@@ -96,7 +81,7 @@ def file_attrs(run: Any) -> dict[str, Any]:
             "backlm_version": __version__, "resumed_at": ""}
 
 
-def group_attrs(run: Any) -> dict[str, dict[str, Any]]:
+def group_attrs(run: RunInfo) -> dict[str, dict[str, Any]]:
     """Cadences stored beside the data they describe."""
     log = run.cfg.log
     return {"scalars": {"every": run.cfg.train.log_every},
@@ -105,21 +90,22 @@ def group_attrs(run: Any) -> dict[str, dict[str, Any]]:
             "gradients": {"every": log.stats_every}, "activations": {"every": log.stats_every}}
 
 
-def callbacks(run: Any) -> list[Callback]:
-    """Training-loop factory (see backlm.callbacks.FACTORIES): loggers, research records,
-    generation samples; nothing on ranks other than 0."""
+def callbacks(state: LoopState) -> list[Callback]:
+    """The run's loggers, research records and generation samples; nothing on ranks other
+    than 0."""
+    run = state.run
     if not run.dist.main:
         return []
-    loggers = build_loggers(run, run.step)
+    loggers = build_loggers(state)
     out: list[Callback] = [LoggingCallback(loggers)]
     if run.cfg.log.hdf5:
         from backlm.logs.hdf5 import Hdf5Logger
         from backlm.logs.research import ResearchCallback
 
         h5 = next(lg for lg in loggers if isinstance(lg, Hdf5Logger))
-        out.append(ResearchCallback(run, h5))
+        out.append(ResearchCallback(state, h5))
     if run.cfg.log.sample_every > 0:
         from backlm.logs.samples import SampleCallback
 
-        out.append(SampleCallback(run))
+        out.append(SampleCallback(state))
     return out

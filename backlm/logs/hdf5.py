@@ -55,14 +55,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from backlm import atomic
 from backlm.errors import UserError
-from backlm.logs import MetricLogger
+from backlm.logs.base import MetricLogger
+
+if TYPE_CHECKING:
+    from backlm.experiment import Experiment
 
 SCHEMA_VERSION = 1
 GROUPS = ("scalars", "per_token", "gradients", "activations", "eval", "extra")
@@ -202,12 +205,25 @@ class Hdf5Logger(MetricLogger):
         _OPEN.pop(str(self.path.resolve()), None)
 
 
-def append_eval(h5_path: Path, kind: str, step: int, values: dict[str, float]) -> None:
-    """Add evaluation results (e.g. 5CAT) to a research log, during or after a run.
+def log_eval(exp: Experiment, phase: str, kind: str, step: int,
+             values: dict[str, float]) -> bool:
+    """Add evaluation results (e.g. 5CAT) to ``exp``'s research log of ``phase``, during or
+    after a run; False when the experiment has no such log (trained with log.hdf5 off)."""
+    path = exp.research_log(phase)
+    if str(path.resolve()) not in _OPEN and not path.is_file():
+        return False
+    append_eval(path, kind, step, values, writer_elsewhere=exp.is_running())
+    return True
+
+
+def append_eval(h5_path: Path, kind: str, step: int, values: dict[str, float],
+                writer_elsewhere: bool = False) -> None:
+    """Add evaluation results to a research log file, during or after a run.
 
     During a run in this process the open writer takes them (and flushes). Otherwise the file
     is opened for append; a file a killed run left "open for write" is rebuilt first, keeping
-    every row. A file another live process is writing raises :class:`UserError`.
+    every row. ``writer_elsewhere`` (another live process writes the file: its experiment's
+    run lock is held) raises :class:`UserError`.
     """
     path = Path(h5_path)
     writer = _OPEN.get(str(path.resolve()))
@@ -217,9 +233,7 @@ def append_eval(h5_path: Path, kind: str, step: int, values: dict[str, float]) -
         return
     if not path.is_file():
         raise UserError(f"no research log at {path}: train with log.hdf5 on to create one")
-    from backlm.experiment import RunLock
-
-    if RunLock(path.parent / "run.lock").active():
+    if writer_elsewhere:
         raise UserError(f"{path} is being written by a live training run: add results from "
                         "inside that run, or after it ends")
     try:

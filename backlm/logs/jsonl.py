@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from backlm import atomic
-from backlm.logs import MetricLogger
+from backlm.logs.base import MetricLogger
 
 
 class JsonlLogger(MetricLogger):

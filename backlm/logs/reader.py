@@ -33,13 +33,12 @@ class LogSummary:
 
 
 def log_path(exp: Experiment) -> Path:
-    """The experiment's research log (its phase's ``.h5``); a missing one raises UserError."""
-    phase = exp.metadata().get("phase", "base")
-    path = exp.path / f"{phase}.h5"
+    """The experiment's research log (its phase's, else its only one); UserError if none."""
+    path = exp.research_log()
     if not path.is_file():
-        others = sorted(p.name for p in exp.path.glob("*.h5"))
+        others = exp.research_logs()
         if len(others) == 1:
-            return exp.path / others[0]
+            return others[0]
         raise UserError(f"experiment {exp.id} has no research log {path.name}: it is written "
                         "once training starts with log.hdf5 on (the default)")
     return path
@@ -203,10 +202,8 @@ def new_scalar_rows(path: Path, after: int) -> list[dict[str, float]]:
 
 def run_is_live(exp: Experiment) -> bool:
     """Whether the experiment is still training (status running and its lock holder alive)."""
-    from backlm.experiment import RunLock
-
     try:
         status = exp.metadata().get("status")
     except UserError:
         return False
-    return status == "running" and RunLock(exp.path / "run.lock").active()
+    return status == "running" and exp.is_running()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from backlm.callbacks import Callback
+from backlm.callbacks import Callback, LoopState
 from backlm.logs.hdf5 import Hdf5Logger
 
 
@@ -123,35 +123,36 @@ class ActivationProbe:
 class ResearchCallback(Callback):
     """Feeds per-token slices and gradient/activation statistics to the HDF5 writer."""
 
-    def __init__(self, run: Any, h5: Hdf5Logger) -> None:
+    def __init__(self, state: LoopState, h5: Hdf5Logger) -> None:
+        run = state.run
         log = run.cfg.log
         self.h5 = h5
         self.per_token_every, self.rows = log.per_token_every, log.per_token_rows
         self.stats_every = log.stats_every
-        self.params = [(n, p) for n, p in run.raw_model.named_parameters() if p.requires_grad]
-        self.probe = ActivationProbe(list(run.raw_model.blocks))
+        self.params = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
+        self.probe = ActivationProbe(list(run.model.blocks))
         # Hooks added and removed between steps would make torch.compile recompile every time.
         self.activations = not run.cfg.train.compile
         if not self.activations and self.stats_every:
-            run.print("research log: activation statistics are off under train.compile")
+            state.say("research log: activation statistics are off under train.compile")
 
     def _due(self, every: int, step: int) -> bool:
         return every > 0 and step % every == 0
 
-    def on_step_start(self, run: Any, step: int) -> None:
+    def on_step_start(self, state: LoopState, step: int) -> None:
         if self.activations and self._due(self.stats_every, step):
             self.probe.arm()
 
-    def on_after_backward(self, run: Any, step: int) -> None:
+    def on_after_backward(self, state: LoopState, step: int) -> None:
         if self.probe.armed:
             self.h5.add_stats("activations", step, self.probe.disarm())
         if self._due(self.stats_every, step):
             self.h5.add_stats("gradients", step, grad_stats(self.params))
-        if self._due(self.per_token_every, step) and run.last_batch is not None:
-            x, y = run.last_batch
-            self.h5.add_per_token(step, per_token_slice(run.raw_model, x[:self.rows],
-                                                        y[:self.rows], run.autocast()))
+        if self._due(self.per_token_every, step) and state.last_batch is not None:
+            x, y = state.last_batch
+            self.h5.add_per_token(step, per_token_slice(state.run.model, x[:self.rows],
+                                                        y[:self.rows], state.run.autocast()))
 
-    def on_train_end(self, run: Any, status: str) -> None:
+    def on_train_end(self, state: LoopState, status: str) -> None:
         if self.probe.armed:
             self.probe.disarm()

@@ -8,10 +8,9 @@ are comparable. Each line holds the tokens in model order and turned back into r
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from backlm.callbacks import Callback
+from backlm.callbacks import Callback, LoopState, RunInfo
 
 
 def prompts(direction: str, ids: Any) -> list[tuple[str, list[int]]]:
@@ -24,7 +23,7 @@ def prompts(direction: str, ids: Any) -> list[tuple[str, list[int]]]:
     return [(d.value, [ids.bos])]
 
 
-def generate_samples(run: Any, step: int) -> list[dict[str, Any]]:
+def generate_samples(run: RunInfo, step: int) -> list[dict[str, Any]]:
     """One record per prompt: ids and text in model order and in reading order."""
     from backlm.direction import to_reading_order
 
@@ -33,7 +32,7 @@ def generate_samples(run: Any, step: int) -> list[dict[str, Any]]:
     out = []
     for order, prompt in prompts(cfg.data.direction, ids):
         with run.autocast():
-            new = list(run.raw_model.generate(prompt, cfg.log.sample_tokens,
+            new = list(run.model.generate(prompt, cfg.log.sample_tokens,
                                               temperature=cfg.log.sample_temperature,
                                               seed=cfg.train.seed))
         model_ids = prompt + new
@@ -50,18 +49,18 @@ def generate_samples(run: Any, step: int) -> list[dict[str, Any]]:
 class SampleCallback(Callback):
     """Appends generation samples; a resumed run first drops samples past its checkpoint."""
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, state: LoopState) -> None:
         from backlm.logs.jsonl import truncate
 
-        self.every = run.cfg.log.sample_every
-        self.path = Path(run.exp.path) / "notes" / "generation_samples.jsonl"
+        self.every = state.run.cfg.log.sample_every
+        self.path = state.run.exp.samples_path
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        truncate(self.path, run.step)
+        truncate(self.path, state.step)
 
-    def on_step_end(self, run: Any, step: int, record: dict[str, Any]) -> None:
+    def on_step_end(self, state: LoopState, step: int, record: dict[str, Any]) -> None:
         if step == 0 or step % self.every:
             return
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                        for r in generate_samples(run, step))
+                        for r in generate_samples(state.run, step))
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(lines)

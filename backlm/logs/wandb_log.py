@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backlm.logs import MetricLogger, NullLogger
+from backlm.logs.base import MetricLogger, NullLogger
+
+if TYPE_CHECKING:
+    from backlm.callbacks import RunInfo
 
 
 def has_api_key() -> bool:
@@ -78,8 +81,9 @@ class WandbLogger(MetricLogger):
             pass  # already broken; the warning above said so
 
 
-def open_wandb(run: Any) -> MetricLogger:
-    """A wandb logger for ``run`` per ``cfg.log.wandb``, or a NullLogger (off or failed)."""
+def open_wandb(run: RunInfo, warn: Callable[[str], None]) -> MetricLogger:
+    """A wandb logger for ``run`` per ``cfg.log.wandb``, or a NullLogger (off or failed);
+    ``warn`` tells the user when wandb fails."""
     mode = resolve_mode(run.cfg.log.wandb)
     if mode == "off":
         return NullLogger()
@@ -95,9 +99,9 @@ def open_wandb(run: Any) -> MetricLogger:
             settings=wandb.Settings(silent=True, console="off", save_code=False),
         )
     except Exception as exc:  # never fail a run for the live view (ImportError included)
-        run.print(f"warning: wandb unavailable ({_short(exc)}); training goes on without it")
+        warn(f"warning: wandb unavailable ({_short(exc)}); training goes on without it")
         return NullLogger()
-    return WandbLogger(wb_run, run.print)
+    return WandbLogger(wb_run, warn)
 
 
 def _short(exc: BaseException) -> str:
