@@ -15,7 +15,6 @@ names are spelled anywhere else in the package.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -255,14 +254,6 @@ class Experiment:
 
     def write_best(self, kind: str, record: dict[str, Any]) -> None:
         atomic.write_json(self.best_path(kind), record)
-
-    def best_steps(self) -> set[int]:
-        """Steps named by any best-step record (checkpoints that must be kept)."""
-        steps = set()
-        for kind in BEST_FILES:
-            with contextlib.suppress(TypeError, ValueError, KeyError):
-                steps.add(int((self.best(kind) or {})["step"]))
-        return steps
 
     # --- the run lock ----------------------------------------------------------------------
 

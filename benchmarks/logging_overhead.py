@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backlm.callbacks import Callback
+from backlm.callbacks import Callback, LoopState
 
 HOOKS = ("on_train_start", "on_step_start", "on_after_backward", "on_eval", "on_step_end",
-         "on_checkpoint", "on_train_end")
+         "on_checkpoint", "on_message", "on_train_end")
 PER_STEP = ("on_step_start", "on_after_backward", "on_step_end")
 RESULTS: dict[str, Any] = {}
 
@@ -45,7 +45,7 @@ class StepTimer(Callback):
     def __init__(self) -> None:
         self.starts: list[float] = []
 
-    def on_step_start(self, run: Any, step: int) -> None:
+    def on_step_start(self, state: LoopState, step: int) -> None:
         self.starts.append(time.perf_counter())
 
     def intervals(self, skip: int) -> list[float]:
@@ -73,23 +73,24 @@ class Timed(Callback):
         return call
 
 
-def null_callbacks(run: Any) -> list[Callback]:
-    """Factory: the timer alone."""
+def null_callbacks(state: LoopState) -> list[Callback]:
+    """The timer alone."""
     timer = StepTimer()
     RESULTS.setdefault("null", []).append({"timer": timer})
     return [timer]
 
 
-def logging_callbacks(run: Any) -> list[Callback]:
-    """Factory: the timer plus backlm's logging callbacks, each hook timed."""
+def logging_callbacks(state: LoopState) -> list[Callback]:
+    """The timer plus backlm's logging callbacks, each hook timed."""
     from backlm.logs import callbacks
 
     timer, totals = StepTimer(), {}
-    RESULTS.setdefault("logging", []).append({"timer": timer, "totals": totals, "run": run})
-    return [timer, *(Timed(cb, totals) for cb in callbacks(run))]
+    RESULTS.setdefault("logging", []).append({"timer": timer, "totals": totals,
+                                              "run": state.run})
+    return [timer, *(Timed(cb, totals) for cb in callbacks(state))]
 
 
-def make_experiment(root: Path, name: str, args: argparse.Namespace) -> Path:
+def make_experiment(root: Path, name: str, args: argparse.Namespace):
     """An experiment on the embedded pydocs corpus (prepared on first use)."""
     from backlm.config import RunConfig, load_config
     from backlm.launch import create_experiment
@@ -103,19 +104,19 @@ def make_experiment(root: Path, name: str, args: argparse.Namespace) -> Path:
             "train.device=cpu", "data.dataset=pydocs", f"id={name}"]
     # a flag, as --wandb off passes it (through --set, YAML would read `off` as false)
     cfg = load_config(RunConfig, overrides=sets, flags={"log": {"wandb": "off"}})
-    return create_experiment(cfg, root).path
+    return create_experiment(cfg, root), cfg
 
 
 def run_all(args: argparse.Namespace, root: Path) -> None:
     """Alternate null and logging runs, ``args.rounds`` of each (ABBA order, against drift)."""
     from backlm.trainer import run
 
-    pair = [("null", "null_callbacks"), ("logging", "logging_callbacks")]
+    pair = [("null", null_callbacks), ("logging", logging_callbacks)]
     for i in range(args.rounds):
         for kind, factory in pair if i % 2 == 0 else pair[::-1]:
-            path = make_experiment(root, f"{kind}{i}", args)
+            exp, cfg = make_experiment(root, f"{kind}{i}", args)
             t = time.perf_counter()
-            run(path, display=False, factories=[f"{__name__}:{factory}"])
+            run(exp, cfg, callbacks=factory)
             print(f"round {i + 1}/{args.rounds} {kind:>7}: {time.perf_counter() - t:.0f} s",
                   flush=True)
 

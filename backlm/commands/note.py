@@ -14,7 +14,7 @@ from backlm.ui import console, user_errors
 def note(
     experiment: str = EXPERIMENT,
     text: str = typer.Argument(..., help="The note, one line (quote it)."),
-    issue: bool = typer.Option(False, "--issue", help="Record it in notes/issues.txt instead."),
+    issue: bool = typer.Option(False, "--issue", help="Record it as an issue rather than a note."),
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Append a line with the time and the experiment's latest step to notes/notes.txt."""

@@ -1,0 +1,157 @@
+"""The package's shape: no import cycles, the experiment folder's file names in one module,
+modules of a readable size."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "backlm"
+# Every file name of the experiment folder (DESIGN.md §2): only backlm/experiment.py spells them.
+LAYOUT_NAMES = ("best.json", "best_5cat.json", "training_summary.json", "evaluations",
+                "metadata.json", "config.yaml", "parent_link.json", "metrics.jsonl", "run.lock",
+                "generation_samples.jsonl", "notes.txt", "issues.txt", "RESEARCH_REPORT.md")
+MAX_LINES = 400
+
+
+def modules() -> dict[str, Path]:
+    """Dotted module name → source file, for every module of the package."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def import_graph(level: str) -> dict[str, set[str]]:
+    """Edges between modules (``level="module"``) or between the package's top-level parts
+    (``"part"``: ``backlm.data``, ``backlm.trainer`` …), from every import statement, the
+    ones inside functions included: a lazy import still ties two modules together."""
+    mods = modules()
+
+    def node(name: str) -> str:
+        return name if level == "module" else ".".join(name.split(".")[:2])
+
+    graph: dict[str, set[str]] = defaultdict(set)
+    for name, path in mods.items():
+        for stmt in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(stmt, ast.Import):
+                targets = [a.name for a in stmt.names]
+            elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
+                targets = [stmt.module, *(f"{stmt.module}.{a.name}" for a in stmt.names)]
+            for target in targets:
+                if target in mods and node(target) != node(name):
+                    graph[node(name)].add(node(target))
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path that returns to its start, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(v: str) -> list[str] | None:
+        state[v] = 1
+        path.append(v)
+        for w in sorted(graph.get(v, ())):
+            if state.get(w) == 1:
+                return path[path.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        path.pop()
+        state[v] = 2
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def test_find_cycle_finds_one_and_only_then():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+@pytest.mark.parametrize("level", ["module", "part"])
+def test_the_package_has_no_import_cycle(level):
+    graph = import_graph(level)
+    assert graph["backlm.trainer"]  # the graph is real
+    cycle = find_cycle(graph)
+    assert cycle is None, " → ".join(cycle)
+
+
+def _strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every string constant except docstrings (f-string pieces included), with its line."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings]
+
+
+def layout_spellings(path: Path) -> list[str]:
+    """Where ``path`` spells a file name of the experiment folder (or a ``.h5`` path)."""
+    hits = []
+    for line, text in _strings(ast.parse(path.read_text(encoding="utf-8"))):
+        for name in LAYOUT_NAMES:
+            # a file name anywhere; a folder name as a path component (prose such as "the
+            # last 3 evaluations" is fine)
+            pattern = re.escape(name) if "." in name else rf"(^|/){re.escape(name)}($|/)"
+            if re.search(pattern, text):
+                hits.append(f"{path.name}:{line} {name!r}")
+        if text.endswith(".h5") or text.startswith(".h5"):
+            hits.append(f"{path.name}:{line} {text!r}")
+    return hits
+
+
+def test_the_scan_sees_spelled_names(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""Docstrings may name best.json."""\n'
+                      'a = exp / "best.json"\nb = f"{phase}.h5"\nc = "evaluations"\n'
+                      'd = "x/notes/issues.txt"\ne = "the last 3 evaluations"\n')
+    assert sorted(h.split()[1] for h in layout_spellings(sample)) == [
+        "'.h5'", "'best.json'", "'evaluations'", "'issues.txt'"]
+
+
+def test_only_experiment_py_spells_the_folder_layout():
+    hits = [hit for name, path in modules().items() if name != "backlm.experiment"
+            for hit in layout_spellings(path)]
+    assert not hits, "use backlm.experiment.Experiment instead: " + ", ".join(hits)
+
+
+def test_modules_stay_readable():
+    long = {name: n for name, path in modules().items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_commands_stay_thin():
+    """Command modules import no tensor code at the top (``--help`` stays fast) and never
+    build paths inside an experiment folder themselves."""
+    for name, path in modules().items():
+        if not name.startswith("backlm.commands."):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        imported = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"torch", "h5py", "wandb", "numpy"}, name
+
+
+def test_architecture_doc_names_every_module():
+    doc = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    missing = [str(path.relative_to(PACKAGE.parent)) for path in modules().values()
+               if f"`{path.relative_to(PACKAGE.parent)}`" not in doc]
+    assert not missing, f"add a line for each to docs/ARCHITECTURE.md: {missing}"
