@@ -77,6 +77,11 @@ def _read_optional(path: Path) -> Any:
         return None
 
 
+def _entry(*parts: str, doc: str) -> property:
+    """A read-only path below the experiment folder."""
+    return property(lambda self: self.path.joinpath(*parts), doc=doc)
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One experiment folder: every file of DESIGN.md §2 by name."""
@@ -85,59 +90,27 @@ class Experiment:
 
     @property
     def id(self) -> str:
+        """The experiment id: its folder's name."""
         return self.path.name
 
     # --- files ---------------------------------------------------------------------------
 
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def metadata_path(self) -> Path:
-        return self.path / "metadata.json"
-
-    @property
-    def parent_link_path(self) -> Path:
-        return self.path / "parent_link.json"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def summary_path(self) -> Path:
-        """``training_summary.json``: stop reason, best step, cost."""
-        return self.path / "training_summary.json"
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.path / "tokenizer"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def notes_dir(self) -> Path:
-        return self.path / "notes"
+    config_path = _entry("config.yaml", doc="The resolved configuration (YAML).")
+    metadata_path = _entry("metadata.json", doc="Id, phase, direction, status, results ….")
+    parent_link_path = _entry("parent_link.json", doc="The parent (null for a base run).")
+    metrics_path = _entry("metrics.jsonl", doc="One JSON object per logged step.")
+    summary_path = _entry("training_summary.json", doc="Stop reason, best step, cost.")
+    tokenizer_dir = _entry("tokenizer", doc="The experiment's own copy of its tokenizer.")
+    checkpoints = _entry("checkpoints", doc="``step_XXXXXX/`` folders and best-step records.")
+    notes_dir = _entry("notes", doc="Notes, issues and generation samples.")
+    samples_path = _entry("notes", "generation_samples.jsonl",
+                          doc="Generation samples written during training.")
+    report_path = _entry("RESEARCH_REPORT.md", doc="The research report.")
+    figures_dir = _entry("figures", doc="The report's figures.")
 
     def notes_path(self, issue: bool = False) -> Path:
         """``notes/notes.txt``, or ``notes/issues.txt`` for issues."""
         return self.notes_dir / ("issues.txt" if issue else "notes.txt")
-
-    @property
-    def samples_path(self) -> Path:
-        """Generation samples written during training."""
-        return self.notes_dir / "generation_samples.jsonl"
-
-    @property
-    def report_path(self) -> Path:
-        return self.path / "RESEARCH_REPORT.md"
-
-    @property
-    def figures_dir(self) -> Path:
-        return self.path / "figures"
 
     def research_log(self, phase: str | None = None) -> Path:
         """The research log ``{phase}.h5`` (default: the experiment's own phase)."""

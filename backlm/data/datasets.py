@@ -56,18 +56,12 @@ DATASETS: dict[str, DatasetSource] = {
         description="FineWeb-Edu, 100B tokens shuffled; ~100 MB parquet shards, text column",
     ),
     # Evaluation sets, test splits as published (read by backlm.evaluation.tasks).
-    "arc-easy": DatasetSource(
+    **{f"arc-{level.lower()}": DatasetSource(
         base_url="https://huggingface.co/datasets/allenai/ai2_arc/resolve/main",
-        pattern="ARC-Easy/test-{index:05d}-of-00001.parquet", max_shards=1, kind="task",
-        description="AI2 ARC-Easy test set, multiple choice",
+        pattern=f"ARC-{level}/test-{{index:05d}}-of-00001.parquet", max_shards=1, kind="task",
+        description=f"AI2 ARC-{level} test set, multiple choice",
         columns=("id", "question", "choices", "answerKey"),
-    ),
-    "arc-challenge": DatasetSource(
-        base_url="https://huggingface.co/datasets/allenai/ai2_arc/resolve/main",
-        pattern="ARC-Challenge/test-{index:05d}-of-00001.parquet", max_shards=1, kind="task",
-        description="AI2 ARC-Challenge test set, multiple choice",
-        columns=("id", "question", "choices", "answerKey"),
-    ),
+    ) for level in ("Easy", "Challenge")},
     "mmlu": DatasetSource(
         base_url="https://huggingface.co/datasets/cais/mmlu/resolve/main",
         pattern="all/test-{index:05d}-of-00001.parquet", max_shards=1, kind="task",
