@@ -1,0 +1,61 @@
+"""Console output: the user-error boundary, the progress helper, the training display."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import typer
+from rich.console import Console
+
+from backlm import ui
+from backlm.errors import UserError
+
+
+def test_user_errors_become_one_line_and_exit_2(capsys):
+    @ui.user_errors
+    def command():
+        raise UserError("bad [thing]\nsecond line")
+
+    with pytest.raises(typer.Exit) as exc:
+        command()
+    assert exc.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: bad [thing] second line" in err
+
+
+def test_bars_make_one_bar_per_label(monkeypatch):
+    console = Console(record=True, width=100, force_terminal=False)
+    monkeypatch.setattr(ui, "console", console)
+    progress = ui.make_progress("count", transient=False)
+    bars = ui.Bars(progress)
+    with progress:
+        bars("lm · forward", 1, 4)
+        bars("lm · forward", 4, 4)
+        bars("arc · backward", 0, None, description="arc, reading")
+        bars.print("a line above the bars")
+    tasks = {t.description: t for t in progress.tasks}
+    assert set(tasks) == {"lm · forward", "arc, reading"}
+    assert tasks["lm · forward"].completed == 4 and tasks["arc, reading"].total is None
+    assert "a line above the bars" in console.export_text()
+    for kind in ("count", "bytes", "train"):
+        assert ui.make_progress(kind).columns  # every kind has its columns
+
+
+def test_train_display_shows_steps_evaluations_and_messages(monkeypatch):
+    console = Console(record=True, width=120, force_terminal=False)
+    monkeypatch.setattr(ui, "console", console)
+    display = ui.TrainDisplay()
+    state = SimpleNamespace(step=0, run=SimpleNamespace(cfg=SimpleNamespace(
+        train=SimpleNamespace(max_steps=10))))
+    display.on_train_start(state)
+    display.on_eval(state, 0, {"val_bpb": 2.0})  # the step-0 evaluation is not repeated
+    display.on_step_end(state, 5, {"loss": 3.25, "lr_mult": 1.0, "tokens_per_sec": 1234.0,
+                                   "mfu": 0.5})
+    display.on_eval(state, 5, {"val_loss": 3.0, "val_bpb": 1.5})
+    display.on_message(state, "restored the best checkpoint")
+    display.on_train_end(state, "finished")
+    text = console.export_text()
+    assert "step      5 · val_loss 3.0000 · val_bpb 1.5000" in text
+    assert "restored the best checkpoint" in text and "val_bpb 2.0" not in text
+    assert "loss 3.250" in text and "1,234 tok/s" in text and "5/10" in text
