@@ -98,7 +98,7 @@ def canonical(name: str) -> str:
 class TrainSpec:
     """One ``backlm train`` run: a preset plus overrides, and how to read its metrics."""
 
-    preset: str  # YAML under configs/, passed by absolute path (presets are not installed)
+    preset: str  # a preset shipped in the package (backlm/configs/NAME.yaml)
     steps: int
     sets: tuple[str, ...]
     direction: str
@@ -138,11 +138,11 @@ def profile(smoke: bool, device: str, vocab: int) -> Profile:
         gpu = data + ("data.tokenizer_threads=8",)
         return Profile(
             device=device,
-            d12=TrainSpec("d12.yaml", 40, gpu + cadence(40, 40, 65536)
+            d12=TrainSpec("d12", 40, gpu + cadence(40, 40, 65536)
                           + ("train.total_batch_tokens=262144",), "backward", 5, 120),
-            d20=TrainSpec("d20.yaml", 25, gpu + cadence(25, 25, 65536)
+            d20=TrainSpec("d20", 25, gpu + cadence(25, 25, 65536)
                           + ("train.total_batch_tokens=131072",), "backward", 5, 150),
-            small=TrainSpec("d12.yaml", 20, gpu + cadence(20, 10, 65536)
+            small=TrainSpec("d12", 20, gpu + cadence(20, 10, 65536)
                             + ("model.depth=4", "train.compile=false",
                                "train.total_batch_tokens=65536"), "bidirectional", 2, 45),
             kill_at=15, lm_tokens=65536, decode_tokens=256, budget_s=BUDGET_S)
@@ -151,11 +151,11 @@ def profile(smoke: bool, device: str, vocab: int) -> Profile:
                    "data.tokenizer_threads=1")
     return Profile(
         device=device,
-        d12=TrainSpec("d12.yaml", 6, tiny + cadence(6, 6, 1024)
+        d12=TrainSpec("d12", 6, tiny + cadence(6, 6, 1024)
                       + ("train.total_batch_tokens=512",), "backward", 2, 0),
-        d20=TrainSpec("d20.yaml", 4, tiny + cadence(4, 4, 1024)
+        d20=TrainSpec("d20", 4, tiny + cadence(4, 4, 1024)
                       + ("train.total_batch_tokens=256",), "backward", 1, 0),
-        small=TrainSpec("d12.yaml", 6, tiny + cadence(6, 3, 1024)
+        small=TrainSpec("d12", 6, tiny + cadence(6, 3, 1024)
                         + ("train.total_batch_tokens=256",), "bidirectional", 1, 0),
         kill_at=4, lm_tokens=1024, decode_tokens=32, budget_s=1200)
 
@@ -168,7 +168,7 @@ def backlm_argv(*args: str) -> list[str]:
 def train_argv(spec: TrainSpec, exp_id: str, experiments: Path, device: str,
                nproc: int | None = None) -> list[str]:
     """``backlm train`` for ``spec``; ``nproc`` adds an explicit ``--nproc-per-node``."""
-    argv = backlm_argv("train", "--config", str(ROOT / "configs" / spec.preset), "--id", exp_id,
+    argv = backlm_argv("train", "--config", spec.preset, "--id", exp_id,
                        "--direction", spec.direction, "--max-steps", str(spec.steps),
                        "--device", device, "--wandb", "off",
                        "--experiments-dir", str(experiments))
@@ -185,9 +185,8 @@ def resume_argv(exp_id: str, experiments: Path) -> list[str]:
 
 
 def fivecat_argv(exp_id: str, experiments: Path, device: str) -> list[str]:
-    """``backlm 5cat`` on ``device``, with the thresholds of this checkout."""
+    """``backlm 5cat`` on ``device``, with the packaged thresholds."""
     return backlm_argv("5cat", exp_id, "--device", device,
-                       "--spec", str(ROOT / "configs" / "fivecat.yaml"),
                        "--experiments-dir", str(experiments))
 
 
@@ -669,13 +668,13 @@ def environment(device: str) -> dict[str, Any]:
 
     import backlm
     from backlm.config import CONFIG_DIR
-    from backlm.kernels import native_kernels
+    from backlm.native import native_kernels
 
     info: dict[str, Any] = {
         "python": platform.python_version(), "torch": torch.__version__,
         "cuda": torch.version.cuda, "cpus": os.cpu_count(), "gcc": shutil.which("gcc"),
         "backlm": str(Path(backlm.__file__).parent), "native_kernels": native_kernels(),
-        # presets live beside the package in a checkout; an installed backlm may lack them
+        # the presets ship as package data: an install without them cannot train d12
         "presets_installed": (CONFIG_DIR / "d12.yaml").is_file(),
     }
     if device == "cuda":

@@ -124,7 +124,7 @@ def test_every_run_is_a_valid_config(smoke):
 
     plan = gc.profile(smoke, "cpu" if smoke else "cuda", 8192)
     for spec in (plan.d12, plan.d20, plan.small):
-        cfg = load_config(RunConfig, preset=str(ROOT / "configs" / spec.preset),
+        cfg = load_config(RunConfig, preset=spec.preset,
                           overrides=list(spec.sets))
         assert cfg.data.dataset == gc.DATASET and cfg.model.vocab_size == 8192
         assert plan_streams(cfg, 1)[0] >= 1
@@ -132,7 +132,7 @@ def test_every_run_is_a_valid_config(smoke):
         if not smoke:
             assert cfg.train.dtype == "bf16"
             assert cfg.train.device_batch_size == 32 and cfg.model.seq_len == 2048
-    small = load_config(RunConfig, preset=str(ROOT / "configs" / plan.small.preset),
+    small = load_config(RunConfig, preset=plan.small.preset,
                         overrides=list(plan.small.sets))
     # the kill lands after a checkpoint and before the end, so the resume has work to redo
     assert small.train.save_every <= plan.kill_at < plan.small.steps
@@ -143,8 +143,9 @@ def test_train_command_plumbing():
     plan = gc.profile(False, "cuda", 4096)
     argv = gc.train_argv(plan.d12, "gc-d12", Path("/exps"), "cuda")
     assert argv[:4] == [sys.executable, "-m", "backlm.cli", "train"]
-    config = Path(argv[argv.index("--config") + 1])
-    assert config.is_absolute() and config.is_file()  # presets are not installed with backlm
+    from backlm.config import preset_path
+
+    assert preset_path(argv[argv.index("--config") + 1]).name == "d12.yaml"  # a packaged preset
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     assert sets == list(plan.d12.sets) and "model.vocab_size=4096" in sets
     for flag, value in (("--device", "cuda"), ("--id", "gc-d12"), ("--max-steps", "40"),
@@ -160,7 +161,7 @@ def test_train_command_plumbing():
 def test_fivecat_and_eval_commands():
     argv = gc.fivecat_argv("gc-d12", Path("/e"), "cuda")
     assert argv[3:5] == ["5cat", "gc-d12"] and argv[argv.index("--device") + 1] == "cuda"
-    assert Path(argv[argv.index("--spec") + 1]).is_file()
+    assert "--spec" not in argv  # the packaged thresholds
     argv = gc.eval_argv("gc-d12", Path("/e"), "cuda", 65536)
     assert argv[3:5] == ["eval", "gc-d12"]
     assert argv[argv.index("--tasks") + 1] == "lm"
