@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from backlm.atomic import write_json
+from tests.commands.test_train import run_cli
 from tests.conftest import make_docs
-from tests.test_train import run_cli
 
 
 @pytest.fixture

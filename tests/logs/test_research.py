@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_train import run_cli, tiny_args
+from tests.commands.test_train import run_cli, tiny_args
 
 FAST = ["--set", "train.save_every=4", "--set", "log.flush_every=2",
         "--set", "log.per_token_every=2", "--set", "log.stats_every=3"]

@@ -301,7 +301,7 @@ def test_stop_on_inversion_stops_a_mislabeled_training_run(home):
     cfg = load_config(RunConfig, overrides=overrides, flags={"log": {"wandb": "off"}})
     exp = create_experiment(cfg, home / "exps")
     summary = trainer.run(exp.path, display=False, factories=[
-        "tests.test_fivecat:mislabeled_callbacks", "backlm.early_stop:callbacks",
+        "tests.fivecat.test_engine:mislabeled_callbacks", "backlm.early_stop:callbacks",
         "backlm.logs:callbacks"])
     assert summary.status == "direction inverted" and summary.steps < 100
     assert (exp.checkpoints / f"step_{summary.steps:06d}").is_dir()

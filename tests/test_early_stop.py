@@ -14,7 +14,7 @@ import pytest
 from backlm.config import EarlyStopConfig
 from backlm.early_stop import BestTracker, Convergence, slope
 from backlm.errors import UserError
-from tests.test_train import losses, metrics, run_cli, tiny_args
+from tests.commands.test_train import losses, metrics, run_cli, tiny_args
 
 
 def fake_run(tmp_path, **es):
@@ -177,7 +177,7 @@ def test_ctrl_c_mid_step_rewinds_the_data(home):
         shutil.rmtree(p)
     (exp / "metrics.jsonl").unlink()
     s = trainer.run(exp, display=False,
-                    factories=[*callbacks.FACTORIES, "tests.test_smart:interrupting"])
+                    factories=[*callbacks.FACTORIES, "tests.test_early_stop:interrupting"])
     assert s.status == "interrupted" and s.steps == 5
     s = trainer.run(exp, resume=True, display=False)
     assert s.status == "finished"

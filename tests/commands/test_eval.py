@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from backlm.cli import app
 from backlm.evaluation import runner
 from backlm.evaluation.lm import loader_direction
-from tests.test_tasks import write_task_sets
+from tests.evaluation.test_tasks import write_task_sets
 
 STEPS = 40
 TRAIN = [
