@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from backlm.cli import app
-from backlm.data.datasets import DATASETS, download_dataset, download_task
+from backlm.data.datasets import DATASETS, download_dataset, download_task, task_members
 from backlm.data.shards import iter_texts, list_shards, write_shard
 from backlm.errors import UserError
 from tests.helpers import DOWNLOAD_FAST as FAST
@@ -117,3 +117,10 @@ def test_task_registry_and_errors(tmp_path):
         download_task("hellaswag", tmp_path)
     res = CliRunner().invoke(app, ["data", "download", "arc-easy"])
     assert res.exit_code == 2 and "--task arc" in res.output
+
+
+def test_task_members():
+    assert task_members("arc") == ("arc-easy", "arc-challenge")
+    assert task_members("mmlu") == ("mmlu",) and task_members("arc-easy") == ("arc-easy",)
+    with pytest.raises(UserError, match="unknown task set 'fineweb-edu'"):
+        task_members("fineweb-edu")  # a shard set, not a task set

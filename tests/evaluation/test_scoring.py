@@ -122,3 +122,24 @@ def test_forward_generation_exact_match_with_marker():
     assert model.prompts[0][:2] == [256, 257]  # BOS, <|forward|>
     assert records[0]["exact_match"] and records[0]["token_f1"] == 1.0
     assert summary["exact_match"] == 1.0
+
+
+def test_encode_for_gives_a_marker_to_bidirectional_models_only():
+    ids = _Tok().special_ids
+    assert scoring.encode_for([1, 2, 3], "forward", "backward", ids)[0] == [256, 3, 2, 1]
+    assert scoring.encode_for([1, 2, 3], "backward", "forward", ids)[0] == [256, 1, 2, 3]
+    seq, mask = scoring.encode_for([1, 2, 3], "bidirectional", "backward", ids)
+    assert seq == [256, 258, 3, 2, 1] and mask[1] is False  # the marker is never scored
+
+
+def test_sequence_logprobs_do_not_depend_on_batch_padding():
+    loaded = _loaded("forward")
+    seqs = [[256, 1, 2, 3, 4, 5, 6], [256, 7, 8], [256, 9, 10, 11, 12]]
+    masks = [[True] * len(s) for s in seqs]
+    masks[0][1:4] = [False] * 3  # tokens 1-3 of the first sequence are context only
+    batch = scoring.sequence_logprobs(loaded.model, seqs, masks, loaded.device, pad=256)
+    alone = [scoring.sequence_logprobs(loaded.model, [s], [m], loaded.device, pad=256)[0]
+             for s, m in zip(seqs, masks, strict=True)]
+    assert batch == pytest.approx(alone, rel=1e-5, abs=1e-5)
+    assert batch[0] == pytest.approx(_manual(loaded.model, seqs[0], range(4, 7)), rel=1e-4,
+                                     abs=1e-4)
