@@ -1,4 +1,5 @@
-"""Shared fixtures: a byte-level tokenizer and tiny parquet datasets."""
+"""Shared fixtures: a byte-level tokenizer, tiny parquet datasets, an experiments folder and
+local HTTP servers (helpers that test files import live in tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,69 @@ def home(tmp_path, monkeypatch) -> Path:
     write_shard(d / "val_00000.parquet", docs[360:], row_group_docs=40)
     Tokenizer.train(docs, vocab_size=300).save(d / "tokenizer")
     return tmp_path
+
+
+@pytest.fixture
+def exps(tmp_path, monkeypatch) -> Path:
+    """An experiments folder with one experiment at step 12 (checkpoint 8, metrics to 12)."""
+    import json
+
+    from backlm.atomic import write_json
+
+    root = tmp_path / "exps"
+    exp = root / "e1"
+    (exp / "checkpoints" / "step_000008").mkdir(parents=True)
+    for name in ("meta.json", "model.safetensors"):
+        (exp / "checkpoints" / "step_000008" / name).write_text("{}")
+    write_json(exp / "metadata.json", {"id": "e1", "phase": "base", "status": "running"})
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in range(13)]
+    (exp / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"step": 13, "lo')  # torn
+    monkeypatch.setenv("BACKLM_EXPERIMENTS", str(root))
+    return root
+
+
+@pytest.fixture
+def server():
+    """A 127.0.0.1 server that drops connections, fails and ignores ranges on demand
+    (:class:`tests.helpers.FakeServer`)."""
+    import http.server
+    import threading
+
+    from tests.helpers import FakeServer, fake_server_handler
+
+    state = FakeServer()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), fake_server_handler(state))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A 127.0.0.1 http.server serving the task files under their published sub-paths."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.helpers import write_task_sets
+
+    root = tmp_path / "mirror"
+    write_task_sets(root, published=True)
+    (root / "html").mkdir()
+    (root / "html" / "all").mkdir()
+    (root / "html" / "all" / "test-00000-of-00001.parquet").write_text("<html>login</html>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -58,3 +59,15 @@ def test_cpu_defaults_to_fp32_with_a_measured_peak(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_peak", lambda dtype: 2e11)
     info = hardware.resolve_device("auto", "auto")
     assert (info.device, info.dtype, info.peak_flops, info.is_cuda) == ("cpu", "fp32", 2e11, False)
+
+
+def test_longest_gpu_name_wins_and_describe_is_one_json_line():
+    assert hardware.gpu_peak("NVIDIA H100 NVL", "bf16") == (835e12, "datasheet (H100 NVL)")
+    assert hardware.gpu_peak("NVIDIA H200", "fp32") == (989e12 / 16, "datasheet (H200)")
+    gpu = hardware.DeviceInfo("cuda:1", "bf16", "NVIDIA H100", 989e12, "datasheet (H100)")
+    line = hardware.describe(gpu)
+    assert "\n" not in line and gpu.is_cuda
+    assert json.loads(line) == {"device": "cuda:1", "name": "NVIDIA H100", "dtype": "bf16",
+                                "peak": "989.00 TFLOP/s", "peak_source": "datasheet (H100)"}
+    cpu = hardware.DeviceInfo("cpu", "fp32", "cpu", 0.0, "measured matmul")
+    assert json.loads(hardware.describe(cpu))["peak"] == "unknown peak" and not cpu.is_cuda

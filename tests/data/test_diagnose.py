@@ -43,11 +43,3 @@ def test_diagnose_catches_a_missing_reversal(prepared, monkeypatch):
     monkeypatch.setattr(loader, "encode_document_array", buggy)
     res = CliRunner().invoke(app, ["data", "diagnose", "-d", "backward", "--seq-len", "64"])
     assert res.exit_code == 1 and "FAILED" in res.output
-
-
-def test_diagnose_user_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("BACKLM_HOME", str(tmp_path))
-    res = CliRunner().invoke(app, ["data", "diagnose", "-d", "backward"])
-    assert res.exit_code == 2 and res.output.startswith("error:") and "prepare" in res.output
-    res = CliRunner().invoke(app, ["data", "diagnose", "-d", "upward"])
-    assert res.exit_code == 2 and "unknown direction" in res.output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from backlm.cli import app
-from backlm.evaluation import runner
-from backlm.evaluation.lm import loader_direction
-from tests.test_tasks import write_task_sets
+from tests.helpers import write_task_sets
 
 STEPS = 40
+
+
 TRAIN = [
     "model.depth=2", "model.width=64", "model.head_dim=32", "model.seq_len=64",
     "model.vocab_size=512", "train.device_batch_size=8", "train.total_batch_tokens=512",
@@ -126,25 +125,6 @@ def test_summaries_go_to_the_research_log(env):
     assert (b"lm", b"backward/val_loss") in rows
 
 
-def test_research_log_is_optional(env, monkeypatch, tmp_path):
-    calls = []
-    fake = type(sys)("backlm.logs.hdf5")
-    fake.append_eval = lambda path, kind, step, values: calls.append((path.name, kind, step,
-                                                                      values))
-    exp = tmp_path / "exp"
-    exp.mkdir()
-    result = runner.TaskResult("lm", "backward", True, {"val_loss": 3.0, "n": 2, "native": True,
-                                                        "metric": "val_loss"}, Path("x"))
-    report = runner.EvalReport("e", exp, "base", 9, "backward", ["backward"], [result])
-    monkeypatch.setitem(sys.modules, "backlm.logs.hdf5", None)  # module absent: skipped
-    assert runner.log_to_research_log(report) is False
-    monkeypatch.setitem(sys.modules, "backlm.logs.hdf5", fake)
-    assert runner.log_to_research_log(report) is False  # no research log: nothing written
-    (exp / "base.h5").write_bytes(b"")  # stands in for the log a training run writes
-    assert runner.log_to_research_log(report) is True
-    assert calls == [("base.h5", "lm", 9, {"backward/val_loss": 3.0, "backward/n": 2.0})]
-
-
 @pytest.mark.parametrize("args, needle", [
     (["eval", "nope"], "no experiment 'nope'"),
     (["eval", "bw", "--step", "7"], "no checkpoint at step 7"),
@@ -178,25 +158,3 @@ def test_bidirectional_model_is_evaluated_with_each_marker(env):
             data = json.loads((folder / d / f"{task}.json").read_text())
             assert data["native"] and data["model_direction"] == "bidirectional"
     assert "forward *" in res.output and "backward *" in res.output
-
-
-def test_missing_ood_split_is_a_note(tmp_path):
-    from backlm.data.shards import write_shard
-    from backlm.evaluation.lm import lm_shards
-
-    write_shard(tmp_path / "val_00000.parquet", ["some text"])
-    shards, notes = lm_shards(tmp_path)
-    assert list(shards) == ["val"] and "OOD language modelling skipped" in notes[0]
-
-
-def test_loader_directions_and_rows_for_bidirectional_models():
-    assert loader_direction("bidirectional", "forward") == ("bidirectional", 0.0)
-    assert loader_direction("bidirectional", "backward") == ("bidirectional", 1.0)
-    assert loader_direction("forward", "backward") == ("backward", 0.0)
-    report = runner.EvalReport("b", Path("."), "base", 1, "bidirectional",
-                               ["forward", "backward"])
-    for d in ("forward", "backward"):
-        report.results.append(runner.TaskResult("mmlu", d, True, {"score": 0.5, "metric": "acc"},
-                                                Path(d)))
-    row = runner.direction_rows(report)[0]
-    assert row["scores"] == {"forward": 0.5, "backward": 0.5} and row["gap"] is None

@@ -1,4 +1,4 @@
-"""Smart training: early stopping, best restore, divergence, Ctrl-C, estimates, summaries."""
+"""Smart training: early stopping, best restore, divergence and convergence signals."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from backlm.config import EarlyStopConfig
 from backlm.early_stop import BestTracker, Convergence, slope
 from backlm.errors import UserError
-from tests.test_train import losses, metrics, run_cli, tiny_args
+from tests.helpers import metrics, run_cli, tiny_args
 
 
 def fake_run(tmp_path, **es):
@@ -128,83 +128,3 @@ def test_nan_stops_as_diverged_and_restores_the_best(home):
     assert meta["results"]["val_bpb"] == pytest.approx(best["value"])
     val4 = next(m for m in metrics(exp) if m["step"] == 4)["val_bpb"]
     assert best["value"] == pytest.approx(val4)
-
-
-def test_ctrl_c_saves_and_resume_matches(home):
-    ref = _subprocess_train(home, "ref2")
-    assert ref.returncode == 0, ref.stderr
-    res = _subprocess_train(home, "intr", {"BACKLM_INTERRUPT_AT_STEP": "6"})
-    assert res.returncode == 130, res.stderr
-    assert "resume" in res.stdout and "Traceback" not in res.stderr
-    exp = home / "exps" / "intr"
-    assert (exp / "checkpoints" / "step_000006" / "model.safetensors").exists()
-    assert json.loads((exp / "training_summary.json").read_text())["stop_reason"] == "interrupted"
-    assert json.loads((exp / "metadata.json").read_text())["status"] == "interrupted"
-    resumed = _subprocess_train(home, "intr", resume=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = losses(home / "exps" / "ref2"), losses(exp)
-    assert sorted(b) == list(range(1, 13)) and all(a[s] == b[s] for s in a)
-    assert json.loads((exp / "training_summary.json").read_text())["sessions"] == 2
-
-
-class _InterruptMidStep:
-    """Raises Ctrl-C after the backward pass of step 6, before the optimizer step."""
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-    def on_after_backward(self, run, step):
-        if step == 6:
-            raise KeyboardInterrupt
-
-
-def interrupting(run):
-    return [_InterruptMidStep()]
-
-
-def test_ctrl_c_mid_step_rewinds_the_data(home):
-    from backlm import callbacks, trainer
-
-    assert run_cli(tiny_args("--direction", "forward", "--id", "ref3", steps=10)).exit_code == 0
-    assert run_cli(tiny_args("--direction", "forward", "--id", "mid", steps=1)).exit_code == 0
-    exp = home / "exps" / "mid"
-    # Same config as ref3 but stopped by an interrupt inside step 6.
-    cfg = (home / "exps" / "ref3" / "config.yaml").read_text().replace("id: ref3", "id: mid")
-    (exp / "config.yaml").write_text(cfg)
-    for p in (exp / "checkpoints").glob("step_*"):
-        import shutil
-
-        shutil.rmtree(p)
-    (exp / "metrics.jsonl").unlink()
-    s = trainer.run(exp, display=False,
-                    factories=[*callbacks.FACTORIES, "tests.test_smart:interrupting"])
-    assert s.status == "interrupted" and s.steps == 5
-    s = trainer.run(exp, resume=True, display=False)
-    assert s.status == "finished"
-    a, b = losses(home / "exps" / "ref3"), losses(exp)
-    assert all(a[k] == b[k] for k in a), [(k, a[k], b[k]) for k in a if a[k] != b[k]]
-
-
-def test_estimate_only_creates_nothing(home):
-    res = run_cli(tiny_args("--direction", "forward", "--id", "est", "--estimate-only"))
-    assert res.exit_code == 0, res.output
-    for word in ("parameters", "FLOPs per token", "planned tokens", "wall time", "GPU-hours"):
-        assert word in res.output
-    assert not (home / "exps" / "est").exists()
-    gpu = run_cli(tiny_args("--direction", "forward", "--estimate-only", "--set", "cost.gpu=h100"))
-    assert gpu.exit_code == 0 and "$" in gpu.output and "H100" in gpu.output
-    bad = run_cli(tiny_args("--direction", "forward", "--estimate-only", "--set", "cost.gpu=tpu"))
-    assert bad.exit_code == 2 and "unknown cost.gpu" in bad.output
-
-
-def test_summary_panel_and_file(home):
-    res = run_cli(tiny_args("--direction", "forward", "--id", "sum", "--set",
-                            "cost.usd_per_gpu_hour=2.0", steps=4))
-    assert res.exit_code == 0, res.output
-    s = json.loads((home / "exps" / "sum" / "training_summary.json").read_text())
-    for key in ("stop_reason", "best", "steps", "tokens", "wall_seconds", "tokens_per_sec", "mfu",
-                "gpu_hours", "usd", "signals"):
-        assert key in s
-    assert s["stop_reason"] == "max steps" and s["steps"] == 4 and s["gpu_hours"] == 0.0
-    assert s["usd"] == 0.0
-    assert "stop reason" in res.output and "max steps" in res.output

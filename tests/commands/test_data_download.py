@@ -1,0 +1,48 @@
+"""``backlm data download``: shard sets and task sets from a local mirror, and a 404 reported
+as one line."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from backlm.cli import app
+from backlm.data.datasets import download_task
+from backlm.evaluation import tasks
+from tests.helpers import serve_shards as _serve_shards
+
+
+def test_cli_download(tmp_path, server, monkeypatch):
+    shards = _serve_shards(tmp_path, server, 2)
+    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(
+        app, ["data", "download", "fineweb-edu", "--shards", "2", "--base-url", server.url])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "home" / "data" / "fineweb-edu"
+    assert (out / "train_00000.parquet").read_bytes() == shards[0]
+    assert (out / "val_00000.parquet").read_bytes() == shards[1]
+
+
+def test_cli_download_404_is_one_line(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(
+        app, ["data", "download", "fineweb-edu", "--shards", "2", "--base-url", server.url])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "HTTP 404" in lines[0]
+    assert not list((tmp_path / "home" / "data" / "fineweb-edu").glob("*.parquet"))
+
+
+def test_cli_download_task_then_load(tmp_path, monkeypatch, mirror):
+    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
+    res = CliRunner().invoke(app, ["data", "download", "--task", "arc", "--base-url", mirror])
+    assert res.exit_code == 0, res.output
+    got = tmp_path / "home" / "data" / "tasks"
+    assert (got / "arc-easy" / "test-00000-of-00001.parquet").is_file()
+    assert [e.id for e in tasks.load_task("arc-challenge")] == ["Chal_1"]
+    again = download_task("arc", got, base_url=mirror)
+    assert again.skipped == 2 and again.downloaded == 0
+    for name in ("mmlu", "gsm8k"):
+        res = CliRunner().invoke(app, ["data", "download", "--task", name, "--base-url", mirror])
+        assert res.exit_code == 0, res.output
+    assert len(tasks.load_task("gsm8k")) == 2

@@ -1,0 +1,78 @@
+"""``backlm data import``: a dataset from the command line, and bad input reported as one line
+that leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from backlm.cli import app
+from backlm.data.shards import list_shards
+from tests.helpers import all_texts as _all_texts
+from tests.helpers import write_jsonl as _jsonl
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["data", "import", *args])
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_cli_import(tmp_path, home):
+    src = _jsonl(tmp_path / "d.jsonl", [{"text": f"doc {i}"} for i in range(30)])
+    result = _invoke(str(src), "--dataset", "mine")
+    assert result.exit_code == 0, result.output
+    out = home / "data" / "mine"
+    assert len(_all_texts(out)) == 30 and list_shards(out, "val")
+    assert "mine" in result.output
+    again = _invoke(str(src), "--dataset", "mine")
+    assert "--append" in _one_error_line(again)
+    assert _invoke(str(src), "--dataset", "mine", "--append").exit_code == 0
+    assert len(_all_texts(out)) == 60
+
+
+def test_cli_bad_json_is_one_line(tmp_path, home):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\nnot json at all\n')
+    line = _one_error_line(_invoke(str(bad)))
+    assert f"{bad}:2" in line
+    assert not (home / "data" / "imported").exists()
+    assert not (home / "data").exists() or list((home / "data").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda p: p.write_bytes(os.urandom(200)), "as parquet"),
+        (lambda p: pq.write_table(pa.table({"body": ["x"]}), p), "no 'text' column"),
+        (lambda p: None, "no such file or folder"),
+    ],
+)
+def test_cli_parquet_errors(tmp_path, home, setup, expected):
+    path = tmp_path / "x.parquet"
+    setup(path)
+    assert expected in _one_error_line(_invoke(str(path)))
+    assert not (home / "data" / "imported").exists()
+
+
+def test_cli_rejects_bad_dataset_name(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    assert "invalid dataset name" in _one_error_line(
+        _invoke(str(tmp_path / "a.txt"), "--dataset", "../escape"))

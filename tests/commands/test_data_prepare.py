@@ -1,0 +1,45 @@
+"""``backlm data prepare`` from the command line: the summary, an existing dataset left alone,
+bad input as a user error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backlm.data import corpus
+from tests.helpers import write_fake_site, write_topics
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def fake_site(tmp_path: Path) -> Path:
+    """A folder of .py files shaped like an installation, with known docstrings."""
+    return write_fake_site(tmp_path)
+
+
+@pytest.fixture
+def topics(tmp_path: Path) -> Path:
+    return write_topics(tmp_path)
+
+
+def test_cli_prepare(fake_site: Path, topics: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from backlm.cli import app
+
+    monkeypatch.setattr(corpus, "default_roots", lambda: [fake_site])
+    monkeypatch.setattr(corpus, "default_ood_source", lambda: topics)
+    runner = CliRunner()
+    args = ["data", "prepare", "--dataset", "cli", "--vocab-size", "300", "--workers", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "train" in result.output and "tokens" in result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "already exists" in again.output
+    bad = runner.invoke(app, [*args[:-4], "--vocab-size", "10"])
+    assert bad.exit_code == 2 and "at least" in bad.output

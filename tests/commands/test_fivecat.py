@@ -1,0 +1,60 @@
+"""``backlm 5cat``: judging a checkpoint as another direction, and user errors as one line.
+
+Builds its own small docstring dataset and tiny forward model (tests/fivecat shares another).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import fivecat_cli as cli
+from tests.helpers import fivecat_command as fivecat
+from tests.helpers import fivecat_trained as _trained
+from tests.helpers import write_fivecat_data
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """BACKLM_HOME with the ``stdlib`` dataset (val: every 10th document; OOD: help topics)."""
+    root = tmp_path_factory.mktemp("fivecat-cmd")
+    write_fivecat_data(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKLM_HOME", str(root / "home"))
+        mp.setenv("BACKLM_EXPERIMENTS", str(root / "exps"))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def forward(home) -> Path:
+    return _trained(home, "forward", "fwd")
+
+
+def test_direction_override_judges_a_checkpoint_as_another_direction(forward):
+    code, out, result = fivecat(forward, "--direction", "backward", "--max-samples", "8")
+    assert code == 1 and "DIRECTION INVERTED" in out
+    assert result["direction"] == "backward" and result["checkpoint_direction"] == "forward"
+    assert (forward / "evaluations/base/fivecat/step_000100_as-backward.json").is_file()
+
+
+def test_bad_input_is_one_line_exit_2(forward):
+    res = cli("5cat", "nope")
+    assert res.exit_code == 2 and res.output.startswith("error:")
+    assert "no experiment 'nope'" in res.output and len(res.output.strip().splitlines()) == 1
+    res = cli("5cat", "fwd", "--step", "7")
+    assert res.exit_code == 2 and "no checkpoint at step 7" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = cli("5cat", "fwd", "--max-samples", "1")
+    assert res.exit_code == 2 and "--max-samples" in res.output
+    res = cli("5cat", "fwd", "--direction", "sideways")
+    assert res.exit_code == 2 and "unknown direction" in res.output
+    moved = forward.parent / "moved"
+    shutil.copytree(forward, moved)
+    meta = json.loads((moved / "metadata.json").read_text())
+    (moved / "metadata.json").write_text(json.dumps(dict(meta, data_dir=str(moved / "gone"))))
+    res = cli("5cat", "moved")
+    assert res.exit_code == 2 and "does not exist" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -1,0 +1,82 @@
+"""``backlm train`` end to end on a tiny model: the experiment tree it writes, and user errors
+(bad input, resume problems, a run already in progress) reported as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.helpers import metrics, run_cli, tiny_args
+
+
+def test_train_writes_the_experiment_tree(home):
+    res = run_cli(tiny_args("--direction", "backward", "--id", "bw"))
+    assert res.exit_code == 0, res.output
+    exp = home / "exps" / "bw"
+    for name in ("config.yaml", "metadata.json", "parent_link.json", "metrics.jsonl",
+                 "tokenizer/tokenizer.json", "checkpoints/step_000004/model.safetensors",
+                 "checkpoints/step_000008/meta.json", "checkpoints/step_000008/optim.safetensors"):
+        assert (exp / name).exists(), name
+    meta = json.loads((exp / "metadata.json").read_text())
+    assert meta["status"] == "finished" and meta["direction"] == "backward"
+    assert meta["phase"] == "base" and meta["depth"] == 2 and meta["torch"]
+    # seconds from this (pytest) process's start: positive, and the step takes time
+    assert 0 < meta["startup"]["first_step_start_s"] < meta["startup"]["first_step_end_s"]
+    assert json.loads((exp / "parent_link.json").read_text()) is None
+    ck = json.loads((exp / "checkpoints/step_000008/meta.json").read_text())
+    assert ck["direction"] == "backward" and ck["model_config"]["depth"] == 2
+    assert ck["step"] == 8 and len(ck["loaders"]) == 2  # 256 tokens = 2 streams of 4×32
+    m = metrics(exp)
+    assert m[0]["step"] == 0 and "val_bpb" in m[0]
+    assert [x["step"] for x in m if "loss" in x] == list(range(1, 9))
+    assert m[-1]["val_bpb"] < m[0]["val_bpb"]  # it learns
+    assert not (exp / "run.lock").exists()
+    ls = run_cli(["ls"])
+    assert ls.exit_code == 0 and "bw" in ls.output and "backward" in ls.output
+
+
+def _one_line_error(res, needle):
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.strip().splitlines() if x.strip()]
+    assert "Traceback" not in res.output
+    assert lines[0].startswith("error:") and needle in res.output, res.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config", "nope"], "unknown config preset"),
+    (["--set", "train.bogus=1"], "unknown config key"),
+    (["--set", "train.eval_every=abc"], "expects int"),
+    (["--depth", "0"], "depth must be at least 1"),
+    (["--direction", "sideways"], "unknown direction"),
+    (["--set", "train.total_batch_tokens=100"], "multiple of"),
+])
+def test_bad_training_input(home, args, needle):
+    res = run_cli([*tiny_args("--direction", "forward", "--id", "bad"), *args])
+    _one_line_error(res, needle)
+    assert not (home / "exps" / "bad" / "checkpoints").exists() or needle == "multiple of"
+
+
+def test_resume_errors_leave_experiments_untouched(home):
+    _one_line_error(run_cli(["train", "--resume", "ghost"]), "no experiment 'ghost'")
+    assert run_cli(tiny_args("--direction", "forward", "--id", "ok", steps=4)).exit_code == 0
+    exp = home / "exps" / "ok"
+    weights = exp / "checkpoints" / "step_000004" / "model.safetensors"
+    weights.write_bytes(b"garbage")
+    before = sorted(p.name for p in exp.rglob("*"))
+    _one_line_error(run_cli(["train", "--resume", "ok"]), "corrupt")
+    assert sorted(p.name for p in exp.rglob("*")) == before
+    _one_line_error(run_cli(tiny_args("--direction", "forward", "--id", "ok")), "already exists")
+
+
+def test_second_concurrent_run_is_refused(home):
+    assert run_cli(tiny_args("--direction", "forward", "--id", "busy", steps=4)).exit_code == 0
+    exp = home / "exps" / "busy"
+    lock = exp / "run.lock"
+    import socket
+
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    before = (exp / "metrics.jsonl").read_text()
+    _one_line_error(run_cli(["train", "--resume", "busy"]), "in use by pid")
+    assert (exp / "metrics.jsonl").read_text() == before and lock.exists()

@@ -1,0 +1,399 @@
+"""Helpers that several test files share (shared fixtures live in tests/conftest.py).
+
+Sections: training a tiny model through the CLI; the research log; task sets; imported
+datasets; a fault-injecting HTTP server; a fake Python installation for the corpus; the 5CAT
+world (a docstring dataset and tiny trained models).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sysconfig
+import textwrap
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from backlm.cli import app
+from backlm.data.datasets import DATASETS
+
+# --- training through the CLI -----------------------------------------------------------------
+# A 2-layer, width-64 model on the "tiny" dataset of the `home` fixture (tests/conftest.py).
+
+TINY = [
+    "model.depth=2", "model.width=64", "model.head_dim=32", "model.seq_len=32",
+    "model.vocab_size=300", "train.device_batch_size=4", "train.total_batch_tokens=256",
+    "train.eval_every=4", "train.eval_tokens=512", "train.save_every=4", "train.device=cpu",
+    "data.dataset=tiny", "data.docs_per_batch=32", "data.buffer_docs=16", "log.wandb=off",
+]
+
+
+def tiny_args(*extra: str, steps: int = 8) -> list[str]:
+    args = ["train", "--max-steps", str(steps)]
+    for s in TINY:
+        args += ["--set", s]
+    return args + list(extra)
+
+
+def metrics(exp: Path) -> list[dict]:
+    return [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(exp: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(exp) if "loss" in m}
+
+
+def run_cli(args, env=None):
+    return CliRunner().invoke(app, args, env=env)
+
+
+# --- the research log (``{phase}.h5``) --------------------------------------------------------
+
+LOG_FAST = ["--set", "train.save_every=4", "--set", "log.flush_every=2",
+            "--set", "log.per_token_every=2", "--set", "log.stats_every=3"]
+
+
+def train_logged(exp_id: str, *extra: str, steps: int = 6, direction: str = "forward",
+                 wandb: str = "off"):
+    """Train a tiny model with the research log written at short cadences."""
+    res = run_cli(tiny_args("--direction", direction, "--id", exp_id, "--wandb", wandb,
+                            *LOG_FAST, *extra, steps=steps))
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def read_h5(path: Path):
+    """Open a research log for reading the way a live reader must (SWMR)."""
+    import h5py
+
+    return h5py.File(path, "r", libver="latest", swmr=True)
+
+
+def hdf5_logger(path: Path, **kw):
+    """A research-log writer with a tiny schema: two scalars, one parameter, one layer."""
+    from backlm.logs.hdf5 import Hdf5Logger, Schema
+
+    schema = Schema(scalars=("loss", "val_loss"), params=("w",), layers=("blocks.0",), rows=1,
+                    seq_len=4)
+    return Hdf5Logger(path, schema, {"schema_version": 1}, **kw)
+
+
+# --- task sets (ARC, MMLU, GSM8K) -------------------------------------------------------------
+
+ARC_EASY = [
+    {"id": "Mercury_1", "question": "Which gas do plants take in?",
+     "choices": {"text": ["oxygen", "carbon dioxide", "helium", "neon"],
+                 "label": ["A", "B", "C", "D"]}, "answerKey": "B"},
+    {"id": "NYSED_2", "question": "What melts ice fastest?",
+     "choices": {"text": ["shade", "wind", "sunlight"], "label": ["1", "2", "3"]},
+     "answerKey": "3"},
+    {"id": "Broken_3", "question": "No valid key?",
+     "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "E"},
+]
+ARC_CHALLENGE = [
+    {"id": "Chal_1", "question": "Which is a mammal?",
+     "choices": {"text": ["shark", "whale", "trout", "eel"], "label": ["A", "B", "C", "D"]},
+     "answerKey": "B"},
+]
+MMLU = [
+    {"question": "What is 2 + 2?", "subject": "elementary_mathematics",
+     "choices": ["3", "4", "5", "22"], "answer": 1},
+    {"question": "The SI unit of force is the", "subject": "high_school_physics",
+     "choices": ["joule", "watt", "newton", "pascal"], "answer": 2},
+]
+GSM8K = [
+    {"question": "Tom has 3 apples and buys 2 more. How many apples does he have?",
+     "answer": "Tom has 3 + 2 = <<3+2=5>>5 apples.\n#### 5"},
+    {"question": "A farm sells 1,000 eggs a day for 2 days. How many eggs is that?",
+     "answer": "It sells 1,000 * 2 = <<1000*2=2000>>2,000 eggs.\n#### 2,000"},
+]
+# Published sub-paths of each task's test file (what --base-url mirrors must serve).
+PUBLISHED = {name: DATASETS[name].filename(0) for name in ("arc-easy", "arc-challenge", "mmlu",
+                                                           "gsm8k")}
+ROWS = {"arc-easy": ARC_EASY, "arc-challenge": ARC_CHALLENGE, "mmlu": MMLU, "gsm8k": GSM8K}
+
+
+def write_task_sets(root: Path, published: bool = False) -> None:
+    """Write every task's parquet file: under ``root/<task>/`` as ``backlm eval`` reads them,
+    or under the published sub-paths (``ARC-Easy/test-…``) as a download mirror serves them."""
+    for name, rows in ROWS.items():
+        path = root / (PUBLISHED[name] if published else f"{name}/{Path(PUBLISHED[name]).name}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+# --- imported datasets ------------------------------------------------------------------------
+
+
+def split_texts(directory: Path, split: str) -> list[str]:
+    """Every document of ``split`` in a dataset folder, shard by shard."""
+    from backlm.data.shards import iter_texts
+
+    return [t for p in sorted(directory.glob(f"{split}_*.parquet")) for t in iter_texts(p)]
+
+
+def all_texts(directory: Path) -> list[str]:
+    """Every train and val document of a dataset folder, sorted."""
+    return sorted(split_texts(directory, "train") + split_texts(directory, "val"))
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+# --- a fault-injecting HTTP server (the `server` fixture) -------------------------------------
+
+DOWNLOAD_FAST = {"backoff": 0.001, "timeout": 5}
+
+
+class FakeServer:
+    """Serves ``files`` by URL path (``/redirect/<path>`` answers 302 to ``/<path>``);
+    ``faults[path]`` lists behaviours for the next requests: ``drop`` (full Content-Length,
+    half the bytes, then close), ``500``, ``429``, ``404``, ``norange`` (answer 200 with the
+    whole file even to a Range request)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.faults: dict[str, list[str]] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.lock = threading.Lock()
+
+    def next_fault(self, path: str) -> str | None:
+        with self.lock:
+            queue = self.faults.get(path) or []
+            return queue.pop(0) if queue else None
+
+
+def fake_server_handler(state: FakeServer):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep test output clean
+            pass
+
+        def do_GET(self) -> None:
+            with state.lock:
+                state.requests.append((self.path, self.headers.get("Range")))
+            if self.path.startswith("/redirect/"):  # like huggingface.co -> its CDN
+                self.send_response(302)
+                self.send_header("Location", self.path[len("/redirect"):])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            fault = state.next_fault(self.path)
+            data = state.files.get(self.path)
+            if fault in ("404", "429", "500") or data is None:
+                code = int(fault) if fault else 404
+                body = b"<html>error</html>"
+                self.send_response(code)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            start = self._range_start()
+            if start is not None and fault != "norange":
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                body = data[start:]
+            else:
+                self.send_response(200)
+                body = data
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if fault == "drop":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def _range_start(self) -> int | None:
+            value = self.headers.get("Range")
+            if not value or not value.startswith("bytes="):
+                return None
+            return int(value[len("bytes="):].split("-")[0])
+
+    return Handler
+
+
+def parquet_bytes(tmp_path: Path, index: int, n: int = 300) -> bytes:
+    from backlm.data.shards import write_shard
+
+    path = tmp_path / "src" / f"shard_{index:05d}.parquet"
+    write_shard(path, [f"shard {index} document {i} " + "word " * (i % 17) for i in range(n)])
+    return path.read_bytes()
+
+
+def serve_shards(tmp_path: Path, server: FakeServer, n: int) -> list[bytes]:
+    shards = [parquet_bytes(tmp_path, i) for i in range(n)]
+    for i, data in enumerate(shards):
+        server.files[f"/shard_{i:05d}.parquet"] = data
+    return shards
+
+
+# --- a fake Python installation for the docstring corpus --------------------------------------
+
+LONG = "This sentence pads a docstring well past the minimum length that the corpus keeps."
+SHARED = f"Shared docstring that appears in two packages. {LONG}"
+
+
+def write_source(path: Path, text: str, encoding: str = "utf-8") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(textwrap.dedent(text).encode(encoding))
+
+
+def write_fake_site(tmp_path: Path) -> Path:
+    """A folder of .py files shaped like an installation, with known docstrings."""
+    root = tmp_path / "site"
+    write_source(root / "pkg_a" / "__init__.py", f'''\
+        #!/usr/bin/env python
+        """Package A module docstring. {LONG}"""
+
+        import os
+
+
+        class Widget(object):
+            r"""Widget class docstring with a raw \\d escape. {LONG}"""
+
+            def method(self, x: int,
+                       y: int = 2) -> int:  # a long signature
+                """Method docstring.
+
+                Args:
+                    x: the first number. {LONG}
+                """
+                if x:
+                    """Not a docstring: the first statement of an if block. {LONG}"""
+                return x
+
+            async def fetch(self):
+                \'\'\'Async method docstring. {LONG}\'\'\'
+
+        def short():
+            """Too short."""
+
+        def outer():
+            def inner():
+                """Inner function docstring. {LONG}"""
+            return inner
+        ''')
+    write_source(root / "pkg_b" / "mod.py", f'''\
+        def copy_one():
+            """{SHARED}"""
+        ''')
+    write_source(root / "pkg_a" / "dup.py", f'''\
+        def copy_two():
+            """{SHARED}"""
+        ''')
+    sentinel = root.parent / "imported.txt"
+    write_source(root / "pkg_b" / "boom.py", f'''\
+        """Module that must never be imported. {LONG}"""
+        open({str(sentinel)!r}, "w").write("imported")
+        raise RuntimeError("imported!")
+        ''')
+    write_source(root / "pkg_b" / "latin.py", f'''\
+        # -*- coding: latin-1 -*-
+        """Café crème, written in Latin-1. {LONG}"""
+        ''', encoding="latin-1")
+    (root / "pkg_b" / "binary.py").write_bytes(b'"""\xff\xfe broken ' + LONG.encode() + b'"""')
+    write_source(root / "pkg_b" / "broken.py", f'''\
+        def broken(:
+            """Broken file docstring. {LONG}"""
+        ''')
+    write_source(root / "pkg_a" / "tests" / "test_a.py", f'''\
+        def test_thing():
+            """Test-folder docstring. {LONG}"""
+        ''')
+    for i in range(40):
+        write_source(root / "gen" / f"m{i:02d}.py", f'''\
+            """Generated module number {i}. {LONG}"""
+
+            def f{i}():
+                """Generated function number {i}. {LONG}"""
+            ''')
+    return root
+
+
+def write_topics(tmp_path: Path) -> Path:
+    """A pydoc_data/topics.py look-alike: two help topics and a blank one."""
+    path = tmp_path / "topics.py"
+    write_source(path, f"""\
+        # Autogenerated help topics
+        topics = {{'assert': 'The assert statement. {LONG}',
+                  'with': 'The with statement.\\n{LONG}',
+                  'empty': '   ',
+                  }}
+        """)
+    return path
+
+
+# --- the 5CAT world ---------------------------------------------------------------------------
+# One small corpus (docstrings of a few standard-library packages; the interpreter's help
+# topics as OOD) and tiny models trained on it.
+
+FIVECAT_TINY = [
+    "model.depth=2", "model.width=64", "model.head_dim=32", "model.seq_len=64",
+    "model.vocab_size=512", "train.device_batch_size=16", "train.total_batch_tokens=1024",
+    "train.eval_every=50", "train.eval_tokens=2048", "train.save_every=1000",
+    "train.device=cpu", "data.dataset=stdlib", "data.docs_per_batch=64",
+    "data.buffer_docs=64", "log.hdf5=false",
+]
+FIVECAT_STEPS = 100  # enough for every gate to pass with a margin (README, ## 5CAT)
+FIVECAT_PACKAGES = ("email", "json", "asyncio", "logging", "unittest", "http", "xml",
+                    "importlib", "concurrent", "multiprocessing")
+
+
+def fivecat_train_args(direction: str, exp_id: str, *extra: str,
+                       steps: int = FIVECAT_STEPS) -> list[str]:
+    args = ["train", "--direction", direction, "--id", exp_id, "--max-steps", str(steps),
+            "--wandb", "off"]
+    for s in FIVECAT_TINY:
+        args += ["--set", s]
+    return args + list(extra)
+
+
+def fivecat_cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def write_fivecat_data(root: Path) -> None:
+    """The ``stdlib`` dataset under ``root/home`` (val: every 10th document; OOD: help
+    topics) and its tokenizer."""
+    from backlm.data import corpus
+    from backlm.data.shards import write_shard
+    from backlm.tokenizer import Tokenizer
+
+    std = Path(sysconfig.get_paths()["stdlib"])
+    docs = corpus.extract_docs(corpus.source_files([std / p for p in FIVECAT_PACKAGES]),
+                               workers=1)
+    train = [d for i, d in enumerate(docs) if i % 10]
+    d = root / "home" / "data" / "stdlib"
+    write_shard(d / "train_00000.parquet", train)
+    write_shard(d / "val_00000.parquet", docs[::10])
+    write_shard(d / "ood_00000.parquet", corpus.ood_docs(corpus.default_ood_source()))
+    Tokenizer.train(train, vocab_size=512).save(d / "tokenizer")
+
+
+def fivecat_trained(home: Path, direction: str, exp_id: str, *extra: str,
+                    steps: int = FIVECAT_STEPS) -> Path:
+    res = fivecat_cli(*fivecat_train_args(direction, exp_id, *extra, steps=steps))
+    assert res.exit_code == 0, res.output
+    return home / "exps" / exp_id
+
+
+def fivecat_command(exp: Path, *extra: str) -> tuple[int, str, dict]:
+    """Run ``backlm 5cat`` on ``exp``; exit code, output and the JSON result it saved."""
+    res = fivecat_cli("5cat", exp.name, *extra)
+    saved = sorted(exp.glob("evaluations/*/fivecat/*.json"), key=lambda p: p.stat().st_mtime)
+    return res.exit_code, res.output, json.loads(saved[-1].read_text()) if saved else {}

@@ -1,0 +1,112 @@
+"""The HDF5 writer: SWMR reading of a live and a killed run, no duplicated steps, evaluations
+appended through the writer or standalone, and recovery on resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.helpers import LOG_FAST as FAST
+from tests.helpers import hdf5_logger as _logger
+from tests.helpers import read_h5 as read
+from tests.helpers import run_cli, tiny_args
+
+READER = textwrap.dedent("""
+    import sys, time, h5py
+    f = h5py.File(sys.argv[1], "r", libver="latest", swmr=True)
+    ds, t = f["scalars/step"], time.time()
+    seen = [ds.shape[0]]
+    print("open", seen[0], flush=True)
+    while time.time() - t < 60:
+        ds.refresh()
+        if ds.shape[0] != seen[-1]:
+            seen.append(ds.shape[0])
+            print(ds.shape[0], ds[:].tolist(), flush=True)
+        if ds.shape[0] >= 6:
+            break
+        time.sleep(0.05)
+""")
+
+
+def test_a_reader_follows_the_file_while_it_is_written(tmp_path):
+    path = tmp_path / "base.h5"
+    log = _logger(path, flush_every=2)
+    log.log(0, {"val_loss": 3.0})
+    log.log(1, {"loss": 2.5})  # second record: flushed
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    assert reader.stdout.readline().strip() == "open 2"  # the flushed rows, live
+    for step in range(2, 6):
+        time.sleep(0.3)
+        log.log(step, {"loss": 2.0})
+    out, _ = reader.communicate(timeout=60)
+    log.close()
+    # it saw the file grow while the writer held it open
+    assert out.splitlines()[-1] == "6 [0, 1, 2, 3, 4, 5]", out
+
+
+def test_steps_are_never_duplicated_and_append_eval_goes_through_the_writer(tmp_path):
+    from backlm.logs.hdf5 import append_eval
+
+    path = tmp_path / "base.h5"
+    log = _logger(path, flush_every=100)
+    log.log(1, {"loss": 1.0, "note": 7})
+    log.log(1, {"loss": 9.0})
+    append_eval(path, "5cat", 1, {"score": 0.75})  # through the open writer, then flushed
+    with read(path) as f:
+        assert list(f["scalars/loss"][:]) == [1.0] and list(f["extra/name"][:]) == [b"note"]
+        assert list(f["eval/kind"][:]) == [b"5cat"] and f["eval/value"][0] == 0.75
+    log.close()
+    append_eval(path, "5cat", 2, {"score": 0.8})  # standalone, after the run
+    with h5py.File(path, "r") as f:  # a cleanly closed file opens without SWMR too
+        assert list(f["eval/step"][:]) == [1, 2]
+    from backlm.errors import UserError
+    from backlm.logs.reader import read_eval
+
+    assert read_eval(path, "5cat") == {"score": ([1, 2], [0.75, 0.8])}
+    with pytest.raises(UserError, match="no research log"):
+        append_eval(tmp_path / "none.h5", "5cat", 1, {"score": 1.0})
+
+
+def _train_subprocess(home: Path, exp_id: str, env: dict | None = None, resume=False):
+    args = ["train", "--resume", exp_id] if resume else tiny_args(
+        "--direction", "backward", "--id", exp_id, "--wandb", "off", *FAST,
+        "--set", "log.flush_every=3", steps=10)
+    return subprocess.run([sys.executable, "-m", "backlm.cli", *args],
+                          env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_sigkill_leaves_a_readable_file_and_resume_appends_without_duplicates(home):
+    from backlm.logs.hdf5 import append_eval
+
+    killed = _train_subprocess(home, "crash", {"BACKLM_KILL_AT_STEP": "7"})
+    assert killed.returncode == -9, killed.stderr
+    path = home / "exps" / "crash" / "base.h5"
+    with pytest.raises(OSError):
+        h5py.File(path, "r")  # still flagged "open for write"
+    with read(path) as f:  # flushes every 3 records and at the step-4 checkpoint
+        assert list(f["scalars/step"][:]) == list(range(8))
+        assert list(f["per_token/step"][:]) == [2, 4, 6]
+    shown = run_cli(["log", "crash"])
+    assert shown.exit_code == 0 and "/per_token" in shown.output, shown.output
+    append_eval(path, "5cat", 7, {"score": 0.5})  # standalone on a killed file: rebuilt first
+    with h5py.File(path, "r") as f:
+        assert list(f["eval/kind"][-1:]) == [b"5cat"]
+    resumed = _train_subprocess(home, "crash", resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(path, "r") as f:
+        assert list(f["scalars/step"][:]) == list(range(11))
+        assert list(f["per_token/step"][:]) == [2, 4, 6, 8, 10]
+        assert list(f["gradients/step"][:]) == [3, 6, 9]
+        assert f.attrs["resumed_at"] == "4"
+        assert b"5cat" not in set(f["eval/kind"][:])  # step 7 > checkpoint 4: dropped
+        assert np.isfinite(f["scalars/loss"][1:]).all()

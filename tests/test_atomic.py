@@ -1,0 +1,75 @@
+"""Atomic writes: the target changes whole or not at all, with plain-open mode bits."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from backlm import atomic
+
+
+def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "deep" / "er" / "f.txt"  # missing parents are created
+    atomic.write_text(path, "first")
+    atomic.write_text(path, "second ✓")
+    assert path.read_text(encoding="utf-8") == "second ✓"
+    assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_the_temporary_is_hidden_beside_the_target_until_the_rename(tmp_path):
+    with atomic.atomic_path(tmp_path / "x.txt") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".x.txt.")
+        assert tmp.name.endswith(".tmp")
+        tmp.write_text("x")
+        assert not (tmp_path / "x.txt").exists()
+    assert (tmp_path / "x.txt").read_text() == "x" and not tmp.exists()
+
+
+def test_a_failure_mid_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "f.json"
+    atomic.write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError, match="disk full"), atomic.atomic_path(path) as tmp:
+        tmp.write_text('{"v": 2, "half')
+        raise RuntimeError("disk full")
+    assert json.loads(path.read_text()) == {"v": 1}
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_path(tmp_path / "new.bin") as tmp:
+        tmp.write_bytes(b"x")
+        raise KeyboardInterrupt  # Ctrl-C too: a new file never appears half-written
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_a_failed_rename_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.txt"
+    atomic.write_text(path, "old")
+
+    def no_rename(src, dst):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(atomic.os, "replace", no_rename)
+    with pytest.raises(OSError, match="cross-device"):
+        atomic.write_text(path, "new")
+    monkeypatch.undo()
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_mode_bits_are_those_of_a_plain_open(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        atomic.write_bytes(tmp_path / "atomic", b"x")
+        (tmp_path / "plain").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    modes = [stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("atomic", "plain")]
+    assert modes == [0o666 & ~umask] * 2  # not mkstemp's 0600
+
+
+def test_write_json_is_indented_ordered_and_stringifies_the_rest(tmp_path):
+    path = tmp_path / "meta.json"
+    atomic.write_json(path, {"b": 1, "a": [1, 2], "where": tmp_path / "x"})
+    text = path.read_text()
+    assert text.startswith('{\n  "b": 1,\n  "a": [') and text.endswith("}\n")
+    assert json.loads(text) == {"b": 1, "a": [1, 2], "where": str(tmp_path / "x")}
