@@ -191,8 +191,7 @@ def preset_path(name_or_path: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")
-                             if p.stem != "fivecat")) or "none"
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none"
     raise UserError(f"unknown config preset {name_or_path!r}: known presets are {known}")
 
 

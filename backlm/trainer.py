@@ -248,8 +248,12 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     state = LoopState(tr.info)
     step, tokens, tr.evals = _restore(tr) if resume else (0, 0, {})
     state.advance(step, tokens)
+    early: list[str] = []  # what callbacks say while they are being built
+    state._say = early.append
     cbs = CallbackList([*callbacks(state), *observers, *faults.callbacks()])
     state._say = lambda text: cbs.on_message(state, text)
+    for text in early:
+        state.say(text)
     if dist.main:
         exp.update_metadata(status="running", pid=os.getpid(), device=tr.dev.name,
                             dtype=tr.dev.dtype, world_size=dist.world)

@@ -76,17 +76,22 @@ def make_progress(kind: str = "count", transient: bool = True) -> Any:
 
 
 class Bars:
-    """A progress reporter: one bar per label, created on first use (thread-safe)."""
+    """A progress reporter: one bar per label, created on first use (thread-safe). The live
+    display starts with the first bar, so an error before any progress prints nothing else."""
 
     def __init__(self, progress: Any) -> None:
         self.progress = progress
         self.tasks: dict[str, Any] = {}
         self.lock = threading.Lock()
+        self.started = False
 
     def __call__(self, label: str, done: float, total: float | None, *,
                  description: str | None = None, stats: str = "") -> None:
         """Show ``done`` of ``total`` on the bar named ``label`` (``total`` None: unknown)."""
         with self.lock:
+            if not self.started:
+                self.progress.start()
+                self.started = True
             if label not in self.tasks:
                 self.tasks[label] = self.progress.add_task(label, total=total, stats=stats)
         self.progress.update(self.tasks[label], completed=done, total=total, stats=stats,
@@ -96,12 +101,21 @@ class Bars:
         """A line above the bars."""
         self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
+    def stop(self) -> None:
+        """End the live display (if it started)."""
+        if self.started:
+            self.progress.stop()
+            self.started = False
+
 
 @contextlib.contextmanager
 def progress_bars(kind: str = "count", transient: bool = True) -> Iterator[Bars]:
     """A live display for the duration of the block, yielding its :class:`Bars` reporter."""
-    with make_progress(kind, transient) as progress:
-        yield Bars(progress)
+    bars = Bars(make_progress(kind, transient))
+    try:
+        yield bars
+    finally:
+        bars.stop()
 
 
 class TrainDisplay(Callback):
@@ -110,13 +124,13 @@ class TrainDisplay(Callback):
 
     def __init__(self) -> None:
         self.bars: Bars | None = None
-        self._progress: Any = None
+        self.waiting: list[str] = []  # messages from before the display started
 
     def on_train_start(self, state: LoopState) -> None:
-        self._progress = make_progress("train", transient=False)
-        self._progress.start()
-        self.bars = Bars(self._progress)
+        self.bars = Bars(make_progress("train", transient=False))
         self.bars("train", state.step, state.run.cfg.train.max_steps)
+        for text in self.waiting:
+            self.bars.print(text)
 
     def on_eval(self, state: LoopState, step: int, evals: dict[str, float]) -> None:
         if self.bars and step > 0:
@@ -132,8 +146,9 @@ class TrainDisplay(Callback):
     def on_message(self, state: LoopState, text: str) -> None:
         if self.bars:
             self.bars.print(text)
+        else:
+            self.waiting.append(text)
 
     def on_train_end(self, state: LoopState, status: str) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self.bars:
+            self.bars.stop()

@@ -7,6 +7,7 @@ world (a docstring dataset and tiny trained models).
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import sysconfig
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+import torch
 from typer.testing import CliRunner
 
+from backlm import native as native_module
 from backlm.cli import app
 from backlm.data.datasets import DATASETS
 
@@ -397,3 +401,53 @@ def fivecat_command(exp: Path, *extra: str) -> tuple[int, str, dict]:
     res = fivecat_cli("5cat", exp.name, *extra)
     saved = sorted(exp.glob("evaluations/*/fivecat/*.json"), key=lambda p: p.stat().st_mtime)
     return res.exit_code, res.output, json.loads(saved[-1].read_text()) if saved else {}
+
+
+# --- the fused C kernels: both paths on the same inputs ---------------------------------------
+
+native = pytest.mark.skipif(native_module.lib is None, reason="fused C kernels not built")
+
+
+def both_ways(fn, *inputs: torch.Tensor):
+    """``fn(*inputs)`` and the gradients of a fixed random projection of its outputs, with the
+    C kernels on and then off."""
+    results = []
+    for on in (True, False):
+        previous = native_module.set_native(on)
+        try:
+            leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+            outs = fn(*leaves)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            g = torch.Generator().manual_seed(7)
+            total = sum((o * torch.randn(o.shape, generator=g)).sum() for o in outs)
+            total.backward()
+            results.append(([o.detach() for o in outs], [t.grad for t in leaves if t.requires_grad]))
+        finally:
+            native_module.set_native(previous)
+    return results
+
+
+def assert_same(results, atol=2e-5, rtol=1e-4):
+    (outs_n, grads_n), (outs_t, grads_t) = results
+    for a, b in zip(outs_n + grads_n, outs_t + grads_t, strict=True):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+# --- the training loop's state, for callbacks tested without a run -----------------------------
+
+
+def loop_state(exp_path: Path | None = None, cfg=None, model=None, tokenizer=None,
+               step: int = 0, data_dir: Path | None = None):
+    """A :class:`~backlm.callbacks.LoopState` of rank 0 on CPU (only what is given is real)."""
+    from backlm.callbacks import LoopState, RunInfo
+    from backlm.config import RunConfig
+    from backlm.distributed import DistInfo
+    from backlm.experiment import Experiment
+
+    info = RunInfo(exp=Experiment(exp_path or Path(".")), cfg=cfg or RunConfig(),
+                   dist=DistInfo(), model=model, tokenizer=tokenizer,
+                   device=torch.device("cpu"), device_name="cpu", is_cuda=False,
+                   data_dir=data_dir or Path("."), autocast=lambda: contextlib.nullcontext())
+    state = LoopState(info)
+    state.advance(step, 0)
+    return state

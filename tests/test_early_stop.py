@@ -7,22 +7,18 @@ import math
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
-from backlm.config import EarlyStopConfig
+from backlm.config import EarlyStopConfig, RunConfig
 from backlm.early_stop import BestTracker, Convergence, slope
 from backlm.errors import UserError
-from tests.helpers import metrics, run_cli, tiny_args
+from tests.helpers import loop_state, metrics, run_cli, tiny_args
 
 
 def fake_run(tmp_path, **es):
     (tmp_path / "checkpoints").mkdir(exist_ok=True)
-    cfg = SimpleNamespace(early_stop=EarlyStopConfig(enabled=True, **es))
-    return SimpleNamespace(cfg=cfg, exp=SimpleNamespace(checkpoints=tmp_path / "checkpoints"),
-                           dist=SimpleNamespace(main=True), step=0, stop_reason=None,
-                           save_requested=False, print=lambda *a: None)
+    return loop_state(tmp_path, RunConfig(early_stop=EarlyStopConfig(enabled=True, **es)))
 
 
 def feed(tracker, run, values, every=2):
@@ -76,7 +72,7 @@ def test_bad_early_stop_settings(tmp_path):
 def test_convergence_signals():
     assert slope([1, 2, 3]) == pytest.approx(1.0) and slope([5]) == 0.0
     c = Convergence(window=10, plateau_evals=2, plateau_rel=0.01)
-    run = SimpleNamespace(print=lambda *a: None)
+    run = loop_state()
     for step, val in enumerate([3.0, 2.0, 1.999, 1.998]):
         rec = {"loss": 4.0 - step, "grad_norm": 1.0, "val_loss": val}
         c.on_step_end(run, step + 1, rec)

@@ -1,7 +1,7 @@
-"""The kernels: the blocked CPU attention against SDPA, and the fused C kernels
-(backlm/_native.c) against the PyTorch ops they replace.
+"""The hand-written kernels: each fused C kernel (backlm/_native.c) against the PyTorch ops it
+replaces.
 
-Every C kernel runs the same inputs both ways (``kernels.set_native``) and must give the same
+Every C kernel runs the same inputs both ways (``backlm.native.set_native``) and must give the same
 outputs and gradients to float tolerance, on shapes that exercise ragged attention blocks,
 odd row counts and ignored targets. tests/test_model.py checks the default path against a
 plain autograd reference; together they cover both paths.
@@ -9,100 +9,17 @@ plain autograd reference; together they cover both paths.
 
 from __future__ import annotations
 
-import os
-import platform
-import shutil
-import subprocess
-import sys
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from backlm import kernels
 from backlm.config import ModelConfig
 from backlm.direction import IGNORE_INDEX
 from backlm.model import GPT
-
-native = pytest.mark.skipif(kernels._native is None, reason="fused C kernels not built")
-
-
-# --- the blocked CPU attention (PyTorch ops, always there) ------------------------------------
-
-
-@pytest.mark.parametrize("block", [5, 8, 64])
-def test_blocked_cpu_attention_matches_sdpa(monkeypatch, block):
-    # ragged (5), even (8) and single (64 > T) query blocks; q, k, v as _QKV hands them over:
-    # transposed views of one (B, T, 3, H, D) buffer
-    monkeypatch.setattr(kernels, "ATTENTION_BLOCK", block)
-    g = torch.Generator().manual_seed(0)
-    buf = torch.randn(2, 24, 3, 3, 16, generator=g)
-    go = torch.randn(2, 3, 24, 16, generator=g)
-    outs, leaf_grads = [], []
-    for fn in (kernels.causal_attention,
-               lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)):
-        leaf = buf.clone().requires_grad_(True)
-        out = fn(*(leaf[:, :, i].transpose(1, 2) for i in range(3)))
-        out.backward(go)
-        outs.append(out.detach())
-        leaf_grads.append(leaf.grad)
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(leaf_grads[0], leaf_grads[1], rtol=1e-4, atol=1e-6)
-
-
-def test_attention_falls_back_to_sdpa(monkeypatch):
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
-    q, k, v = (torch.randn(1, 2, 8, 16, requires_grad=True) for _ in range(3))
-    kernels.causal_attention(q, k, v)
-    assert calls == []  # fp32 CPU training: the blocked kernel
-    with torch.no_grad():
-        kernels.causal_attention(q, k, v)  # inference keeps no probabilities: SDPA
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    kernels.causal_attention(q, k, v)  # inside torch.compile: SDPA, which inductor lowers
-    monkeypatch.undo()
-    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
-    monkeypatch.setattr(kernels, "ATTENTION_SAVED_BYTES", 100)
-    kernels.causal_attention(q, k, v)  # over the memory budget: SDPA
-    kernels.causal_attention(*(t.detach().double().requires_grad_() for t in (q, k, v)))
-    assert calls == [1, 1, 1, 1]
-
+from backlm.native import set_native
+from tests.helpers import assert_same, both_ways, native
 
 # --- the fused C kernels ----------------------------------------------------------------------
-
-
-def both_ways(fn, *inputs: torch.Tensor):
-    """``fn(*inputs)`` and the gradients of a fixed random projection of its outputs, with the
-    C kernels on and then off."""
-    results = []
-    for native in (True, False):
-        previous = kernels.set_native(native)
-        try:
-            leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
-            outs = fn(*leaves)
-            outs = outs if isinstance(outs, tuple) else (outs,)
-            g = torch.Generator().manual_seed(7)
-            total = sum((o * torch.randn(o.shape, generator=g)).sum() for o in outs)
-            total.backward()
-            results.append(([o.detach() for o in outs], [t.grad for t in leaves if t.requires_grad]))
-        finally:
-            kernels.set_native(previous)
-    return results
-
-
-def assert_same(results, atol=2e-5, rtol=1e-4):
-    (outs_n, grads_n), (outs_t, grads_t) = results
-    for a, b in zip(outs_n + grads_n, outs_t + grads_t, strict=True):
-        torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
-
-
-@native
-def test_built_where_a_compiler_is():
-    # CI and this project's machines have gcc: a silently skipped build would leave the fused
-    # path (and the MFU figures) untested, so fail loudly there
-    if platform.machine() in ("x86_64", "AMD64") and shutil.which("gcc"):
-        assert kernels.native_kernels() in ("avx512", "avx2", "generic")
 
 
 @native
@@ -122,23 +39,6 @@ def test_qkv_rotary_norm(B, T, H, D):
     assert_same(results)
     q, k, v = results[0][0]
     assert all(t.is_contiguous() for t in (q, k, v))  # what attention wants without a copy
-
-
-@native
-@pytest.mark.parametrize("T", [5, 64, 130])
-def test_causal_attention(T):
-    B, H, D = 2, 3, 16
-    q, k, v = (torch.randn(B, H, T, D) * 2 for _ in range(3))
-    assert_same(both_ways(kernels.causal_attention, q, k, v))
-
-
-@native
-def test_causal_attention_takes_strided_inputs():
-    # the PyTorch-ops path of _QKV hands attention transposed views
-    B, T, H, D = 2, 70, 2, 16
-    base = torch.randn(B, T, 3, H, D)
-    q, k, v = (base[:, :, i].transpose(1, 2) for i in range(3))
-    assert_same(both_ways(kernels.causal_attention, q, k, v))
 
 
 @native
@@ -166,10 +66,10 @@ def test_head_loss_without_gradients_and_several_chunks(monkeypatch):
     y = torch.randint(0, 300, (29,))
     y[3] = IGNORE_INDEX
     losses = []
-    for native in (True, False):
-        previous = kernels.set_native(native)
+    for on in (True, False):
+        previous = set_native(on)
         losses.append(kernels.head_loss(x, w, y, 15.0, None)[0])
-        kernels.set_native(previous)
+        set_native(previous)
     torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
     assert losses[0][3] == 0
 
@@ -191,8 +91,8 @@ def test_whole_model_loss_and_gradients_match():
     tgt = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
     tgt[0, :5] = IGNORE_INDEX
     found = []
-    for native in (True, False):
-        previous = kernels.set_native(native)
+    for on in (True, False):
+        previous = set_native(on)
         torch.manual_seed(0)
         model = GPT(cfg)
         with torch.no_grad():
@@ -201,7 +101,7 @@ def test_whole_model_loss_and_gradients_match():
         loss = model(idx, tgt)
         loss.backward()
         found.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
-        kernels.set_native(previous)
+        set_native(previous)
     torch.testing.assert_close(found[0][0], found[1][0], atol=1e-5, rtol=1e-5)
     for name, g in found[0][1].items():
         torch.testing.assert_close(g, found[1][1][name], atol=1e-4, rtol=1e-3, msg=name)
@@ -217,19 +117,11 @@ def test_generation_matches_with_the_kv_cache():
             p.normal_(0.0, 0.3)
     prompt = torch.randint(0, 200, (6,)).tolist()
     outs = []
-    for native in (True, False):
-        previous = kernels.set_native(native)
+    for on in (True, False):
+        previous = set_native(on)
         outs.append(list(model.generate(prompt, max_new_tokens=12, temperature=0.0)))
-        kernels.set_native(previous)
+        set_native(previous)
     assert len(outs[0]) == 12 and outs[0] == outs[1]
-
-
-@native
-def test_env_switch_turns_them_off():
-    code = "from backlm.kernels import native_kernels; print(native_kernels())"
-    env = {**os.environ, "BACKLM_NATIVE": "0"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "None"
 
 
 @native

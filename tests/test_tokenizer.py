@@ -15,8 +15,6 @@ from backlm.tokenizer import (
     SPECIAL_TOKENS,
     TOKENIZER_FILE,
     Tokenizer,
-    dataset_tokenizer,
-    take_chars,
 )
 
 CORPUS = [
@@ -239,25 +237,3 @@ def test_bad_conversations_are_user_errors(tok: Tokenizer, messages: list) -> No
 def test_conversation_may_end_with_user(tok: Tokenizer) -> None:
     ids, _, _ = tok.render_conversation([{"role": "user", "content": "ping"}])
     assert tok.decode(ids) == "<|user_start|>ping<|user_end|>"
-
-
-# --- dataset tokenizer ------------------------------------------------------------------------
-
-
-def test_take_chars_caps_text() -> None:
-    assert list(take_chars(["aaa", "bbb", "ccc"], 4)) == ["aaa", "bbb"]
-    assert list(take_chars(["aaa"], 0)) == []
-
-
-def test_dataset_tokenizer_trains_once_then_loads(tiny_dataset: Path) -> None:
-    first = dataset_tokenizer(tiny_dataset, vocab_size=300)
-    path = tiny_dataset / "tokenizer" / TOKENIZER_FILE
-    assert path.is_file()
-    stamp = path.stat().st_mtime_ns
-    again = dataset_tokenizer(tiny_dataset, vocab_size=300)
-    assert again == first and path.stat().st_mtime_ns == stamp
-
-
-def test_dataset_tokenizer_without_shards_is_user_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="backlm data prepare"):
-        dataset_tokenizer(tmp_path / "empty")

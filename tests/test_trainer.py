@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from backlm.callbacks import Callback
 from tests.helpers import losses, metrics, run_cli, tiny_args
 
 
@@ -67,39 +68,32 @@ def test_ctrl_c_saves_and_resume_matches(home):
     assert json.loads((exp / "training_summary.json").read_text())["sessions"] == 2
 
 
-class _InterruptMidStep:
+class _InterruptMidStep(Callback):
     """Raises Ctrl-C after the backward pass of step 6, before the optimizer step."""
 
-    def __getattr__(self, name):
-        return lambda *a, **k: None
-
-    def on_after_backward(self, run, step):
+    def on_after_backward(self, state, step):
         if step == 6:
             raise KeyboardInterrupt
 
 
-def interrupting(run):
-    return [_InterruptMidStep()]
-
-
 def test_ctrl_c_mid_step_rewinds_the_data(home):
-    from backlm import callbacks, trainer
+    from backlm import trainer
+    from backlm.experiment import Experiment
 
     assert run_cli(tiny_args("--direction", "forward", "--id", "ref3", steps=10)).exit_code == 0
     assert run_cli(tiny_args("--direction", "forward", "--id", "mid", steps=1)).exit_code == 0
-    exp = home / "exps" / "mid"
+    exp = Experiment(home / "exps" / "mid")
     # Same config as ref3 but stopped by an interrupt inside step 6.
     cfg = (home / "exps" / "ref3" / "config.yaml").read_text().replace("id: ref3", "id: mid")
-    (exp / "config.yaml").write_text(cfg)
-    for p in (exp / "checkpoints").glob("step_*"):
+    exp.config_path.write_text(cfg)
+    for p in exp.checkpoints.glob("step_*"):
         import shutil
 
         shutil.rmtree(p)
-    (exp / "metrics.jsonl").unlink()
-    s = trainer.run(exp, display=False,
-                    factories=[*callbacks.FACTORIES, "tests.test_trainer:interrupting"])
+    exp.metrics_path.unlink()
+    s = trainer.run(exp, exp.config(), observers=[_InterruptMidStep()])
     assert s.status == "interrupted" and s.steps == 5
-    s = trainer.run(exp, resume=True, display=False)
+    s = trainer.run(exp, exp.config(), resume=True)
     assert s.status == "finished"
-    a, b = losses(home / "exps" / "ref3"), losses(exp)
+    a, b = losses(home / "exps" / "ref3"), losses(exp.path)
     assert all(a[k] == b[k] for k in a), [(k, a[k], b[k]) for k in a if a[k] != b[k]]

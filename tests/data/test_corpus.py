@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import json
-import sysconfig
 import time
 from pathlib import Path
 
@@ -13,8 +11,6 @@ import pytest
 
 from backlm.data import corpus
 from backlm.data.corpus import (
-    docstrings,
-    file_docstrings,
     ood_docs,
     prepare_corpus,
     source_files,
@@ -54,41 +50,6 @@ def _prepare(fake_site: Path, topics: Path, name: str = "fake", **kw: object):
 
     return prepare_corpus(dataset_dir(name), vocab_size=300, roots=[fake_site],
                           ood_source=topics, **kw)
-
-
-# --- extraction -------------------------------------------------------------------------------
-
-
-def _full_ast_docstrings(text: str) -> list[str]:
-    nodes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-    docs = (ast.get_docstring(n) for n in ast.walk(ast.parse(text)) if isinstance(n, nodes))
-    return [d for d in docs if d and len(d) >= corpus.MIN_CHARS]
-
-
-@pytest.mark.parametrize(
-    "module", ["argparse.py", "json/__init__.py", "textwrap.py", "dataclasses.py", "inspect.py"]
-)
-def test_snippet_parsing_matches_full_ast(module: str) -> None:
-    text = (Path(sysconfig.get_paths()["stdlib"]) / module).read_text(encoding="utf-8")
-    assert set(docstrings(text)) == set(_full_ast_docstrings(text))
-
-
-def test_docstrings_of_fake_module(fake_site: Path) -> None:
-    docs = file_docstrings(fake_site / "pkg_a" / "__init__.py")
-    starts = [d.split(".")[0] for d in docs]
-    assert starts[0] == "Package A module docstring"
-    assert set(starts) == {
-        "Package A module docstring", "Widget class docstring with a raw \\d escape",
-        "Method docstring", "Async method docstring", "Inner function docstring",
-    }
-    method = next(d for d in docs if d.startswith("Method"))
-    assert "\n\nArgs:\n    x: the first" in method  # cleandoc keeps relative indentation
-
-
-def test_unreadable_files_give_nothing(fake_site: Path) -> None:
-    assert file_docstrings(fake_site / "pkg_b" / "binary.py") == []
-    assert file_docstrings(fake_site / "missing.py") == []
-    assert file_docstrings(fake_site / "pkg_b" / "latin.py")[0].startswith("Café crème")
 
 
 def test_source_files_order_and_skips(fake_site: Path) -> None:
@@ -171,7 +132,7 @@ def test_interrupted_prepare_leaves_nothing(
 
     first = _prepare(fake_site, topics, workers=1)
     before = _texts(first.path, "train")
-    monkeypatch.setattr("backlm.tokenizer.dataset_tokenizer", interrupted)
+    monkeypatch.setattr("backlm.data.vocab.dataset_tokenizer", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _prepare(fake_site, topics, name="other", workers=1)
     with pytest.raises(KeyboardInterrupt):

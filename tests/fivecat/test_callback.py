@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from tests.helpers import FIVECAT_TINY as TINY
 from tests.helpers import fivecat_command as fivecat
+from tests.helpers import loop_state
 
 
 def test_backward_model_passes_and_training_kept_best_5cat(backward):
@@ -40,13 +39,10 @@ def _fake_run(exp: Path, model, direction: str, **fivecat_cfg):
     for k, v in fivecat_cfg.items():
         setattr(cfg.fivecat, k, v)
     e = Experiment(exp)
-    printed: list[str] = []
-    return SimpleNamespace(
-        cfg=cfg, exp=e, data_dir=Path(e.metadata()["data_dir"]), raw_model=model, device=model.lm_head.weight.device,
-        tokenizer=Tokenizer.load(exp / "tokenizer"), dist=SimpleNamespace(main=True, world=1),
-        autocast=contextlib.nullcontext, print=printed.append, printed=printed, step=0,
-        stop_reason=None, save_requested=False,
-    )
+    state = loop_state(exp, cfg, model, Tokenizer.load(e.tokenizer_dir), data_dir=e.data_dir())
+    state.printed = []
+    state._say = state.printed.append
+    return state
 
 
 def test_callback_stops_a_mislabeled_run_and_keeps_best_5cat(mislabeled):
@@ -75,22 +71,21 @@ def test_callback_stops_a_mislabeled_run_and_keeps_best_5cat(mislabeled):
 def test_callback_is_off_by_default():
     from backlm.fivecat import training_callbacks
 
-    run = SimpleNamespace(cfg=SimpleNamespace(fivecat=SimpleNamespace(every=0)))
-    assert training_callbacks(run) == []
+    assert training_callbacks(loop_state()) == []
 
 
-def mislabeled_callbacks(run) -> list:
-    """Test factory: 5CAT judges this forward run as backward, like a mislabeled checkpoint."""
+def mislabeled_callbacks(state) -> list:
+    """5CAT judges this forward run as backward, like a mislabeled checkpoint."""
     from backlm.fivecat.callback import FivecatCallback
 
-    cb = FivecatCallback(run)
+    cb = FivecatCallback(state)
     cb.direction = "backward"
     return [cb]
 
 
 @pytest.mark.slow
 def test_stop_on_inversion_stops_a_mislabeled_training_run(home):
-    from backlm import trainer
+    from backlm import early_stop, logs, trainer
     from backlm.config import RunConfig, load_config
     from backlm.launch import create_experiment
 
@@ -98,9 +93,8 @@ def test_stop_on_inversion_stops_a_mislabeled_training_run(home):
                  "fivecat.stop_on_inversion=true", "id=mislabeled-run"]
     cfg = load_config(RunConfig, overrides=overrides, flags={"log": {"wandb": "off"}})
     exp = create_experiment(cfg, home / "exps")
-    summary = trainer.run(exp.path, display=False, factories=[
-        "tests.fivecat.test_callback:mislabeled_callbacks", "backlm.early_stop:callbacks",
-        "backlm.logs:callbacks"])
+    summary = trainer.run(exp, cfg, callbacks=lambda state: [
+        *mislabeled_callbacks(state), *early_stop.callbacks(state), *logs.callbacks(state)])
     assert summary.status == "direction inverted" and summary.steps < 100
     assert (exp.checkpoints / f"step_{summary.steps:06d}").is_dir()
     best = json.loads((exp.checkpoints / "best_5cat.json").read_text())
