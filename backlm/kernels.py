@@ -36,6 +36,12 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor, sign: float = 1.0)
     """``out = rotate(x)`` by the angles (``sign=-1``: the inverse rotation), halves-paired."""
     x1, x2 = x.chunk(2, dim=-1)
     o1, o2 = out.chunk(2, dim=-1)
+    if torch.compiler.is_compiling():
+        # dynamo refuses out= into these strided views (a graph break in every layer);
+        # inductor fuses the plain expressions into one kernel anyway
+        o1.copy_(x1 * cos + x2 * sin * sign)
+        o2.copy_(x2 * cos - x1 * sin * sign)
+        return
     torch.mul(x1, cos, out=o1)
     o1.addcmul_(x2, sin, value=sign)
     torch.mul(x2, cos, out=o2)

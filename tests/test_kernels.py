@@ -144,3 +144,17 @@ def test_out_of_range_targets_raise_instead_of_reading_past_the_logits():
     x, w = torch.randn(4, 8), torch.randn(50, 8)
     with pytest.raises((IndexError, RuntimeError)):  # RuntimeError: PyTorch's gather
         kernels.head_loss(x, w, torch.tensor([1, 2, 50, 3]), 15.0, None)
+
+
+def test_compile_traces_qkv_and_rotary_without_a_break_per_layer():
+    """Dynamo refuses ``out=`` into strided views; under torch.compile the rotary must not
+    use it, or every layer's q/k/v Function falls out of the graph (and runs eagerly)."""
+    import torch._dynamo as dynamo
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(depth=1, width=64, head_dim=32, vocab_size=97, seq_len=16))
+    x = torch.randint(0, 97, (2, 16))
+    reasons = [str(b.reason) for b in dynamo.explain(model)(x, x).break_reasons]
+    assert not [r for r in reasons if "out=" in r], reasons
+    compiled = torch.compile(model, backend="eager")(x, x)
+    torch.testing.assert_close(compiled, model(x, x))
