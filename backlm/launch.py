@@ -113,8 +113,12 @@ def validate(cfg: RunConfig, world: int = 1) -> None:
     plan_streams(cfg, world)
 
 
+def _quiet(text: str) -> None:
+    """The default listener: the engine itself never prints."""
+
+
 def create_experiment(cfg: RunConfig, root: Path, world: int = 1,
-                      say: Callable[[str], None] = print) -> xp.Experiment:
+                      say: Callable[[str], None] = _quiet) -> xp.Experiment:
     """Validate ``cfg``, prepare data and tokenizer, and create the experiment folder."""
     from backlm.data.vocab import dataset_tokenizer, tokenizer_dir
 
@@ -149,7 +153,7 @@ def check_resumable(exp: xp.Experiment) -> RunConfig:
 
 def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
           plan: LaunchPlan | None = None, observers: Sequence[Callback] = (),
-          say: Callable[[str], None] = print) -> RunSummary:
+          say: Callable[[str], None] = _quiet) -> RunSummary:
     """Create (or, with ``resume``, continue) an experiment and train it.
 
     One process trains in this one with ``cfg`` itself; a torchrun plan spawns the workers,
@@ -183,10 +187,9 @@ def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
 def estimate_only(cfg: RunConfig):
     """Estimate ``cfg`` without creating anything (uses the dataset's tokenizer if present)."""
     from backlm.cost import estimate, target_gpu
-
-    validate(cfg)
     from backlm.data.vocab import existing_tokenizer
 
+    validate(cfg)
     tokenizer = existing_tokenizer(dataset_dir(cfg.data.dataset))
     if tokenizer is not None:
         cfg.model.vocab_size = tokenizer.vocab_size
