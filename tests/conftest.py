@@ -143,3 +143,19 @@ def mirror(tmp_path):
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def fake_site(tmp_path: Path) -> Path:
+    """A folder of .py files shaped like an installation, with known docstrings."""
+    from tests.helpers import write_fake_site
+
+    return write_fake_site(tmp_path)
+
+
+@pytest.fixture
+def topics(tmp_path: Path) -> Path:
+    """A help-topics module shaped like ``pydoc_data/topics.py`` (the OOD source)."""
+    from tests.helpers import write_topics
+
+    return write_topics(tmp_path)

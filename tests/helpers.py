@@ -51,6 +51,21 @@ def losses(exp: Path) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in metrics(exp) if "loss" in m}
 
 
+def train_subprocess(exp_id: str, env: dict | None = None, resume: bool = False,
+                     steps: int = 12, extra: tuple[str, ...] = ()):
+    """``backlm train`` of a tiny backward model (or ``--resume``) in a real process, so a
+    SIGKILL or Ctrl-C hits a process of its own."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", "--resume", exp_id] if resume else tiny_args(
+        "--direction", "backward", "--id", exp_id, *extra, steps=steps)
+    return subprocess.run([sys.executable, "-m", "backlm.cli", *args],
+                          env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                          timeout=300)
+
+
 def run_cli(args, env=None):
     return CliRunner().invoke(app, args, env=env)
 
@@ -387,6 +402,17 @@ def write_fivecat_data(root: Path) -> None:
     write_shard(d / "val_00000.parquet", docs[::10])
     write_shard(d / "ood_00000.parquet", corpus.ood_docs(corpus.default_ood_source()))
     Tokenizer.train(train, vocab_size=512).save(d / "tokenizer")
+
+
+@contextlib.contextmanager
+def fivecat_home(root: Path):
+    """BACKLM_HOME (and the experiments folder) for the 5CAT tests, with their dataset, for as
+    long as the block runs."""
+    write_fivecat_data(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKLM_HOME", str(root / "home"))
+        mp.setenv("BACKLM_EXPERIMENTS", str(root / "exps"))
+        yield root
 
 
 def fivecat_trained(home: Path, direction: str, exp_id: str, *extra: str,

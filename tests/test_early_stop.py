@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
 from backlm.config import EarlyStopConfig, RunConfig
 from backlm.early_stop import BestTracker, Convergence, slope
 from backlm.errors import UserError
-from tests.helpers import loop_state, metrics, run_cli, tiny_args
+from tests.helpers import loop_state, metrics, run_cli, tiny_args, train_subprocess
 
 
 def fake_run(tmp_path, **es):
@@ -94,16 +91,9 @@ def test_early_stop_end_to_end(home):
     assert "early stop" in res.output
 
 
-def _subprocess_train(home, exp_id, env=None, resume=False, steps=12, extra=()):
-    args = ["train", "--resume", exp_id] if resume else tiny_args(
-        "--direction", "backward", "--id", exp_id, *extra, steps=steps)
-    return subprocess.run([sys.executable, "-m", "backlm.cli", *args],
-                          env=dict(os.environ, **(env or {})), capture_output=True, text=True,
-                          timeout=300)
-
 
 def test_nan_stops_as_diverged_and_restores_the_best(home):
-    res = _subprocess_train(home, "nan", {"BACKLM_NAN_AT_STEP": "5"},
+    res = train_subprocess("nan", {"BACKLM_NAN_AT_STEP": "5"},
                             extra=("--set", "train.eval_every=2"))
     assert res.returncode == 1, res.stderr
     exp = home / "exps" / "nan"

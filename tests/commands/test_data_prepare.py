@@ -8,23 +8,11 @@ from pathlib import Path
 import pytest
 
 from backlm.data import corpus
-from tests.helpers import write_fake_site, write_topics
 
 
 @pytest.fixture(autouse=True)
 def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture
-def fake_site(tmp_path: Path) -> Path:
-    """A folder of .py files shaped like an installation, with known docstrings."""
-    return write_fake_site(tmp_path)
-
-
-@pytest.fixture
-def topics(tmp_path: Path) -> Path:
-    return write_topics(tmp_path)
 
 
 def test_cli_prepare(fake_site: Path, topics: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,18 +13,14 @@ import pytest
 
 from tests.helpers import fivecat_cli as cli
 from tests.helpers import fivecat_command as fivecat
+from tests.helpers import fivecat_home
 from tests.helpers import fivecat_trained as _trained
-from tests.helpers import write_fivecat_data
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """BACKLM_HOME with the ``stdlib`` dataset (val: every 10th document; OOD: help topics)."""
-    root = tmp_path_factory.mktemp("fivecat-cmd")
-    write_fivecat_data(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BACKLM_HOME", str(root / "home"))
-        mp.setenv("BACKLM_EXPERIMENTS", str(root / "exps"))
+    with fivecat_home(tmp_path_factory.mktemp("fivecat-cmd")) as root:
         yield root
 
 

@@ -17,23 +17,12 @@ from backlm.data.corpus import (
     split_docs,
 )
 from backlm.errors import UserError
-from tests.helpers import SHARED, write_fake_site, write_topics
+from tests.helpers import SHARED
 
 
 @pytest.fixture(autouse=True)
 def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture
-def fake_site(tmp_path: Path) -> Path:
-    """A folder of .py files shaped like an installation, with known docstrings."""
-    return write_fake_site(tmp_path)
-
-
-@pytest.fixture
-def topics(tmp_path: Path) -> Path:
-    return write_topics(tmp_path)
 
 
 def _texts(directory: Path, split: str) -> list[str]:

@@ -9,13 +9,6 @@ from pathlib import Path
 import pytest
 
 from backlm.data.docstrings import MIN_CHARS, docstrings, file_docstrings
-from tests.helpers import write_fake_site
-
-
-@pytest.fixture
-def fake_site(tmp_path: Path) -> Path:
-    """A folder of .py files shaped like an installation, with known docstrings."""
-    return write_fake_site(tmp_path)
 
 
 def _full_ast_docstrings(text: str) -> list[str]:

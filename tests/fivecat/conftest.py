@@ -9,18 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import fivecat_home
 from tests.helpers import fivecat_trained as _trained
-from tests.helpers import write_fivecat_data
 
 
 @pytest.fixture(scope="package")
 def home(tmp_path_factory) -> Path:
     """BACKLM_HOME with the ``stdlib`` dataset (val: every 10th document; OOD: help topics)."""
-    root = tmp_path_factory.mktemp("fivecat")
-    write_fivecat_data(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BACKLM_HOME", str(root / "home"))
-        mp.setenv("BACKLM_EXPERIMENTS", str(root / "exps"))
+    with fivecat_home(tmp_path_factory.mktemp("fivecat")) as root:
         yield root
 
 
