@@ -21,6 +21,8 @@ from backlm.errors import UserError
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
+OPTIM_FILE = "optim.safetensors"  # the optimizer's tensors
+OPTIM_JSON = "optim.json"  # and the structure that holds them
 
 
 def is_complete(folder: Path) -> bool:
@@ -128,8 +130,8 @@ def save(folder: Path, model_state: dict[str, Any], optim_state: Any,
     save_file(weights, str(tmp / MODEL_FILE))
     tensors: dict[str, Any] = {}
     structure = _flatten_optimizer(optim_state, "opt", tensors)
-    save_file(tensors, str(tmp / "optim.safetensors"))
-    atomic.write_json(tmp / "optim.json", structure)
+    save_file(tensors, str(tmp / OPTIM_FILE))
+    atomic.write_json(tmp / OPTIM_JSON, structure)
     meta = dict(meta, model_sha256=sha256_file(tmp / MODEL_FILE))
     atomic.write_json(tmp / META_FILE, meta)
     if final.exists():
@@ -154,20 +156,22 @@ def load(folder: Path, with_optimizer: bool = True, verify: bool = True) -> tupl
     from safetensors.torch import load_file
 
     meta = read_meta(folder)
-    weights = folder / MODEL_FILE
-    if verify and meta.get("model_sha256") and weights.is_file():
+    weights, optim_tensors, optim_json = (folder / MODEL_FILE, folder / OPTIM_FILE,
+                                          folder / OPTIM_JSON)
+    # safetensors' FileNotFoundError names no file: say which one is gone before reading
+    needed = [weights, optim_tensors, optim_json] if with_optimizer else [weights]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise UserError(f"checkpoint {folder} is incomplete: {missing[0]} is missing")
+    if verify and meta.get("model_sha256"):
         if sha256_file(weights) != meta["model_sha256"]:
-            raise UserError(f"checkpoint {folder} is corrupt: model.safetensors checksum mismatch")
+            raise UserError(f"checkpoint {folder} is corrupt: {MODEL_FILE} checksum mismatch")
     try:
         model_state = load_file(str(weights))
         optim_state = None
         if with_optimizer:
-            tensors = load_file(str(folder / "optim.safetensors"))
-            structure = json.loads((folder / "optim.json").read_text())
-            optim_state = _unflatten(structure, tensors)
-    except FileNotFoundError as exc:
-        raise UserError(f"checkpoint {folder} is incomplete: {Path(exc.filename).name} "
-                        "is missing") from None
+            structure = json.loads(optim_json.read_text())
+            optim_state = _unflatten(structure, load_file(str(optim_tensors)))
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"checkpoint {folder} is corrupt: {exc}".splitlines()[0]) from None
     return model_state, optim_state, meta

@@ -79,3 +79,38 @@ def test_ctrl_c_mid_step_rewinds_the_data(home):
     assert s.status == "finished"
     a, b = losses(home / "exps" / "ref3"), losses(exp.path)
     assert all(a[k] == b[k] for k in a), [(k, a[k], b[k]) for k in a if a[k] != b[k]]
+
+
+def test_in_process_training_takes_the_config_object_and_workers_read_the_file(home, capsys):
+    """One process trains with the config it was given (config.yaml is only the record);
+    a torchrun worker has nothing but the file."""
+    from backlm import trainer, worker
+    from backlm.config import RunConfig, load_config
+    from backlm.launch import create_experiment
+    from tests.helpers import TINY
+
+    cfg = load_config(RunConfig, overrides=[*TINY, "id=obj", "train.max_steps=2"],
+                      flags={"log": {"wandb": "off"}})
+    exp = create_experiment(cfg, home / "exps")
+    assert exp.config() == cfg  # the record is the resolved config
+    exp.config_path.write_text("train: [not, a, mapping\n")
+    assert trainer.run(exp, cfg).status == "finished"
+    assert worker.main(["--experiment", str(exp.path)]) == 2
+    assert "cannot read config" in capsys.readouterr().err
+
+
+def test_default_callbacks_are_imported_not_looked_up(tmp_path):
+    from backlm.config import RunConfig
+    from backlm.early_stop import BestTracker, Convergence
+    from backlm.fivecat.callback import FivecatCallback
+    from backlm.logs import LoggingCallback
+    from backlm.trainer import default_callbacks
+    from tests.helpers import loop_state
+
+    cfg = RunConfig()
+    cfg.log.hdf5, cfg.log.wandb, cfg.log.sample_every = False, "off", 0
+    kinds = [type(cb) for cb in default_callbacks(loop_state(tmp_path, cfg))]
+    assert kinds == [Convergence, BestTracker, LoggingCallback]  # loggers last
+    cfg.fivecat.every = 10
+    kinds = [type(cb) for cb in default_callbacks(loop_state(tmp_path, cfg))]
+    assert kinds == [Convergence, BestTracker, FivecatCallback, LoggingCallback]

@@ -36,7 +36,7 @@ def eval_(
     options = EvalOptions(
         directions=directions, tasks=tasks.split(",") if tasks is not None else None,
         step=step, max_per_task=max_per_task, lm_tokens=lm_tokens,
-        max_new_tokens=max_new_tokens, device=device,
+        max_new_tokens=max_new_tokens, device=device or "auto",
     )
     with progress_bars() as bars:
         report = run_eval(exp, experiments_root(experiments), options, bars)

@@ -28,7 +28,7 @@ def fivecat(
     from backlm.fivecat.runner import FivecatOptions, check
 
     options = FivecatOptions(step=step, max_samples=max_samples, direction=direction,
-                             spec=spec, device=device)
+                             spec=spec, device=device or "auto")
     with progress_bars() as bars:
         report = check(exp, experiments_root(experiments), options,
                        progress=lambda done, total: bars("5CAT probes", done, total))

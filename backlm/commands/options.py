@@ -9,7 +9,8 @@ import typer
 EXPERIMENTS_DIR = typer.Option(
     None, "--experiments-dir", help="Where experiments live (default ./experiments, or "
     "$BACKLM_EXPERIMENTS).")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+DEVICE = typer.Option(None, "--device", help="auto, cpu or cuda (default: auto; for train, "
+                      "the config's train.device).")
 STEP = typer.Option(None, "--step", help="Checkpoint step (default: the best, else the latest).")
 EXPERIMENT = typer.Argument(..., help="Experiment id, tag (e.g. d20_backward) or folder.")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from backlm.commands.options import EXPERIMENTS_DIR, experiments_root
+from backlm.commands.options import DEVICE, EXPERIMENTS_DIR, experiments_root
 from backlm.ui import console, user_errors
 
 
@@ -21,7 +21,7 @@ def train(
     exp_id: str = typer.Option(None, "--id", help="Experiment id (default: phase_dir_dN_time)."),
     description: str = typer.Option(None, "--description", help="Free text for metadata."),
     max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps to train."),
-    device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    device: str = DEVICE,
     seed: int = typer.Option(None, "--seed", help="Seed for data order and init."),
     resume: str = typer.Option(None, "--resume", help="Continue this experiment (id or tag)."),
     nproc_per_node: int = typer.Option(
