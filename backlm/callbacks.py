@@ -86,9 +86,19 @@ class LoopState:
         """Tell the user something (shown by the command's display, if any)."""
         self._say(text)
 
+    # --- the loop's own updates (callbacks never call these) ---------------------------------
+
     def advance(self, step: int, tokens: int) -> None:
-        """The loop's own update after each optimizer step (callbacks never call this)."""
+        """After each optimizer step: the new position."""
         self._step, self._tokens = step, tokens
+
+    def batch_seen(self, inputs: Any, targets: Any) -> None:
+        """After each micro-batch's backward pass."""
+        self._last_batch = (inputs, targets)
+
+    def listen(self, listener: Callable[[str], None]) -> None:
+        """Where :meth:`say` sends its text from now on."""
+        self._say = listener
 
 
 class Callback:

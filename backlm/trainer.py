@@ -212,7 +212,7 @@ def _train_step(tr: TrainingRun, state: LoopState, cbs: Callback) -> dict[str, A
                 loss = tr.forward(x, y)
             (loss / tr.accum).backward()
         loss_sum += loss.detach()
-        state._last_batch = (x, y)
+        state.batch_seen(x, y)
     cbs.on_after_backward(state, step)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(tr.info.model.parameters(), clip)
@@ -249,9 +249,9 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     step, tokens, tr.evals = _restore(tr) if resume else (0, 0, {})
     state.advance(step, tokens)
     early: list[str] = []  # what callbacks say while they are being built
-    state._say = early.append
+    state.listen(early.append)
     cbs = CallbackList([*callbacks(state), *observers, *faults.callbacks()])
-    state._say = lambda text: cbs.on_message(state, text)
+    state.listen(lambda text: cbs.on_message(state, text))
     for text in early:
         state.say(text)
     if dist.main:

@@ -33,7 +33,7 @@ def test_position_is_read_only_for_callbacks():
     state.stop_reason, state.save_requested = "early stop", True  # what callbacks may set
     state.best, state.signals, state.restored_step = {"step": 2}, {"plateau_at": None}, 2
     heard = []
-    state._say = heard.append
+    state.listen(heard.append)
     state.say("hello")
     assert heard == ["hello"]
 

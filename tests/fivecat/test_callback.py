@@ -41,7 +41,7 @@ def _fake_run(exp: Path, model, direction: str, **fivecat_cfg):
     e = Experiment(exp)
     state = loop_state(exp, cfg, model, Tokenizer.load(e.tokenizer_dir), data_dir=e.data_dir())
     state.printed = []
-    state._say = state.printed.append
+    state.listen(state.printed.append)
     return state
 
 
