@@ -182,6 +182,42 @@ def encode_document_array(
     return seq, mask
 
 
+def encode_for(tokens: Sequence[int] | np.ndarray, model_direction: Direction | str,
+               order: Direction | str, ids: SpecialIds):
+    """Reading-order ``tokens`` as a model of ``model_direction`` reads them in the concrete
+    ``order``: any model can be asked any order (a bidirectional one gets ``order``'s marker).
+    Lists give lists (:func:`encode_document`), arrays arrays (:func:`encode_document_array`)."""
+    if Direction.parse(model_direction) is Direction.BIDIRECTIONAL:
+        direction, concrete = Direction.BIDIRECTIONAL, _concrete(order)
+    else:
+        direction, concrete = _concrete(order), None
+    encode = encode_document_array if isinstance(tokens, np.ndarray) else encode_document
+    return encode(tokens, direction, ids, concrete)
+
+
+# --- pieces: the same reading-order spans in every direction --------------------------------
+
+HEAD_SLOTS = 2
+"""Tokens each piece of a document reserves before its body, in packed rows and evaluation
+windows alike: BOS and the direction marker's slot. Forward and backward pieces leave the
+slot unused, so the three directions cut documents into the same reading-order spans and
+make the same packing decisions (DESIGN.md §1)."""
+
+
+def body_capacity(seq_len: int) -> int:
+    """The most body tokens one piece holds in a model that reads ``seq_len`` tokens."""
+    return seq_len + 1 - HEAD_SLOTS
+
+
+def piece_spans(length: int, capacity: int) -> list[tuple[int, int]]:
+    """Reading-order ``(start, end)`` spans that cut a ``length``-token document into pieces
+    of at most ``capacity`` tokens, front to back. Cut before any order is applied, so every
+    direction gets the same spans; each piece then becomes a sequence of its own (own BOS)."""
+    if capacity < 1:
+        raise ValueError(f"a piece must hold at least one token, got capacity {capacity}")
+    return [(s, min(s + capacity, length)) for s in range(0, length, capacity)]
+
+
 def _resolve_order(direction: Direction, order: Direction | str | None) -> Direction:
     if direction is Direction.BIDIRECTIONAL:
         if order is None:
@@ -225,23 +261,13 @@ def to_reading_order(
     return model_order(seq[start:], concrete)
 
 
-def loader_direction(model_direction: Direction | str, order: Direction | str) -> tuple[str, float]:
-    """``(direction, mix)`` that make a :class:`PackedLoader` feed ``model_direction`` text in
-    the concrete ``order``: the order itself, or for a bidirectional model the matching marker
-    on every document (mix 0 is always forward, mix 1 always backward)."""
-    order = Direction.parse(order)
-    if Direction.parse(model_direction) is Direction.BIDIRECTIONAL:
-        return Direction.BIDIRECTIONAL.value, 1.0 if order is Direction.BACKWARD else 0.0
-    return order.value, 0.0
-
-
-def eval_orders(direction: Direction | str) -> list[tuple[str, str, float]]:
-    """What validation measures, as ``(label, loader direction, mix)``: the run's own order
-    (label ``""``), or each marker of a bidirectional run (labels ``forward``, ``backward``)."""
+def eval_orders(direction: Direction | str) -> list[tuple[str, Direction]]:
+    """What validation measures, as ``(label, concrete order)``: the run's own order (label
+    ``""``), or each order of a bidirectional run (labels ``forward``, ``backward``)."""
     direction = Direction.parse(direction)
     if direction is Direction.BIDIRECTIONAL:
-        return [(o.value, *loader_direction(direction, o)) for o in direction.orders]
-    return [("", *loader_direction(direction, direction))]
+        return [(o.value, o) for o in direction.orders]
+    return [("", direction)]
 
 
 def kept_window(tokens: Sequence[int], order: Direction | str, length: int) -> list[int]:

@@ -108,14 +108,27 @@ def measure_matmul_peak(dtype: str = "fp32", sizes: tuple[int, ...] | None = Non
     return best
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line of /proc/cpuinfo ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            line = next((x for x in f if x.split(":")[0].strip() == field), "")
     except OSError:
-        return False
+        return ""
+    return line.partition(":")[2].strip()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+    flags = _cpuinfo("flags").split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for benchmark output."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
 
 
 def peak_sizes(dtype: str) -> tuple[int, ...]:

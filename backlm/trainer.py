@@ -25,7 +25,7 @@ from typing import Any
 from backlm import checkpoint as ckpt
 from backlm.callbacks import Callback, CallbackList, LoopState, RunInfo
 from backlm.config import RunConfig
-from backlm.direction import eval_orders
+from backlm.direction import Direction, eval_orders
 from backlm.distributed import DistInfo, all_reduce_mean, gather_lists, init_distributed
 from backlm.errors import UserError
 from backlm.experiment import Experiment, utcnow
@@ -64,6 +64,7 @@ class TrainingRun:
 
         from backlm.data.loader import PackedLoader
         from backlm.data.shards import list_shards
+        from backlm.evaluation.lm import held_out, windows
         from backlm.hardware import resolve_device
         from backlm.model import GPT
         from backlm.optim import build_optimizer
@@ -86,7 +87,10 @@ class TrainingRun:
                          threads=cfg.data.tokenizer_threads)
             for v in range(first, first + self.accum)
         ]
-        self.val_shards = list_shards(data_dir, "val")
+        # validation: the same reading-order windows in every order (and every direction)
+        self.val_data = held_out(list_shards(data_dir, "val"), tokenizer, cfg.train.eval_tokens,
+                                 cfg.data.tokenizer_threads)
+        self.val_windows = windows(self.val_data, cfg.model.seq_len)
         model = GPT(cfg.model).to(self.device)
         self.model = model
         if dist.world > 1:
@@ -121,35 +125,31 @@ class TrainingRun:
         return self.flops_per_token * tokens_per_sec / peak if peak else 0.0
 
 
-def evaluate(tr: TrainingRun, orders: list[tuple[str, str, float]]) -> dict[str, float]:
-    """Validation loss and bits per byte, per concrete order for bidirectional runs.
+def evaluate(tr: TrainingRun, orders: list[tuple[str, Direction]]) -> dict[str, float]:
+    """Validation loss and bits per byte, per order for bidirectional runs.
 
-    ``orders`` lists ``(name, direction, mix)``; each is evaluated on the first
-    ``eval_tokens`` of the val split (split across ranks), and the sums are all-reduced.
+    Every order scores the same reading-order windows of the same validation documents (the
+    first ``eval_tokens`` of the val split, whole documents: :mod:`backlm.evaluation.lm`),
+    shared out over ranks; the sums are all-reduced.
     """
-    from backlm.data.loader import PackedLoader
-    from backlm.evaluation.lm import accumulate_loss
+    from backlm.evaluation.lm import score, window_batches
 
     cfg, dist = tr.cfg, tr.dist
     out: dict[str, float] = {}
     tr.model.eval()
-    per_rank = max(1, cfg.train.eval_tokens // dist.world)
-    for name, direction, mix in orders:
-        loader = PackedLoader(tr.val_shards, tr.info.tokenizer, direction,
-                              batch_size=cfg.train.device_batch_size, seq_len=cfg.model.seq_len,
-                              seed=cfg.train.seed, mix=mix, rank=dist.rank,
-                              world_size=dist.world, loop=False, shuffle=False,
-                              threads=cfg.data.tokenizer_threads)
-        sums = accumulate_loss(tr.info.model, loader, tr.token_bytes, tr.device, per_rank,
-                               tr.autocast())
+    mine = tr.val_windows[dist.rank::dist.world]
+    for name, order in orders:
+        batches = window_batches(tr.val_data, mine, cfg.data.direction, order,
+                                 tr.info.tokenizer.special_ids, cfg.train.device_batch_size)
+        sums = score(tr.info.model, batches, tr.token_bytes, tr.device, tr.autocast())
         nats, nbytes, ntok = all_reduce_mean([sums.nats, sums.bytes, sums.tokens], dist,
                                              tr.device)
         suffix = "" if name == "" else f"_{name}"
         out[f"val_loss{suffix}"] = nats / max(ntok, 1)
         out[f"val_bpb{suffix}"] = nats / (math.log(2) * max(nbytes, 1))
     if len(orders) > 1:
-        out["val_loss"] = sum(out[f"val_loss_{n}"] for n, _, _ in orders) / len(orders)
-        out["val_bpb"] = sum(out[f"val_bpb_{n}"] for n, _, _ in orders) / len(orders)
+        out["val_loss"] = sum(out[f"val_loss_{n}"] for n, _ in orders) / len(orders)
+        out["val_bpb"] = sum(out[f"val_bpb_{n}"] for n, _ in orders) / len(orders)
     tr.model.train()
     return out
 
@@ -304,7 +304,7 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
 
 
 def _loop(tr: TrainingRun, state: LoopState, cbs: Callback,
-          orders: list[tuple[str, str, float]]) -> None:
+          orders: list[tuple[str, Direction]]) -> None:
     """Steps until max_steps or a callback's stop."""
     cfg, startup = tr.cfg, {"first_step_start_s": _since_start()}
     while state.step < cfg.train.max_steps and state.stop_reason is None:

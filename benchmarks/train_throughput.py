@@ -31,16 +31,6 @@ import statistics
 import time
 
 
-def native_bf16() -> bool:
-    """Whether the CPU has bf16 matmul instructions (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def bigram_batches(torch, vocab: int, batch: int, seq_len: int, count: int, seed: int):
     """``count`` (inputs, targets) pairs from a chain where each token has 4 successors."""
     g = torch.Generator().manual_seed(seed)
@@ -240,12 +230,15 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, na
     from rich.console import Console
     from rich.table import Table
 
+    from backlm.hardware import cpu_has_native_bf16, cpu_model
+
     console = Console()
     console.print(
         f"GPT depth {mcfg.depth}, width {mcfg.model_dim}, {mcfg.n_heads} heads × {mcfg.head_dim}, "
         f"vocab {mcfg.vocab_size}, seq {mcfg.seq_len}, batch {args.batch} ({tokens} tokens/step); "
         f"{model.num_params() / 1e6:.2f} M params, {flops_tok / 1e6:.1f} MFLOP/token (fwd+bwd); "
-        f"{args.threads} threads; native bf16: {'yes' if native_bf16() else 'no'}; "
+        f"{cpu_model()}, {args.threads} threads; native bf16: "
+        f"{'yes' if cpu_has_native_bf16() else 'no'}; "
         f"fused C kernels: {isa or 'not built'}"
     )
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
@@ -279,7 +272,7 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, na
         targets.add_row("fused C kernels vs PyTorch ops (fp32 median step)", f"{speedup:.2f}×", "")
     if "fp32" in results and "bf16" in results:
         ratio = results["fp32"]["median"] / results["bf16"]["median"]
-        note = "" if native_bf16() else " (no native bf16 here: not applicable)"
+        note = "" if cpu_has_native_bf16() else " (no native bf16 here: not applicable)"
         targets.add_row("bf16 ≥ 1.4× fp32 tokens/s", f"{ratio:.2f}×{note}", _mark(ratio >= 1.4))
         dl = results["bf16"]["loss"] - results["fp32"]["loss"]
         targets.add_row("bf16 loss ≈ fp32 loss", f"{dl:+.4f}", _mark(abs(dl) < 0.05))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -197,3 +198,46 @@ def test_array_encoding_matches_list_encoding(doc, direction, order):
     seq, mask = encode_document(doc, direction, IDS, order=o)
     aseq, amask = encode_document_array(np.asarray(doc, dtype=np.int64), direction, IDS, order=o)
     assert aseq.tolist() == seq and amask.tolist() == mask
+
+
+# --- any model in any order; pieces ----------------------------------------------------------
+
+
+def test_encode_for_gives_a_marker_to_bidirectional_models_only():
+    from backlm.direction import encode_for
+
+    assert encode_for([1, 2, 3], "forward", "backward", IDS)[0] == [IDS.bos, 3, 2, 1]
+    assert encode_for([1, 2, 3], "backward", "forward", IDS)[0] == [IDS.bos, 1, 2, 3]
+    seq, mask = encode_for([1, 2, 3], "bidirectional", "backward", IDS)
+    assert seq == [IDS.bos, IDS.backward, 3, 2, 1] and mask[1] is False  # never scored
+    arr, amask = encode_for(np.array([1, 2, 3]), "bidirectional", "backward", IDS)
+    assert arr.tolist() == seq and amask.tolist() == mask  # arrays give the same, as arrays
+    with pytest.raises(ValueError):
+        encode_for([1], "forward", "bidirectional", IDS)  # an order must be concrete
+
+
+@given(length=st.integers(0, 500), capacity=st.integers(1, 64))
+def test_piece_spans_cut_documents_front_to_back(length, capacity):
+    from backlm.direction import piece_spans
+
+    spans = piece_spans(length, capacity)
+    assert [t for a, b in spans for t in range(a, b)] == list(range(length))  # each once
+    assert all(1 <= b - a <= capacity for a, b in spans)
+    assert all(b - a == capacity for a, b in spans[:-1])  # only the last piece is short
+
+
+def test_pieces_leave_room_for_the_longest_head():
+    from backlm.direction import HEAD_SLOTS, body_capacity, piece_spans, prefix_length
+
+    assert HEAD_SLOTS == max(prefix_length(d) for d in Direction)
+    assert body_capacity(256) + HEAD_SLOTS == 257  # a row holds seq_len + 1 tokens
+    with pytest.raises(ValueError):
+        piece_spans(5, 0)
+
+
+def test_eval_orders_name_each_concrete_order():
+    from backlm.direction import eval_orders
+
+    assert eval_orders("backward") == [("", Direction.BACKWARD)]
+    assert eval_orders("bidirectional") == [("forward", Direction.FORWARD),
+                                            ("backward", Direction.BACKWARD)]

@@ -23,8 +23,9 @@ def eval_(
              "downloaded task)."),
     max_per_task: int = typer.Option(None, "--max-per-task",
                                      help="Evaluate only the first N examples of each task."),
-    lm_tokens: int = typer.Option(None, "--lm-tokens",
-                                  help="Tokens per split for lm (default: train.eval_tokens)."),
+    lm_tokens: int = typer.Option(
+        None, "--lm-tokens", help="lm on a subset: whole documents in file order up to this "
+        "many tokens per split, the same in every order (default: every document)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens",
                                        help="Tokens a generation task may write."),
     device: str = DEVICE,

@@ -2,17 +2,21 @@
 
 Pipeline, per rank: a seeded stream of documents (row groups shuffled per epoch and split
 across ranks, rows shuffled within a row group) → batched tokenization (tiktoken, several
-threads) → per-document order transform (:mod:`backlm.direction`) → best-fit packing into rows
-of ``seq_len + 1`` tokens that each start at a document's BOS.
+threads) → reading-order pieces → per-piece order transform (:mod:`backlm.direction`) →
+best-fit packing into rows of ``seq_len + 1`` tokens that each start at a piece's BOS.
 
-Best-fit packing: each row takes, over and over, the longest buffered document that still fits
-whole; when none fits, the shortest buffered document is cropped to fill the row (its tail in
-the model's order is dropped, so a cropped backward document keeps its real ending). Forward
-and backward runs with one seed see the same documents in the same order and pack them into the
-same rows; bidirectional documents are one marker token longer, so their crops can differ.
+Pieces (DESIGN.md §1): a document longer than a row is cut in reading order into pieces of at
+most :func:`~backlm.direction.body_capacity` tokens before any order is applied, and every
+piece costs its body plus :data:`~backlm.direction.HEAD_SLOTS` (BOS and the marker's slot) in
+every direction. Best-fit packing then takes, over and over, the longest buffered piece that
+still fits whole; when none fits, the shortest is cut at the same reading-order point to fill
+the row, and its remainder goes back into the buffer as a piece of its own. Nothing is
+dropped, and forward, backward and bidirectional runs with one seed put the same reading-order
+spans into the same rows: forward and backward rows end with the unused marker slots as
+padding (no loss). Differences between directions come from direction alone.
 
-The loader's :meth:`PackedLoader.state_dict` names the stream position and the documents held
-in the packing buffer, so :meth:`PackedLoader.load_state_dict` resumes at the exact next batch.
+The loader's :meth:`PackedLoader.state_dict` names the stream position and the pieces held in
+the packing buffer, so :meth:`PackedLoader.load_state_dict` resumes at the exact next batch.
 """
 
 from __future__ import annotations
@@ -30,15 +34,18 @@ import numpy as np
 
 from backlm.data.shards import open_shard, read_row_group
 from backlm.direction import (
+    HEAD_SLOTS,
     IGNORE_INDEX,
     Direction,
     SpecialIds,
+    body_capacity,
     document_order,
     encode_document_array,
+    piece_spans,
 )
 from backlm.errors import UserError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: reading-order pieces (1 cropped in model order and dropped the rest)
 
 
 class TokenizerLike(Protocol):
@@ -63,10 +70,22 @@ class Batch:
 
 
 @dataclass
-class _Doc:
-    key: tuple[int, int, int]  # (epoch, unit position, row): where the stream found it
-    tokens: np.ndarray
-    mask: np.ndarray
+class _Piece:
+    """A reading-order span of one document, waiting to be packed."""
+
+    key: tuple[int, int, int]  # (epoch, unit position, row): where the stream found its document
+    start: int  # where the span starts in the document (reading order)
+    body: np.ndarray  # the span's tokens, reading order
+    order: Direction  # the concrete order its document was drawn
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.body)
+
+    @property
+    def cost(self) -> int:
+        """Row tokens the piece takes in packing: the same in every direction."""
+        return len(self.body) + HEAD_SLOTS
 
 
 def doc_id(key: tuple[int, int, int]) -> int:
@@ -97,21 +116,24 @@ class PackedLoader:
         shuffle: bool = True,
         track: bool = False,
     ) -> None:
-        if batch_size < 1 or seq_len < 2:
-            raise UserError("batch size must be at least 1 and sequence length at least 2")
+        if batch_size < 1 or seq_len < HEAD_SLOTS:
+            raise UserError(f"batch size must be at least 1 and sequence length at least "
+                            f"{HEAD_SLOTS}")
         if not shards:
             raise UserError("no shards to read: run `backlm data prepare` first")
         self.direction = Direction.parse(direction)
         self.tokenizer = tokenizer
         self.ids = tokenizer.special_ids
         self.batch_size, self.seq_len = batch_size, seq_len
+        self.capacity = body_capacity(seq_len)  # the longest piece body
         self.seed, self.mix = seed, mix
         self.rank, self.world_size = rank, world_size
         self.docs_per_batch, self.buffer_docs = docs_per_batch, max(1, buffer_docs)
         self.threads, self.loop, self.shuffle = threads, loop, shuffle
-        # With track=True each batch records, per row, (stream key, tokens used, cropped).
+        # With track=True each batch records, per row and piece: (stream key, reading-order
+        # start, end, tokens the piece takes in the row).
         self.track = track
-        self.provenance: list[list[tuple[tuple[int, int, int], int, bool]]] = []
+        self.provenance: list[list[tuple[tuple[int, int, int], int, int, int]]] = []
         self.shards = [Path(p) for p in shards]
         self._files = [open_shard(p) for p in self.shards]
         self._units = [
@@ -124,12 +146,13 @@ class PackedLoader:
         self._units_cache: tuple[int, list[tuple[int, int]]] = (-1, [])
         self._rows_cache: tuple[tuple[int, int], tuple[list[str], list[int]]] = ((-1, -1), ([], []))
         self._cursor = (0, 0, 0)  # next (epoch, unit position, row) not yet tokenized
-        self._buffer: list[tuple[int, int]] = []  # sorted (length, seq) of buffered docs
-        self._docs: dict[int, _Doc] = {}
+        self._skip = 0  # pieces of the document at the cursor that start before this are done
+        self._buffer: list[tuple[int, int]] = []  # sorted (cost, seq) of buffered pieces
+        self._pieces: dict[int, _Piece] = {}
         self._seq = 0
-        self._pending: deque[_Doc] = deque()
+        self._pending: deque[_Piece] = deque()
         self._exhausted = False
-        self._row_prov: list[list[tuple[tuple[int, int, int], int, bool]]] = []
+        self._row_prov: list[list[tuple[tuple[int, int, int], int, int, int]]] = []
 
     # --- document stream ---------------------------------------------------------------
 
@@ -185,28 +208,34 @@ class PackedLoader:
             if take:
                 empty_epochs = 0
         self._cursor = (epoch, pos, row)
-        self._pending.extend(self._encode(keys, texts))
+        self._pending.extend(self._encode(keys, texts, self._skip))
+        self._skip = 0
 
-    def _encode(self, keys: list[tuple[int, int, int]], texts: list[str]) -> list[_Doc]:
+    def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
         token_lists = self.tokenizer.encode_batch(texts, self.threads)
         lengths = [len(t) for t in token_lists]
         # One C-level pass into a flat array; documents become views into it.
         flat = np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int64,
                            count=sum(lengths))
-        docs, start = [], 0
-        for key, n in zip(keys, lengths, strict=True):
-            body, start = flat[start : start + n], start + n
-            if not n:
-                continue  # an empty document would only add a stray BOS
+        bounds = np.cumsum([0, *lengths])
+        return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def _encode(self, keys: list[tuple[int, int, int]], texts: list[str],
+                skip: int = 0) -> list[_Piece]:
+        """The reading-order pieces of these documents (of the first, those from ``skip``)."""
+        pieces = []
+        for i, (key, body) in enumerate(zip(keys, self._tokenize(texts), strict=True)):
+            # an empty document would only add a stray BOS
             order = document_order(self.direction, doc_id(key), self.seed, self.mix)
-            seq, mask = encode_document_array(body, self.direction, self.ids, order)
-            docs.append(_Doc(key, seq, mask))
-        return docs
+            pieces.extend(_Piece(key, a, body[a:b], order)
+                          for a, b in piece_spans(len(body), self.capacity)
+                          if i or a >= skip)
+        return pieces
 
     # --- packing ----------------------------------------------------------------------
 
     def _fill_buffer(self) -> None:
-        while len(self._docs) < self.buffer_docs:
+        while len(self._pieces) < self.buffer_docs:
             if not self._pending:
                 if self._exhausted:
                     return
@@ -214,41 +243,51 @@ class PackedLoader:
                 continue
             self._push(self._pending.popleft())
 
-    def _push(self, doc: _Doc) -> None:
-        bisect.insort(self._buffer, (len(doc.tokens), self._seq))
-        self._docs[self._seq] = doc
+    def _push(self, piece: _Piece) -> None:
+        bisect.insort(self._buffer, (piece.cost, self._seq))
+        self._pieces[self._seq] = piece
         self._seq += 1
 
-    def _pop(self, index: int) -> _Doc:
+    def _pop(self, index: int) -> _Piece:
         _, seq = self._buffer.pop(index)
-        return self._docs.pop(seq)
+        return self._pieces.pop(seq)
 
-    def _take(self, space: int) -> tuple[_Doc, bool]:
-        """The longest buffered doc that fits in ``space`` (else the shortest, to be cropped)."""
+    def _take(self, space: int) -> _Piece | None:
+        """The longest buffered piece that fits in ``space``; else the shortest cut to fill it
+        (its reading-order remainder goes back into the buffer); None when no body fits."""
         i = bisect.bisect_right(self._buffer, (space, float("inf"))) - 1
         if i >= 0:
-            # Among docs of this length take the one buffered first, so order stays stable.
+            # Among pieces of this cost take the one buffered first, so order stays stable.
             j = bisect.bisect_left(self._buffer, (self._buffer[i][0], -1))
-            return self._pop(j), False
-        return self._pop(0), True
+            return self._pop(j)
+        keep = space - HEAD_SLOTS
+        if keep < 1:
+            return None
+        piece = self._pop(0)
+        self._push(_Piece(piece.key, piece.start + keep, piece.body[keep:], piece.order))
+        return _Piece(piece.key, piece.start, piece.body[:keep], piece.order)
 
     def _pack_row(self) -> tuple[np.ndarray, np.ndarray] | None:
         cap = self.seq_len + 1
-        toks, masks, filled, prov = [], [], 0, []
-        while filled < cap:
+        toks, masks, reserved, filled, prov = [], [], 0, 0, []
+        while reserved < cap:
             self._fill_buffer()
             if not self._buffer:
                 break
-            doc, crop = self._take(cap - filled)
-            n = cap - filled if crop else len(doc.tokens)
-            toks.append(doc.tokens[:n])
-            masks.append(doc.mask[:n])
-            filled += n
-            prov.append((doc.key, n, crop and n < len(doc.tokens)))
+            piece = self._take(cap - reserved)
+            if piece is None:
+                break
+            seq, mask = encode_document_array(piece.body, self.direction, self.ids, piece.order)
+            toks.append(seq)
+            masks.append(mask)
+            reserved += piece.cost
+            filled += len(seq)
+            prov.append((piece.key, piece.start, piece.end, len(seq)))
+        if not filled:
+            return None
         if filled < cap:
-            if not filled:
-                return None
-            # Only the last row of a finite pass is short: pad with ignored targets.
+            # unused marker slots (forward, backward), a gap too small for a piece, or the end
+            # of a finite pass: padding with ignored targets
             toks.append(np.full(cap - filled, self.ids.bos, dtype=np.int64))
             masks.append(np.zeros(cap - filled, dtype=bool))
         if self.track:
@@ -282,38 +321,46 @@ class PackedLoader:
     # --- exact resume -----------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able position: the stream cursor of the first document not in the buffer,
-        and the stream keys of the buffered documents in buffering order."""
-        held = [self._docs[s].key for _, s in sorted(self._buffer, key=lambda b: b[1])]
-        first_pending = self._pending[0].key if self._pending else self._cursor
+        """JSON-able position: the stream cursor of the first piece not in the buffer (its
+        document's key and reading-order start), and the buffered pieces in buffering order
+        (key, start, end)."""
+        held = [self._pieces[s] for _, s in sorted(self._buffer, key=lambda b: b[1])]
+        first = self._pending[0] if self._pending else None
+        cursor = [*first.key, first.start] if first else [*self._cursor, self._skip]
         return {
             "version": STATE_VERSION,
             "direction": self.direction.value,
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
-            "cursor": list(first_pending),
+            "cursor": cursor,
             "exhausted": self._exhausted and not self._pending,
-            "buffer": [list(k) for k in held],
+            "buffer": [[*p.key, p.start, p.end] for p in held],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position saved by :meth:`state_dict` (same shards, seed and direction)."""
         if state.get("version") != STATE_VERSION:
-            raise UserError("dataloader state has an unknown version; cannot resume exactly")
+            raise UserError(f"dataloader state version {state.get('version')!r} is not "
+                            f"{STATE_VERSION}: it was saved by a backlm that packed data "
+                            "differently; finish that run with the version that started it")
         for key in ("direction", "seed", "rank", "world_size"):
             mine = getattr(self, key)
             mine = mine.value if isinstance(mine, Direction) else mine
             if state.get(key) != mine:
                 raise UserError(f"dataloader state was saved with {key}={state.get(key)!r}, "
                                 f"this run has {mine!r}")
-        self._buffer, self._docs, self._seq = [], {}, 0
+        self._buffer, self._pieces, self._seq = [], {}, 0
         self._pending.clear()
-        self._cursor = tuple(state["cursor"])  # type: ignore[assignment]
+        *cursor, self._skip = state["cursor"]
+        self._cursor = tuple(cursor)  # type: ignore[assignment]
         self._exhausted = bool(state["exhausted"])
-        keys = [tuple(k) for k in state["buffer"]]
-        for doc in self._encode(keys, self.texts_for(keys)):  # type: ignore[arg-type]
-            self._push(doc)
+        held = [(tuple(h[:3]), h[3], h[4]) for h in state["buffer"]]
+        keys = [k for k, _, _ in held]
+        for (key, start, end), body in zip(held, self._tokenize(self.texts_for(keys)),
+                                           strict=True):
+            order = document_order(self.direction, doc_id(key), self.seed, self.mix)
+            self._push(_Piece(key, start, body[start:end], order))  # type: ignore[arg-type]
 
     def texts_for(self, keys: Sequence[tuple[int, int, int]]) -> list[str]:
         """Source texts of documents named by their stream keys."""

@@ -28,7 +28,6 @@ from backlm.experiment import Experiment
 
 # progress(label, done, total): label names the task and direction being evaluated
 Progress = Callable[[str, int, int], None]
-DEFAULT_LM_TOKENS = 32768
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
@@ -40,7 +39,7 @@ class EvalOptions:
     tasks: Sequence[str] | None = None
     step: int | None = None
     max_per_task: int | None = None
-    lm_tokens: int | None = None  # default: the run's train.eval_tokens
+    lm_tokens: int | None = None  # default: every held-out document
     batch_size: int | None = None  # default: the run's train.device_batch_size
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     device: str = "auto"
@@ -131,7 +130,7 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
     examples: dict[str, Any] = {t: T.load_task(t, options.max_per_task) for t in tasks
                                 if t != T.LM_TASK}
     if T.LM_TASK in tasks:
-        examples[T.LM_TASK] = _lm_shards(exp, notes)
+        examples[T.LM_TASK] = _held_out(exp, options.lm_tokens, notes)
     loaded = load_model(exp, step=options.step, device=options.device)
     report = EvalReport(exp, loaded.phase, loaded.step, loaded.direction, orders, notes=notes)
     for task in tasks:
@@ -156,35 +155,35 @@ def _evaluate(loaded: Any, task: str, order: str, examples: Any, options: EvalOp
                                             tick)
 
 
-def _run_defaults(exp: Experiment) -> dict[str, int]:
-    """Batch size and LM token budget of the run's config (fallbacks if it is unreadable)."""
+def _batch_size(exp: Experiment) -> int:
+    """Windows per forward pass: the run's device batch (8 if its config is unreadable)."""
     try:
-        cfg = exp.config()
-        return {"batch_size": cfg.train.device_batch_size, "lm_tokens": cfg.train.eval_tokens}
+        return exp.config().train.device_batch_size
     except (UserError, OSError, ValueError, KeyError):
-        return {"batch_size": 8, "lm_tokens": DEFAULT_LM_TOKENS}
+        return 8
 
 
-def _lm_shards(exp: Experiment, notes: list[str]) -> dict[str, list[Path]]:
-    """Held-out shards per split of the experiment's dataset (``data_dir`` in metadata)."""
-    from backlm.evaluation.lm import lm_shards
+def _held_out(exp: Experiment, max_tokens: int | None, notes: list[str]) -> dict[str, Any]:
+    """Held-out documents per split of the experiment's dataset, tokenized with its own
+    tokenizer (whole splits, or ``max_tokens`` of whole documents each)."""
+    from backlm.evaluation.lm import held_out, lm_shards
+    from backlm.tokenizer import Tokenizer
 
     shards, missing = lm_shards(exp.data_dir())
     notes.extend(missing)
-    return shards
+    tokenizer = Tokenizer.load(exp.tokenizer_dir)
+    return {split: held_out(paths, tokenizer, max_tokens) for split, paths in shards.items()}
 
 
-def _lm(loaded: Any, shards: dict[str, list[Path]], order: str,
+def _lm(loaded: Any, data: dict[str, Any], order: str,
         options: EvalOptions) -> tuple[list[dict], dict[str, Any]]:
     from backlm.evaluation.lm import evaluate_text, lm_record
 
-    defaults = _run_defaults(loaded.exp)
+    batch_size = options.batch_size or _batch_size(loaded.exp)
     records, summary = [], {"metric": "val_loss"}
-    for split, paths in shards.items():
-        sums = evaluate_text(loaded, paths, order,
-                             batch_size=options.batch_size or defaults["batch_size"],
-                             max_tokens=options.lm_tokens or defaults["lm_tokens"])
-        records.append(lm_record(split, sums))
+    for split, docs in data.items():
+        sums = evaluate_text(loaded, docs, order, batch_size=batch_size)
+        records.append(lm_record(split, sums, docs))
         summary.update({f"{split}_loss": sums.loss, f"{split}_bpb": sums.bpb,
                         f"{split}_tokens": int(sums.tokens)})
     summary["score"] = summary["val_loss"]

@@ -33,19 +33,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from backlm.direction import Direction, encode_document, model_order, prefix_length
+from backlm.direction import Direction, encode_for, model_order, prefix_length
 from backlm.evaluation.tasks import ChoiceExample, GenExample, extract_answer, numbers_in, token_f1
 
 Progress = Callable[[int, int], None]
-
-
-def encode_for(tokens: Sequence[int], model_direction: Direction | str, order: Direction | str,
-               ids: Any) -> tuple[list[int], list[bool]]:
-    """Reading-order ``tokens`` as a model of ``model_direction`` reads them in ``order``
-    (a bidirectional model gets the marker of ``order``)."""
-    if Direction.parse(model_direction) is Direction.BIDIRECTIONAL:
-        return encode_document(tokens, Direction.BIDIRECTIONAL, ids, order)
-    return encode_document(tokens, order, ids)
 
 
 def sequence_logprobs(model: Any, seqs: Sequence[Sequence[int]],

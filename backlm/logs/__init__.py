@@ -59,7 +59,7 @@ def schema_for(run: RunInfo) -> Any:
     from backlm.direction import eval_orders
     from backlm.logs.hdf5 import BASE_SCALARS, Schema
 
-    per_direction = [f"val_{m}_{name}" for name, _, _ in eval_orders(run.cfg.data.direction)
+    per_direction = [f"val_{m}_{name}" for name, _ in eval_orders(run.cfg.data.direction)
                      if name for m in ("loss", "bpb")]
     params = tuple(n for n, p in run.model.named_parameters() if p.requires_grad)
     return Schema(scalars=(*BASE_SCALARS, *per_direction), params=params,

@@ -28,7 +28,8 @@ def test_diagnose_passes(prepared, direction):
     res = CliRunner().invoke(app, ["data", "diagnose", "-d", direction, "--seq-len", "64"])
     assert res.exit_code == 0, res.output
     assert "diagnose passed" in res.output and "reading order" in res.output
-    assert "round trip to reading order" in res.output and "FAIL" not in res.output
+    assert "piece is its reading-order span" in res.output and "FAIL" not in res.output
+    assert "same spans in every direction" in res.output
     if direction == "bidirectional":
         assert "direction marker after BOS" in res.output
 
@@ -43,3 +44,24 @@ def test_diagnose_catches_a_missing_reversal(prepared, monkeypatch):
     monkeypatch.setattr(loader, "encode_document_array", buggy)
     res = CliRunner().invoke(app, ["data", "diagnose", "-d", "backward", "--seq-len", "64"])
     assert res.exit_code == 1 and "FAILED" in res.output
+
+
+def test_diagnose_catches_direction_dependent_crops(prepared, monkeypatch):
+    """The old rule: crop the last piece in the model's order. Backward then keeps other
+    reading-order spans than forward, which the span comparison must catch."""
+    import backlm.data.loader as loader
+
+    real = loader.PackedLoader._take
+
+    def model_order_crop(self, space):
+        piece = real(self, space)
+        if piece is not None and self.direction.value == "backward" and len(piece.body) > 3:
+            return loader._Piece(piece.key, piece.start + 1, piece.body[1:], piece.order)
+        return piece
+
+    monkeypatch.setattr(loader.PackedLoader, "_take", model_order_crop)
+    res = CliRunner().invoke(app, ["data", "diagnose", "-d", "forward", "--seq-len", "64",
+                                   "--ngram-chars", "0"])
+    assert res.exit_code == 1, res.output
+    line = next(ln for ln in res.output.splitlines() if "same spans" in ln)
+    assert "FAIL" in line

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from backlm.evaluation import runner
-from backlm.evaluation.lm import loader_direction
 from backlm.experiment import Experiment
 
 
@@ -35,10 +34,7 @@ def test_research_log_is_optional(monkeypatch, tmp_path):
     assert "research log not updated: being written" in report.notes[-1]
 
 
-def test_loader_directions_and_rows_for_bidirectional_models():
-    assert loader_direction("bidirectional", "forward") == ("bidirectional", 0.0)
-    assert loader_direction("bidirectional", "backward") == ("bidirectional", 1.0)
-    assert loader_direction("forward", "backward") == ("backward", 0.0)
+def test_direction_rows_for_bidirectional_models():
     report = runner.EvalReport(Experiment(Path("b")), "base", 1, "bidirectional",
                                ["forward", "backward"])
     for d in ("forward", "backward"):

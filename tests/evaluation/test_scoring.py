@@ -124,14 +124,6 @@ def test_forward_generation_exact_match_with_marker():
     assert summary["exact_match"] == 1.0
 
 
-def test_encode_for_gives_a_marker_to_bidirectional_models_only():
-    ids = _Tok().special_ids
-    assert scoring.encode_for([1, 2, 3], "forward", "backward", ids)[0] == [256, 3, 2, 1]
-    assert scoring.encode_for([1, 2, 3], "backward", "forward", ids)[0] == [256, 1, 2, 3]
-    seq, mask = scoring.encode_for([1, 2, 3], "bidirectional", "backward", ids)
-    assert seq == [256, 258, 3, 2, 1] and mask[1] is False  # the marker is never scored
-
-
 def test_sequence_logprobs_do_not_depend_on_batch_padding():
     loaded = _loaded("forward")
     seqs = [[256, 1, 2, 3, 4, 5, 6], [256, 7, 8], [256, 9, 10, 11, 12]]

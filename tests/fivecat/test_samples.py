@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backlm.data.shards import write_shard
-from backlm.direction import Direction, to_reading_order
+from backlm.direction import Direction, model_order, to_reading_order
 from backlm.errors import UserError
 from backlm.fivecat.samples import (
     build_probe,
@@ -91,3 +91,22 @@ def test_reading_stops_once_enough_documents_are_long(tmp_path, byte_tok):
     docs = read_documents(split_files(tmp_path, "val"), byte_tok, SAMPLES, max_len=16)
     assert len(docs) == 64  # the first encoded batch already holds max_samples long ones
     assert all(d == byte_tok.encode("a long enough document") for d in docs)  # blanks skipped
+
+
+@pytest.mark.parametrize("direction,marker", [("forward", None), ("backward", None),
+                                              ("bidirectional", "forward"),
+                                              ("bidirectional", "backward")])
+def test_every_comparison_within_a_probe_is_over_the_same_text(byte_tok, direction, marker):
+    """Gate B compares the declared order with the opposite order (and the wrong marker): the
+    rows it compares must hold the same reading-order tokens, or the margin measures text."""
+    ids = byte_tok.special_ids
+    docs = [byte_tok.encode(ABC), byte_tok.encode("0123456789" * 3)]
+    probe = build_probe(docs, 16, "val", Direction.parse(direction),
+                        Direction.parse(marker) if marker else None, ids, SAMPLES)
+    other = "backward" if (marker or direction) == "forward" else "forward"
+    for r in range(probe.rows):
+        declared = to_reading_order(probe.declared[r], direction, ids)
+        body = probe.opposite[r][probe.prefix:]
+        assert model_order(body, other) == declared  # the opposite row: same text, reversed
+        if probe.wrong_marker is not None:
+            assert probe.wrong_marker[r][probe.prefix:] == probe.declared[r][probe.prefix:]
