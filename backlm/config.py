@@ -84,7 +84,7 @@ class TrainConfig:
     total_batch_tokens: int = 4096  # tokens per optimizer step, across ranks and accumulation
     device_batch_size: int = 8  # rows per forward pass
     eval_every: int = 100
-    eval_tokens: int = 32768
+    eval_tokens: int = 32768  # validation: whole val documents from the start, this many tokens
     save_every: int = 500
     log_every: int = 1
     seed: int = 42

@@ -250,8 +250,8 @@ def to_reading_order(
     """Return any model-order sequence (with or without its BOS/marker) to reading order.
 
     The inverse of :func:`encode_document` and :func:`encode_conversation`: BOS and the
-    direction marker are dropped, and backward bodies are reversed. A cropped backward
-    document comes back as the reading-order suffix it kept.
+    direction marker are dropped, and backward bodies are reversed. A piece of a document
+    comes back as its reading-order span.
     """
     direction = Direction.parse(direction)
     concrete = read_order_of(seq, direction, ids)
@@ -273,8 +273,9 @@ def eval_orders(direction: Direction | str) -> list[tuple[str, Direction]]:
 def kept_window(tokens: Sequence[int], order: Direction | str, length: int) -> list[int]:
     """The reading-order part of a document that a model-order crop to ``length`` keeps.
 
-    Its first ``length`` tokens going forward, its last ``length`` going backward: the same
-    end the loader keeps when it crops a document (see :func:`encode_document`).
+    Its first ``length`` tokens going forward, its last ``length`` going backward: the window
+    a 5CAT probe shows a model of ``order``, starting where its sequences start (5CAT compares
+    orders within one model, always over this same window).
     """
     return model_order(model_order(tokens, order)[: max(0, length)], order)
 
