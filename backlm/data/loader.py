@@ -225,8 +225,8 @@ class PackedLoader:
         """The reading-order pieces of these documents (of the first, those from ``skip``)."""
         pieces = []
         for i, (key, body) in enumerate(zip(keys, self._tokenize(texts), strict=True)):
-            # an empty document would only add a stray BOS
             order = document_order(self.direction, doc_id(key), self.seed, self.mix)
+            # an empty document has no spans (it would only add a stray BOS)
             pieces.extend(_Piece(key, a, body[a:b], order)
                           for a, b in piece_spans(len(body), self.capacity)
                           if i or a >= skip)

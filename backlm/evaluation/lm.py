@@ -64,14 +64,17 @@ def held_out(shards: Sequence[Path], tokenizer: Any, max_tokens: int | None = No
 
     out = HeldOut([], [])
     texts: list[str] = []
+    taken = 0
 
     def flush() -> bool:
+        nonlocal taken
         for text, ids in zip(texts, tokenizer.encode_batch(texts, threads), strict=True):
-            if max_tokens is not None and out.tokens >= max_tokens:
+            if max_tokens is not None and taken >= max_tokens:
                 return False
             if ids:
                 out.docs.append(np.asarray(ids, dtype=np.int64))
                 out.hashes.append(hashlib.sha1(text.encode("utf-8")).hexdigest()[:16])
+                taken += len(ids)
         texts.clear()
         return True
 
