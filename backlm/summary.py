@@ -12,6 +12,7 @@ from backlm.experiment import Experiment
 if TYPE_CHECKING:
     from backlm.callbacks import LoopState
 
+
 @dataclass
 class RunSummary:
     """What a finished run reports."""

@@ -41,8 +41,6 @@ from backlm.direction import (
     piece_spans,
 )
 
-LM_SPLITS = ("val", "ood")
-
 
 @dataclass
 class HeldOut:
