@@ -75,6 +75,9 @@ GRAD_STATS = ("norm", "mean", "std", "max_abs")
 ACT_STATS = ("mean", "std", "rms", "max_abs")
 KIND_LEN, NAME_LEN = 16, 64
 _CHUNK_BYTES = 32768
+# The oldest file format SWMR works with, and no newer (DESIGN.md §3): "latest" under HDF5 2.x
+# writes a format that HDF5 1.10's own tools (Debian's h5dump, h5ls) cannot read.
+LIBVER = ("v110", "v110")
 
 # Writers open in this process, by resolved path, so append_eval can go through them: a second
 # handle on a file under SWMR write would corrupt it.
@@ -124,7 +127,7 @@ class Hdf5Logger(MetricLogger):
         if keep is not None:
             attrs = {**attrs, "resumed_at": _resumes(self.path, resume_step)}
         rebuild(self.path, keep, schema.datasets(), attrs, group_attrs or {}, warn, fresh=True)
-        self._f = h5py.File(self.path, "r+", libver="latest")
+        self._f = h5py.File(self.path, "r+", libver=LIBVER)
         self._f.swmr_mode = True
         self._ds = {name: self._f[name] for name in schema.datasets()}
         self._buf: dict[str, list[Any]] = {name: [] for name in self._ds}
@@ -242,10 +245,10 @@ def append_eval(h5_path: Path, kind: str, step: int, values: dict[str, float],
         raise UserError(f"research log {path} is corrupt: it cannot be read even in SWMR "
                         "mode; move it aside to start a new one") from None
     try:
-        f = h5py.File(path, "r+", libver="latest")
+        f = h5py.File(path, "r+", libver=LIBVER)
     except OSError:
         rebuild(path, None, {}, {}, {}, print)  # left open by a killed run: clear by rebuilding
-        f = h5py.File(path, "r+", libver="latest")
+        f = h5py.File(path, "r+", libver=LIBVER)
     with f:
         for name, value in values.items():
             for key, row in (("kind", _bytes(kind, KIND_LEN)), ("name", _bytes(name, NAME_LEN)),
@@ -276,7 +279,7 @@ def rebuild(path: Path, keep_step: int | None, layout: dict[str, tuple[tuple[int
             os.replace(path, aside)
             warn(f"research log {path.name} was unreadable ({exc}); moved to {aside.name}")
     try:
-        with atomic.atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as new:
+        with atomic.atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as new:
             full = {**(_layout_of(old) if old else {}), **layout}
             merged_attrs = {**(dict(old.attrs) if old else {}), **attrs}
             if old is not None and "created" in old.attrs:

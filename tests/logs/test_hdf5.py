@@ -4,6 +4,7 @@ appended through the writer or standalone, and recovery on resume."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -110,3 +111,22 @@ def test_sigkill_leaves_a_readable_file_and_resume_appends_without_duplicates(ho
         assert f.attrs["resumed_at"] == "4"
         assert b"5cat" not in set(f["eval/kind"][:])  # step 7 > checkpoint 4: dropped
         assert np.isfinite(f["scalars/loss"][1:]).all()
+
+
+@pytest.mark.skipif(shutil.which("h5dump") is None, reason="HDF5's tools are not installed")
+def test_hdf5s_own_tools_read_the_log(tmp_path):
+    """The format is SWMR's (v110) and no newer: HDF5 1.10's h5ls and h5dump read it, also
+    after a standalone eval append reopened it."""
+    from backlm.logs.hdf5 import append_eval
+
+    path = tmp_path / "base.h5"
+    log = _logger(path, flush_every=1)
+    for step in (1, 2):
+        log.log(step, {"loss": 3.0 / step, "val_loss": 2.5})
+    log.close()
+    append_eval(path, "5cat", 2, {"score": 0.75})
+    listing = subprocess.run(["h5ls", "-r", str(path)], capture_output=True, text=True)
+    assert listing.returncode == 0 and "ERROR" not in listing.stdout, listing.stdout
+    dump = subprocess.run(["h5dump", "-d", "/scalars/loss", str(path)], capture_output=True,
+                          text=True)
+    assert dump.returncode == 0 and "3, 1.5" in dump.stdout, dump.stdout + dump.stderr
