@@ -150,12 +150,131 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {folder} is corrupt: meta.json ({exc})") from None
 
 
+# meta.json's schema: key → (accepted types, what it must be). Loading for inference needs the
+# first group; resuming training needs all of them.
+_META_MODEL = {"step": (int, "a step number"), "direction": (str, "a direction"),
+               "model_config": (dict, "the model's shape")}
+_META_RESUME = {"tokens": (int, "a token count"), "loaders": (list, "the data positions"),
+                "rng": (dict, "the random-number states")}
+
+
+def validate_meta(meta: Any, folder: Path, resume: bool) -> dict[str, Any]:
+    """Check a checkpoint's meta.json against its schema; a UserError names the bad key."""
+    from backlm.config import ModelConfig, from_dict
+    from backlm.direction import Direction
+
+    where = f"checkpoint {folder}: {META_FILE}"
+    fix = "restore it from a backup, or resume from an earlier checkpoint by moving this one aside"
+    if not isinstance(meta, dict):
+        raise UserError(f"{where} is not a JSON object; {fix}")
+    schema = {**_META_MODEL, **(_META_RESUME if resume else {})}
+    for key, (kind, what) in schema.items():
+        value = meta.get(key)
+        if value is None:
+            raise UserError(f"{where} lacks {key!r} ({what}); {fix}")
+        if not isinstance(value, kind) or isinstance(value, bool) or (
+                kind is int and value < 0):
+            raise UserError(f"{where} has an invalid {key!r}: {value!r} is not {what}; {fix}")
+    try:
+        Direction.parse(meta["direction"])
+        from_dict(ModelConfig, meta["model_config"])
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}; {fix}") from None
+    if resume:
+        rng = meta["rng"]
+        if not all(isinstance(rng.get(k), str) for k in ("torch", "python")):
+            raise UserError(f"{where} has invalid random-number states; {fix}")
+        if not all(isinstance(s, dict) for s in meta["loaders"]):
+            raise UserError(f"{where} has invalid data positions ('loaders'); {fix}")
+    return meta
+
+
+def model_config(meta: dict[str, Any]) -> Any:
+    """The :class:`~backlm.config.ModelConfig` a checkpoint was trained with."""
+    from backlm.config import ModelConfig, from_dict
+
+    return from_dict(ModelConfig, meta["model_config"])
+
+
+def check_run_config(cfg: Any, meta: dict[str, Any], folder: Path, config_path: Path) -> None:
+    """The experiment's config must describe the checkpoint it resumes (shape, direction)."""
+    from dataclasses import asdict
+
+    from backlm.direction import Direction
+
+    trained = asdict(model_config(meta))
+    for key, value in asdict(cfg.model).items():
+        if trained.get(key) != value:
+            raise UserError(
+                f"{config_path} says model.{key}={value!r} but checkpoint {folder.name} was "
+                f"trained with model.{key}={trained.get(key)!r}: restore the config the run was "
+                "created with, or start a new run")
+    if Direction.parse(meta["direction"]).value != Direction.parse(cfg.data.direction).value:
+        raise UserError(
+            f"{config_path} says data.direction={cfg.data.direction} but checkpoint "
+            f"{folder.name} was trained {meta['direction']}: restore the config the run was "
+            "created with, or branch a new run from it")
+
+
+def check_weights(model: Any, state: dict[str, Any], folder: Path) -> None:
+    """The weights must have exactly the tensors and shapes of the model built from the meta."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    fix = "the checkpoint is corrupt or was edited; use another step or restore it"
+    for key in sorted(set(expected) | set(found)):
+        if key not in found:
+            raise UserError(f"checkpoint {folder}: {MODEL_FILE} has no tensor {key!r}; {fix}")
+        if key not in expected:
+            raise UserError(f"checkpoint {folder}: {MODEL_FILE} has an unexpected tensor "
+                            f"{key!r}; {fix}")
+        if expected[key] != found[key]:
+            raise UserError(f"checkpoint {folder}: {key} has shape {list(found[key])} in "
+                            f"{MODEL_FILE} but {META_FILE}'s model_config makes it "
+                            f"{list(expected[key])}; {fix}")
+
+
+def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
+    """What a checkpoint records of the tokenizer it was trained with (checked on load)."""
+    from dataclasses import asdict
+
+    return {"vocab_size": tokenizer.vocab_size, "special_ids": asdict(tokenizer.special_ids)}
+
+
+def check_tokenizer(tokenizer_dir: Path, vocab_size: int, meta: dict[str, Any] | None,
+                    folder: Path | None) -> Any:
+    """Load the experiment's tokenizer and check it against the model's vocabulary (and the
+    special-token ids the checkpoint recorded); the tokenizer, or a UserError naming the fix."""
+    from dataclasses import asdict
+
+    from backlm.tokenizer import Tokenizer
+
+    fix = ("restore the experiment's own tokenizer/ folder (the one it was trained with), not "
+           "a dataset's")
+    if not Path(tokenizer_dir).exists():
+        raise UserError(f"{tokenizer_dir} is missing: {fix}")
+    try:
+        tokenizer = Tokenizer.load(tokenizer_dir)
+    except UserError as exc:
+        raise UserError(f"{exc}; {fix}") from None
+    where = f"checkpoint {folder.name}" if folder is not None else "the model"
+    if tokenizer.vocab_size != vocab_size:
+        raise UserError(f"{tokenizer_dir} has {tokenizer.vocab_size} tokens but {where} has a "
+                        f"{vocab_size}-token vocabulary: {fix}")
+    recorded = (meta or {}).get("tokenizer")
+    if isinstance(recorded, dict) and recorded.get("special_ids") not in (
+            None, asdict(tokenizer.special_ids)):
+        raise UserError(f"{tokenizer_dir} numbers its special tokens differently from the "
+                        f"tokenizer {where} was trained with: {fix}")
+    return tokenizer
+
+
 def load(folder: Path, with_optimizer: bool = True, verify: bool = True) -> tuple[dict, Any, dict]:
-    """Load ``(model_state, optim_state or None, meta)`` from a checkpoint folder."""
+    """Load ``(model_state, optim_state or None, meta)`` from a checkpoint folder; meta.json is
+    checked against its schema (the resume keys too, ``with_optimizer``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    meta = read_meta(folder)
+    meta = validate_meta(read_meta(folder), folder, resume=with_optimizer)
     weights, optim_tensors, optim_json = (folder / MODEL_FILE, folder / OPTIM_FILE,
                                           folder / OPTIM_JSON)
     # safetensors' FileNotFoundError names no file: say which one is gone before reading
@@ -163,7 +282,7 @@ def load(folder: Path, with_optimizer: bool = True, verify: bool = True) -> tupl
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise UserError(f"checkpoint {folder} is incomplete: {missing[0]} is missing")
-    if verify and meta.get("model_sha256"):
+    if verify and isinstance(meta.get("model_sha256"), str):
         if sha256_file(weights) != meta["model_sha256"]:
             raise UserError(f"checkpoint {folder} is corrupt: {MODEL_FILE} checksum mismatch")
     try:
@@ -172,6 +291,6 @@ def load(folder: Path, with_optimizer: bool = True, verify: bool = True) -> tupl
         if with_optimizer:
             structure = json.loads(optim_json.read_text())
             optim_state = _unflatten(structure, load_file(str(optim_tensors)))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"checkpoint {folder} is corrupt: {exc}".splitlines()[0]) from None
     return model_state, optim_state, meta

@@ -7,6 +7,7 @@ Nothing heavy (torch, h5py, wandb) is imported here or at the top of a command m
 from __future__ import annotations
 
 import typer
+from typer import rich_utils as typer_rich_utils
 
 from backlm import __version__
 from backlm.commands import data as data_cmd
@@ -25,6 +26,19 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
+
+
+def _one_line_usage_error(exc) -> None:
+    """Typer's hook for a bad flag or value (click's UsageError): one ``error:`` line naming
+    the problem and where help is, like every other user error, instead of a boxed panel."""
+    from backlm.ui import fail
+
+    where = getattr(getattr(exc, "ctx", None), "command_path", "backlm")
+    fail(f"{exc.format_message()} (see `{where} --help`)")
+
+
+# Typer formats usage errors through this module attribute at the moment it reports one.
+typer_rich_utils.rich_format_error = _one_line_usage_error
 
 
 def _version(value: bool) -> None:

@@ -184,25 +184,40 @@ class RunConfig:
 
 def preset_path(name_or_path: str) -> Path:
     """Resolve ``cpu-tiny`` / ``configs/cpu-tiny.yaml`` / any YAML path to an existing file."""
-    candidates = [Path(name_or_path)]
-    if not name_or_path.endswith((".yaml", ".yml")):
+    path = Path(name_or_path)
+    looks_like_path = "/" in name_or_path or path.suffix in (".yaml", ".yml")
+    if path.is_dir():
+        raise UserError(f"--config {name_or_path} is a folder: give a YAML file or a preset name")
+    candidates = [path]
+    if not looks_like_path:
         candidates.append(CONFIG_DIR / f"{name_or_path}.yaml")
-    candidates.append(CONFIG_DIR / Path(name_or_path).name)
-    for path in candidates:
-        if path.is_file():
-            return path
+    candidates.append(CONFIG_DIR / path.name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
     known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none"
-    raise UserError(f"unknown config preset {name_or_path!r}: known presets are {known}")
+    if looks_like_path:
+        raise UserError(f"config file {name_or_path} does not exist: check the path, or name a "
+                        f"preset ({known})")
+    raise UserError(f"unknown config preset {name_or_path!r}: known presets are {known}, or give "
+                    "the path of a YAML file")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping; a file that is not one raises :class:`UserError`."""
+    """Read a YAML mapping; a file that is not one raises :class:`UserError` (syntax errors
+    with their line and column)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise UserError(f"config {path}{where}: {problem}; fix the YAML syntax there") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read config {path}: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
-        raise UserError(f"config {path} must be a mapping of keys to values")
+        raise UserError(f"config {path} must be a mapping of keys to values (section: key: value)"
+                        f", not a {type(data).__name__}")
     return data
 
 
@@ -234,12 +249,20 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base``."""
+def deep_merge(base: dict[str, Any], update: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``; a mapping on one side and a value
+    on the other is a :class:`UserError` (neither silently replaces the other)."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        here = f"{path}{key}"
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            merged[key] = deep_merge(old, value, f"{here}.")
+        elif key in merged and (isinstance(value, dict) != isinstance(old, dict)) and (
+                old is not None and value is not None):
+            raise UserError(f"config key {here!r} is a section (key: value pairs) on one side "
+                            f"and the value {old if not isinstance(old, dict) else value!r} on "
+                            f"the other: set its keys, e.g. {here}.<key>=value")
         else:
             merged[key] = value
     return merged
@@ -264,8 +287,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
+        if value is None:  # an empty section (`model:` with nothing under it)
+            value = {}
         if not isinstance(value, dict):
-            raise UserError(f"config key {key!r} must be a mapping")
+            raise UserError(f"config section {key!r} must be a mapping of keys to values, got "
+                            f"{value!r}: write its keys, e.g. {key}.<key>=value")
         return from_dict(tp, value, prefix=f"{key}.")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -274,9 +300,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return None
         return _coerce(args[0], value, key)
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise UserError(f"config key {key!r} must be a list, got {value!r}")
-        return tuple(_coerce(a, v, key) for a, v in zip(typing.get_args(tp), value, strict=False))
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise UserError(f"config key {key!r} must be a list of {len(args)} values, got "
+                            f"{value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -329,3 +357,18 @@ def load_config(
     data = deep_merge(data, parse_overrides(overrides))
     data = deep_merge(data, flags or {})
     return from_dict(cls, data)
+
+
+def explicit_keys(overrides: list[str] | None, flags: dict[str, Any] | None) -> set[str]:
+    """Dotted keys the user set on the command line (``--set`` and flags), as opposed to values
+    that come from a preset or a default."""
+    def walk(node: dict[str, Any], prefix: str) -> set[str]:
+        keys = set()
+        for key, value in node.items():
+            if isinstance(value, dict):
+                keys |= walk(value, f"{prefix}{key}.")
+            else:
+                keys.add(f"{prefix}{key}")
+        return keys
+
+    return walk(parse_overrides(overrides), "") | walk(flags or {}, "")

@@ -31,7 +31,8 @@ from backlm.lock import RunLock
 if TYPE_CHECKING:
     from backlm.config import RunConfig
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_ID = 128
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 STEP_RE = re.compile(r"^step_(\d{6,})$")
 # best.json: best validation metric (early stopping); best_5cat.json: best 5CAT score.
 BEST_FILES = {"val": "best.json", "5cat": "best_5cat.json"}
@@ -46,9 +47,13 @@ def new_id(phase: str, direction: str, depth: int, now: dt.datetime | None = Non
 
 def check_id(exp_id: str) -> str:
     """Reject ids that are not safe folder names."""
+    if len(exp_id) > MAX_ID:
+        raise UserError(f"experiment id is too long ({len(exp_id)} characters, at most "
+                        f"{MAX_ID}): choose a shorter --id")
     if not ID_RE.match(exp_id):
         raise UserError(
-            f"invalid experiment id {exp_id!r}: use letters, digits, '.', '_' and '-' only"
+            f"invalid experiment id {exp_id!r}: start with a letter or digit, then use letters, "
+            "digits, '.', '_' and '-' only"
         )
     return exp_id
 
@@ -253,13 +258,21 @@ def create(
         )
     tmp = Experiment(Path(root) / f".{exp_id}.creating")
     shutil.rmtree(tmp.path, ignore_errors=True)
-    tmp.checkpoints.mkdir(parents=True)
-    tmp.notes_dir.mkdir()
-    atomic.write_text(tmp.config_path, config_yaml)
-    atomic.write_json(tmp.metadata_path, metadata)
-    atomic.write_json(tmp.parent_link_path, parent_link)
-    if tokenizer_dir is not None:
-        shutil.copytree(tokenizer_dir, tmp.tokenizer_dir)
+    try:
+        tmp.checkpoints.mkdir(parents=True)
+        tmp.notes_dir.mkdir()
+        atomic.write_text(tmp.config_path, config_yaml)
+        atomic.write_json(tmp.metadata_path, metadata)
+        atomic.write_json(tmp.parent_link_path, parent_link)
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp.tokenizer_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        raise UserError(f"cannot create experiment {exp_id} in {root}: "
+                        f"{exc.strerror or exc}; choose a writable --experiments-dir") from None
+    except BaseException:
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        raise
     try:
         os.rename(tmp.path, exp.path)  # atomic: the folder appears complete or not at all
     except OSError:
@@ -276,7 +289,8 @@ def all_experiments(root: Path) -> list[Experiment]:
     root = Path(root)
     if not root.is_dir():
         return []
-    exps = (Experiment(p) for p in root.iterdir() if p.is_dir())
+    # hidden folders are creations in progress (``.<id>.creating``), not experiments
+    exps = (Experiment(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return sorted((e for e in exps if e.metadata_path.is_file()), key=lambda e: e.id)
 
 

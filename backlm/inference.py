@@ -50,19 +50,23 @@ def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int
     """Load an experiment's checkpoint (id, tag or path) into an eval-mode GPT."""
     import torch
 
-    from backlm.config import ModelConfig, from_dict
     from backlm.hardware import resolve_device
     from backlm.model import GPT
     from backlm.paths import experiments_root
-    from backlm.tokenizer import Tokenizer
 
     exp = ref if isinstance(ref, Experiment) else find(str(ref), root or experiments_root())
     folder = resolve_step(exp, step)
     state, _, meta = ckpt.load(folder, with_optimizer=False)
-    cfg = from_dict(ModelConfig, meta["model_config"])
+    cfg = ckpt.model_config(meta)
+    # the tokenizer must be the model's own before any number is computed with it
+    tokenizer = ckpt.check_tokenizer(exp.tokenizer_dir, cfg.vocab_size, meta, folder)
     dev = torch.device(resolve_device(device, "fp32").device)
-    model = GPT(cfg)
+    try:
+        model = GPT(cfg)
+    except ValueError as exc:
+        raise UserError(f"checkpoint {folder}: its model_config cannot build a model ({exc})"
+                        ) from None
+    ckpt.check_weights(model, state, folder)
     model.load_state_dict(state)
     model.to(dev).eval()
-    tokenizer = Tokenizer.load(exp.tokenizer_dir)
     return LoadedModel(exp, model, tokenizer, meta["direction"], int(meta["step"]), meta, dev)

@@ -9,19 +9,21 @@ config from the experiment folder, the one place it is written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backlm import atomic, provenance
 from backlm import experiment as xp
-from backlm import provenance
 from backlm.config import RunConfig, to_yaml
 from backlm.errors import UserError
-from backlm.paths import DEFAULT_DATASET, dataset_dir
+from backlm.paths import dataset_dir
+from backlm.plan import NewRun, Resume, check_config, plan_new_run, plan_resume
 
 if TYPE_CHECKING:
     from backlm.callbacks import Callback
@@ -84,33 +86,13 @@ def torchrun_argv(plan: LaunchPlan, exp_path: Path, resume: bool, python: str = 
     return argv
 
 
-def ensure_data(cfg: RunConfig, vocab_size: int, say: Callable[[str], None]) -> Path:
-    """Dataset folder of ``cfg``; the embedded default is prepared when missing."""
-    folder = dataset_dir(cfg.data.dataset)
-    if not any(folder.glob("train_*.parquet")):
-        if cfg.data.dataset != DEFAULT_DATASET:
-            raise UserError(
-                f"dataset {cfg.data.dataset!r} has no train shards in {folder}: fetch it with "
-                f"`backlm data download` or `backlm data import`"
-            )
+def prepare_data(new: NewRun, cfg: RunConfig, say: Callable[[str], None]) -> None:
+    """Build the embedded default corpus when the plan says it is missing."""
+    if new.prepare_data:
         from backlm.data.corpus import prepare_corpus
 
-        say(f"no data yet: preparing the embedded corpus in {folder}")
-        prepare_corpus(folder, vocab_size=vocab_size, force=True)
-    return folder
-
-
-def validate(cfg: RunConfig, world: int = 1) -> None:
-    """Check what can be checked of a new run before anything is written."""
-    from backlm.direction import Direction
-    from backlm.trainer import plan_streams
-
-    cfg.data.direction = Direction.parse(cfg.data.direction).value
-    if cfg.model.depth < 1:
-        raise UserError(f"--depth must be at least 1, got {cfg.model.depth}")
-    if cfg.train.max_steps < 1:
-        raise UserError("train.max_steps must be at least 1")
-    plan_streams(cfg, world)
+        say(f"no data yet: preparing the embedded corpus in {new.data_dir}")
+        prepare_corpus(new.data_dir, vocab_size=cfg.model.vocab_size, force=True)
 
 
 def _quiet(text: str) -> None:
@@ -118,70 +100,92 @@ def _quiet(text: str) -> None:
 
 
 def create_experiment(cfg: RunConfig, root: Path, world: int = 1,
-                      say: Callable[[str], None] = _quiet) -> xp.Experiment:
-    """Validate ``cfg``, prepare data and tokenizer, and create the experiment folder."""
+                      say: Callable[[str], None] = _quiet,
+                      explicit: Collection[str] = ()) -> xp.Experiment:
+    """Validate ``cfg`` (:func:`backlm.plan.plan_new_run`), prepare data and tokenizer, and
+    create the experiment folder."""
     from backlm.data.vocab import dataset_tokenizer, tokenizer_dir
 
-    validate(cfg, world)
-    folder = ensure_data(cfg, cfg.model.vocab_size, say)
-    tokenizer = dataset_tokenizer(folder, vocab_size=cfg.model.vocab_size)
+    new = plan_new_run(cfg, root, world, explicit)
+    prepare_data(new, cfg, say)
+    tokenizer = dataset_tokenizer(new.data_dir, vocab_size=cfg.model.vocab_size)
     cfg.model.vocab_size = tokenizer.vocab_size  # the model's vocabulary is the tokenizer's
-    exp_id = cfg.id or xp.new_id(cfg.phase, cfg.data.direction, cfg.model.depth)
-    cfg.id = xp.check_id(exp_id)
+    cfg.id = new.exp_id
     metadata = {
-        "id": exp_id, "name": exp_id, "description": cfg.description, "phase": cfg.phase,
-        "direction": cfg.data.direction, "depth": cfg.model.depth, "created": xp.utcnow(),
-        "finished": None, "status": "created", "git_commit": provenance.git_commit(),
-        "command": provenance.command_line(), "data_dir": str(folder.resolve()),
-        **provenance.environment(), "results": None,
+        "id": new.exp_id, "name": new.exp_id, "description": cfg.description,
+        "phase": cfg.phase, "direction": cfg.data.direction, "depth": cfg.model.depth,
+        "created": xp.utcnow(), "finished": None, "status": "created",
+        "git_commit": provenance.git_commit(), "command": provenance.command_line(),
+        "data_dir": str(new.data_dir.resolve()), **provenance.environment(), "results": None,
     }
-    return xp.create(root, exp_id, config_yaml=to_yaml(cfg), metadata=metadata,
-                     parent_link=None, tokenizer_dir=tokenizer_dir(folder))
+    return xp.create(root, new.exp_id, config_yaml=to_yaml(cfg), metadata=metadata,
+                     parent_link=None, tokenizer_dir=tokenizer_dir(new.data_dir))
 
 
-def check_resumable(exp: xp.Experiment) -> RunConfig:
-    """Fail early (before any lock or write) if ``exp`` cannot be resumed; its config."""
-    from backlm import checkpoint as ckpt
+def _extend(resume: Resume) -> None:
+    """Write a --max-steps extension into the config (workers read it) and the metadata."""
+    cfg, exp = resume.cfg, resume.exp
+    old = cfg.train.max_steps
+    cfg.train.max_steps = resume.extend_to
+    atomic.write_text(exp.config_path, to_yaml(cfg))
+    history = list(exp.metadata().get("max_steps_changes") or [])
+    history.append({"from": old, "to": resume.extend_to, "at_step": resume.step,
+                    "time": xp.utcnow()})
+    exp.update_metadata(max_steps_changes=history)
 
-    exp.metadata()
-    cfg = exp.config()
-    folder = exp.latest_checkpoint()
-    if folder is not None:  # with none saved yet, the run starts over from step 0
-        ckpt.load(folder, with_optimizer=False)  # raises UserError when corrupt
-    return cfg
+
+def _discard_failed(exp: xp.Experiment) -> None:
+    """A new run that failed before its first checkpoint cannot be resumed: remove its folder
+    so the corrected command can use the same id."""
+    import shutil
+
+    if not exp.checkpoint_steps():
+        shutil.rmtree(exp.path, ignore_errors=True)
 
 
 def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
           plan: LaunchPlan | None = None, observers: Sequence[Callback] = (),
-          say: Callable[[str], None] = _quiet) -> RunSummary:
+          say: Callable[[str], None] = _quiet, explicit: Collection[str] = (),
+          max_steps: int | None = None) -> RunSummary:
     """Create (or, with ``resume``, continue) an experiment and train it.
 
-    One process trains in this one with ``cfg`` itself; a torchrun plan spawns the workers,
-    which read the resolved config from the experiment folder. ``observers`` (e.g. the
-    command's display) see the in-process loop; torchrun's rank 0 makes its own display.
-    ``say`` tells the user about work before training (e.g. preparing the default data).
+    Everything is validated first (:mod:`backlm.plan`); a new run that fails before its first
+    checkpoint leaves nothing behind. A resumed run that is already over changes nothing and
+    returns its stored summary (``nothing_to_do``); ``max_steps`` extends it. One process trains
+    in this one with ``cfg`` itself; a torchrun plan spawns the workers, which read the resolved
+    config from the experiment folder. ``observers`` (e.g. the command's display) see the
+    in-process loop; torchrun's rank 0 makes its own display. ``say`` tells the user about work
+    before training (e.g. preparing the default data).
     """
     from backlm import trainer
+    from backlm.summary import summary_from_files
 
     plan = plan or LaunchPlan()
     if resume:
-        exp = xp.find(resume, root)
-        cfg = check_resumable(exp)
+        state = plan_resume(resume, root, max_steps)
+        exp, cfg = state.exp, state.cfg
+        if state.finished:
+            return dataclasses.replace(summary_from_files(exp), nothing_to_do=True)
     else:
         if cfg is None:
             raise UserError("a new run needs a config")
-        exp = create_experiment(cfg, root, plan.world, say)
-    with exp.lock():
-        if not plan.distributed:
-            return trainer.run(exp, cfg, resume=bool(resume), observers=observers)
-        argv = torchrun_argv(plan, exp.path, bool(resume))
-        env = dict(os.environ, BACKLM_DISPLAY="1" if observers else "0")
-        proc = subprocess.run(argv, env=env)
-        if proc.returncode != 0:
-            raise UserError(f"torchrun exited with code {proc.returncode}; see the log above")
-        from backlm.summary import summary_from_files
-
-        return summary_from_files(exp)
+        exp = create_experiment(cfg, root, plan.world, say, explicit)
+    try:
+        with exp.lock():
+            if resume and state.extend_to is not None:
+                _extend(state)
+            if not plan.distributed:
+                return trainer.run(exp, cfg, resume=bool(resume), observers=observers)
+            argv = torchrun_argv(plan, exp.path, bool(resume))
+            env = dict(os.environ, BACKLM_DISPLAY="1" if observers else "0")
+            proc = subprocess.run(argv, env=env)
+            if proc.returncode != 0:
+                raise UserError(f"torchrun exited with code {proc.returncode}; see the log above")
+            return summary_from_files(exp)
+    except (Exception, SystemExit):
+        if not resume:
+            _discard_failed(exp)
+        raise
 
 
 def estimate_only(cfg: RunConfig):
@@ -189,7 +193,7 @@ def estimate_only(cfg: RunConfig):
     from backlm.cost import estimate, target_gpu
     from backlm.data.vocab import existing_tokenizer
 
-    validate(cfg)
+    check_config(cfg)
     tokenizer = existing_tokenizer(dataset_dir(cfg.data.dataset))
     if tokenizer is not None:
         cfg.model.vocab_size = tokenizer.vocab_size

@@ -32,13 +32,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._holder()
-                if holder and self._alive(holder):
-                    raise UserError(
-                        f"experiment {self.path.parent.name} is in use by pid {holder['pid']} "
-                        f"on {holder['host']} since {holder.get('since', '?')}; wait for it to "
-                        f"finish or use another --id"
-                    ) from None
+                self.check_free()
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()  # stale lock of a dead run
                 continue
@@ -47,6 +41,15 @@ class RunLock:
             self.held = True
             return self
         raise UserError(f"could not lock experiment {self.path.parent.name}")
+
+    def check_free(self) -> None:
+        """Raise :class:`UserError` naming the live holder, if there is one (writes nothing)."""
+        holder = self._holder()
+        if holder and self._alive(holder):
+            raise UserError(
+                f"experiment {self.path.parent.name} is in use by pid {holder.get('pid')} "
+                f"on {holder.get('host')} since {holder.get('since', '?')}; wait for it to "
+                f"finish or use another --id")
 
     def active(self) -> bool:
         """Whether a live process holds this lock."""

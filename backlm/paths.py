@@ -33,3 +33,27 @@ def dataset_dir(name: str = DEFAULT_DATASET) -> Path:
 def experiments_root() -> Path:
     """Default output folder: ``$BACKLM_EXPERIMENTS`` or ``./experiments``."""
     return Path(os.environ.get("BACKLM_EXPERIMENTS") or "experiments")
+
+
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """Raise :class:`UserError` unless ``folder`` is, or can be created as, a writable folder.
+
+    Nothing is left behind: the nearest existing ancestor is probed with a temporary file
+    that is removed at once (permission bits alone do not tell, e.g. for root or /proc).
+    """
+    import tempfile
+
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {folder} cannot be a folder: {probe} is a file; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{what} {folder} is not writable ({reason} in {probe}); {fix}") from None

@@ -29,6 +29,7 @@ class RunSummary:
     val_bpb: float | None
     first_val_bpb: float | None
     device: str
+    nothing_to_do: bool = False  # a --resume of a run that was already over
 
 
 REASONS = {

@@ -164,7 +164,7 @@ def _save(tr: TrainingRun, state: LoopState) -> Path | None:
         "step": state.step, "phase": cfg.phase, "direction": cfg.data.direction,
         "tokens": state.tokens, "model_config": dict(vars(cfg.model)), "val": tr.evals,
         "loaders": loaders, "rng": ckpt.rng_state(tr.dev.is_cuda), "world_size": tr.dist.world,
-        "saved": utcnow(),
+        "tokenizer": ckpt.tokenizer_record(tr.info.tokenizer), "saved": utcnow(),
     }
     return ckpt.save(exp.checkpoint_dir(state.step), tr.info.model.state_dict(),
                      tr.opt.state_dict(), meta)
@@ -177,16 +177,23 @@ def _restore(tr: TrainingRun) -> tuple[int, int, dict[str, float]]:
     if folder is None:
         return 0, 0, {}
     model_state, optim_state, meta = ckpt.load(folder)
+    ckpt.check_weights(tr.info.model, model_state, folder)
     tr.info.model.load_state_dict(model_state)
-    tr.opt.load_state_dict(optim_state)
     states = meta["loaders"]
     if len(states) != tr.streams:
         raise UserError(f"checkpoint has {len(states)} data streams, this run {tr.streams}: "
                         "resume with the same batch settings")
     first = tr.dist.rank * tr.accum
-    for loader, state in zip(tr.loaders, states[first:first + tr.accum], strict=True):
-        loader.load_state_dict(state)
-    ckpt.restore_rng_state(meta["rng"], tr.dev.is_cuda)
+    try:
+        tr.opt.load_state_dict(optim_state)
+        for loader, state in zip(tr.loaders, states[first:first + tr.accum], strict=True):
+            loader.load_state_dict(state)
+        ckpt.restore_rng_state(meta["rng"], tr.dev.is_cuda)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise UserError(f"checkpoint {folder} cannot be resumed: its optimizer state, data "
+                        f"positions or random-number states are corrupt ({type(exc).__name__}: "
+                        f"{exc}); resume from an earlier checkpoint by moving this one aside"
+                        .splitlines()[0]) from None
     return int(meta["step"]), int(meta["tokens"]), dict(meta.get("val") or {})
 
 

@@ -38,8 +38,18 @@ def user_errors(fn: F) -> F:
             raise fail(_escape(str(exc)), exc.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except OSError as exc:  # the backstop for a location or disk the checks did not foresee
+            raise fail(_escape(os_error_line(exc))) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and what to check."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    path = f": {exc.filename}" if exc.filename else ""
+    return (f"{what}{path} (check that the location exists, is a writable folder and that "
+            "the disk has space)")
 
 
 def _escape(text: str) -> str:

@@ -21,10 +21,16 @@ def _model_and_optimizer():
     return model, opt
 
 
+def _meta(step: int, **changes) -> dict:
+    """A meta.json with every key a resume needs."""
+    meta = {"step": step, "direction": "backward", "model_config": {"depth": 2}, "tokens": 64,
+            "loaders": [{}], "rng": ckpt.rng_state(cuda=False)}
+    return {**meta, **changes}
+
+
 def test_save_then_load_round_trips(tmp_path):
     model, opt = _model_and_optimizer()
-    folder = ckpt.save(tmp_path / "step_000007", model.state_dict(), opt.state_dict(),
-                       {"step": 7, "direction": "backward"})
+    folder = ckpt.save(tmp_path / "step_000007", model.state_dict(), opt.state_dict(), _meta(7))
     assert ckpt.is_complete(folder) and not list(tmp_path.glob(".*tmp"))
     state, optim, meta = ckpt.load(folder)
     assert meta["step"] == 7 and meta["direction"] == "backward"
@@ -43,15 +49,15 @@ def test_save_then_load_round_trips(tmp_path):
 
 def test_a_second_save_replaces_the_folder(tmp_path):
     model, opt = _model_and_optimizer()
-    folder = ckpt.save(tmp_path / "s", model.state_dict(), opt.state_dict(), {"step": 1})
+    folder = ckpt.save(tmp_path / "s", model.state_dict(), opt.state_dict(), _meta(1))
     (folder / "stray").write_text("x")
-    ckpt.save(tmp_path / "s", model.state_dict(), opt.state_dict(), {"step": 2})
+    ckpt.save(tmp_path / "s", model.state_dict(), opt.state_dict(), _meta(2))
     assert ckpt.read_meta(folder)["step"] == 2 and not (folder / "stray").exists()
 
 
 def test_damage_is_a_user_error(tmp_path):
     model, opt = _model_and_optimizer()
-    folder = ckpt.save(tmp_path / "s", model.state_dict(), opt.state_dict(), {"step": 1})
+    folder = ckpt.save(tmp_path / "s", model.state_dict(), opt.state_dict(), _meta(1))
     weights = folder / ckpt.MODEL_FILE
     good = weights.read_bytes()
     weights.write_bytes(good[:-4] + b"\0\0\0\0")
@@ -80,3 +86,61 @@ def test_rng_state_restores_the_same_draws():
     ckpt.restore_rng_state(state, cuda=False)
     again = (torch.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and first[1] == again[1]
+
+
+@pytest.mark.parametrize("key", ["step", "direction", "model_config", "tokens", "loaders", "rng"])
+def test_meta_missing_a_key_is_refused_by_name(tmp_path, key):
+    meta = {k: v for k, v in _meta(3).items() if k != key}
+    with pytest.raises(UserError, match=f"lacks '{key}'"):
+        ckpt.validate_meta(meta, tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"step": "x"}, "invalid 'step'"), ({"step": -1}, "invalid 'step'"),
+    ({"step": True}, "invalid 'step'"), ({"direction": "sideways"}, "unknown direction"),
+    ({"model_config": {"depth": "deep"}}, "expects int"),
+    ({"model_config": {"layers": 3}}, "unknown config key"),
+    ({"loaders": [1]}, "data positions"), ({"rng": {"torch": 1}}, "random-number"),
+    ({"tokens": 1.5}, "invalid 'tokens'"),
+])
+def test_meta_with_a_bad_value_is_refused(tmp_path, change, needle):
+    with pytest.raises(UserError, match=needle):
+        ckpt.validate_meta({**_meta(3), **change}, tmp_path, resume=True)
+
+
+def test_inference_needs_only_the_model_keys(tmp_path):
+    ckpt.validate_meta({"step": 1, "direction": "forward", "model_config": {}}, tmp_path,
+                       resume=False)
+    with pytest.raises(UserError, match="not a JSON object"):
+        ckpt.validate_meta([1], tmp_path, resume=False)
+
+
+def test_weights_must_match_the_model_shapes(tmp_path):
+    model, _ = _model_and_optimizer()
+    state = dict(model.state_dict())
+    ckpt.check_weights(model, state, tmp_path)
+    state["0.weight"] = torch.zeros(9, 4)
+    with pytest.raises(UserError, match=r"0.weight has shape \[9, 4\]"):
+        ckpt.check_weights(model, state, tmp_path)
+    del state["0.weight"]
+    with pytest.raises(UserError, match="no tensor '0.weight'"):
+        ckpt.check_weights(model, state, tmp_path)
+
+
+def test_the_tokenizer_must_be_the_models_own(tmp_path):
+    from backlm.tokenizer import Tokenizer
+    from tests.conftest import make_docs
+
+    tok = Tokenizer.train(make_docs(200), vocab_size=300)
+    tok.save(tmp_path / "tokenizer")
+    record = ckpt.tokenizer_record(tok)
+    assert ckpt.check_tokenizer(tmp_path / "tokenizer", 300, {"tokenizer": record},
+                                tmp_path).vocab_size == 300
+    for size in (280, 400):
+        with pytest.raises(UserError, match=f"has a {size}-token vocabulary.*own tokenizer"):
+            ckpt.check_tokenizer(tmp_path / "tokenizer", size, None, tmp_path)
+    shuffled = {**record, "special_ids": {**record["special_ids"], "bos": 5}}
+    with pytest.raises(UserError, match="special tokens differently"):
+        ckpt.check_tokenizer(tmp_path / "tokenizer", 300, {"tokenizer": shuffled}, tmp_path)
+    with pytest.raises(UserError, match="is missing"):
+        ckpt.check_tokenizer(tmp_path / "gone", 300, None, tmp_path)

@@ -96,7 +96,7 @@ def test_in_process_training_takes_the_config_object_and_workers_read_the_file(h
     exp.config_path.write_text("train: [not, a, mapping\n")
     assert trainer.run(exp, cfg).status == "finished"
     assert worker.main(["--experiment", str(exp.path)]) == 2
-    assert "cannot read config" in capsys.readouterr().err
+    assert "config.yaml line 2, column 1" in capsys.readouterr().err
 
 
 def test_default_callbacks_are_imported_not_looked_up(tmp_path):

@@ -20,7 +20,8 @@ def train(
     overrides: list[str] = typer.Option(None, "--set", help="Override a config key: a.b=value."),
     exp_id: str = typer.Option(None, "--id", help="Experiment id (default: phase_dir_dN_time)."),
     description: str = typer.Option(None, "--description", help="Free text for metadata."),
-    max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps to train."),
+    max_steps: int = typer.Option(
+        None, "--max-steps", help="Optimizer steps to train; with --resume, extends the run."),
     device: str = DEVICE,
     seed: int = typer.Option(None, "--seed", help="Seed for data order and init."),
     resume: str = typer.Option(None, "--resume", help="Continue this experiment (id or tag)."),
@@ -44,20 +45,26 @@ def train(
     """Train a model; with several GPUs (or --nproc-per-node N) it spawns torchrun."""
     import os
 
-    from backlm.config import RunConfig, load_config
+    from backlm.config import RunConfig, explicit_keys, load_config
     from backlm.errors import UserError
     from backlm.launch import plan_launch
     from backlm.launch import train as run_training
     from backlm.ui import TrainDisplay
 
     root = experiments_root(experiments)
-    cfg = None
+    cfg, explicit = None, set()
     if resume:
-        if any(v is not None for v in (direction, depth, config, overrides, exp_id, max_steps)):
-            raise UserError("--resume continues an experiment as configured; drop the other "
-                            "training flags")
+        fixed = {"--direction": direction, "--depth": depth, "--config": config,
+                 "--set": overrides, "--id": exp_id, "--description": description,
+                 "--device": device, "--seed": seed, "--wandb": wandb,
+                 "--stop-on-inversion": stop_on_inversion}
+        given = [flag for flag, value in fixed.items() if value is not None]
+        if given:
+            raise UserError(f"--resume continues an experiment as it was configured; {given[0]} "
+                            "cannot change it (only --max-steps can): drop it, or start a new "
+                            "run with --id")
     else:
-        flags: dict = {"data": {}, "model": {}, "train": {}, "log": {}, "fivecat": {}}
+        flags: dict = {}
         for section, key, value in (
             ("data", "direction", direction), ("model", "depth", depth),
             ("train", "max_steps", max_steps), ("train", "device", device),
@@ -65,11 +72,12 @@ def train(
             ("fivecat", "stop_on_inversion", stop_on_inversion),
         ):
             if value is not None:
-                flags[section][key] = value
+                flags.setdefault(section, {})[key] = value
         for key, value in (("id", exp_id), ("description", description)):
             if value is not None:
                 flags[key] = value
         cfg = load_config(RunConfig, preset=config, overrides=overrides, flags=flags)
+        explicit = explicit_keys(overrides, flags)
     if estimate_only:
         from backlm.launch import estimate_only as run_estimate
 
@@ -83,7 +91,13 @@ def train(
                        torch.cuda.device_count(), "LOCAL_RANK" in os.environ, node_rank,
                        master_addr, master_port)
     summary = run_training(cfg, root, resume=resume, plan=plan, observers=[TrainDisplay()],
-                           say=lambda text: console.print(text, highlight=False))
+                           say=lambda text: console.print(text, highlight=False),
+                           explicit=explicit, max_steps=max_steps if resume else None)
+    if summary.nothing_to_do:
+        console.print(f"experiment {summary.exp_id} is already over ({summary.status} at step "
+                      f"{summary.steps}): nothing to do. Extend it with `backlm train --resume "
+                      f"{summary.exp_id} --max-steps N` (N > {summary.steps}).", highlight=False)
+        return
     _render(summary)
     if summary.status == "interrupted":
         raise typer.Exit(130)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from backlm.data.docstrings import PARSE_ERRORS, file_docstrings
 from backlm.errors import UserError
+from backlm.paths import check_writable
 
 Progress = Callable[[str, int, int], None]
 
@@ -213,6 +214,7 @@ def prepare_corpus(
 
     check_vocab_size(vocab_size)  # fail now, not after a minute of reading files
     dataset_dir = Path(dataset_dir)
+    check_writable(dataset_dir, "the dataset folder", "set BACKLM_HOME to a writable folder")
     _remove_stale_partials(dataset_dir)
     if dataset_dir.exists() and not dataset_dir.is_dir():
         raise UserError(f"{dataset_dir} exists and is not a folder: remove it or pick another name")

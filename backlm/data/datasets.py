@@ -21,6 +21,7 @@ from backlm.atomic import fsync_dir, write_json
 from backlm.data.download import DownloadCancelled, _check_url, download_file
 from backlm.data.shards import SPLITS, open_shard, shard_name
 from backlm.errors import UserError
+from backlm.paths import check_writable
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def download_dataset(
     moves the val shard) and removes shards the new plan no longer holds, so train and val
     stay disjoint. ``progress(shard_name, done, total)`` reports bytes per shard.
     """
+    check_writable(Path(dataset_dir), "the dataset folder", "set BACKLM_HOME to a writable folder")
     started = time.monotonic()
     jobs = _plan(name, shards, val_shards, workers, base_url)
     dataset_dir = Path(dataset_dir)
@@ -298,6 +300,7 @@ def download_task(
     the task's columns before it gets its final name, and files already in place are skipped.
     ``base_url`` replaces each source's home (the published sub-paths are kept).
     """
+    check_writable(Path(tasks_dir), "the task folder", "set BACKLM_HOME to a writable folder")
     started = time.monotonic()
     members = task_members(task)
     if base_url is not None:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from backlm.atomic import fsync_dir
 from backlm.data.shards import SHARD_CHARS, SPLITS, ShardWriter
 from backlm.errors import UserError
+from backlm.paths import check_writable
 
 EXTENSIONS = (".txt", ".jsonl", ".parquet")
 _SHARD = re.compile(r"^(train|val|ood)_(\d{5,})\.parquet$")
@@ -66,6 +67,7 @@ def import_files(
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     dataset_dir = Path(dataset_dir)
     files, skipped = collect_files(paths)
+    check_writable(dataset_dir, "the dataset folder", "set BACKLM_HOME to a writable folder")
     starts, has_val = _start_indices(dataset_dir, append)
     summary = ImportSummary(dataset_dir, len(files), skipped, appended=append)
     staging = None

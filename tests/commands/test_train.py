@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.helpers import metrics, run_cli, tiny_args
+from tests.helpers import losses, metrics, run_cli, tiny_args
 
 
 def test_train_writes_the_experiment_tree(home):
@@ -80,3 +80,72 @@ def test_second_concurrent_run_is_refused(home):
     before = (exp / "metrics.jsonl").read_text()
     _one_line_error(run_cli(["train", "--resume", "busy"]), "in use by pid")
     assert (exp / "metrics.jsonl").read_text() == before and lock.exists()
+
+
+def _snapshot(root):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_max_steps_extends_it(home):
+    import yaml
+
+    assert run_cli(tiny_args("--direction", "backward", "--id", "done", steps=4)).exit_code == 0
+    exp = home / "exps" / "done"
+    before = _snapshot(exp)
+    res = run_cli(["train", "--resume", "done"])
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+    assert _snapshot(exp) == before
+    _one_line_error(run_cli(["train", "--resume", "done", "--max-steps", "3"]), "already at step 4")
+    assert _snapshot(exp) == before
+    res = run_cli(["train", "--resume", "done", "--max-steps", "6"])
+    assert res.exit_code == 0, res.output
+    assert sorted(losses(exp)) == [1, 2, 3, 4, 5, 6]
+    assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["max_steps"] == 6
+    change = json.loads((exp / "metadata.json").read_text())["max_steps_changes"]
+    assert [(c["from"], c["to"], c["at_step"]) for c in change] == [(4, 6, 4)]
+
+
+@pytest.mark.parametrize("flag", [["--wandb", "off"], ["--device", "cpu"], ["--seed", "3"],
+                                  ["--depth", "3"], ["--set", "train.eval_every=2"],
+                                  ["--config", "cpu-tiny"], ["--description", "x"]])
+def test_flags_that_cannot_apply_on_resume_are_refused(home, flag):
+    _one_line_error(run_cli(["train", "--resume", "anything", *flag]), f"{flag[0]} cannot")
+
+
+def test_resume_trusts_no_file_of_the_experiment(home):
+    import yaml
+
+    assert run_cli(tiny_args("--direction", "forward", "--id", "edit", steps=4)).exit_code == 0
+    exp = home / "exps" / "edit"
+    config, meta = exp / "config.yaml", exp / "checkpoints" / "step_000004" / "meta.json"
+    good_config, good_meta = config.read_text(), meta.read_text()
+    before = _snapshot(exp)
+    cfg = yaml.safe_load(good_config)
+    cfg["model"]["depth"] = 3
+    cfg["train"]["max_steps"] = 8
+    config.write_text(yaml.safe_dump(cfg))
+    _one_line_error(run_cli(["train", "--resume", "edit"]), "config.yaml says model.depth=3")
+    config.write_text(good_config)
+    for change, needle in (({"direction": "sideways"}, "unknown direction"),
+                           ({"step": "x"}, "invalid 'step'"), ({"loaders": None}, "lacks")):
+        meta.write_text(json.dumps({**json.loads(good_meta), **change}))
+        _one_line_error(run_cli(["train", "--resume", "edit"]), needle)
+    meta.write_text(good_meta)
+    assert _snapshot(exp) == before
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(home, monkeypatch):
+    import backlm.evaluation.lm as lm
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure in the first evaluation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lm, "score", broken)
+        res = run_cli(tiny_args("--direction", "forward", "--id", "again", steps=4))
+    assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
+    assert not (home / "exps" / "again").exists()
+    assert run_cli(tiny_args("--direction", "forward", "--id", "again", steps=4)).exit_code == 0

@@ -44,7 +44,7 @@ def test_bad_specs_are_rejected(tmp_path, text, message):
 
 
 def test_a_missing_spec_names_the_known_presets(tmp_path):
-    with pytest.raises(UserError, match="known presets are .*fivecat"):
+    with pytest.raises(UserError, match="does not exist.*fivecat"):
         load_spec(tmp_path / "nope.yaml")
 
 
