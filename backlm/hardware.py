@@ -168,3 +168,63 @@ def describe(info: DeviceInfo) -> str:
     peak = f"{info.peak_flops / 1e12:.2f} TFLOP/s" if info.peak_flops else "unknown peak"
     return json.dumps({"device": info.device, "name": info.name, "dtype": info.dtype,
                        "peak": peak, "peak_source": info.peak_source})
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes a run can still allocate on ``device`` (``cpu``, ``cuda`` or ``cuda:N``), or None
+    when that cannot be known here.
+
+    CPU: ``MemAvailable`` of /proc/meminfo, capped by the cgroup's memory limit when a
+    container sets one; CUDA: the driver's free memory on the device.
+    """
+    if device == "cpu":
+        free = _meminfo_available()
+        limit = _cgroup_headroom()
+        return free if limit is None else limit if free is None else min(free, limit)
+    if device == "cuda" or device.startswith("cuda:"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, ValueError, AssertionError):
+            return None
+    return None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            line = next((x for x in f if x.startswith("MemAvailable:")), "")
+        return int(line.split()[1]) * 1024 if line else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cgroup_headroom() -> int | None:
+    # cgroup v2, then v1: a container's limit less its usage, where usage counts page cache
+    # the kernel would drop first (inactive files) as free; "max" or a huge v1 value: no limit
+    for folder, limit_name, usage_name, cache_key in (
+        ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+         "total_inactive_file"),
+    ):
+        try:
+            with open(f"{folder}/{limit_name}") as f:
+                text = f.read().strip()
+            with open(f"{folder}/{usage_name}") as f:
+                usage = int(f.read().strip())
+            limit = 2**63 if text == "max" else int(text)
+        except (OSError, ValueError):
+            continue
+        if limit >= 2**60:
+            return None
+        try:
+            with open(f"{folder}/memory.stat") as f:
+                stat = dict(line.split()[:2] for line in f if line.strip())
+            usage -= min(usage, int(stat.get(cache_key, 0)))
+        except (OSError, ValueError):
+            pass
+        return max(0, limit - usage)
+    return None

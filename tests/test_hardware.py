@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +74,33 @@ def test_longest_gpu_name_wins_and_describe_is_one_json_line():
                                 "peak": "989.00 TFLOP/s", "peak_source": "datasheet (H100)"}
     cpu = hardware.DeviceInfo("cpu", "fp32", "cpu", 0.0, "measured matmul")
     assert json.loads(hardware.describe(cpu))["peak"] == "unknown peak" and not cpu.is_cuda
+
+
+def test_available_memory(monkeypatch, tmp_path):
+    free = hardware.available_memory("cpu")
+    if Path("/proc/meminfo").exists():
+        assert free is not None and 0 < free <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert hardware.available_memory("tpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hardware.available_memory("cuda") is None and hardware.available_memory("cuda:1") is None
+
+
+def test_a_container_limit_caps_available_memory(monkeypatch):
+    files = {"/sys/fs/cgroup/memory.max": "1073741824\n",
+             "/sys/fs/cgroup/memory.current": "402653184\n",
+             "/sys/fs/cgroup/memory.stat": "anon 268435456\ninactive_file 134217728\n",
+             "/proc/meminfo": "MemTotal: 99999999 kB\nMemAvailable: 8388608 kB\n"}
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if str(path) in files:
+            return io.StringIO(files[str(path)])
+        if str(path).startswith("/sys/fs/cgroup"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    # the limit less the usage, less the page cache the kernel would drop first
+    assert hardware.available_memory("cpu") == 2**30 - (384 - 128) * 2**20
+    files["/sys/fs/cgroup/memory.max"] = "max\n"
+    assert hardware.available_memory("cpu") == 8 * 2**30  # no limit: MemAvailable

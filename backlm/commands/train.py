@@ -163,10 +163,41 @@ def _render_estimate(e, cfg) -> None:
         ("parameters", f"{e.params:,}"), ("FLOPs per token", f"{e.flops_per_token:,}"),
         ("planned tokens", f"{e.planned_tokens:,} ({cfg.train.max_steps:,} steps)"),
         ("validation tokens", f"{e.eval_tokens:,}"), ("device", e.device),
-        ("throughput", f"{e.tokens_per_sec:,.0f} tok/s ({e.tokens_per_sec_source})"),
+        ("throughput", f"{_rate(e.tokens_per_sec)} tok/s ({e.tokens_per_sec_source})"),
         ("wall time", f"{e.wall_seconds:,.0f} s ({e.wall_seconds / 3600:.2f} h)"),
         ("GPU-hours", f"{e.gpu_hours:,.2f} on {e.gpus} GPU(s)"),
         ("cost", _money(e.usd)),
+        ("memory per device", _memory(e.memory)),
+        ("available", _available(e)),
     ):
         table.add_row(k, v)
     console.print(table)
+
+
+def _rate(tokens_per_sec: float) -> str:
+    # a huge model's rate is a small fraction, not 0
+    return f"{tokens_per_sec:,.0f}" if tokens_per_sec >= 10 else f"{tokens_per_sec:.2g}"
+
+
+def _bytes(n: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:,.1f} {units[i]}"
+
+
+def _memory(m) -> str:
+    if m is None:
+        return "-"
+    state = m.weights + m.grads + m.optimizer
+    return (f"{_bytes(m.total)} (weights+grads+optimizer {_bytes(state)}, activations "
+            f"{_bytes(m.activations)}, scratch {_bytes(m.scratch)}, runtime+margin "
+            f"{_bytes(m.runtime + m.margin)})")
+
+
+def _available(e) -> str:
+    if e.available_memory is None:
+        return "- (the device is not on this machine)"
+    short = e.memory is not None and e.memory.total > e.available_memory
+    return _bytes(e.available_memory) + (" - not enough for this run" if short else "")
