@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+SUFFIX = ".tmp"  # temporary names: ".<name>.<random>.tmp" beside the target
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -23,7 +25,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent)
     os.close(fd)
     # mkstemp makes 0600 files; give the final file the mode a plain open() would.
     umask = os.umask(0)
@@ -40,6 +42,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def remove_stale(directory: str | os.PathLike) -> list[str]:
+    """Remove the temporary files of writes a SIGKILL cut short in ``directory`` (not in its
+    sub-folders); the names removed. Only for a folder no other process writes meanwhile."""
+    removed = []
+    for path in sorted(Path(directory).glob(f".*{SUFFIX}")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def fsync_dir(directory: Path) -> None:

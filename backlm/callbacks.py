@@ -119,6 +119,10 @@ class Callback:
     def on_step_end(self, state: LoopState, step: int, record: dict[str, Any]) -> None:
         """After the update; ``record`` holds the step's metrics and may be extended."""
 
+    def on_before_checkpoint(self, state: LoopState, step: int) -> None:
+        """Before the checkpoint of ``step`` is written: once it exists a resume starts after
+        ``step``, so what a resume needs of steps up to it (logged rows) goes to disk now."""
+
     def on_checkpoint(self, state: LoopState, step: int, folder: Path | None) -> None:
         """After a checkpoint was written (``folder`` is None on ranks other than 0)."""
 
@@ -153,6 +157,9 @@ class CallbackList(Callback):
 
     def on_step_end(self, state: LoopState, step: int, record: dict[str, Any]) -> None:
         self._each("on_step_end", state, step, record)
+
+    def on_before_checkpoint(self, state: LoopState, step: int) -> None:
+        self._each("on_before_checkpoint", state, step)
 
     def on_checkpoint(self, state: LoopState, step: int, folder: Path | None) -> None:
         self._each("on_checkpoint", state, step, folder)

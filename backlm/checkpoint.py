@@ -2,17 +2,22 @@
 optimizer state (tensors in ``optim.safetensors``, structure in ``optim.json``).
 
 Nothing is unpickled on load. A checkpoint folder is written under a temporary name and renamed
-into place, so a crash leaves either the whole checkpoint or none of it.
+into place, so a crash leaves either the whole checkpoint or none of it: an interrupt or error
+removes the temporary folder, and one a SIGKILL left behind goes when the next run starts
+(:func:`remove_partial`). Free space is checked before writing.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,10 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 OPTIM_FILE = "optim.safetensors"  # the optimizer's tensors
 OPTIM_JSON = "optim.json"  # and the structure that holds them
+PARTIAL = (".*.tmp", ".*.old")  # what an interrupted save (or atomic write) leaves behind
+# Beyond the tensors' bytes: meta.json, optim.json (loader positions, RNG states) and the file
+# system's block rounding.
+MARGIN_FRACTION, MARGIN_BYTES = 0.05, 4 << 20
 
 
 def is_complete(folder: Path) -> bool:
@@ -114,30 +123,116 @@ def restore_rng_state(state: dict[str, Any], cuda: bool) -> None:
         torch.cuda.set_rng_state(tensor(state["cuda"]))
 
 
-def save(folder: Path, model_state: dict[str, Any], optim_state: Any,
-         meta: dict[str, Any]) -> Path:
+def save(folder: Path, model_state: dict[str, Any], optim_state: Any, meta: dict[str, Any],
+         *, previous: int | None = None, resume_with: str = "",
+         after_weights: Callable[[], None] | None = None) -> Path:
     """Write a checkpoint into ``folder`` atomically (temporary name, then rename).
 
-    ``meta`` (JSON) must hold the ``step``; the weights' sha256 is added to it.
+    ``meta`` (JSON) must hold the ``step``; the weights' sha256 is added to it. Free space is
+    checked first. On any error or interrupt the temporary folder is removed, so ``folder`` is
+    whole or absent; too little space, a full disk or another OSError is one UserError naming
+    the checkpoint at step ``previous`` (the resume point that stays) and ``resume_with`` (the
+    command that continues). ``after_weights`` runs once the weights are written (fault
+    injection).
     """
     from safetensors.torch import save_file
 
     final = Path(folder)
     tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
-    save_file(weights, str(tmp / MODEL_FILE))
     tensors: dict[str, Any] = {}
     structure = _flatten_optimizer(optim_state, "opt", tensors)
-    save_file(tensors, str(tmp / OPTIM_FILE))
-    atomic.write_json(tmp / OPTIM_JSON, structure)
-    meta = dict(meta, model_sha256=sha256_file(tmp / MODEL_FILE))
-    atomic.write_json(tmp / META_FILE, meta)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    what = _Failure(final, meta.get("step"), previous, resume_with)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    needed = _nbytes(weights) + _nbytes(tensors)
+    needed += int(needed * MARGIN_FRACTION) + MARGIN_BYTES
+    free = shutil.disk_usage(final.parent).free
+    if free < needed:
+        raise UserError(f"not enough disk space for checkpoint step {what.step} in "
+                        f"{final.parent}: it needs about {needed / 1e6:,.0f} MB, "
+                        f"{free / 1e6:,.0f} MB are free; {what.kept()}; {what.fix('free space')}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(weights, str(tmp / MODEL_FILE))
+        if after_weights is not None:
+            after_weights()
+        save_file(tensors, str(tmp / OPTIM_FILE))
+        atomic.write_json(tmp / OPTIM_JSON, structure)
+        meta = dict(meta, model_sha256=sha256_file(tmp / MODEL_FILE))
+        atomic.write_json(tmp / META_FILE, meta)
+        _replace(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = _os_error(exc)
+        if code is None:
+            raise
+        raise UserError(what.message(code, exc)) from None
     return final
+
+
+def remove_partial(checkpoints: Path) -> list[str]:
+    """Remove what interrupted saves left in a checkpoints folder (a SIGKILL in mid-write:
+    no ``finally`` ran); the names removed. Call it only while holding the run lock."""
+    removed = []
+    for pattern in PARTIAL:
+        for path in sorted(Path(checkpoints).glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    # A checkpoint of the same step is moved aside, not deleted file by file: a kill never
+    # leaves a visible step folder half-removed.
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    atomic.fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _nbytes(tensors: dict[str, Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _os_error(exc: BaseException) -> int | None:
+    """The errno of an OSError (0 when it has none), also inside safetensors' own error
+    ("... (os error 28)"); None for anything else."""
+    if isinstance(exc, OSError):
+        return exc.errno or 0
+    if type(exc).__name__ == "SafetensorError":
+        found = re.search(r"os error (\d+)", str(exc))
+        return int(found.group(1)) if found else None
+    return None
+
+
+class _Failure:
+    """The words of a failed save: which step, where, what stays, what to do."""
+
+    def __init__(self, final: Path, step: Any, previous: int | None, resume_with: str) -> None:
+        self.final, self.step, self.previous, self.resume_with = final, step, previous, resume_with
+
+    def kept(self) -> str:
+        if self.previous is None:
+            return "no earlier checkpoint exists, so a resume starts from step 0"
+        return f"the checkpoint at step {self.previous} is still the resume point"
+
+    def fix(self, first: str) -> str:
+        return f"{first} and resume with `{self.resume_with}`" if self.resume_with else first
+
+    def message(self, code: int, exc: BaseException) -> str:
+        where = f"checkpoint step {self.step} to {self.final.parent}"
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on device while writing {where}; {self.kept()}; " + \
+                self.fix("free space")
+        reason = (getattr(exc, "strerror", None) or str(exc)).splitlines()[0]
+        return f"could not write {where} ({reason}); {self.kept()}; {self.fix('fix that')}"
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from backlm import atomic
 from backlm import checkpoint as ckpt
 from backlm.callbacks import Callback, CallbackList, LoopState, RunInfo
 from backlm.config import RunConfig
@@ -155,6 +156,8 @@ def evaluate(tr: TrainingRun, orders: list[tuple[str, Direction]]) -> dict[str, 
 
 
 def _save(tr: TrainingRun, state: LoopState) -> Path | None:
+    from backlm import faults
+
     # every rank takes part in the gather; only rank 0 writes
     loaders = gather_lists([ld.state_dict() for ld in tr.loaders], tr.dist)
     if not tr.dist.main:
@@ -166,8 +169,11 @@ def _save(tr: TrainingRun, state: LoopState) -> Path | None:
         "loaders": loaders, "rng": ckpt.rng_state(tr.dev.is_cuda), "world_size": tr.dist.world,
         "tokenizer": ckpt.tokenizer_record(tr.info.tokenizer), "saved": utcnow(),
     }
+    steps = exp.checkpoint_steps()
     return ckpt.save(exp.checkpoint_dir(state.step), tr.info.model.state_dict(),
-                     tr.opt.state_dict(), meta)
+                     tr.opt.state_dict(), meta, previous=steps[-1] if steps else None,
+                     resume_with=f"backlm train --resume {exp.id}",
+                     after_weights=faults.save_hook(state.step))
 
 
 def _restore(tr: TrainingRun) -> tuple[int, int, dict[str, float]]:
@@ -249,13 +255,19 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     from backlm import faults
 
     dist = dist or init_distributed()
+    # The run holds the lock: what a SIGKILL left half-written is removed before anything else.
+    partial = ckpt.remove_partial(exp.checkpoints) + atomic.remove_stale(exp.path) \
+        if dist.main else []
     if cfg.train.device == "cpu" or not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
     tr = TrainingRun(exp, cfg, dist)
     state = LoopState(tr.info)
     step, tokens, tr.evals = _restore(tr) if resume else (0, 0, {})
+    tr.last_saved = step or None  # a Ctrl-C before the next step has nothing new to save
     state.advance(step, tokens)
     early: list[str] = []  # what callbacks say while they are being built
+    if partial:
+        early.append(f"removed what a killed run left half-written: {', '.join(partial)}")
     state.listen(early.append)
     cbs = CallbackList([*callbacks(state), *observers, *faults.callbacks()])
     state.listen(lambda text: cbs.on_message(state, text))
@@ -281,10 +293,17 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
             for loader, snap in zip(tr.loaders, tr.loader_snapshot, strict=True):
                 loader.load_state_dict(snap)
             tr.opt.zero_grad(set_to_none=True)
-        if tr.last_saved != state.step and state.step > 0:
-            _checkpoint(tr, state, cbs)  # Ctrl-C keeps every finished step
-        state.say(f"interrupted at step {state.step}: checkpoint saved; continue with "
-                  f"`backlm train --resume {exp.id}`")
+        try:
+            if tr.last_saved != state.step and state.step > 0:
+                _checkpoint(tr, state, cbs)  # Ctrl-C keeps every finished step
+            state.say(f"interrupted at step {state.step}: checkpoint saved; continue with "
+                      f"`backlm train --resume {exp.id}`")
+        except KeyboardInterrupt:  # a second Ctrl-C, during that save: save removed its files
+            steps = exp.checkpoint_steps()
+            kept = (f"the checkpoint at step {steps[-1]} is the resume point" if steps
+                    else "no checkpoint is saved, so a resume starts from step 0")
+            state.say(f"interrupted again while saving step {state.step}: {kept}; continue "
+                      f"with `backlm train --resume {exp.id}`")
     except BaseException:
         status = "failed"
         raise
@@ -345,6 +364,7 @@ def _since_start() -> float:
 
 
 def _checkpoint(tr: TrainingRun, state: LoopState, cbs: Callback) -> None:
+    cbs.on_before_checkpoint(state, state.step)
     folder = _save(tr, state)
     state.save_requested = False
     tr.last_saved = state.step

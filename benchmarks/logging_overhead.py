@@ -34,7 +34,7 @@ from typing import Any
 from backlm.callbacks import Callback, LoopState
 
 HOOKS = ("on_train_start", "on_step_start", "on_after_backward", "on_eval", "on_step_end",
-         "on_checkpoint", "on_message", "on_train_end")
+         "on_before_checkpoint", "on_checkpoint", "on_message", "on_train_end")
 PER_STEP = ("on_step_start", "on_after_backward", "on_step_end")
 RESULTS: dict[str, Any] = {}
 

@@ -73,3 +73,15 @@ def test_write_json_is_indented_ordered_and_stringifies_the_rest(tmp_path):
     text = path.read_text()
     assert text.startswith('{\n  "b": 1,\n  "a": [') and text.endswith("}\n")
     assert json.loads(text) == {"b": 1, "a": [1, 2], "where": str(tmp_path / "x")}
+
+
+def test_remove_stale_takes_the_temporaries_a_kill_left_and_nothing_else(tmp_path):
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_path(tmp_path / "kept.json") as tmp:
+        raise KeyboardInterrupt  # an interrupt cleans up after itself …
+    assert not tmp.exists()
+    (tmp_path / ".metadata.json.k1ll.tmp").write_text("{")  # … a SIGKILL cannot
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".x.abc.tmp").write_text("")  # sub-folders are not this folder's
+    atomic.write_text(tmp_path / "keep.txt", "x")
+    assert atomic.remove_stale(tmp_path) == [".metadata.json.k1ll.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "sub"]

@@ -1,12 +1,19 @@
-"""One checkpoint folder: weights, optimizer state and metadata round-trip; damage is found."""
+"""One checkpoint folder: weights, optimizer state and metadata round-trip; damage is found; a
+full disk, another write error or a Ctrl-C in mid-write leaves the previous checkpoint and no
+temporary folder; what a SIGKILL left is removed."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
+import shutil
 
 import pytest
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
 from backlm import checkpoint as ckpt
 from backlm.errors import UserError
@@ -144,3 +151,88 @@ def test_the_tokenizer_must_be_the_models_own(tmp_path):
         ckpt.check_tokenizer(tmp_path / "tokenizer", 300, {"tokenizer": shuffled}, tmp_path)
     with pytest.raises(UserError, match="is missing"):
         ckpt.check_tokenizer(tmp_path / "gone", 300, None, tmp_path)
+
+def _saved_before(tmp_path):
+    """A checkpoint at step 2 (the resume point) and the model and optimizer to save next."""
+    model, opt = _model_and_optimizer()
+    ckpt.save(tmp_path / "step_000002", model.state_dict(), opt.state_dict(), _meta(2))
+    return model, opt
+
+
+def _only_the_resume_point(tmp_path):
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002"]  # no .tmp, no step 3
+    state, _, meta = ckpt.load(tmp_path / "step_000002")  # checksum verified
+    assert meta["step"] == 2 and state
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EDQUOT, "Disk quota exceeded"),
+    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+])
+def test_a_full_disk_is_one_user_error_and_leaves_nothing(tmp_path, monkeypatch, error):
+    model, opt = _saved_before(tmp_path)
+    real = safetensors.torch.save_file
+
+    def second_file_fails(tensors, path, *args, **kw):
+        if path.endswith(ckpt.OPTIM_FILE):
+            raise error
+        return real(tensors, path, *args, **kw)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", second_file_fails)
+    with pytest.raises(UserError) as exc:
+        ckpt.save(tmp_path / "step_000003", model.state_dict(), opt.state_dict(), _meta(3),
+                  previous=2, resume_with="backlm train --resume e1")
+    assert str(exc.value) == (
+        f"no space left on device while writing checkpoint step 3 to {tmp_path}; the "
+        "checkpoint at step 2 is still the resume point; free space and resume with "
+        "`backlm train --resume e1`")
+    _only_the_resume_point(tmp_path)
+
+
+def test_other_write_errors_and_interrupts_leave_nothing(tmp_path, monkeypatch):
+    model, opt = _saved_before(tmp_path)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    def broken(*args, **kw):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(KeyboardInterrupt):  # a Ctrl-C once the weights are written
+        ckpt.save(tmp_path / "step_000003", model.state_dict(), opt.state_dict(), _meta(3),
+                  after_weights=ctrl_c)
+    _only_the_resume_point(tmp_path)
+    rename = os.rename
+    monkeypatch.setattr(os, "rename", broken)  # the last move into place fails
+    with pytest.raises(UserError, match=r"^could not write checkpoint step 3 to .*"
+                       r"\(Input/output error\); no earlier checkpoint exists"):
+        ckpt.save(tmp_path / "step_000003", model.state_dict(), opt.state_dict(), _meta(3))
+    monkeypatch.setattr(os, "rename", rename)
+    _only_the_resume_point(tmp_path)
+
+
+def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+    model, opt = _saved_before(tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda p: usage._replace(free=1_000_000))  # 1 MB < the 4 MB margin
+    with pytest.raises(UserError) as exc:
+        ckpt.save(tmp_path / "step_000003", model.state_dict(), opt.state_dict(), _meta(3),
+                  previous=2, resume_with="backlm train --resume e1")
+    assert str(exc.value) == (
+        f"not enough disk space for checkpoint step 3 in {tmp_path}: it needs about 4 MB, 1 MB "
+        "are free; the checkpoint at step 2 is still the resume point; free space and resume "
+        "with `backlm train --resume e1`")
+    _only_the_resume_point(tmp_path)
+
+
+def test_remove_partial_takes_what_a_kill_left_and_nothing_else(tmp_path):
+    model, opt = _saved_before(tmp_path)
+    for name in (".step_000004.tmp", ".step_000002.old"):  # killed in mid-write, mid-replace
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ckpt.MODEL_FILE).write_bytes(b"torn")
+    (tmp_path / ".best.json.x1y2.tmp").write_text("{")  # an atomic write cut short
+    assert ckpt.remove_partial(tmp_path) == [".best.json.x1y2.tmp", ".step_000004.tmp",
+                                             ".step_000002.old"]
+    _only_the_resume_point(tmp_path)

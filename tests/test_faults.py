@@ -39,3 +39,17 @@ def test_faults_fire_as_the_next_step_begins(monkeypatch):
     cb.on_step_start(state, 6)
     with pytest.raises(KeyboardInterrupt):
         cb.on_step_start(state, 7)  # step 6 completed (logged, checkpointed if due)
+
+
+def test_an_interrupt_in_a_save_fires_for_its_step_once_per_run(monkeypatch):
+    monkeypatch.setenv(faults.IN_SAVE, "6")
+    faults.callbacks()  # a run starts
+    assert faults.save_hook(4) is None
+    hook = faults.save_hook(6)
+    with pytest.raises(KeyboardInterrupt):
+        hook()
+    assert faults.save_hook(6) is None  # the save Ctrl-C then makes goes through
+    faults.callbacks()  # the next run in this process
+    assert faults.save_hook(6) is not None
+    monkeypatch.delenv(faults.IN_SAVE)
+    assert faults.save_hook(6) is None

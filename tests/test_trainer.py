@@ -1,5 +1,6 @@
 """The training loop: per-direction evaluation, exact resume after SIGKILL and after Ctrl-C
-(also in the middle of a step)."""
+(also in the middle of a step, and a second Ctrl-C during the checkpoint save); a full disk at
+a checkpoint is one line, and what a killed save left is removed on resume."""
 
 from __future__ import annotations
 
@@ -114,3 +115,67 @@ def test_default_callbacks_are_imported_not_looked_up(tmp_path):
     cfg.fivecat.every = 10
     kinds = [type(cb) for cb in default_callbacks(loop_state(tmp_path, cfg))]
     assert kinds == [Convergence, BestTracker, FivecatCallback, LoggingCallback]
+
+
+def _no_partial_files(exp):
+    left = [p.name for p in exp.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+    assert not left, left
+
+
+def test_a_second_ctrl_c_during_its_save_keeps_the_previous_checkpoint(home):
+    ref = train_subprocess("ref4")
+    assert ref.returncode == 0, ref.stderr
+    res = train_subprocess("twice", {"BACKLM_INTERRUPT_AT_STEP": "6",
+                                     "BACKLM_INTERRUPT_IN_SAVE": "6"})
+    assert res.returncode == 130 and "Traceback" not in res.stderr, res.stderr
+    said = [line for line in res.stdout.splitlines() if "resume point" in line]
+    assert said == ["interrupted again while saving step 6: the checkpoint at step 4 is the "
+                    "resume point; continue with `backlm train --resume twice`"], res.stdout
+    exp = home / "exps" / "twice"
+    assert sorted(p.name for p in (exp / "checkpoints").glob("step_*")) == [
+        "step_000001", "step_000004"]  # (step 1: the best after the first evaluation)
+    _no_partial_files(exp)
+    assert json.loads((exp / "metadata.json").read_text())["status"] == "interrupted"
+    resumed = train_subprocess("twice", resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = losses(home / "exps" / "ref4"), losses(exp)
+    assert sorted(b) == list(range(1, 13)) and all(a[s] == b[s] for s in a)
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_continues(home, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    from backlm import checkpoint as ckpt
+
+    real = safetensors.torch.save_file
+
+    def full_at_step_8(tensors, path, *args, **kw):
+        if "step_000008" in path and path.endswith(ckpt.OPTIM_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *args, **kw)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_at_step_8)
+    res = run_cli(tiny_args("--direction", "forward", "--id", "full", steps=12))
+    assert res.exit_code == 2, res.output
+    exp = home / "exps" / "full"
+    assert res.stderr.strip().splitlines() == [
+        f"error: no space left on device while writing checkpoint step 8 to "
+        f"{exp / 'checkpoints'}; the checkpoint at step 4 is still the resume point; free "
+        "space and resume with `backlm train --resume full`"], res.stderr
+    assert sorted(p.name for p in (exp / "checkpoints").glob("step_*")) == [
+        "step_000001", "step_000004"]  # (step 1: the best after the first evaluation)
+    _no_partial_files(exp)
+    assert ckpt.load(exp / "checkpoints" / "step_000004")[2]["step"] == 4  # checksum verified
+    assert json.loads((exp / "metadata.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(safetensors.torch, "save_file", real)  # space freed
+    # and a SIGKILL in mid-write had left these:
+    (exp / "checkpoints" / ".step_000008.tmp").mkdir()
+    (exp / ".metadata.json.k1ll.tmp").write_text("{")
+    resumed = run_cli(["train", "--resume", "full"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "removed what a killed run left half-written: .step_000008.tmp, " \
+           ".metadata.json.k1ll.tmp" in resumed.output
+    _no_partial_files(exp)
+    assert max(losses(exp)) == 12 and ckpt.load(exp / "checkpoints" / "step_000012")

@@ -27,7 +27,9 @@ class LoggingCallback(Callback):
             for logger in self.loggers:
                 logger.log(step, record)
 
-    def on_checkpoint(self, state: LoopState, step: int, folder: Any) -> None:
+    def on_before_checkpoint(self, state: LoopState, step: int) -> None:
+        # A kill between the checkpoint and a later flush would lose these rows for good: the
+        # resumed run starts after them.
         for logger in self.loggers:
             logger.flush()
 

@@ -37,14 +37,17 @@ other callbacks add to a step's record that the fixed ``/scalars`` do not name.
 
 Crash safety (HDF5 SWMR, DESIGN.md §3). A new file is built under a temporary name with every
 group and dataset created up front — nothing can be created once ``swmr_mode`` is on — and
-renamed into place; the writer then reopens it, switches SWMR on and appends. Rows are buffered
-and written every ``log.flush_every`` steps and at every checkpoint; a group's ``step`` is
-written after its other datasets, so its length counts the complete rows. Readers open with
-``h5py.File(path, "r", libver="latest", swmr=True)`` and may follow a live run (``refresh()``
-or reopen). After a SIGKILL the file keeps its "open for write" flag: a plain open or an append
-fails, an SWMR read works and holds every step up to the last flush. A resumed run therefore
-rebuilds the file (SWMR read → fresh file with the rows of steps ≤ the checkpoint step → atomic
-rename) and appends, so steps are never duplicated.
+renamed into place. Rows are buffered and written every ``log.flush_every`` steps and before
+every checkpoint (whose steps a resume never logs again): a flush opens the file, switches SWMR
+write mode on, appends (a group's ``step`` after its other datasets, so its length counts the
+complete rows) and closes it, in milliseconds (``benchmarks/h5_flush.py``). Between flushes the file is closed and consistent:
+any reader, HDF5's own h5dump and h5ls included, opens it during a run and after a SIGKILL and
+sees every step up to the last flush. The writer takes no file lock, so an open reader never
+fails a flush. A kill in mid-flush leaves the file flagged "open for write": an SWMR read
+(:func:`open_reader`) still works, ``h5clear -s`` clears the flag for other tools. A resumed
+run rebuilds the file (SWMR read → fresh file with the rows of steps ≤ the checkpoint step →
+atomic rename) and appends, so steps are never duplicated. Readers here open with
+``h5py.File(path, "r", libver="latest", swmr=True)``, which can also follow a growing file.
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ _CHUNK_BYTES = 32768
 # writes a format that HDF5 1.10's own tools (Debian's h5dump, h5ls) cannot read.
 LIBVER = ("v110", "v110")
 
-# Writers open in this process, by resolved path, so append_eval can go through them: a second
-# handle on a file under SWMR write would corrupt it.
+# Writers alive in this process, by resolved path: append_eval hands its rows to them, so that
+# they and the writer's buffered rows never write the file at once.
 _OPEN: dict[str, Hdf5Logger] = {}
 
 
@@ -116,7 +119,8 @@ def open_reader(path: Path) -> h5py.File:
 
 
 class Hdf5Logger(MetricLogger):
-    """Appends to ``{phase}.h5`` in SWMR mode; rows are buffered until the next flush."""
+    """Appends to ``{phase}.h5``: rows are buffered, and each flush opens the file (SWMR write
+    mode), appends them and closes it again."""
 
     def __init__(self, path: Path, schema: Schema, attrs: dict[str, Any],
                  group_attrs: dict[str, dict[str, Any]] | None = None, resume_step: int = 0,
@@ -127,12 +131,13 @@ class Hdf5Logger(MetricLogger):
         if keep is not None:
             attrs = {**attrs, "resumed_at": _resumes(self.path, resume_step)}
         rebuild(self.path, keep, schema.datasets(), attrs, group_attrs or {}, warn, fresh=True)
-        self._f = h5py.File(self.path, "r+", libver=LIBVER)
-        self._f.swmr_mode = True
-        self._ds = {name: self._f[name] for name in schema.datasets()}
-        self._buf: dict[str, list[Any]] = {name: [] for name in self._ds}
-        self._last = {g: _last_step(self._ds[f"{g}/step"]) for g in GROUPS}
-        self._since_flush = 0
+        # each group's step after its data: a step's row is complete once its step is there
+        self._order = sorted(schema.datasets(), key=lambda name: name.endswith("/step"))
+        self._buf: dict[str, list[Any]] = {name: [] for name in self._order}
+        with self._open() as f:
+            self._last = {g: int(f[f"{g}/step"][-1]) if len(f[f"{g}/step"]) else -1
+                          for g in GROUPS}
+        self._since_flush, self._closed = 0, False
         _OPEN[str(self.path.resolve())] = self
 
     # --- what the loop and the research callback hand in ------------------------------------
@@ -188,24 +193,36 @@ class Hdf5Logger(MetricLogger):
     # --- durability ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every buffered row (each group's ``step`` last) and flush the file."""
-        if not self._f.id.valid:
+        """Open the file, append every buffered row (each group's ``step`` last), close it."""
+        if self._closed or not any(self._buf.values()):
+            self._since_flush = 0
             return
-        steps = [n for n in self._buf if n.endswith("/step")]
-        for name in [n for n in self._buf if not n.endswith("/step")] + steps:
-            rows = self._buf[name]
-            if rows:
-                _append(self._ds[name], np.asarray(rows, dtype=self._ds[name].dtype))
-                rows.clear()
-        self._f.flush()
+        with self._open() as f:
+            for name in self._order:
+                rows = self._buf[name]
+                if rows:
+                    ds = f[name]
+                    _append(ds, np.asarray(rows, dtype=ds.dtype))
+                    rows.clear()
         self._since_flush = 0
 
     def close(self) -> None:
-        """Flush and close; the file then opens without SWMR too."""
-        if self._f.id.valid:
+        """Write what is buffered; later rows are ignored."""
+        try:
             self.flush()
-            self._f.close()
-        _OPEN.pop(str(self.path.resolve()), None)
+        finally:
+            self._closed = True
+            _OPEN.pop(str(self.path.resolve()), None)
+
+    def _open(self) -> h5py.File:
+        # SWMR write mode orders what a flush writes: a kill mid-flush leaves a readable file
+        f = h5py.File(self.path, "r+", libver=LIBVER, locking=False)
+        try:
+            f.swmr_mode = True
+        except BaseException:
+            f.close()
+            raise
+        return f
 
 
 def log_eval(exp: Experiment, phase: str, kind: str, step: int,
@@ -360,13 +377,13 @@ def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
     n = ds.id.shape[0]
     count = rows.shape[0]
     ds.id.set_extent((n + count, *ds.shape[1:]))
-    space = ds.id.get_space()
-    space.select_hyperslab((n,) + (0,) * (rows.ndim - 1), rows.shape)
-    ds.id.write(h5py.h5s.create_simple(rows.shape), space, np.ascontiguousarray(rows))
-
-
-def _last_step(ds: h5py.Dataset) -> int:
-    return int(ds[-1]) if ds.shape[0] else -1
+    try:
+        space = ds.id.get_space()
+        space.select_hyperslab((n,) + (0,) * (rows.ndim - 1), rows.shape)
+        ds.id.write(h5py.h5s.create_simple(rows.shape), space, np.ascontiguousarray(rows))
+    except BaseException:  # e.g. Ctrl-C: no half-written row shifts the ones that follow
+        ds.id.set_extent((n, *ds.shape[1:]))
+        raise
 
 
 def _is_number(value: Any) -> bool:

@@ -1,9 +1,11 @@
 """The HDF5 writer: SWMR reading of a live and a killed run, no duplicated steps, evaluations
-appended through the writer or standalone, and recovery on resume."""
+appended through the writer or standalone, recovery on resume; HDF5's own h5dump reads the log
+live, after a SIGKILL and after the resume; a checkpoint's steps are in the log before it."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +36,15 @@ READER = textwrap.dedent("""
         if ds.shape[0] >= 6:
             break
         time.sleep(0.05)
+""")
+
+HOLDER = textwrap.dedent("""
+    import sys, h5py
+    f = h5py.File(sys.argv[1], "r", libver="latest", swmr=True)
+    print(f["scalars/step"].shape[0], flush=True)
+    sys.stdin.readline()
+    f["scalars/step"].refresh()
+    print(f["scalars/step"].shape[0], flush=True)
 """)
 
 
@@ -92,8 +103,8 @@ def test_sigkill_leaves_a_readable_file_and_resume_appends_without_duplicates(ho
     killed = _train_subprocess(home, "crash", {"BACKLM_KILL_AT_STEP": "7"})
     assert killed.returncode == -9, killed.stderr
     path = home / "exps" / "crash" / "base.h5"
-    with pytest.raises(OSError):
-        h5py.File(path, "r")  # still flagged "open for write"
+    with h5py.File(path, "r") as f:  # closed between flushes: a plain open works too
+        assert list(f["scalars/step"][:]) == list(range(8))
     with read(path) as f:  # flushes every 3 records and at the step-4 checkpoint
         assert list(f["scalars/step"][:]) == list(range(8))
         assert list(f["per_token/step"][:]) == [2, 4, 6]
@@ -130,3 +141,75 @@ def test_hdf5s_own_tools_read_the_log(tmp_path):
     dump = subprocess.run(["h5dump", "-d", "/scalars/loss", str(path)], capture_output=True,
                           text=True)
     assert dump.returncode == 0 and "3, 1.5" in dump.stdout, dump.stdout + dump.stderr
+
+
+def h5dump(path: Path, dataset: str) -> list[float]:
+    """The values HDF5's own h5dump prints for a 1-D dataset (floats at full precision)."""
+    res = subprocess.run(["h5dump", "-m", "%.17g", "-d", dataset, str(path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "error" not in res.stderr, res.stdout + res.stderr
+    data = res.stdout.split("DATA {", 1)[1].split("}", 1)[0] if "DATA {" in res.stdout else ""
+    return [float(v) for v in re.sub(r"\(\d+\):", " ", data).replace(",", " ").split()]
+
+
+@pytest.mark.skipif(shutil.which("h5dump") is None, reason="HDF5's tools are not installed")
+def test_h5dump_reads_a_live_log_between_flushes(tmp_path):
+    path = tmp_path / "base.h5"
+    log = _logger(path, flush_every=2)
+    for step in range(5):
+        log.log(step, {"loss": 1.0 / (step + 1)})
+    assert h5dump(path, "/scalars/step") == [0, 1, 2, 3]  # step 4 waits for the next flush
+    assert h5dump(path, "/scalars/loss") == [1.0, 1 / 2, 1 / 3, 1 / 4]
+    # a reader in another process holding the file open (SWMR, as `backlm log`) blocks no flush
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "4"
+    log.log(5, {"loss": 0.5})
+    assert h5dump(path, "/scalars/step") == [0, 1, 2, 3, 4, 5]
+    out, _ = holder.communicate("\n", timeout=60)
+    assert out.strip() == "6"  # and it sees the new rows
+    log.close()
+
+
+@pytest.mark.skipif(shutil.which("h5dump") is None, reason="HDF5's tools are not installed")
+def test_h5dump_reads_the_log_after_sigkill_and_after_resume(home):
+    from tests.helpers import losses
+
+    killed = _train_subprocess(home, "dumped", {"BACKLM_KILL_AT_STEP": "7"})
+    assert killed.returncode == -9, killed.stderr
+    exp = home / "exps" / "dumped"
+    path, logged = exp / "base.h5", losses(exp)
+    assert h5dump(path, "/scalars/step") == list(range(8))  # flushed at 3, 4 (checkpoint), 6
+    dumped = h5dump(path, "/scalars/loss")
+    assert dumped[1:] == [logged[s] for s in range(1, 8)], (dumped, logged)  # exactly
+    header = subprocess.run(["h5dump", "-H", str(path)], capture_output=True, text=True)
+    assert header.returncode == 0 and 'GROUP "per_token"' in header.stdout, header.stderr
+    resumed = _train_subprocess(home, "dumped", resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    logged = losses(exp)
+    assert h5dump(path, "/scalars/step") == list(range(11))
+    assert h5dump(path, "/scalars/loss")[1:] == [logged[s] for s in range(1, 11)]
+    assert h5dump(path, "/per_token/step") == [2, 4, 6, 8, 10]
+
+
+def test_every_step_is_in_the_log_before_its_checkpoint_exists(home, monkeypatch):
+    """A checkpoint is the resume point once it exists: a kill right after it must not lose
+    logged rows, so they are flushed before it is written."""
+    from backlm import checkpoint as ckpt
+
+    real, seen = ckpt.save, {}
+
+    def save(folder, *args, **kw):
+        step = args[2]["step"]
+        with read(home / "exps" / "ordered" / "base.h5") as f:
+            seen[step] = (f["scalars/step"][:].tolist(), f["per_token/step"][:].tolist())
+        return real(folder, *args, **kw)
+
+    monkeypatch.setattr(ckpt, "save", save)
+    res = run_cli(tiny_args("--direction", "forward", "--id", "ordered", "--wandb", "off",
+                            *FAST, "--set", "log.flush_every=100", steps=6))
+    assert res.exit_code == 0, res.output
+    assert sorted(seen) == [1, 4, 6]  # (step 1: the best after the first evaluation)
+    for step, (scalars, per_token) in seen.items():
+        assert scalars == list(range(step + 1))
+        assert per_token == [s for s in (2, 4, 6) if s <= step]
