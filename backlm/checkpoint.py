@@ -380,12 +380,16 @@ def load(folder: Path, with_optimizer: bool = True, verify: bool = True) -> tupl
     if verify and isinstance(meta.get("model_sha256"), str):
         if sha256_file(weights) != meta["model_sha256"]:
             raise UserError(f"checkpoint {folder} is corrupt: {MODEL_FILE} checksum mismatch")
+    reading = weights.name  # named in the error: which file is damaged
     try:
         model_state = load_file(str(weights))
         optim_state = None
         if with_optimizer:
+            reading = optim_json.name
             structure = json.loads(optim_json.read_text())
+            reading = optim_tensors.name
             optim_state = _unflatten(structure, load_file(str(optim_tensors)))
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"checkpoint {folder} is corrupt: {exc}".splitlines()[0]) from None
+        raise UserError(f"checkpoint {folder} is corrupt: {reading} ({exc}); resume from an "
+                        "earlier checkpoint by moving this one aside".splitlines()[0]) from None
     return model_state, optim_state, meta

@@ -241,6 +241,9 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans: keep the word
         node = out
         parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise UserError(f"--set key {key.strip()!r} has an empty part: write section.key=value"
+                            ", e.g. model.depth=4")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

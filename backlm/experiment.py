@@ -288,6 +288,10 @@ def all_experiments(root: Path) -> list[Experiment]:
     """Every experiment folder under ``root`` (those with metadata)."""
     root = Path(root)
     if not root.is_dir():
+        blocker = next((p for p in (root, *root.parents) if p.is_file()), None)
+        if blocker is not None:
+            raise UserError(f"experiments folder {root} cannot exist: {blocker} is a file; "
+                            "point --experiments-dir (or BACKLM_EXPERIMENTS) at a folder")
         return []
     # hidden folders are creations in progress (``.<id>.creating``), not experiments
     exps = (Experiment(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -62,6 +62,11 @@ def plan_launch(
         raise UserError("--nproc-per-node must be at least 1")
     if nnodes < 1:
         raise UserError("--nnodes must be at least 1")
+    if not 0 <= node_rank < nnodes:
+        raise UserError(f"--node-rank must be between 0 and --nnodes - 1 ({nnodes - 1}), got "
+                        f"{node_rank}")
+    if not 1 <= master_port <= 65535:
+        raise UserError(f"--master-port must be a TCP port (1-65535), got {master_port}")
     if under_torchrun:
         return LaunchPlan()
     explicit = nproc_per_node is not None or nnodes > 1
@@ -107,6 +112,8 @@ def create_experiment(cfg: RunConfig, root: Path, world: int = 1,
     from backlm.data.vocab import dataset_tokenizer, tokenizer_dir
 
     new = plan_new_run(cfg, root, world, explicit)
+    for warning in new.warnings:
+        say(warning)
     prepare_data(new, cfg, say)
     tokenizer = dataset_tokenizer(new.data_dir, vocab_size=cfg.model.vocab_size)
     cfg.model.vocab_size = tokenizer.vocab_size  # the model's vocabulary is the tokenizer's

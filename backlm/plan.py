@@ -22,6 +22,7 @@ from backlm.paths import DEFAULT_DATASET, check_writable, dataset_dir
 
 # Statuses after which a run has nothing left to do (DESIGN.md §2 metadata).
 FINISHED = ("finished", "early stop", "target reached")
+PHASES = ("base",)  # the phases `backlm train` starts
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], bool]:
@@ -67,6 +68,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.log_every", _at_least(1), "at least 1"),
     ("train.seed", _between(0, 2**63 - 1), "between 0 and 2**63-1"),
     ("train.dtype", lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+    ("phase", lambda v: v in PHASES, "base (mid, sft and rl runs branch from a parent)"),
+    ("log.sample_temperature", _at_least(0), "0 (greedy) or positive"),
     ("fivecat.every", _at_least(0), "0 (off) or more"),
     ("fivecat.max_samples", _at_least(2), "at least 2"),
     ("early_stop.mode", lambda v: v in ("min", "max"), "min or max"),
@@ -119,7 +122,10 @@ def check_config(cfg: RunConfig, world: int = 1) -> None:
                         f"{m.head_dim}: set model.width to a multiple of it (or change head_dim)")
     from backlm.tokenizer import check_vocab_size
 
-    check_vocab_size(m.vocab_size)
+    try:
+        check_vocab_size(m.vocab_size)
+    except UserError as exc:
+        raise UserError(f"model.vocab_size: {exc}") from None
     plan_streams(cfg, world)
     if cfg.early_stop.monitor not in monitors(cfg.data.direction):
         raise UserError(f"early_stop.monitor {cfg.early_stop.monitor!r} is not measured by a "
@@ -128,27 +134,39 @@ def check_config(cfg: RunConfig, world: int = 1) -> None:
     if cfg.fivecat.spec:
         from backlm.fivecat.spec import load_spec
 
-        load_spec(cfg.fivecat.spec)
+        try:
+            load_spec(cfg.fivecat.spec)
+        except UserError as exc:
+            raise UserError(f"fivecat.spec: {exc}") from None
     price(cfg)
 
 
-def check_device(cfg: RunConfig, world: int = 1) -> None:
-    """The device exists and the run fits in its memory (the estimate of
-    :func:`backlm.cost.memory_estimate` against what the device has free now)."""
+def check_device(cfg: RunConfig, world: int = 1) -> str | None:
+    """The device exists and the run fits in its memory: the estimate of
+    :func:`backlm.cost.memory_estimate` against what the device has free now.
+
+    On CPU the estimate was checked against measured growth (BENCHMARKS.md), so a run that does
+    not fit is refused. On a GPU only the parts that are certain (weights, gradients, optimizer
+    state) refuse; activations there are unmeasured, so exceeding on them is a warning,
+    returned for the caller to show.
+    """
     from backlm.cost import memory_estimate
     from backlm.hardware import available_memory, resolve_device
 
     dev = resolve_device(cfg.train.device, cfg.train.dtype)
     need = memory_estimate(cfg, world, "cuda" if dev.is_cuda else "cpu")
     have = available_memory(dev.device)
-    if have is not None and need.total > have:
-        gib = 2**30
-        raise UserError(
-            f"the run needs about {need.total / gib:,.1f} GiB on {dev.name} (weights, gradients "
-            f"and optimizer {(need.weights + need.grads + need.optimizer) / gib:,.1f} GiB, "
-            f"activations {need.activations / gib:,.1f} GiB) but {have / gib:,.1f} GiB is "
-            "free: lower model.depth, train.device_batch_size or model.seq_len (see "
-            "--estimate-only)")
+    if have is None or need.total <= have:
+        return None
+    gib, state = 2**30, need.weights + need.grads + need.optimizer
+    what = (f"the run needs about {need.total / gib:,.1f} GiB on {dev.name} (weights, gradients "
+            f"and optimizer {state / gib:,.1f} GiB, activations {need.activations / gib:,.1f} "
+            f"GiB) but {have / gib:,.1f} GiB is free")
+    fix = ("lower model.depth, model.width, train.device_batch_size or model.seq_len (see "
+           "--estimate-only)")
+    if dev.is_cuda and state <= have:
+        return f"warning: {what}; if it runs out of memory, {fix}"
+    raise UserError(f"{what}: {fix}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,7 @@ class NewRun:
     exp_id: str
     data_dir: Path
     prepare_data: bool
+    warnings: tuple[str, ...] = ()  # to show before training (e.g. a tight GPU memory fit)
 
 
 def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
@@ -171,6 +190,8 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
     from backlm.data.vocab import existing_tokenizer
 
     check_config(cfg, world)
+    if "id" in explicit and not cfg.id.strip():
+        raise UserError("--id is empty: give a name, or leave --id out for the default")
     if "data.mix" in explicit and cfg.data.direction != "bidirectional":
         raise UserError(f"data.mix only applies to bidirectional runs; drop --set data.mix "
                         f"for a {cfg.data.direction} run")
@@ -196,8 +217,8 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
                 f"{tokenizer.vocab_size}-token tokenizer, which the model must use: drop the "
                 f"override (or set model.vocab_size={tokenizer.vocab_size})")
         cfg.model.vocab_size = tokenizer.vocab_size  # a preset's size yields to the data's
-    check_device(cfg, world)
-    return NewRun(exp_id, folder, prepare)
+    warning = check_device(cfg, world)
+    return NewRun(exp_id, folder, prepare, (warning,) if warning else ())
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ BAD = {
     "train.eval_every": 0, "train.eval_tokens": 0, "train.save_every": 0, "train.log_every": 0,
     "train.seed": -1, "train.dtype": "fp16", "fivecat.every": -1, "fivecat.max_samples": 1,
     "early_stop.mode": "lowest", "early_stop.patience": -1, "early_stop.min_delta": -0.1,
-    "cost.usd_per_gpu_hour": -2.0, "cost.assumed_mfu": 0.0,
+    "cost.usd_per_gpu_hour": -2.0, "cost.assumed_mfu": 0.0, "phase": "sideways",
+    "log.sample_temperature": -1.0,
 }
 
 
@@ -115,3 +116,27 @@ def test_an_unavailable_device_is_refused(home, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="no CUDA device"):
         plan_new_run(_cfg("train.device=cuda"), home / "exps")
+
+
+def test_memory_refuses_on_cpu_and_warns_on_gpu_when_only_activations_exceed(monkeypatch):
+    import backlm.cost as cost
+    import backlm.hardware as hardware
+    from backlm.plan import check_device
+
+    cfg = _cfg()
+    need = cost.memory_estimate(cfg, 1, "cpu")
+    monkeypatch.setattr(hardware, "available_memory", lambda device: need.total - 1)
+    with pytest.raises(UserError, match="GiB is free: lower model.depth"):
+        check_device(cfg)
+    monkeypatch.setattr(hardware, "available_memory", lambda device: need.total + 1)
+    assert check_device(cfg) is None
+
+    gpu = hardware.DeviceInfo("cuda:0", "bf16", "H100", 1e15, "datasheet")
+    monkeypatch.setattr(hardware, "resolve_device", lambda *a, **k: gpu)
+    need = cost.memory_estimate(cfg, 1, "cuda")
+    state = need.weights + need.grads + need.optimizer
+    monkeypatch.setattr(hardware, "available_memory", lambda device: state + 1)
+    assert check_device(cfg).startswith("warning:")
+    monkeypatch.setattr(hardware, "available_memory", lambda device: state - 1)
+    with pytest.raises(UserError, match="GiB is free"):
+        check_device(cfg)

@@ -18,7 +18,7 @@ def log(
     experiment: str = EXPERIMENT,
     follow: bool = typer.Option(False, "--follow", "-f",
                                 help="Print new steps every second until the run ends."),
-    top: int = typer.Option(12, "--top", help="Gradient/activation rows shown (0: all)."),
+    top: int = typer.Option(12, "--top", min=0, help="Gradient/activation rows shown (0: all)."),
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Research log contents: groups, shapes and last values; --follow a live run."""

@@ -22,6 +22,7 @@ def note(
     from backlm.notes import add_note
 
     exp = find(experiment, experiments_root(experiments))
+    exp.metadata()  # a note goes only into an experiment whose metadata is sound
     path, line = add_note(exp, text, issue)
     console.print(f"{'issue' if issue else 'note'} added to {path}:\n  {line}", highlight=False,
                   markup=False, soft_wrap=True)

@@ -53,6 +53,8 @@ def train(
 
     root = experiments_root(experiments)
     cfg, explicit = None, set()
+    if resume is not None and not resume.strip():
+        raise UserError("--resume needs an experiment id, tag or path (see `backlm ls`)")
     if resume:
         fixed = {"--direction": direction, "--depth": depth, "--config": config,
                  "--set": overrides, "--id": exp_id, "--description": description,

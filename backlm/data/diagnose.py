@@ -30,6 +30,7 @@ from backlm.direction import (
     read_order_of,
     to_reading_order,
 )
+from backlm.errors import UserError
 
 
 @dataclass
@@ -96,6 +97,10 @@ def diagnose(
 
     ``ngram_chars`` characters of train text fit the bigram of the direction signal (0: off).
     """
+    from backlm.data.shards import SPLITS
+
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     direction = Direction.parse(direction)
     ids = tokenizer.special_ids
 

@@ -114,7 +114,17 @@ class Schema:
 
 
 def open_reader(path: Path) -> h5py.File:
-    """Open a research log for reading, also while it is written or after a crash."""
+    """Open a research log for reading, also while it is written or after a crash.
+
+    A plain open comes first: it fails at once on a truncated or foreign file, where an SWMR
+    open retries its metadata reads for minutes. Only a file marked open for write (a flush in
+    progress, or a run killed during one) is then opened in SWMR mode.
+    """
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "open for write" not in str(exc) and "consistency flag" not in str(exc):
+            raise
     return h5py.File(path, "r", libver="latest", swmr=True)
 
 

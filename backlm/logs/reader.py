@@ -46,10 +46,10 @@ def log_path(exp: Experiment) -> Path:
 
 def open_log(path: Path) -> Any:
     """Open ``path`` for SWMR reading; a corrupt or foreign file raises UserError."""
-    import h5py
+    from backlm.logs.hdf5 import open_reader
 
     try:
-        f = h5py.File(path, "r", libver="latest", swmr=True)
+        f = open_reader(path)
     except OSError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"research log {path} cannot be read ({reason}): the file is corrupt "
