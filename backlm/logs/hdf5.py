@@ -36,18 +36,14 @@ through :func:`append_eval` (e.g. kind ``5cat``). ``/extra/{name,value}``: numer
 other callbacks add to a step's record that the fixed ``/scalars`` do not name.
 
 Crash safety (HDF5 SWMR, DESIGN.md §3). A new file is built under a temporary name with every
-group and dataset created up front — nothing can be created once ``swmr_mode`` is on — and
-renamed into place. Rows are buffered and written every ``log.flush_every`` steps and before
-every checkpoint (whose steps a resume never logs again): a flush opens the file, switches SWMR
-write mode on, appends (a group's ``step`` after its other datasets, so its length counts the
-complete rows) and closes it, in milliseconds (``benchmarks/h5_flush.py``). Between flushes the file is closed and consistent:
-any reader, HDF5's own h5dump and h5ls included, opens it during a run and after a SIGKILL and
-sees every step up to the last flush. The writer takes no file lock, so an open reader never
-fails a flush. A kill in mid-flush leaves the file flagged "open for write": an SWMR read
-(:func:`open_reader`) still works, ``h5clear -s`` clears the flag for other tools. A resumed
-run rebuilds the file (SWMR read → fresh file with the rows of steps ≤ the checkpoint step →
-atomic rename) and appends, so steps are never duplicated. Readers here open with
-``h5py.File(path, "r", libver="latest", swmr=True)``, which can also follow a growing file.
+group and dataset created up front (nothing can be created once ``swmr_mode`` is on) and
+renamed into place. Rows are buffered; every ``log.flush_every`` steps and before every
+checkpoint a flush opens the file in SWMR write mode, appends (a group's ``step`` last, so its
+length counts complete rows) and closes it (``benchmarks/h5_flush.py``). Between flushes the
+file is closed and consistent, so any reader, h5dump and h5ls included, opens it during a run
+and after a SIGKILL. A kill in mid-flush leaves it flagged "open for write": :func:`open_reader`
+still reads it, ``h5clear -s`` clears the flag for other tools. A resumed run rebuilds the file
+(rows of steps ≤ the checkpoint step, atomic rename) and appends: no step is ever duplicated.
 """
 
 from __future__ import annotations
@@ -78,12 +74,10 @@ GRAD_STATS = ("norm", "mean", "std", "max_abs")
 ACT_STATS = ("mean", "std", "rms", "max_abs")
 KIND_LEN, NAME_LEN = 16, 64
 _CHUNK_BYTES = 32768
-# The oldest file format SWMR works with, and no newer (DESIGN.md §3): "latest" under HDF5 2.x
-# writes a format that HDF5 1.10's own tools (Debian's h5dump, h5ls) cannot read.
+# SWMR's oldest format and no newer: HDF5 1.10's tools cannot read "latest" under HDF5 2.x.
 LIBVER = ("v110", "v110")
 
-# Writers alive in this process, by resolved path: append_eval hands its rows to them, so that
-# they and the writer's buffered rows never write the file at once.
+# Live writers by resolved path: append_eval hands rows to them, never writing the file beside.
 _OPEN: dict[str, Hdf5Logger] = {}
 
 
@@ -114,12 +108,9 @@ class Schema:
 
 
 def open_reader(path: Path) -> h5py.File:
-    """Open a research log for reading, also while it is written or after a crash.
-
-    A plain open comes first: it fails at once on a truncated or foreign file, where an SWMR
-    open retries its metadata reads for minutes. Only a file marked open for write (a flush in
-    progress, or a run killed during one) is then opened in SWMR mode.
-    """
+    """Open a research log for reading, also during a flush or after a crash in one: a plain
+    open first (a truncated file fails at once, where SWMR retries for minutes), SWMR only for
+    a file marked open for write."""
     try:
         return h5py.File(path, "r")
     except OSError as exc:
