@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from backlm import checkpoint as ckpt
+from backlm import compat
 from backlm.errors import UserError
 from backlm.experiment import Experiment, find
 
@@ -59,14 +60,14 @@ def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int
     state, _, meta = ckpt.load(folder, with_optimizer=False)
     cfg = ckpt.model_config(meta)
     # the tokenizer must be the model's own before any number is computed with it
-    tokenizer = ckpt.check_tokenizer(exp.tokenizer_dir, cfg.vocab_size, meta, folder)
+    tokenizer = compat.check_tokenizer(exp.tokenizer_dir, cfg.vocab_size, meta, folder)
     dev = torch.device(resolve_device(device, "fp32").device)
     try:
         model = GPT(cfg)
     except ValueError as exc:
         raise UserError(f"checkpoint {folder}: its model_config cannot build a model ({exc})"
                         ) from None
-    ckpt.check_weights(model, state, folder)
+    compat.check_weights(model, state, folder)
     model.load_state_dict(state)
     model.to(dev).eval()
     return LoadedModel(exp, model, tokenizer, meta["direction"], int(meta["step"]), meta, dev)

@@ -240,6 +240,7 @@ class Resume:
 def plan_resume(ref: str, root: Path, max_steps: int | None = None) -> Resume:
     """Validate ``--resume ref`` without writing: every file of the experiment must agree."""
     from backlm import checkpoint as ckpt
+    from backlm import compat
 
     exp = xp.find(ref, root)
     meta = exp.metadata()
@@ -253,12 +254,16 @@ def plan_resume(ref: str, root: Path, max_steps: int | None = None) -> Resume:
     folder = exp.latest_checkpoint()
     step = 0
     if folder is not None:
-        _, _, cmeta = ckpt.load(folder, with_optimizer=True)  # checksums, meta schema
+        # the weights with their checksum; the optimizer's files without their tensors (the
+        # trainer loads those once), so a resume is judged before --max-steps writes anything
+        _, _, cmeta = ckpt.load(folder, with_optimizer=False)
+        ckpt.validate_meta(cmeta, folder, resume=True)
+        ckpt.check_optimizer_files(folder)
         step = int(cmeta["step"])
-        ckpt.check_run_config(cfg, cmeta, folder, exp.config_path)
-        ckpt.check_tokenizer(exp.tokenizer_dir, cfg.model.vocab_size, cmeta, folder)
+        compat.check_run_config(cfg, cmeta, folder, exp.config_path)
+        compat.check_tokenizer(exp.tokenizer_dir, cfg.model.vocab_size, cmeta, folder)
     else:
-        ckpt.check_tokenizer(exp.tokenizer_dir, cfg.model.vocab_size, None, None)
+        compat.check_tokenizer(exp.tokenizer_dir, cfg.model.vocab_size, None, None)
     status = str(meta.get("status") or "?")
     extend_to = None
     if max_steps is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backlm import atomic
+from backlm import atomic, compat
 from backlm import checkpoint as ckpt
 from backlm.callbacks import Callback, CallbackList, LoopState, RunInfo
 from backlm.config import RunConfig
@@ -167,7 +167,7 @@ def _save(tr: TrainingRun, state: LoopState) -> Path | None:
         "step": state.step, "phase": cfg.phase, "direction": cfg.data.direction,
         "tokens": state.tokens, "model_config": dict(vars(cfg.model)), "val": tr.evals,
         "loaders": loaders, "rng": ckpt.rng_state(tr.dev.is_cuda), "world_size": tr.dist.world,
-        "tokenizer": ckpt.tokenizer_record(tr.info.tokenizer), "saved": utcnow(),
+        "tokenizer": compat.tokenizer_record(tr.info.tokenizer), "saved": utcnow(),
     }
     steps = exp.checkpoint_steps()
     return ckpt.save(exp.checkpoint_dir(state.step), tr.info.model.state_dict(),
@@ -183,7 +183,7 @@ def _restore(tr: TrainingRun) -> tuple[int, int, dict[str, float]]:
     if folder is None:
         return 0, 0, {}
     model_state, optim_state, meta = ckpt.load(folder)
-    ckpt.check_weights(tr.info.model, model_state, folder)
+    compat.check_weights(tr.info.model, model_state, folder)
     tr.info.model.load_state_dict(model_state)
     states = meta["loaders"]
     if len(states) != tr.streams:
@@ -196,10 +196,11 @@ def _restore(tr: TrainingRun) -> tuple[int, int, dict[str, float]]:
             loader.load_state_dict(state)
         ckpt.restore_rng_state(meta["rng"], tr.dev.is_cuda)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        reason = (str(exc).splitlines() or [""])[0]
         raise UserError(f"checkpoint {folder} cannot be resumed: its optimizer state, data "
                         f"positions or random-number states are corrupt ({type(exc).__name__}: "
-                        f"{exc}); resume from an earlier checkpoint by moving this one aside"
-                        .splitlines()[0]) from None
+                        f"{reason}); resume from an earlier checkpoint by moving this one aside"
+                        ) from None
     return int(meta["step"]), int(meta["tokens"]), dict(meta.get("val") or {})
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 
 from backlm import checkpoint as ckpt
+from backlm import compat
 from backlm.errors import UserError
 
 
@@ -125,13 +126,13 @@ def test_inference_needs_only_the_model_keys(tmp_path):
 def test_weights_must_match_the_model_shapes(tmp_path):
     model, _ = _model_and_optimizer()
     state = dict(model.state_dict())
-    ckpt.check_weights(model, state, tmp_path)
+    compat.check_weights(model, state, tmp_path)
     state["0.weight"] = torch.zeros(9, 4)
     with pytest.raises(UserError, match=r"0.weight has shape \[9, 4\]"):
-        ckpt.check_weights(model, state, tmp_path)
+        compat.check_weights(model, state, tmp_path)
     del state["0.weight"]
     with pytest.raises(UserError, match="no tensor '0.weight'"):
-        ckpt.check_weights(model, state, tmp_path)
+        compat.check_weights(model, state, tmp_path)
 
 
 def test_the_tokenizer_must_be_the_models_own(tmp_path):
@@ -140,17 +141,17 @@ def test_the_tokenizer_must_be_the_models_own(tmp_path):
 
     tok = Tokenizer.train(make_docs(200), vocab_size=300)
     tok.save(tmp_path / "tokenizer")
-    record = ckpt.tokenizer_record(tok)
-    assert ckpt.check_tokenizer(tmp_path / "tokenizer", 300, {"tokenizer": record},
+    record = compat.tokenizer_record(tok)
+    assert compat.check_tokenizer(tmp_path / "tokenizer", 300, {"tokenizer": record},
                                 tmp_path).vocab_size == 300
     for size in (280, 400):
         with pytest.raises(UserError, match=f"has a {size}-token vocabulary.*own tokenizer"):
-            ckpt.check_tokenizer(tmp_path / "tokenizer", size, None, tmp_path)
+            compat.check_tokenizer(tmp_path / "tokenizer", size, None, tmp_path)
     shuffled = {**record, "special_ids": {**record["special_ids"], "bos": 5}}
     with pytest.raises(UserError, match="special tokens differently"):
-        ckpt.check_tokenizer(tmp_path / "tokenizer", 300, {"tokenizer": shuffled}, tmp_path)
+        compat.check_tokenizer(tmp_path / "tokenizer", 300, {"tokenizer": shuffled}, tmp_path)
     with pytest.raises(UserError, match="is missing"):
-        ckpt.check_tokenizer(tmp_path / "gone", 300, None, tmp_path)
+        compat.check_tokenizer(tmp_path / "gone", 300, None, tmp_path)
 
 def _saved_before(tmp_path):
     """A checkpoint at step 2 (the resume point) and the model and optimizer to save next."""
