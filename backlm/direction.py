@@ -369,3 +369,29 @@ def encode_conversation(
     body_mask = model_order(mask, concrete)
     head = [ids.bos, ids.marker(concrete)] if direction is Direction.BIDIRECTIONAL else [ids.bos]
     return [*head, *body], [False] * len(head) + body_mask
+
+
+def turn_prompt(
+    context: Sequence[int], write: Role, direction: Direction | str, ids: SpecialIds,
+    order: Direction | str | None = None,
+) -> tuple[list[int], int]:
+    """Model-order prompt asking for one turn of role ``write``, and the token that ends it.
+
+    ``context`` is reading-order rendered turns (no BOS): those before the turn to write going
+    forward, those after it going backward (the backward model is given the ending and writes
+    what came before). The prompt ends with the tag that opens the written turn in the model's
+    order; generation stops at the tag that closes it.
+    """
+    direction = Direction.parse(direction)
+    concrete = _resolve_order(direction, order)
+    head = [ids.bos, ids.marker(concrete)] if direction is Direction.BIDIRECTIONAL else [ids.bos]
+    start, end = ((ids.user_start, ids.user_end) if write is Role.USER
+                  else (ids.assistant_start, ids.assistant_end))
+    if concrete is Direction.FORWARD:
+        return [*head, *context, start], end
+    return [*head, *model_order(list(context), concrete), end], start
+
+
+def written_to_reading_order(written: Sequence[int], order: Direction | str) -> list[int]:
+    """A generated turn's content (stop tag excluded) in reading order."""
+    return list(model_order(list(written), _concrete(order)))
