@@ -477,3 +477,33 @@ def loop_state(exp_path: Path | None = None, cfg=None, model=None, tokenizer=Non
     state = LoopState(info)
     state.advance(step, 0)
     return state
+
+
+# --- experiment lineages (``backlm ls --tree``) -----------------------------------------------
+
+
+def make_child(root: Path, exp_id: str, parent: str | None = None, step: int = 100,
+               created: str = "2026-12-01T10:00:00+00:00", best: dict | None = None,
+               **meta):
+    """An experiment folder; with ``parent``, a parent link naming it (and its chain)."""
+    from backlm import experiment as xp
+
+    link = None
+    if parent is not None:
+        parent_path = Path(root) / parent
+        prior = xp.Experiment(parent_path).parent_link() or {}
+        chain = [*prior.get("chain", []), str(parent_path)]
+        link = {"parent_id": parent, "parent_path": str(parent_path),
+                "checkpoint": str(parent_path / "checkpoints" / f"step_{step:06d}"),
+                "step": step, "weights_sha256": "0" * 64, "parent_phase": "base",
+                "parent_direction": "forward", "direction": meta.get("direction", "forward"),
+                "tokenizer_sha256": "1" * 64, "chain": chain,
+                "chain_ids": [Path(p).name for p in chain], "init_lr_frac": 0.1,
+                "created": created}
+    metadata = {"id": exp_id, "phase": "base" if parent is None else "sft",
+                "direction": "forward", "depth": 4, "status": "finished", "created": created,
+                **meta}
+    exp = xp.create(root, exp_id, config_yaml="", metadata=metadata, parent_link=link)
+    if best is not None:
+        exp.write_best("val", best)
+    return exp

@@ -27,3 +27,32 @@ def test_rows_show_status_step_and_bpb(tmp_path):
     line = next(x for x in res.output.splitlines() if "a-run" in x)
     assert "backward" in line and "1.2500" in line and "finished" in line and " 4 " in line
     assert "corrupt" in next(x for x in res.output.splitlines() if "broken" in x)
+
+
+def test_tree_indents_children_under_parents(tmp_path, monkeypatch):
+    from tests.helpers import make_child
+
+    monkeypatch.setenv("COLUMNS", "160")  # keep rich tables on one line each
+    make_child(tmp_path, "base1", best={"step": 40, "monitor": "val_bpb", "value": 1.5})
+    make_child(tmp_path, "sft1", parent="base1", step=40, direction="backward")
+    make_child(tmp_path, "rl1", parent="sft1", step=7, phase="rl")
+    make_child(tmp_path, "stray", parent="gone")
+    res = run_cli(["ls", "--experiments-dir", str(tmp_path), "--tree"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+
+    def line(word):
+        return next(x for x in lines if word in x)
+
+    order = [lines.index(line(w)) for w in ("base1", "sft1", "rl1", "stray")]
+    assert order == sorted(order)
+    assert "│ base1" in line("base1") and "val_bpb 1.5000 @ step 40" in line("base1")
+    assert "│ └─ sft1" in line("sft1") and " 40 " in line("sft1") and "backward" in line("sft1")
+    assert "│    └─ rl1" in line("rl1") and " 7 " in line("rl1") and "rl" in line("rl1")
+    stray = lines.index(line("stray"))
+    assert "└─" not in line("stray") and "(parent gone missing)" in lines[stray + 1]
+
+
+def test_tree_of_an_empty_folder(tmp_path):
+    res = run_cli(["ls", "--experiments-dir", str(tmp_path), "--tree"])
+    assert res.exit_code == 0 and "no experiments in" in res.output
