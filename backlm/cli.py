@@ -10,6 +10,7 @@ import typer
 from typer import rich_utils as typer_rich_utils
 
 from backlm import __version__
+from backlm.commands import branch as branch_cmd
 from backlm.commands import data as data_cmd
 from backlm.commands import eval as eval_cmd
 from backlm.commands import fivecat as fivecat_cmd
@@ -58,6 +59,7 @@ def _root(
 
 app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
+app.command("branch")(branch_cmd.branch)
 app.command("5cat")(fivecat_cmd.fivecat)
 app.command("ls")(ls_cmd.ls)
 app.command("eval")(eval_cmd.eval_)

@@ -49,7 +49,17 @@ def check_weights(model: Any, state: dict[str, Any], folder: Path) -> None:
 
 def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
     """What a checkpoint records of the tokenizer it was trained with (checked on load)."""
-    return {"vocab_size": tokenizer.vocab_size, "special_ids": asdict(tokenizer.special_ids)}
+    return {"vocab_size": tokenizer.vocab_size, "special_ids": asdict(tokenizer.special_ids),
+            "sha256": tokenizer_hash(tokenizer)}
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """sha256 of a tokenizer's canonical JSON: equal for equal tokenizers, wherever saved."""
+    import hashlib
+    import json
+
+    text = json.dumps(tokenizer.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_tokenizer(tokenizer_dir: Path, vocab_size: int, meta: dict[str, Any] | None,
@@ -75,4 +85,8 @@ def check_tokenizer(tokenizer_dir: Path, vocab_size: int, meta: dict[str, Any] |
             None, asdict(tokenizer.special_ids)):
         raise UserError(f"{tokenizer_dir} numbers its special tokens differently from the "
                         f"tokenizer {where} was trained with: {fix}")
+    if isinstance(recorded, dict) and recorded.get("sha256") not in (
+            None, tokenizer_hash(tokenizer)):
+        raise UserError(f"{tokenizer_dir} is not the tokenizer {where} was trained with (its "
+                        f"merges or tokens were altered): {fix}")
     return tokenizer

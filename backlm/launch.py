@@ -27,6 +27,7 @@ from backlm.plan import NewRun, Resume, check_config, plan_new_run, plan_resume
 
 if TYPE_CHECKING:
     from backlm.callbacks import Callback
+    from backlm.lineage import Branch
     from backlm.summary import RunSummary
 
 
@@ -153,7 +154,7 @@ def _discard_failed(exp: xp.Experiment) -> None:
 def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
           plan: LaunchPlan | None = None, observers: Sequence[Callback] = (),
           say: Callable[[str], None] = _quiet, explicit: Collection[str] = (),
-          max_steps: int | None = None) -> RunSummary:
+          max_steps: int | None = None, branch: Branch | None = None) -> RunSummary:
     """Create (or, with ``resume``, continue) an experiment and train it.
 
     Everything is validated first (:mod:`backlm.plan`); a new run that fails before its first
@@ -162,7 +163,8 @@ def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
     in this one with ``cfg`` itself; a torchrun plan spawns the workers, which read the resolved
     config from the experiment folder. ``observers`` (e.g. the command's display) see the
     in-process loop; torchrun's rank 0 makes its own display. ``say`` tells the user about work
-    before training (e.g. preparing the default data).
+    before training (e.g. preparing the default data). ``branch`` (a validated
+    :class:`backlm.lineage.Branch`) creates a child experiment instead of a base run.
     """
     from backlm import trainer
     from backlm.summary import summary_from_files
@@ -173,6 +175,11 @@ def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
         exp, cfg = state.exp, state.cfg
         if state.finished:
             return dataclasses.replace(summary_from_files(exp), nothing_to_do=True)
+    elif branch is not None:
+        from backlm.lineage import create_child
+
+        cfg = branch.cfg
+        exp = create_child(branch, root, say)
     else:
         if cfg is None:
             raise UserError("a new run needs a config")

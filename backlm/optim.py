@@ -184,12 +184,13 @@ def build_optimizer(model: nn.Module, ocfg: OptimConfig) -> Optimizers:
     """Muon for ``model.param_groups()["matrix"]``, AdamW for the rest.
 
     AdamW rates (embedding, unembedding, scalar) are scaled by ``(model_dim / 768) ** -0.5``
-    as in nanochat, so the defaults tuned at width 768 transfer to other widths.
+    as in nanochat, so the defaults tuned at width 768 transfer to other widths. Every rate is
+    multiplied by ``init_lr_frac`` (a fine-tuning branch starts gentler than pretraining).
     """
     inner = _unwrap(model)
     groups = inner.param_groups()
     width = inner.cfg.model_dim
-    scale = (width / 768) ** -0.5
+    scale = (width / 768) ** -0.5 * ocfg.init_lr_frac
     adam_groups = [
         dict(params=groups[kind], lr=lr * scale, initial_lr=lr * scale, kind=kind)
         for kind, lr in (("embedding", ocfg.embedding_lr), ("unembedding", ocfg.unembedding_lr),
@@ -202,8 +203,9 @@ def build_optimizer(model: nn.Module, ocfg: OptimConfig) -> Optimizers:
                               weight_decay=ocfg.weight_decay, fused=fused)
     muon = None
     if groups.get("matrix"):
-        muon = Muon([dict(params=groups["matrix"], initial_lr=ocfg.matrix_lr, kind="matrix")],
-                    lr=ocfg.matrix_lr, momentum=ocfg.muon_momentum, weight_decay=ocfg.weight_decay,
+        matrix_lr = ocfg.matrix_lr * ocfg.init_lr_frac
+        muon = Muon([dict(params=groups["matrix"], initial_lr=matrix_lr, kind="matrix")],
+                    lr=matrix_lr, momentum=ocfg.muon_momentum, weight_decay=ocfg.weight_decay,
                     ns_steps=ocfg.ns_steps)
     seen = {id(p) for g in (muon.param_groups if muon else []) + adamw.param_groups for p in g["params"]}
     missing = [n for n, p in inner.named_parameters() if p.requires_grad and id(p) not in seen]

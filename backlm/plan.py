@@ -22,7 +22,7 @@ from backlm.paths import DEFAULT_DATASET, check_writable, dataset_dir
 
 # Statuses after which a run has nothing left to do (DESIGN.md §2 metadata).
 FINISHED = ("finished", "early stop", "target reached")
-PHASES = ("base",)  # the phases `backlm train` starts
+PHASES = ("base", "mid", "sft", "rl")  # base trains from scratch; the others branch
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], bool]:
@@ -68,8 +68,21 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.log_every", _at_least(1), "at least 1"),
     ("train.seed", _between(0, 2**63 - 1), "between 0 and 2**63-1"),
     ("train.dtype", lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
-    ("phase", lambda v: v in PHASES, "base (mid, sft and rl runs branch from a parent)"),
+    ("phase", lambda v: v in PHASES, f"one of {', '.join(PHASES)}"),
+    ("optim.init_lr_frac", lambda v: 0 < v <= 10, "in (0, 10]"),
     ("log.sample_temperature", _at_least(0), "0 (greedy) or positive"),
+    *((f"log.{n}", _at_least(0), "0 (off) or more") for n in (
+        "per_token_every", "per_token_rows", "stats_every", "sample_every", "sample_tokens")),
+    ("log.flush_every", _at_least(1), "at least 1"),
+    ("chat.train_on", lambda v: v in ("", "assistant", "user", "all"),
+     "assistant, user or all (empty: the turns the direction writes)"),
+    ("chat.text_frac", _between(0, 1), "between 0 and 1"),
+    ("rl.prompts_per_step", _at_least(1), "at least 1"),
+    ("rl.group_size", _at_least(2), "at least 2 (the advantage compares samples)"),
+    ("rl.max_new_tokens", _at_least(1), "at least 1"),
+    ("rl.temperature", lambda v: v > 0, "positive (RL samples)"),
+    ("rl.kl_coef", _at_least(0), "0 (off) or positive"),
+    ("rl.eval_prompts", _at_least(1), "at least 1"),
     ("fivecat.every", _at_least(0), "0 (off) or more"),
     ("fivecat.max_samples", _at_least(2), "at least 2"),
     ("early_stop.mode", lambda v: v in ("min", "max"), "min or max"),
@@ -91,22 +104,23 @@ def _finite(value: Any) -> bool:
     return all(not isinstance(v, float) or math.isfinite(v) for v in values)
 
 
-def monitors(direction: str) -> list[str]:
+def monitors(direction: str, phase: str = "base") -> list[str]:
     """The validation metrics a run of ``direction`` measures (what early stopping may watch)."""
     from backlm.direction import eval_orders
+    from backlm.phases import eval_monitors
 
     names = ["val_loss", "val_bpb"]
     for label, _ in eval_orders(direction):
         if label:
             names += [f"val_loss_{label}", f"val_bpb_{label}"]
-    return names
+    return names + eval_monitors(phase, direction)
 
 
 def check_config(cfg: RunConfig, world: int = 1) -> None:
     """Every range, shape and name of ``cfg`` that can be judged without the machine."""
     from backlm.cost import price
     from backlm.direction import Direction
-    from backlm.trainer import plan_streams
+    from backlm.phases import plan_streams
 
     cfg.data.direction = Direction.parse(cfg.data.direction).value
     for key, test, need in RULES:
@@ -127,10 +141,10 @@ def check_config(cfg: RunConfig, world: int = 1) -> None:
     except UserError as exc:
         raise UserError(f"model.vocab_size: {exc}") from None
     plan_streams(cfg, world)
-    if cfg.early_stop.monitor not in monitors(cfg.data.direction):
+    if cfg.early_stop.monitor not in monitors(cfg.data.direction, cfg.phase):
         raise UserError(f"early_stop.monitor {cfg.early_stop.monitor!r} is not measured by a "
                         f"{cfg.data.direction} run: choose one of "
-                        f"{', '.join(monitors(cfg.data.direction))}")
+                        f"{', '.join(monitors(cfg.data.direction, cfg.phase))}")
     if cfg.fivecat.spec:
         from backlm.fivecat.spec import load_spec
 
@@ -190,6 +204,9 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
     from backlm.data.vocab import existing_tokenizer
 
     check_config(cfg, world)
+    if cfg.phase != "base":
+        raise UserError(f"a {cfg.phase} run starts from a parent checkpoint: use `backlm branch "
+                        f"{cfg.phase} --parent EXP`, or a chain such as --phase base,{cfg.phase}")
     if "id" in explicit and not cfg.id.strip():
         raise UserError("--id is empty: give a name, or leave --id out for the default")
     if "data.mix" in explicit and cfg.data.direction != "bidirectional":

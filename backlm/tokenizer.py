@@ -254,22 +254,23 @@ class Tokenizer:
         come from :func:`backlm.direction.encode_conversation`. A leading ``system`` message
         is folded into the first user message; turns must alternate user, assistant, ...
         """
-        turns = _normalise_messages(messages)
-        sid = self.special_ids
-        tags = {
-            "user": (sid.user_start, sid.user_end, Role.USER),
-            "assistant": (sid.assistant_start, sid.assistant_end, Role.ASSISTANT),
-        }
         ids: list[int] = []
         roles: list[int] = []
         parts: list[int] = []
-        for role_name, content in turns:
-            start, end, role = tags[role_name]
-            body = self.encode(content)
-            ids += [start, *body, end]
-            roles += [int(role)] * (len(body) + 2)
-            parts += [int(Part.OPEN), *[int(Part.CONTENT)] * len(body), int(Part.CLOSE)]
+        for role_name, content in _normalise_messages(messages):
+            turn = self.render_turn(role_name, content)
+            role = Role.USER if role_name == "user" else Role.ASSISTANT
+            ids += turn
+            roles += [int(role)] * len(turn)
+            parts += [int(Part.OPEN), *[int(Part.CONTENT)] * (len(turn) - 2), int(Part.CLOSE)]
         return ids, roles, parts
+
+    def render_turn(self, role: str, content: str) -> list[int]:
+        """One ``user`` or ``assistant`` turn in reading order: start tag, text, end tag."""
+        sid = self.special_ids
+        start, end = ((sid.user_start, sid.user_end) if role == "user"
+                      else (sid.assistant_start, sid.assistant_end))
+        return [start, *self.encode(content), end]
 
 
 def check_vocab_size(vocab_size: int) -> None:

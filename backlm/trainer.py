@@ -30,22 +30,9 @@ from backlm.direction import Direction, eval_orders
 from backlm.distributed import DistInfo, all_reduce_mean, gather_lists, init_distributed
 from backlm.errors import UserError
 from backlm.experiment import Experiment, utcnow
+from backlm.phases import evaluate as phase_evaluate
+from backlm.phases import plan_streams
 from backlm.summary import RunSummary, write_training_summary
-
-
-def plan_streams(cfg: RunConfig, world: int) -> tuple[int, int]:
-    """``(streams, accum)``: document streams per step and micro-steps per rank."""
-    rows = cfg.train.device_batch_size * cfg.model.seq_len
-    if cfg.train.total_batch_tokens % rows:
-        raise UserError(
-            f"train.total_batch_tokens ({cfg.train.total_batch_tokens}) must be a multiple of "
-            f"device_batch_size × seq_len ({rows})"
-        )
-    streams = cfg.train.total_batch_tokens // rows
-    if streams % world:
-        raise UserError(f"{streams} micro-batches per step cannot be split over {world} ranks: "
-                        "change train.total_batch_tokens or the number of processes")
-    return streams, streams // world
 
 
 def default_callbacks(state: LoopState) -> list[Callback]:
@@ -63,12 +50,11 @@ class TrainingRun:
     def __init__(self, exp: Experiment, cfg: RunConfig, dist: DistInfo) -> None:
         import torch
 
-        from backlm.data.loader import PackedLoader
-        from backlm.data.shards import list_shards
         from backlm.evaluation.lm import held_out, windows
         from backlm.hardware import resolve_device
         from backlm.model import GPT
         from backlm.optim import build_optimizer
+        from backlm.phases import build_loaders
         from backlm.tokenizer import Tokenizer
 
         self.cfg, self.dist = cfg, dist
@@ -78,17 +64,11 @@ class TrainingRun:
         tokenizer = Tokenizer.load(exp.tokenizer_dir)
         data_dir = exp.data_dir()
         self.streams, self.accum = plan_streams(cfg, dist.world)
-        shards = list_shards(data_dir, "train")
-        first = dist.rank * self.accum
-        self.loaders = [
-            PackedLoader(shards, tokenizer, cfg.data.direction,
-                         batch_size=cfg.train.device_batch_size, seq_len=cfg.model.seq_len,
-                         seed=cfg.train.seed, mix=cfg.data.mix, rank=v, world_size=self.streams,
-                         docs_per_batch=cfg.data.docs_per_batch, buffer_docs=cfg.data.buffer_docs,
-                         threads=cfg.data.tokenizer_threads)
-            for v in range(first, first + self.accum)
-        ]
+        self.loaders = build_loaders(cfg, tokenizer, data_dir, dist.rank * self.accum,
+                                     self.accum, self.streams)
         # validation: the same reading-order windows in every order (and every direction)
+        from backlm.data.shards import list_shards
+
         self.val_data = held_out(list_shards(data_dir, "val"), tokenizer, cfg.train.eval_tokens,
                                  cfg.data.tokenizer_threads)
         self.val_windows = windows(self.val_data, cfg.model.seq_len)
@@ -151,6 +131,7 @@ def evaluate(tr: TrainingRun, orders: list[tuple[str, Direction]]) -> dict[str, 
     if len(orders) > 1:
         out["val_loss"] = sum(out[f"val_loss_{n}"] for n, _ in orders) / len(orders)
         out["val_bpb"] = sum(out[f"val_bpb_{n}"] for n, _ in orders) / len(orders)
+    out.update(phase_evaluate(tr, orders))
     tr.model.train()
     return out
 
@@ -210,6 +191,10 @@ def _train_step(tr: TrainingRun, state: LoopState, cbs: Callback) -> dict[str, A
 
     from backlm.optim import apply_schedule
 
+    if tr.cfg.phase == "rl":
+        from backlm.rl import train_step
+
+        return train_step(tr, state, cbs)
     cfg, step, t = tr.cfg, state.step + 1, time.perf_counter()
     tr.loader_snapshot = [ld.state_dict() for ld in tr.loaders]
     lr = apply_schedule(tr.opt, state.step, cfg.train.max_steps, cfg.optim)
@@ -264,6 +249,10 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     tr = TrainingRun(exp, cfg, dist)
     state = LoopState(tr.info)
     step, tokens, tr.evals = _restore(tr) if resume else (0, 0, {})
+    if step == 0 and cfg.phase != "base":  # a branch starts from its parent's weights
+        from backlm.lineage import load_parent_weights
+
+        load_parent_weights(exp, tr.info.model)
     tr.last_saved = step or None  # a Ctrl-C before the next step has nothing new to save
     state.advance(step, tokens)
     early: list[str] = []  # what callbacks say while they are being built

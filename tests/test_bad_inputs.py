@@ -512,7 +512,16 @@ RANGE_BAD: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cost.gpu": (("nosuchgpu", ""), ()),
     "cost.usd_per_gpu_hour": (("-1", NAN, INF), ()),
     "cost.assumed_mfu": (("0", "-0.1", "1.5", NAN), ()),
-    "phase": (("sideways",), ()),
+    "phase": (("sideways", "sft"), ()),  # sft branches from a parent
+    "optim.init_lr_frac": (("0", "-1", "11", NAN), ()),
+    "chat.train_on": (("nobody",), ()),
+    "chat.text_frac": (("-0.1", "1.5", NAN), ()),
+    "rl.prompts_per_step": (("0",), ()),
+    "rl.group_size": (("1", "0"), ()),
+    "rl.max_new_tokens": (("0",), ()),
+    "rl.temperature": (("0", "-1", NAN), ()),
+    "rl.kl_coef": (("-1", NAN), ()),
+    "rl.eval_prompts": (("0",), ()),
 }
 
 

@@ -41,6 +41,10 @@ def train(
         help="Stop when in-training 5CAT finds the direction inverted."),
     estimate_only: bool = typer.Option(False, "--estimate-only",
                                        help="Print size, time and cost estimates; do not train."),
+    phase: str = typer.Option(
+        None, "--phase",
+        help="base, or a chain such as base,mid,sft: each phase a child of the one before; "
+             "rerun with the same --id to continue an interrupted chain."),
 ) -> None:
     """Train a model; with several GPUs (or --nproc-per-node N) it spawns torchrun."""
     import os
@@ -49,6 +53,8 @@ def train(
     from backlm.errors import UserError
     from backlm.launch import plan_launch
     from backlm.launch import train as run_training
+    from backlm.phases import parse_chain
+    from backlm.plan import FINISHED
     from backlm.ui import TrainDisplay
 
     root = experiments_root(experiments)
@@ -59,7 +65,7 @@ def train(
         fixed = {"--direction": direction, "--depth": depth, "--config": config,
                  "--set": overrides, "--id": exp_id, "--description": description,
                  "--device": device, "--seed": seed, "--wandb": wandb,
-                 "--stop-on-inversion": stop_on_inversion}
+                 "--stop-on-inversion": stop_on_inversion, "--phase": phase}
         given = [flag for flag, value in fixed.items() if value is not None]
         if given:
             raise UserError(f"--resume continues an experiment as it was configured; {given[0]} "
@@ -92,18 +98,35 @@ def train(
     plan = plan_launch(nproc_per_node, nnodes, cfg.train.device if cfg else "auto",
                        torch.cuda.device_count(), "LOCAL_RANK" in os.environ, node_rank,
                        master_addr, master_port)
+    say = lambda text: console.print(text, highlight=False)  # noqa: E731
+    chain = parse_chain(phase) if phase else ["base"]
+    if len(chain) > 1:
+        from backlm.chain import run_chain
+
+        for summary in run_chain(cfg, root, chain, plan, observers=[TrainDisplay()], say=say,
+                                 explicit=explicit, overrides=overrides or []):
+            render_summary(summary)
+            if summary.status not in FINISHED:
+                finish(summary)
+        return
     summary = run_training(cfg, root, resume=resume, plan=plan, observers=[TrainDisplay()],
-                           say=lambda text: console.print(text, highlight=False),
-                           explicit=explicit, max_steps=max_steps if resume else None)
+                           say=say, explicit=explicit, max_steps=max_steps if resume else None)
     if summary.nothing_to_do:
         console.print(f"experiment {summary.exp_id} is already over ({summary.status} at step "
                       f"{summary.steps}): nothing to do. Extend it with `backlm train --resume "
                       f"{summary.exp_id} --max-steps N` (N > {summary.steps}).", highlight=False)
         return
-    _render(summary)
+    render_summary(summary)
+    finish(summary)
+
+
+def finish(summary) -> None:
+    """Exit 130 for an interrupted run, 1 for a failed one (the summary is shown already)."""
+    from backlm.plan import FINISHED
+
     if summary.status == "interrupted":
         raise typer.Exit(130)
-    if summary.status not in ("finished", "early stop", "target reached"):
+    if summary.status not in FINISHED:
         raise typer.Exit(1)
 
 
@@ -111,7 +134,7 @@ def _money(usd) -> str:
     return f"${usd:,.2f}" if usd is not None else "- (set cost.usd_per_gpu_hour)"
 
 
-def _render(s) -> None:
+def render_summary(s) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
