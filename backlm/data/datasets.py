@@ -30,7 +30,9 @@ class DatasetSource:
 
     ``kind`` is ``"shards"`` for pretraining text and ``"task"`` for evaluation sets (arc,
     mmlu, gsm8k), fetched as published by :func:`download_task` (``--task``); ``columns``
-    lists the parquet columns a task file must have.
+    lists the parquet columns a task file must have. ``"chat"`` sources (smoltalk) are
+    conversation sets fetched by :func:`backlm.data.chat_download.download_chat`, whose
+    ``val_file`` becomes the val shard.
     """
 
     base_url: str
@@ -39,6 +41,7 @@ class DatasetSource:
     kind: str = "shards"
     description: str = ""
     columns: tuple[str, ...] = ()
+    val_file: str = ""
 
     def filename(self, index: int) -> str:
         """Remote file name of shard ``index``."""
@@ -74,6 +77,13 @@ DATASETS: dict[str, DatasetSource] = {
         pattern="main/test-{index:05d}-of-00001.parquet", max_shards=1, kind="task",
         description="GSM8K test set, grade-school maths with worked solutions",
         columns=("question", "answer"),
+    ),
+    # Conversations for SFT (backlm.data.chat): first train files plus the test file as val.
+    "smoltalk": DatasetSource(
+        base_url="https://huggingface.co/datasets/HuggingFaceTB/smoltalk/resolve/main",
+        pattern="data/all/train-{index:05d}-of-00004.parquet", max_shards=4, kind="chat",
+        description="SmolTalk chat conversations (HuggingFaceTB), messages column",
+        columns=("messages",), val_file="data/all/test-00000-of-00001.parquet",
     ),
 }
 # `backlm data download --task NAME` fetches these task sets.
@@ -151,7 +161,9 @@ def _plan(name: str, shards: int, val_shards: int, workers: int, base_url: str |
     if name not in DATASETS or DATASETS[name].kind != "shards":
         if name in DATASETS or name in TASK_GROUPS:
             group = next((g for g, names in TASK_GROUPS.items() if name in (g, *names)), name)
-            raise UserError(f"{name} is a task set: run `backlm data download --task {group}`")
+            chat = name in DATASETS and DATASETS[name].kind == "chat"
+            what = "a chat set" if chat else "a task set"
+            raise UserError(f"{name} is {what}: run `backlm data download --task {group}`")
         known = ", ".join(n for n, s in DATASETS.items() if s.kind == "shards")
         raise UserError(f"unknown dataset {name!r}: known datasets are {known}")
     source = DATASETS[name]

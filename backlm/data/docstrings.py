@@ -12,6 +12,7 @@ import ast
 import io
 import re
 import tokenize
+from dataclasses import dataclass
 from pathlib import Path
 
 MIN_CHARS = 64  # shorter docstrings are mostly one-line labels ("Return self.")
@@ -35,6 +36,26 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
 
 
+@dataclass(frozen=True)
+class Documented:
+    """One docstring and what it documents.
+
+    ``node`` is the parsed ``def``/``class`` (its body cut after the docstring; enough for the
+    name, arguments and bases) or None for the module docstring; ``start`` is the offset of its
+    header line in the newline-normalised text and ``indent`` that line's indentation.
+    """
+
+    doc: str
+    node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | None = None
+    start: int = 0
+    indent: str = ""
+
+
+def normalise_newlines(text: str) -> str:
+    """``text`` with ``\\r\\n`` and ``\\r`` line ends turned into ``\\n`` (offsets refer to this)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def docstrings(text: str, min_chars: int = MIN_CHARS) -> list[str]:
     """Cleaned docstrings (module, class, function) of Python source ``text``, in order.
 
@@ -42,15 +63,20 @@ def docstrings(text: str, min_chars: int = MIN_CHARS) -> list[str]:
     kept. Each is confirmed by parsing the snippet from its ``def``/``class`` line to its end;
     a candidate whose snippet does not parse is skipped.
     """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    found: list[str] = []
+    return [d.doc for d in documented(text, min_chars)]
+
+
+def documented(text: str, min_chars: int = MIN_CHARS) -> list[Documented]:
+    """Like :func:`docstrings`, with the ``def``/``class`` node behind each docstring."""
+    text = normalise_newlines(text)
+    found: list[Documented] = []
     head = _MODULE_STRING.match(text)
     if head:
         end = _string_end(text, head.group(1), head.end())
         if end - head.end() >= min_chars:
-            doc = _snippet_docstring(text[:end], module=True)
-            if doc is not None and len(doc) >= min_chars:
-                found.append(doc)
+            got = _snippet_docstring(text[:end], module=True)
+            if got is not None and len(got[0]) >= min_chars:
+                found.append(Documented(got[0]))
     for m in _BODY_STRING.finditer(text):
         end = _string_end(text, m.group(2), m.end())
         # A literal is never shorter than its cleaned value: skip short ones before parsing.
@@ -61,11 +87,11 @@ def docstrings(text: str, min_chars: int = MIN_CHARS) -> list[str]:
             continue
         snippet = text[start:end]
         # An indented def cannot start a module; an `if 1:` block lets it parse as written.
-        doc = _snippet_docstring("if 1:\n" + snippet if indent else snippet, nested=bool(indent))
-        if doc is not None and len(doc) >= min_chars:
-            found.append(doc)
+        got = _snippet_docstring("if 1:\n" + snippet if indent else snippet, nested=bool(indent))
+        if got is not None and len(got[0]) >= min_chars:
+            found.append(Documented(got[0], got[1], start, indent))
     # An escape like "\ud800" in a docstring gives a lone surrogate, which is not UTF-8.
-    return [doc for doc in found if not _SURROGATE.search(doc)]
+    return [d for d in found if not _SURROGATE.search(d.doc)]
 
 
 def _string_end(text: str, quote: str, pos: int) -> int:
@@ -86,7 +112,7 @@ def _header_before(text: str, pos: int) -> tuple[int, str]:
     return -1, ""
 
 
-def _snippet_docstring(snippet: str, module: bool = False, nested: bool = False) -> str | None:
+def _snippet_docstring(snippet: str, module: bool = False, nested: bool = False):
     try:
         tree = ast.parse(snippet)
     except PARSE_ERRORS:
@@ -100,7 +126,8 @@ def _snippet_docstring(snippet: str, module: bool = False, nested: bool = False)
     # Exactly one statement: the string really opens this body (not a later block's string).
     if len(getattr(node, "body", ())) != 1:
         return None
-    return ast.get_docstring(node, clean=True)  # type: ignore[arg-type]
+    doc = ast.get_docstring(node, clean=True)  # type: ignore[arg-type]
+    return None if doc is None else (doc, None if module else node)
 
 
 def file_docstrings(path: str | Path) -> list[str]:

@@ -76,3 +76,52 @@ def test_cli_rejects_bad_dataset_name(tmp_path):
     (tmp_path / "a.txt").write_text("x")
     assert "invalid dataset name" in _one_error_line(
         _invoke(str(tmp_path / "a.txt"), "--dataset", "../escape"))
+
+
+# --- --chat: messages JSONL -------------------------------------------------------------------
+
+
+def _chat(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"question {i}"},
+                         {"role": "assistant", "content": f"answer {i}"}]}
+
+
+def test_cli_import_chat(tmp_path, home):
+    from backlm.data.chat import chat_shards, read_conversations
+
+    src = _jsonl(tmp_path / "chats.jsonl", [_chat(i) for i in range(40)])
+    result = _invoke("--chat", str(src), "--dataset", "talk")
+    assert result.exit_code == 0, result.output
+    assert "conversations" in result.output and "talk" in result.output
+    out = home / "data" / "talk"
+    counts = {s: sum(len(read_conversations(p)) for p in chat_shards(out, s))
+              for s in ("train", "val")}
+    assert counts["train"] + counts["val"] == 40 and counts["val"] >= 1
+    assert "already exists" in _one_error_line(_invoke("--chat", str(src), "--dataset", "talk"))
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("not json", "line 2: not valid JSON"),
+    ('{"messages": [{"role": "robot", "content": "x"}]}', "line 2: message 1 has role 'robot'"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',
+     "line 2: turn 2 is user but should be assistant"),
+])
+def test_cli_import_chat_bad_line_is_one_line(tmp_path, home, line, expected):
+    import json
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_chat(0)) + "\n" + line + "\n" + json.dumps(_chat(1)) + "\n")
+    message = _one_error_line(_invoke("--chat", str(bad), "--dataset", "talk"))
+    assert "bad.jsonl" in message and expected in message
+    assert not (home / "data" / "talk").exists()
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    (lambda p: None, "no such file"),
+    (lambda p: pq.write_table(pa.table({"text": ["x"]}), p), "no `messages` column"),
+])
+def test_cli_import_chat_bad_files(tmp_path, home, setup, expected):
+    path = tmp_path / "x.parquet"
+    setup(path)
+    assert expected in _one_error_line(_invoke("--chat", str(path), "--dataset", "talk"))
+    assert not (home / "data" / "talk").exists()

@@ -31,3 +31,26 @@ def test_cli_prepare(fake_site: Path, topics: Path, monkeypatch: pytest.MonkeyPa
     assert again.exit_code == 0 and "already exists" in again.output
     bad = runner.invoke(app, [*args[:-4], "--vocab-size", "10"])
     assert bad.exit_code == 2 and "at least" in bad.output
+
+
+def test_cli_prepare_chat(fake_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from backlm.cli import app
+    from backlm.data.chat import CHAT_DATASET, chat_shards, read_conversations
+    from backlm.paths import dataset_dir
+
+    monkeypatch.setattr(corpus, "default_roots", lambda: [fake_site])
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "prepare", "--chat", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "conversations" in result.output and "train" in result.output
+    folder = dataset_dir(CHAT_DATASET)
+    assert read_conversations(chat_shards(folder, "val")[0])
+    again = runner.invoke(app, ["data", "prepare", "--chat", "--workers", "1"])
+    assert again.exit_code == 0 and "already exists" in again.output
+    monkeypatch.setattr(corpus, "default_roots", lambda: [fake_site / "missing"])
+    bad = runner.invoke(app, ["data", "prepare", "--chat", "--dataset", "other", "--workers", "1"])
+    assert bad.exit_code == 2 and "too little documented" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    assert not dataset_dir("other").exists()
