@@ -50,6 +50,7 @@ class RunInfo:
     is_cuda: bool
     data_dir: Path
     autocast: Callable[[], AbstractContextManager[Any]]  # the run's precision context
+    phase_scalars: tuple[str, ...] = ()  # what the phase logs beyond the base scalars
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from backlm.checkpoint import META_FILE, MODEL_FILE, model_config
+from backlm.checkpoint import META_FILE, MODEL_FILE, model_config, sha256_file
 from backlm.errors import UserError
 
 
@@ -90,3 +90,25 @@ def check_tokenizer(tokenizer_dir: Path, vocab_size: int, meta: dict[str, Any] |
         raise UserError(f"{tokenizer_dir} is not the tokenizer {where} was trained with (its "
                         f"merges or tokens were altered): {fix}")
     return tokenizer
+
+
+def load_parent_weights(exp: Any, model: Any) -> None:
+    """Load the weights a branched experiment starts from (its parent link's checkpoint) into
+    ``model``, after checking they are still the bytes the link recorded."""
+    from safetensors.torch import load_file
+
+    link = exp.parent_link()
+    if not link or not link.get("checkpoint"):
+        raise UserError(f"experiment {exp.id} is a {exp.phase} run without a parent link: "
+                        "create it with `backlm branch`")
+    folder = Path(link["checkpoint"])
+    weights = folder / MODEL_FILE
+    if not weights.is_file():
+        raise UserError(f"the parent checkpoint {folder} of {exp.id} is gone: restore it, or "
+                        "branch again from an existing checkpoint")
+    if sha256_file(weights) != link.get("weights_sha256"):
+        raise UserError(f"the parent weights {weights} changed since {exp.id} branched from "
+                        "them (sha256 differs): restore them, or branch again")
+    state = load_file(str(weights))
+    check_weights(model, state, folder)
+    model.load_state_dict(state)

@@ -5,7 +5,7 @@ tokenizer from the parent's folder (never guessed); its config is the parent's c
 the phase's defaults (``configs/phases.yaml``), then ``--config``, ``--set`` and flags.
 ``parent_link.json`` names the checkpoint, its step, the sha256 of its weights and of the
 tokenizer, the parent phase and the chain from the root. The child starts from exactly those
-weights: :func:`load_parent_weights` checks the hash again before training.
+weights: :func:`backlm.compat.load_parent_weights` checks the hash again before training.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from backlm.errors import UserError
 from backlm.phases import CHAT_PHASES, FOLLOWS, check_follows
 
 PHASE_DEFAULTS = CONFIG_DIR / "phases.yaml"
-
-
 @dataclass
 class Branch:
     """A validated branch: everything the child will be, before anything is written."""
@@ -137,7 +135,7 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
     try:
         parent_cfg = parent.config()
     except UserError as exc:
-        raise UserError(f"{exc} (the parent's config.yaml)") from None
+        raise UserError(f"{exc} (the parent's {parent.config_path.name})") from None
     flags = dict(flags or {})
     cfg, explicit = _child_config(phase, parent_cfg, meta, preset, overrides, flags)
     old, new = str(meta["direction"]), cfg.data.direction
@@ -223,26 +221,3 @@ def create_child(branch: Branch, root: Path, say: Callable[[str], None]) -> xp.E
     }
     return xp.create(root, cfg.id, config_yaml=to_yaml(cfg), metadata=metadata,
                      parent_link=branch.link, tokenizer_dir=branch.parent.tokenizer_dir)
-
-
-def load_parent_weights(exp: xp.Experiment, model: Any) -> None:
-    """Load the weights ``exp`` branched from into ``model``, after checking they are still
-    the bytes the link recorded."""
-    from safetensors.torch import load_file
-
-    link = exp.parent_link()
-    if not link or not link.get("checkpoint"):
-        raise UserError(f"experiment {exp.id} is a {exp.phase} run without a parent link: "
-                        "create it with `backlm branch`")
-    folder = Path(link["checkpoint"])
-    weights = folder / ckpt.MODEL_FILE
-    if not weights.is_file():
-        raise UserError(f"the parent checkpoint {folder} of {exp.id} is gone: restore it, or "
-                        "branch again from an existing checkpoint")
-    if ckpt.sha256_file(weights) != link.get("weights_sha256"):
-        raise UserError(f"the parent weights {weights} changed since {exp.id} branched from "
-                        "them (sha256 differs): restore them, or branch again")
-    state = load_file(str(weights))
-    compat.check_weights(model, state, folder)
-    model.load_state_dict(state)
-

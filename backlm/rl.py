@@ -193,7 +193,7 @@ def train_step(tr: Any, state: Any, cbs: Any) -> dict[str, Any]:
 
 def _reference(tr: Any) -> Any:
     if getattr(tr, "rl_reference", None) is None:
-        from backlm.lineage import load_parent_weights
+        from backlm.compat import load_parent_weights
         from backlm.model import GPT
 
         ref = GPT(tr.cfg.model).to(tr.device)

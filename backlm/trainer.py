@@ -54,7 +54,7 @@ class TrainingRun:
         from backlm.hardware import resolve_device
         from backlm.model import GPT
         from backlm.optim import build_optimizer
-        from backlm.phases import build_loaders
+        from backlm.phases import build_loaders, extra_scalars
         from backlm.tokenizer import Tokenizer
 
         self.cfg, self.dist = cfg, dist
@@ -86,7 +86,8 @@ class TrainingRun:
         self.flops_per_token = model.flops_per_token()
         self.info = RunInfo(exp=exp, cfg=cfg, dist=dist, model=model, tokenizer=tokenizer,
                             device=self.device, device_name=self.dev.name,
-                            is_cuda=self.dev.is_cuda, data_dir=data_dir, autocast=self.autocast)
+                            is_cuda=self.dev.is_cuda, data_dir=data_dir, autocast=self.autocast,
+                            phase_scalars=extra_scalars(cfg))
         # Loader positions before the step in flight: an interrupt mid-step rewinds to them.
         self.loader_snapshot: list[dict[str, Any]] | None = None
         self.last_saved: int | None = None
@@ -250,7 +251,7 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     state = LoopState(tr.info)
     step, tokens, tr.evals = _restore(tr) if resume else (0, 0, {})
     if step == 0 and cfg.phase != "base":  # a branch starts from its parent's weights
-        from backlm.lineage import load_parent_weights
+        from backlm.compat import load_parent_weights
 
         load_parent_weights(exp, tr.info.model)
     tr.last_saved = step or None  # a Ctrl-C before the next step has nothing new to save

@@ -64,9 +64,7 @@ def schema_for(run: RunInfo) -> Any:
     per_direction = [f"val_{m}_{name}" for name, _ in eval_orders(run.cfg.data.direction)
                      if name for m in ("loss", "bpb")]
     params = tuple(n for n, p in run.model.named_parameters() if p.requires_grad)
-    from backlm.phases import extra_scalars
-
-    return Schema(scalars=(*BASE_SCALARS, *per_direction, *extra_scalars(run.cfg)), params=params,
+    return Schema(scalars=(*BASE_SCALARS, *per_direction, *run.phase_scalars), params=params,
                   layers=tuple(f"blocks.{i}" for i in range(len(run.model.blocks))),
                   rows=min(run.cfg.log.per_token_rows, run.cfg.train.device_batch_size),
                   seq_len=run.cfg.model.seq_len)
