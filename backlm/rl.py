@@ -124,10 +124,17 @@ def _batch(prompt: list[int], samples: list[list[int]], pad: int) -> tuple[Any, 
     return x, y
 
 
-class Reference:
-    """The frozen parent for the KL penalty (built once, on the first step that needs it)."""
+def _fixed_shape(x: Any, y: Any, cfg: Any, pad: int, device: Any) -> tuple[Any, Any]:
+    """A group's rows padded to the research log's (rows, seq_len) slice shape."""
+    import numpy as np
+    import torch
 
-    model: Any = None
+    rows = min(cfg.log.per_token_rows, cfg.train.device_batch_size)  # the log's slice rows
+    fx = np.full((rows, cfg.model.seq_len), pad, dtype=np.int64)
+    fy = np.full((rows, cfg.model.seq_len), IGNORE_INDEX, dtype=np.int64)
+    n, width = min(rows, len(x)), min(x.shape[1], cfg.model.seq_len)
+    fx[:n, :width], fy[:n, :width] = x[:n, :width], y[:n, :width]
+    return torch.from_numpy(fx).to(device), torch.from_numpy(fy).to(device)
 
 
 def train_step(tr: Any, state: Any, cbs: Any) -> dict[str, Any]:
@@ -147,8 +154,9 @@ def train_step(tr: Any, state: Any, cbs: Any) -> dict[str, Any]:
     for i, stream in enumerate(tr.loaders):
         problem, order, seed = stream.next_prompt()
         prompt, stop = prompt_for(tok, problem, cfg.data.direction, order)
+        budget = max(1, min(cfg.rl.max_new_tokens, cfg.model.seq_len - len(prompt)))
         with tr.autocast():
-            samples = sample_group(model, prompt, cfg.rl.group_size, cfg.rl.max_new_tokens,
+            samples = sample_group(model, prompt, cfg.rl.group_size, budget,
                                    cfg.rl.temperature, stop, seed)
         rewards = [reward(tok, problem, order, s[:-1] if s[-1] == stop else s) for s in samples]
         mean = sum(rewards) / len(rewards)
@@ -172,7 +180,7 @@ def train_step(tr: Any, state: Any, cbs: Any) -> dict[str, Any]:
         for k, v in enumerate((float(loss.detach()), sum(rewards), sum(r * r for r in rewards),
                                len(rewards), spread == 0, x.numel())):
             sums[k] += float(v)
-        state.batch_seen(x, y)
+        state.batch_seen(*_fixed_shape(xs, ys, cfg, tok.special_ids.bos, tr.device))
     cbs.on_after_backward(state, step)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))

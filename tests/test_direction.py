@@ -241,3 +241,26 @@ def test_eval_orders_name_each_concrete_order():
     assert eval_orders("backward") == [("", Direction.BACKWARD)]
     assert eval_orders("bidirectional") == [("forward", Direction.FORWARD),
                                             ("backward", Direction.BACKWARD)]
+
+
+@given(conv=conversations())
+@settings(max_examples=60, deadline=None)
+def test_a_turn_prompt_plus_the_written_turn_is_the_conversation(conv):
+    """Forward: the turns before + the written turn read as the conversation; backward: the
+    prompt is the turns after, reversed, and the model writes the turn before them."""
+    from backlm.direction import Role, turn_prompt, written_to_reading_order
+
+    tokens, roles, parts = conv
+    opens = [i for i, p in enumerate(parts) if p == Part.OPEN] + [len(tokens)]
+    for k in range(len(opens) - 1):
+        start, end = opens[k], opens[k + 1]
+        role = Role(roles[start])
+        content = tokens[start + 1:end - 1]
+        prompt, stop = turn_prompt(tokens[:start], role, "forward", IDS)
+        assert prompt + content + [stop] == [IDS.bos] + tokens[:end]
+        prompt, stop = turn_prompt(tokens[end:], role, "backward", IDS)
+        written = content[::-1]
+        assert written_to_reading_order(written, "backward") == content
+        full, _ = encode_conversation(tokens[start:], roles[start:], parts[start:], "backward",
+                                      IDS)
+        assert prompt + written + [stop] == full
