@@ -218,3 +218,25 @@ def test_two_process_gloo_sft_matches_one_process(lineage):
     assert meta["world_size"] == 2 and meta["status"] == "finished"
     assert xp.Experiment(lineage / "two").parent_link()["weights_sha256"] == \
         xp.Experiment(lineage / "one").parent_link()["weights_sha256"]
+
+
+def test_conversations_that_fit_no_row_leave_no_child(lineage, phase_world, tmp_path,
+                                                      monkeypatch):
+    import shutil
+
+    from backlm.data.chat import write_chat_shard
+
+    home = shutil.copytree(phase_world / "home", tmp_path / "home")
+    monkeypatch.setenv("BACKLM_HOME", str(home))
+    long = [[{"role": "user", "content": "alpha beta gamma " * 40},
+             {"role": "assistant", "content": "delta " * 40}]] * 4
+    write_chat_shard(home / "data" / "longchat" / "train_00000.parquet", long)
+    write_chat_shard(home / "data" / "longchat" / "val_00000.parquet", long)
+    before = tree_snapshot(lineage)
+    res = run_cli(branch_args("sft", "b0", "--id", "toolong", "--set", "chat.dataset=longchat"))
+    assert res.exit_code == 2, res.output
+    # Found only once training starts (after the branch table): refused, nothing kept.
+    last = [x for x in res.output.splitlines() if x.strip()][-1]
+    assert last.startswith("error: no conversation of the chat dataset fits a 128-token row")
+    assert "Traceback" not in res.output
+    assert tree_snapshot(lineage) == before
