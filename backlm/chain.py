@@ -36,6 +36,7 @@ def run_chain(cfg: RunConfig, root: Path, phases: Sequence[str], plan: Any, *,
     from backlm.lineage import plan_branch
 
     prefix = chain_prefix(cfg)
+    _check_members(root, prefix, phases)
     child_sets = [o for o in overrides if not o.strip().startswith(("model.", "id=", "phase="))]
     parent = None
     for phase in phases:
@@ -64,3 +65,23 @@ def run_chain(cfg: RunConfig, root: Path, phases: Sequence[str], plan: Any, *,
                 f"command and --id {prefix}")
             return
         parent = exp_id
+
+
+def _check_members(root: Path, prefix: str, phases: Sequence[str]) -> None:
+    """Members that exist already must be the chain's: its phase, branched from the member
+    before (another chain with the same --id, e.g. base,sft then base,mid,sft, is refused
+    before anything trains)."""
+    from backlm.errors import UserError
+
+    for parent, phase in zip([None, *phases], phases, strict=False):
+        exp = xp.Experiment(Path(root) / f"{prefix}-{phase}")
+        if not exp.metadata_path.is_file():
+            continue
+        found = str(exp.metadata().get("phase"))
+        link = exp.parent_link() or {}
+        want = f"{prefix}-{parent}" if parent else None
+        if found != phase or link.get("parent_id") != want:
+            origin = f"a child of {link.get('parent_id')}" if link.get("parent_id") else "a root"
+            raise UserError(f"{exp.id} exists as a {found} run, {origin}, but the chain "
+                            f"--phase {','.join(phases)} needs a {phase} run "
+                            f"{'from ' + want if want else 'that is a root'}: give another --id")

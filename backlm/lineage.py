@@ -64,7 +64,7 @@ def choose_checkpoint(parent: xp.Experiment, step: str | None) -> tuple[Path, in
         return parent.checkpoint_dir(chosen), chosen
     if text in ("", "latest", "last"):
         return parent.checkpoint_dir(steps[-1]), steps[-1]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # int() refuses digits such as "²"
         raise UserError(f"--step {step!r} is not a step: give best, latest or one of "
                         f"{_steps(steps)}")
     if int(text) not in steps:

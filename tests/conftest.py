@@ -79,6 +79,29 @@ def home(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def phase_world(tmp_path_factory) -> Path:
+    """Built once per session (read it, never write it): ``home`` with the tiny text dataset
+    and the "tinychat" chat dataset, ``exps`` with a backward base ``b0`` and its SFT child
+    ``s1`` (see :func:`tests.helpers.build_phase_world`)."""
+    from tests.helpers import build_phase_world
+
+    root = tmp_path_factory.mktemp("phase_world")
+    build_phase_world(root)
+    return root
+
+
+@pytest.fixture
+def lineage(phase_world, tmp_path, monkeypatch) -> Path:
+    """A private copy of the phase world's experiments (``b0``, ``s1``), returned as the
+    experiments folder; BACKLM_HOME is the shared world's (branches must not write there)."""
+    from tests.helpers import copy_experiments, use_world
+
+    exps = copy_experiments(phase_world / "exps", tmp_path / "exps")
+    use_world(monkeypatch, phase_world, exps)
+    return exps
+
+
 @pytest.fixture
 def exps(tmp_path, monkeypatch) -> Path:
     """An experiments folder with one experiment at step 12 (checkpoint 8, metrics to 12)."""

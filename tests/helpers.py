@@ -70,6 +70,113 @@ def run_cli(args, env=None):
     return CliRunner().invoke(app, args, env=env)
 
 
+# --- phases: a tiny chat dataset and branch options ------------------------------------------
+
+CHAT_TALKS = [
+    [{"role": "user", "content": "Hello, who are you?"},
+     {"role": "assistant", "content": "A tiny model that reads both ways."},
+     {"role": "user", "content": "What do you read?"},
+     {"role": "assistant", "content": "alpha beta gamma delta."}],
+    [{"role": "system", "content": "Answer briefly."},
+     {"role": "user", "content": "Name a letter."},
+     {"role": "assistant", "content": "theta."}],
+    [{"role": "user", "content": "Count to three."},
+     {"role": "assistant", "content": "one two three."},
+     {"role": "user", "content": "And back?"},
+     {"role": "assistant", "content": "three two one."}],
+]
+
+
+def tiny_chat(home: Path, name: str = "tinychat") -> Path:
+    """A small chat dataset ``name`` in the `home` fixture's BACKLM_HOME: arithmetic problems
+    and a few hand-written multi-turn conversations, one train and one val shard."""
+    from backlm.arith import problems
+    from backlm.data.chat import write_chat_shard
+
+    folder = Path(home) / "home" / "data" / name
+    train = [p.messages() for p in problems(40, seed=1)] + CHAT_TALKS
+    val = [p.messages() for p in problems(8, seed=2)] + CHAT_TALKS[:1]
+    write_chat_shard(folder / "train_00000.parquet", train)
+    write_chat_shard(folder / "val_00000.parquet", val)
+    return folder
+
+
+# Keep a branch tiny: the child otherwise takes the phase defaults (100 steps, eval every 25).
+BRANCH_FAST = ["--set", "chat.dataset=tinychat", "--set", "train.eval_every=2",
+               "--set", "train.save_every=2"]
+RL_FAST = ["--set", "rl.group_size=2", "--set", "rl.prompts_per_step=2",
+           "--set", "rl.max_new_tokens=4", "--set", "rl.eval_prompts=2"]
+
+
+# A base that conversations fit: 128-token rows (one 4-row stream per step).
+PHASE_BASE = ["--set", "model.seq_len=128", "--set", "train.total_batch_tokens=512"]
+
+
+def build_phase_world(root: Path) -> None:
+    """``root/home`` (the `home` fixture's "tiny" dataset and tokenizer, plus "tinychat") and
+    ``root/exps`` with a finished backward base ``b0`` (checkpoints 1 and 4, best 4) and its
+    SFT child ``s1`` (2 steps, checkpoints 1 and 2)."""
+    from backlm.data.shards import write_shard
+    from backlm.tokenizer import Tokenizer
+    from tests.conftest import make_docs
+
+    d = root / "home" / "data" / "tiny"
+    docs = make_docs(400)
+    write_shard(d / "train_00000.parquet", docs[:360], row_group_docs=40)
+    write_shard(d / "val_00000.parquet", docs[360:], row_group_docs=40)
+    Tokenizer.train(docs, vocab_size=300).save(d / "tokenizer")
+    tiny_chat(root)
+    with pytest.MonkeyPatch.context() as mp:
+        use_world(mp, root, root / "exps")
+        res = run_cli(tiny_args("--direction", "backward", "--id", "b0", *PHASE_BASE, steps=4))
+        assert res.exit_code == 0, res.output
+        res = run_cli(branch_args("sft", "b0", "--id", "s1", "--init-lr-frac", "0.05"))
+        assert res.exit_code == 0, res.output
+
+
+def use_world(mp: pytest.MonkeyPatch, root: Path, exps: Path) -> None:
+    """Point BACKLM_HOME at ``root/home`` and the experiments folder at ``exps``."""
+    mp.setenv("BACKLM_HOME", str(root / "home"))
+    mp.setenv("BACKLM_EXPERIMENTS", str(exps))
+    mp.setenv("WANDB_MODE", "offline")
+    mp.delenv("WANDB_API_KEY", raising=False)
+
+
+def copy_experiments(src: Path, dst: Path) -> Path:
+    """Copy an experiments folder, rewriting the absolute paths its records hold (parent
+    links, chains) so the copy's lineage points into the copy."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for path in [*dst.rglob("*.json"), *dst.rglob("*.yaml")]:
+        text = path.read_text()
+        if str(src) in text:
+            path.write_text(text.replace(str(src), str(dst)))
+    return dst
+
+
+def branch_args(phase: str, parent: str, *extra: str, steps: int = 2) -> list[str]:
+    """``backlm branch PHASE --parent PARENT`` with tiny settings and ``steps`` steps."""
+    args = ["branch", phase, "--parent", parent, "--max-steps", str(steps), *BRANCH_FAST]
+    return args + (RL_FAST if phase == "rl" else []) + list(extra)
+
+
+def tree_snapshot(*roots: Path) -> dict[str, str]:
+    """``{path: sha256 | "dir"}`` of every file and folder below ``roots`` (what a refused
+    command must leave byte-identical)."""
+    import hashlib
+    import os
+
+    out: dict[str, str] = {}
+    for root in roots:
+        for dirpath, _dirnames, filenames in os.walk(root):
+            out[dirpath] = "dir"
+            for name in filenames:
+                p = Path(dirpath) / name
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
 # --- the research log (``{phase}.h5``) --------------------------------------------------------
 
 LOG_FAST = ["--set", "train.save_every=4", "--set", "log.flush_every=2",
