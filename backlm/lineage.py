@@ -29,7 +29,7 @@ from backlm.config import (
     to_dict,
 )
 from backlm.errors import UserError
-from backlm.phases import CHAT_PHASES, FOLLOWS, check_follows
+from backlm.phases import CHAT_PHASES, FOLLOWS, check_chat_fits, check_follows
 
 PHASE_DEFAULTS = CONFIG_DIR / "phases.yaml"
 @dataclass
@@ -100,7 +100,8 @@ def _child_config(phase: str, parent_cfg: RunConfig, meta: dict[str, Any], prese
     if preset:
         data = deep_merge(data, read_yaml(preset_path(preset)))
     data = deep_merge(data, user)
-    data.update(phase=phase, model=dict(meta["model_config"]))
+    data.update(phase=phase, model=dict(meta["model_config"]),
+                description=user.get("description", ""))
     data["data"] = dict(data.get("data") or {}, direction=user.get("data", {}).get(
         "direction", meta["direction"]))
     return from_dict(RunConfig, data), explicit
@@ -154,6 +155,8 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
         raise UserError(f"experiment {exp_id} already exists in {root}: choose another --id "
                         "(siblings never share a folder)")
     prepare = _check_chat_data(cfg) if phase in CHAT_PHASES else False
+    if phase in CHAT_PHASES and not prepare:
+        check_chat_fits(cfg, tokenizer)
     warning = check_device(cfg, world)
     ancestors = (parent.parent_link() or {})
     link = {

@@ -168,3 +168,24 @@ def evaluate(tr: Any, orders: list[tuple[str, Any]]) -> dict[str, float]:
     if len(orders) > 1:
         out["val_chat_loss"] = sum(out[f"val_chat_loss_{n}"] for n, _ in orders) / len(orders)
     return out
+
+
+def check_chat_fits(cfg: RunConfig, tokenizer: Any, sample: int = 500) -> None:
+    """Refuse, before anything is written, a chat dataset none of whose first ``sample``
+    conversations fits a row as whole user/assistant pairs."""
+    from backlm.data.chat import chat_shards, read_conversations
+    from backlm.data.convloader import fit_turns
+    from backlm.direction import body_capacity
+
+    conversations = read_conversations(chat_shards(chat_dir(cfg), "train")[0])[:sample]
+    for conversation in conversations:
+        try:
+            rendered = tokenizer.render_conversation(conversation)
+        except UserError:
+            continue
+        if fit_turns(*map(list, rendered), body_capacity(cfg.model.seq_len)):
+            return
+    raise UserError(f"no conversation of the chat dataset {cfg.chat.dataset!r} (first "
+                    f"{len(conversations)} tried) fits a {cfg.model.seq_len}-token row as whole "
+                    "user/assistant pairs: use shorter conversations or a parent with a longer "
+                    "model.seq_len")

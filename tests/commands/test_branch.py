@@ -235,8 +235,9 @@ def test_conversations_that_fit_no_row_leave_no_child(lineage, phase_world, tmp_
     before = tree_snapshot(lineage)
     res = run_cli(branch_args("sft", "b0", "--id", "toolong", "--set", "chat.dataset=longchat"))
     assert res.exit_code == 2, res.output
-    # Found only once training starts (after the branch table): refused, nothing kept.
-    last = [x for x in res.output.splitlines() if x.strip()][-1]
-    assert last.startswith("error: no conversation of the chat dataset fits a 128-token row")
+    # Refused by the validation pass: one line, before the branch table.
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no conversation of the chat dataset")
+    assert "fits a 128-token row" in lines[0]
     assert "Traceback" not in res.output
     assert tree_snapshot(lineage) == before
