@@ -124,6 +124,11 @@ def _batch(prompt: list[int], samples: list[list[int]], pad: int) -> tuple[Any, 
     return x, y
 
 
+def _budget(cfg: Any, prompt: list[int]) -> int:
+    """New tokens a turn may take: ``rl.max_new_tokens`` within the model's ``seq_len``."""
+    return max(1, min(cfg.rl.max_new_tokens, cfg.model.seq_len - len(prompt)))
+
+
 def _fixed_shape(x: Any, y: Any, cfg: Any, pad: int, device: Any) -> tuple[Any, Any]:
     """A group's rows padded to the research log's (rows, seq_len) slice shape."""
     import numpy as np
@@ -154,9 +159,8 @@ def train_step(tr: Any, state: Any, cbs: Any) -> dict[str, Any]:
     for i, stream in enumerate(tr.loaders):
         problem, order, seed = stream.next_prompt()
         prompt, stop = prompt_for(tok, problem, cfg.data.direction, order)
-        budget = max(1, min(cfg.rl.max_new_tokens, cfg.model.seq_len - len(prompt)))
         with tr.autocast():
-            samples = sample_group(model, prompt, cfg.rl.group_size, budget,
+            samples = sample_group(model, prompt, cfg.rl.group_size, _budget(cfg, prompt),
                                    cfg.rl.temperature, stop, seed)
         rewards = [reward(tok, problem, order, s[:-1] if s[-1] == stop else s) for s in samples]
         mean = sum(rewards) / len(rewards)
@@ -226,7 +230,7 @@ def evaluate_reward(tr: Any) -> dict[str, float]:
         for problem in problems[tr.dist.rank::tr.dist.world]:
             prompt, stop = prompt_for(tok, problem, cfg.data.direction, order)
             with tr.autocast():
-                (sample,) = sample_group(model, prompt, 1, cfg.rl.max_new_tokens, 0.0, stop, 0)
+                (sample,) = sample_group(model, prompt, 1, _budget(cfg, prompt), 0.0, stop, 0)
             total += reward(tok, problem, order, sample[:-1] if sample[-1] == stop else sample)
         (mean_sum,) = all_reduce_mean([total], tr.dist, tr.device)
         out[f"val_reward_{name}" if name else "val_reward"] = mean_sum * tr.dist.world / len(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from backlm.commands.options import DEVICE, EXPERIMENTS_DIR, experiments_root
+from backlm.commands.options import DEVICE, EXPERIMENTS_DIR, STEP, experiments_root
 from backlm.ui import console, user_errors
 
 
@@ -14,9 +14,7 @@ from backlm.ui import console, user_errors
 def branch(
     phase: str = typer.Argument(..., help="The child's phase: mid, sft or rl."),
     parent: str = typer.Option(..., "--parent", "-p", help="Parent experiment (id or tag)."),
-    step: str = typer.Option(None, "--step",
-                             help="Parent checkpoint: best (default when recorded), latest or a "
-                                  "step number."),
+    step: str = STEP,  # also "best" or "latest" here
     exp_id: str = typer.Option(None, "--id", help="Child id (default: phase_dir_dN_time)."),
     init_lr_frac: float = typer.Option(None, "--init-lr-frac",
                                        help="Learning rates × this (phase default otherwise)."),

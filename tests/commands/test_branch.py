@@ -241,3 +241,19 @@ def test_conversations_that_fit_no_row_leave_no_child(lineage, phase_world, tmp_
     assert "fits a 128-token row" in lines[0]
     assert "Traceback" not in res.output
     assert tree_snapshot(lineage) == before
+
+
+def test_rl_resumes_exactly(lineage):
+    """Prompts and sampling noise are seeded by stream and prompt number: an RL run stopped
+    at step 2 and resumed reproduces the uninterrupted run's steps 3 and 4."""
+    full = run_cli(branch_args("rl", "s1", "--id", "full", steps=4))
+    assert full.exit_code == 0, full.output
+    part = run_cli(branch_args("rl", "s1", "--id", "part", steps=2))
+    assert part.exit_code == 0, part.output
+    more = run_cli(["train", "--resume", "part", "--max-steps", "4"])
+    assert more.exit_code == 0, more.output
+    a, b = metrics(lineage / "full"), metrics(lineage / "part")
+    pick = {m["step"]: m for m in a if "loss" in m}, {m["step"]: m for m in b if "loss" in m}
+    for step in (3, 4):
+        for key in ("loss", "reward_mean", "reward_std", "zero_spread"):
+            assert pick[1][step][key] == pytest.approx(pick[0][step][key], rel=1e-5, abs=1e-7)
