@@ -162,7 +162,7 @@ class RLConfig:
     """Group-relative policy gradient on the arithmetic task (backlm.arith)."""
 
     prompts_per_step: int = 4  # prompts per optimizer step, across ranks
-    group_size: int = 8  # samples per prompt; advantage = reward - the group's mean
+    group_size: int = 16  # samples per prompt; advantage = reward - the group's mean
     max_new_tokens: int = 32
     temperature: float = 1.0
     kl_coef: float = 0.0  # weight of the KL penalty to the parent (0: no reference model)

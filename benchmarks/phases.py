@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/phases.py [--workdir DIR] [--skip-forward] [--rl-steps 60]
+    python benchmarks/phases.py [--workdir DIR] [--skip-forward] [--rl-steps N] [--report-only]
 
 Runs, as a user would (``python -m backlm.cli``), in ``--workdir`` (experiments there; data
 in ``$BACKLM_HOME``, the embedded corpus and chat set are built on first use):
@@ -105,12 +105,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("phases-demo"))
     ap.add_argument("--skip-forward", action="store_true")
-    ap.add_argument("--rl-steps", type=int, default=60)
+    ap.add_argument("--rl-steps", type=int, default=None,
+                    help="RL steps (default: the phase's, backlm/configs/phases.yaml)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="print the tree, links, transcripts and rewards of a finished workdir")
     args = ap.parse_args()
     w = args.workdir
     w.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu_model()}")
-    rl = ["--max-steps", str(args.rl_steps)]
+    rl = ["--max-steps", str(args.rl_steps)] if args.rl_steps else []
+    if not args.report_only:
+        run_all(w, rl, args.skip_forward)
+    report(w, args.skip_forward)
+
+
+def run_all(w: Path, rl: list[str], skip_forward: bool) -> None:
     times = {}
     times["base (backward)"] = backlm(w, "train", "-d", "backward", "--config", "cpu-tiny",
                                       "--id", "bw-base", "--wandb", "off")
@@ -121,13 +130,16 @@ def main() -> None:
                                    "--init-lr-frac", "0.05")
     times["rl (backward)"] = backlm(w, "branch", "rl", "--parent", "bw-sft-a", "--id", "bw-rl",
                                     *rl)
-    if not args.skip_forward:
+    if not skip_forward:
         times["chain base,sft,rl (forward)"] = backlm(
             w, "train", "--phase", "base,sft,rl", "-d", "forward", "--config", "cpu-tiny",
             "--id", "fw", "--wandb", "off")
     print("\nwall time per command:")
     for name, sec in times.items():
         print(f"  {name:30s} {sec / 60:5.1f} min")
+
+
+def report(w: Path, skip_forward: bool) -> None:
     print("\n$ backlm ls --tree")
     subprocess.run([sys.executable, "-m", "backlm.cli", "ls", "--tree", "--experiments-dir",
                     str(w)])
@@ -137,12 +149,12 @@ def main() -> None:
     transcript(w, "bw-sft-a", "backward", "The answer is 12.")
     transcript(w, "bw-sft-a", "backward",
                "`dumps(obj, *, skipkeys=False, ensure_ascii=True, indent=None)`")
-    if not args.skip_forward:
+    if not skip_forward:
         transcript(w, "fw-sft", "forward", "What is 7 plus 5?")
         transcript(w, "fw-sft", "forward", "What does the function `json.dumps` do?")
     print("\nRL reward:")
     rl_figures(w, "bw-rl")
-    if not args.skip_forward:
+    if not skip_forward:
         rl_figures(w, "fw-rl")
 
 
