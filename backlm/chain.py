@@ -72,6 +72,7 @@ def _check_members(root: Path, prefix: str, phases: Sequence[str]) -> None:
     before (another chain with the same --id, e.g. base,sft then base,mid,sft, is refused
     before anything trains)."""
     from backlm.errors import UserError
+    from backlm.phases import article
 
     for parent, phase in zip([None, *phases], phases, strict=False):
         exp = xp.Experiment(Path(root) / f"{prefix}-{phase}")
@@ -82,6 +83,6 @@ def _check_members(root: Path, prefix: str, phases: Sequence[str]) -> None:
         want = f"{prefix}-{parent}" if parent else None
         if found != phase or link.get("parent_id") != want:
             origin = f"a child of {link.get('parent_id')}" if link.get("parent_id") else "a root"
-            raise UserError(f"{exp.id} exists as a {found} run, {origin}, but the chain "
-                            f"--phase {','.join(phases)} needs a {phase} run "
+            raise UserError(f"{exp.id} exists as {article(found)} {found} run, {origin}, but the "
+                            f"chain --phase {','.join(phases)} needs {article(phase)} {phase} run "
                             f"{'from ' + want if want else 'that is a root'}: give another --id")

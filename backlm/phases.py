@@ -26,8 +26,14 @@ def check_follows(phase: str, parent_phase: str, parent_id: str = "the parent") 
                         f"{', '.join(FOLLOWS)} (base runs start with `backlm train`)")
     if parent_phase not in FOLLOWS[phase]:
         allowed = " or ".join(FOLLOWS[phase])
-        raise UserError(f"a {phase} phase cannot follow {parent_id}, a {parent_phase} run: "
-                        f"{phase} follows {allowed} (phases go base → mid → sft → rl)")
+        raise UserError(f"{article(phase)} {phase} phase cannot follow {parent_id}, "
+                        f"{article(parent_phase)} {parent_phase} run: {phase} follows {allowed} "
+                        "(phases go base → mid → sft → rl)")
+
+
+def article(phase: str) -> str:
+    """"an sft run", "an rl run", "a mid run": the article as the name is spoken."""
+    return "an" if phase in ("sft", "rl") else "a"
 
 
 def parse_chain(text: str) -> list[str]:

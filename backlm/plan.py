@@ -205,7 +205,9 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
 
     check_config(cfg, world)
     if cfg.phase != "base":
-        raise UserError(f"a {cfg.phase} run starts from a parent checkpoint: use `backlm branch "
+        from backlm.phases import article
+
+        raise UserError(f"{article(cfg.phase)} {cfg.phase} run starts from a parent checkpoint: use `backlm branch "
                         f"{cfg.phase} --parent EXP`, or a chain such as --phase base,{cfg.phase}")
     if "id" in explicit and not cfg.id.strip():
         raise UserError("--id is empty: give a name, or leave --id out for the default")

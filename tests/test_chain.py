@@ -77,7 +77,7 @@ def test_chain_trains_skips_and_continues(exps):
 
 @pytest.mark.parametrize(("phases", "words"), [
     ("mid,sft", "a chain starts with base"),
-    ("base,rl", "a rl phase cannot follow the chain's previous phase, a base run"),
+    ("base,rl", "an rl phase cannot follow the chain's previous phase, a base run"),
     ("base,foo", "unknown phase in --phase 'base,foo'"),
     ("sft", "use `backlm branch PHASE --parent EXP`"),
     ("rl", "use `backlm branch PHASE --parent EXP`"),
@@ -127,9 +127,9 @@ def test_finished_members_are_skipped(exps):
 
 
 @pytest.mark.parametrize(("phases", "words"), [
-    ("base,mid,sft", "ch-sft exists as a sft run, a child of ch-base, but the chain --phase "
-                     "base,mid,sft needs a sft run from ch-mid"),
-    ("base,sft", "ch-sft exists as a sft run, a child of other"),
+    ("base,mid,sft", "ch-sft exists as an sft run, a child of ch-base, but the chain --phase "
+                     "base,mid,sft needs an sft run from ch-mid"),
+    ("base,sft", "ch-sft exists as an sft run, a child of other"),
 ])
 def test_members_of_another_chain_are_refused(exps, phases, words):
     make_child(exps, "ch-base")

@@ -181,8 +181,14 @@ def test_plan_writes_nothing_and_says_what_differs(lineage):
 
 
 def test_phase_defaults_apply_below_user_keys(lineage):
+    import yaml
+
+    from backlm.lineage import PHASE_DEFAULTS
+
+    rl = yaml.safe_load(PHASE_DEFAULTS.read_text())["rl"]
     planned = plan_branch("rl", "s1", lineage, overrides=["optim.warmdown_frac=0.25"])
-    assert planned.cfg.optim.init_lr_frac == 0.1 and planned.cfg.train.max_steps == 60
+    assert planned.cfg.optim.init_lr_frac == rl["optim"]["init_lr_frac"] != 1.0
+    assert planned.cfg.train.max_steps == rl["train"]["max_steps"]
     assert planned.cfg.optim.warmdown_frac == 0.25
     assert planned.cfg.early_stop.mode == "max"
     assert planned.link["chain_ids"] == ["b0", "s1"]
@@ -210,8 +216,8 @@ def test_created_child_is_a_created_experiment(lineage):
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [
-    ({"phase": "rl"}, "a rl phase cannot follow b0, a base run"),
-    ({"phase": "mid", "parent": "s1"}, "a mid phase cannot follow s1, a sft run"),
+    ({"phase": "rl"}, "an rl phase cannot follow b0, a base run"),
+    ({"phase": "mid", "parent": "s1"}, "a mid phase cannot follow s1, an sft run"),
     ({"phase": "base"}, "cannot branch a 'base' phase"),
     ({"phase": "foo", "parent": "nope"}, "cannot branch a 'foo' phase"),
     ({"parent": "nope"}, "no experiment 'nope'"),

@@ -7,7 +7,7 @@ import pytest
 
 from backlm.config import RunConfig
 from backlm.errors import UserError
-from backlm.phases import FOLLOWS, ORDER, check_follows, parse_chain, plan_streams
+from backlm.phases import FOLLOWS, ORDER, article, check_follows, parse_chain, plan_streams
 
 
 @pytest.mark.parametrize(("phase", "parent"), [("mid", "base"), ("sft", "base"),
@@ -24,7 +24,7 @@ def test_refused_orders_name_the_parent_and_what_is_allowed(phase, parent):
     with pytest.raises(UserError) as err:
         check_follows(phase, parent, "exp7")
     text = str(err.value)
-    assert "exp7" in text and f"a {parent} run" in text
+    assert "exp7" in text and f"{article(parent)} {parent} run" in text
     assert all(p in text for p in FOLLOWS[phase]) and "\n" not in text
 
 

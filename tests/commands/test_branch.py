@@ -124,8 +124,8 @@ def test_bad_inputs_are_refused_with_one_line(lineage, phase_world):
     cases = [
         (["sft", "nope"], "no experiment 'nope'"),
         (["sft", "empty"], "experiment empty has no checkpoint to branch from"),
-        (["rl", "b0"], "a rl phase cannot follow b0, a base run: rl follows sft"),
-        (["mid", "s1"], "a mid phase cannot follow s1, a sft run"),
+        (["rl", "b0"], "an rl phase cannot follow b0, a base run: rl follows sft"),
+        (["mid", "s1"], "a mid phase cannot follow s1, an sft run"),
         (["base", "b0"], "cannot branch a 'base' phase"),
         (["foo", "b0"], "cannot branch a 'foo' phase"),
         (["sft", "b0", "--direction", "forward"], "add --allow-direction-change"),
