@@ -38,8 +38,12 @@ def _best(exp: Experiment, results: dict[str, Any]) -> str | None:
     if isinstance(metric, str) and isinstance(value, (int, float)):
         step = record.get("step")
         return f"{metric} {value:.4f}" + (f" @ step {step}" if isinstance(step, int) else "")
-    bpb = results.get("val_bpb")
-    return f"val_bpb {bpb:.4f}" if isinstance(bpb, (int, float)) else None
+    # no best record: the final value of the phase's own metric (RL: the reward), else bpb
+    for name in ("val_reward", "val_chat_loss", "val_bpb"):
+        value = results.get(name)
+        if isinstance(value, (int, float)):
+            return f"{name} {value:.4f} (final)"
+    return None
 
 
 def _node(exp: Experiment) -> dict[str, Any]:

@@ -62,3 +62,15 @@ def test_cycles_and_bad_links_do_not_crash(tmp_path):
     assert rows["junk"]["note"] == rows["list"]["note"] == "(parent link unreadable)"
     assert rows["broken"]["status"] == "corrupt" and rows["broken"]["note"] is None
     assert tree_rows(tmp_path / "nowhere") == []
+
+
+def test_without_a_best_record_the_phase_metric_is_shown_as_final(tmp_path):
+    """An RL run whose best evaluation was step 0 has no best.json: its final reward is shown,
+    not its bits per byte."""
+    make_child(tmp_path, "b")
+    make_child(tmp_path, "r", parent="b", phase="rl",
+               results={"val_bpb": 4.1593, "val_reward": 0.241})
+    make_child(tmp_path, "plain", results={"val_bpb": 1.5})
+    best = {row["id"]: row["best"] for row in tree_rows(tmp_path)}
+    assert best["r"] == "val_reward 0.2410 (final)"
+    assert best["plain"] == "val_bpb 1.5000 (final)" and best["b"] is None
