@@ -92,13 +92,23 @@ def transcript(workdir: Path, exp_id: str, order: str, text: str) -> None:
 
 
 def rl_figures(workdir: Path, exp_id: str) -> None:
+    """Training reward in 20-step windows (mean ± standard error) and the held-out greedy
+    reward at each evaluation."""
+    import statistics
+
     rows = [json.loads(line) for line in (workdir / exp_id / "metrics.jsonl").open()]
     train = [r["reward_mean"] for r in rows if "reward_mean" in r]
-    val = [(r["step"], r["val_reward"]) for r in rows if "val_reward" in r]
-    k = min(10, len(train) // 2)
-    print(f"  {exp_id}: training reward, first {k} steps {sum(train[:k]) / k:.3f} → last {k} "
-          f"steps {sum(train[-k:]) / k:.3f}; held-out greedy reward step {val[0][0]} "
-          f"{val[0][1]:.3f} → step {val[-1][0]} {val[-1][1]:.3f}")
+    windows = []
+    for i in range(0, len(train), 20):
+        chunk = train[i:i + 20]
+        err = statistics.stdev(chunk) / len(chunk) ** 0.5 if len(chunk) > 1 else 0.0
+        windows.append(f"{chunk and statistics.mean(chunk):.3f}±{err:.3f}")
+    val = ", ".join(f"{r['step']}: {r['val_reward']:.3f}" for r in rows if "val_reward" in r)
+    cfg = (workdir / exp_id / "config.yaml").read_text()
+    lr = next((line.split(":")[1].strip() for line in cfg.splitlines()
+               if "init_lr_frac" in line), "?")
+    print(f"  {exp_id} (init_lr_frac {lr}, {len(train)} steps): training reward per 20 steps "
+          f"{' → '.join(windows)}; held-out greedy reward by step {val}")
 
 
 def main() -> None:
@@ -153,9 +163,11 @@ def report(w: Path, skip_forward: bool) -> None:
         transcript(w, "fw-sft", "forward", "What is 7 plus 5?")
         transcript(w, "fw-sft", "forward", "What does the function `json.dumps` do?")
     print("\nRL reward:")
-    rl_figures(w, "bw-rl")
-    if not skip_forward:
-        rl_figures(w, "fw-rl")
+    from backlm.experiment import all_experiments
+
+    for exp in all_experiments(w):
+        if exp.metadata().get("phase") == "rl":
+            rl_figures(w, exp.id)
 
 
 if __name__ == "__main__":
