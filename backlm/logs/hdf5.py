@@ -11,9 +11,9 @@ resumed run restarted from, comma-separated; empty if never).
 ``/scalars/`` (one row per logged step, ``train.log_every``, default every step; the initial
 evaluation is step 0): ``loss``, ``lr_mult`` (the schedule's learning-rate multiplier: each
 parameter group's lr is its base lr × this), ``grad_norm``, ``tokens``, ``tokens_per_sec``,
-``mfu``, ``dt`` (seconds per step), ``val_loss``, ``val_bpb`` and, in bidirectional runs,
-``val_loss_forward``, ``val_loss_backward``, ``val_bpb_forward``, ``val_bpb_backward`` — all
-float64, NaN where a step lacks the value (validation runs every ``train.eval_every`` steps).
+``mfu``, ``dt`` (s/step), ``val_loss``, ``val_bpb``; bidirectional: ``val_{loss,bpb}_{forward,
+backward}``; mid/sft ``val_chat_loss``, rl ``reward_{mean,std}``, ``zero_spread``, ``val_reward``
+(per order when bidirectional) — float64, NaN where a step lacks one (eval: train.eval_every).
 
 ``/per_token/`` (every ``log.per_token_every`` steps; group attrs ``every``, ``rows``,
 ``seq_len``): the first ``log.per_token_rows`` rows of the step's last micro-batch, scored by
