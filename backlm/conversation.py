@@ -1,0 +1,192 @@
+"""The conversation engine: turns a model writes in its direction, streamed as text.
+
+A :class:`Chat` keeps its messages in reading order. Forward, the person's turn is a user turn
+appended at the end and the model writes the assistant turn after it. Backward, the person
+gives the ending — an assistant turn put in front of the conversation — and the model writes
+the user turn before it, so a backward chat grows toward its beginning. A bidirectional model
+does either, per turn (:meth:`Chat.switch`). A base model continues plain text: forward after
+it, backward before it. Prompts come from :func:`backlm.direction.turn_prompt` and
+:func:`backlm.direction.encode_document`; text streams out whole characters only
+(:class:`TextStream`), each piece marked as going at the ``end`` or the ``start``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from backlm.direction import (
+    Direction,
+    Role,
+    encode_document,
+    turn_prompt,
+    written_to_reading_order,
+)
+from backlm.errors import UserError
+
+MAX_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a turn is sampled: temperature 0 is greedy; ``seed`` makes it reproducible."""
+
+    temperature: float = 0.8
+    top_k: int | None = None
+    max_tokens: int = 256
+    seed: int | None = None
+
+    def check(self) -> Sampling:
+        """This, or a UserError naming the value out of range."""
+        import math
+
+        if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature)
+                and 0 <= self.temperature <= 10):
+            raise UserError(f"temperature must be between 0 and 10, got {self.temperature!r}")
+        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 1):
+            raise UserError(f"top-k must be a positive whole number, got {self.top_k!r}")
+        if not (isinstance(self.max_tokens, int) and 1 <= self.max_tokens <= MAX_TOKENS):
+            raise UserError(f"max tokens must be between 1 and {MAX_TOKENS}, got "
+                            f"{self.max_tokens!r}")
+        return self
+
+
+class TextStream:
+    """Token bytes arriving in model order turned into whole characters.
+
+    Forward, bytes arrive in reading order: an incremental UTF-8 decoder holds back a split
+    character. Backward, each token comes before the text already shown: its bytes go in front
+    of what is held, and only what starts at a character's first byte is released.
+    """
+
+    def __init__(self, order: Direction) -> None:
+        self.backward = order is Direction.BACKWARD
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.held = b""
+
+    def push(self, data: bytes) -> str:
+        """The text that ``data`` completes ('' while a character is still split)."""
+        if not self.backward:
+            return self.decoder.decode(data)
+        self.held = data + self.held
+        start = next((i for i, b in enumerate(self.held) if b & 0xC0 != 0x80), None)
+        if start is None:
+            return ""
+        text, self.held = self.held[start:].decode("utf-8", errors="replace"), self.held[:start]
+        return text
+
+    def flush(self) -> str:
+        """Whatever is still held (a broken character shows as U+FFFD)."""
+        if not self.backward:
+            return self.decoder.decode(b"", final=True)
+        text, self.held = self.held.decode("utf-8", errors="replace"), b""
+        return text
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Streamed text and where it goes: after the text so far (``end``) or before (``start``)."""
+
+    text: str
+    where: str
+
+
+@dataclass
+class Stats:
+    """The last turn: tokens written, seconds from the first to the last, first-token latency."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    first_token_seconds: float = 0.0
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return (self.tokens - 1) / self.seconds if self.tokens > 1 and self.seconds > 0 else 0.0
+
+
+class Chat:
+    """A conversation with one model, kept in reading order."""
+
+    def __init__(self, model: Any, tokenizer: Any, direction: str, phase: str = "sft",
+                 order: str | None = None) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.direction = Direction.parse(direction)
+        self.plain = phase == "base"  # a base model continues text; it has no turns
+        self.messages: list[dict[str, str]] = []
+        self.text = ""  # a base model's running text
+        self.stats = Stats()
+        self.order = self.direction.orders[0]
+        if order is not None:
+            self.switch(order)
+
+    def switch(self, order: str) -> None:
+        """Write the next turns in ``order`` (bidirectional models only)."""
+        wanted = Direction.parse(order)
+        if wanted is Direction.BIDIRECTIONAL or wanted not in self.direction.orders:
+            raise UserError(f"this model reads {self.direction.value} only: it cannot write "
+                            f"{wanted.value}; only a bidirectional model switches direction")
+        self.order = wanted
+
+    def clear(self) -> None:
+        """Forget the conversation."""
+        self.messages, self.text = [], ""
+
+    def _render(self, messages: list[dict[str, str]]) -> list[int]:
+        return [t for m in messages for t in self.tokenizer.render_turn(m["role"], m["content"])]
+
+    def _prompt(self, text: str) -> tuple[list[int], int | None, Any]:
+        """Model-order prompt for the next turn given the person's ``text``, its stop id, and
+        the conversation with the person's turn in place (kept only once the turn is done)."""
+        ids = self.tokenizer.special_ids
+        order = self.order if self.direction is Direction.BIDIRECTIONAL else None
+        if self.plain:
+            full = self.text + text if self.order is Direction.FORWARD else text + self.text
+            seq, _ = encode_document(self.tokenizer.encode(full), self.direction, ids, order)
+            return seq, None, full
+        if self.order is Direction.FORWARD:
+            messages = [*self.messages, {"role": "user", "content": text}]
+            return (*turn_prompt(self._render(messages), Role.ASSISTANT, self.direction, ids,
+                                 order), messages)
+        messages = [{"role": "assistant", "content": text}, *self.messages]
+        return (*turn_prompt(self._render(messages), Role.USER, self.direction, ids, order),
+                messages)
+
+    def send(self, text: str, sampling: Sampling | None = None) -> Iterator[Piece]:
+        """Give the person's ``text`` and stream the model's turn; when the stream ends the turn
+        is in :attr:`messages` (or :attr:`text`) in reading order."""
+        sampling = (sampling or Sampling()).check()
+        if not isinstance(text, str) or (not text.strip() and not self.plain):
+            raise UserError("say something: an empty turn gives the model nothing to answer")
+        prompt, stop, given = self._prompt(text)
+        where = "end" if self.order is Direction.FORWARD else "start"
+        stream, written = TextStream(self.order), []
+        specials = set(self.tokenizer.specials.values())
+        started = time.perf_counter()
+        first = last = started
+        gen = self.model.generate(prompt, sampling.max_tokens, sampling.temperature,
+                                  sampling.top_k, sampling.seed)
+        for token in gen:
+            last = time.perf_counter()
+            if not written:
+                first = last
+            if token == stop or token in specials:  # the turn (or the document) ends here
+                break
+            written.append(token)
+            piece = stream.push(self.tokenizer.ranks[token])
+            if piece:
+                yield Piece(piece, where)
+        tail = stream.flush()
+        if tail:
+            yield Piece(tail, where)
+        self.stats = Stats(len(written), last - first, first - started)
+        turn = self.tokenizer.decode(written_to_reading_order(written, self.order))
+        forward = self.order is Direction.FORWARD
+        if self.plain:
+            self.text = given + turn if forward else turn + given
+        elif forward:
+            self.messages = [*given, {"role": "assistant", "content": turn}]
+        else:
+            self.messages = [{"role": "user", "content": turn}, *given]
