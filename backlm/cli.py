@@ -17,6 +17,7 @@ from backlm.commands import fivecat as fivecat_cmd
 from backlm.commands import log as log_cmd
 from backlm.commands import ls as ls_cmd
 from backlm.commands import note as note_cmd
+from backlm.commands import score as score_cmd
 from backlm.commands import train as train_cmd
 
 app = typer.Typer(
@@ -65,6 +66,7 @@ app.command("ls")(ls_cmd.ls)
 app.command("eval")(eval_cmd.eval_)
 app.command("note")(note_cmd.note)
 app.command("log")(log_cmd.log)
+app.command("score")(score_cmd.score)
 
 
 def main() -> None:

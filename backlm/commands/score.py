@@ -1,0 +1,46 @@
+"""``backlm score EXP TEXT``: the log-probability of a text in each order the model knows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from backlm.commands.options import DEVICE, EXPERIMENT, EXPERIMENTS_DIR, STEP, experiments_root
+from backlm.ui import console, user_errors
+
+
+@user_errors
+def score(
+    experiment: str = EXPERIMENT,
+    text: str = typer.Argument(..., help="The text to score (quote it); - reads standard input."),
+    step: int = STEP,
+    device: str = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON, per token."),
+    experiments: Path = EXPERIMENTS_DIR,
+) -> None:
+    """Score a text read in each order: total log-probability and bits per byte (the same
+    tokens and bytes in every order), per-token log-probabilities in reading order."""
+    import json
+    import sys
+
+    from rich.table import Table
+
+    from backlm.inference import load_model
+    from backlm.score import score_text
+
+    if text == "-":
+        text = sys.stdin.read()
+    loaded = load_model(experiment, experiments_root(experiments), step, device or "auto")
+    result = score_text(loaded.model, loaded.tokenizer, loaded.direction, text)
+    if as_json:
+        typer.echo(json.dumps({"model": loaded.exp.id, "step": loaded.step,
+                               "direction": loaded.direction, "orders": result}))
+        return
+    table = Table(title=f"{loaded.exp.id} (step {loaded.step}, {loaded.direction})")
+    for col in ("order", "tokens", "log-prob (nats)", "bits per byte"):
+        table.add_column(col, justify="left" if col == "order" else "right")
+    for order, r in result.items():
+        table.add_row(order, str(len(r["tokens"])), f"{r['logprob']:.3f}",
+                      f"{r['bits_per_byte']:.4f}")
+    console.print(table)
