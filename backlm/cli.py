@@ -11,6 +11,7 @@ from typer import rich_utils as typer_rich_utils
 
 from backlm import __version__
 from backlm.commands import branch as branch_cmd
+from backlm.commands import chat as chat_cmd
 from backlm.commands import data as data_cmd
 from backlm.commands import eval as eval_cmd
 from backlm.commands import fivecat as fivecat_cmd
@@ -67,6 +68,7 @@ app.command("eval")(eval_cmd.eval_)
 app.command("note")(note_cmd.note)
 app.command("log")(log_cmd.log)
 app.command("score")(score_cmd.score)
+app.command("chat")(chat_cmd.chat)
 
 
 def main() -> None:

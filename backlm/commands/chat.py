@@ -1,0 +1,119 @@
+"""``backlm chat --model EXP``: talk to a model in a terminal, in its direction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from backlm.commands.options import DEVICE, EXPERIMENTS_DIR, STEP, experiments_root
+from backlm.ui import console, user_errors
+
+ARROWS = {"forward": "→ forward", "backward": "← backward", "bidirectional": "↔ bidirectional"}
+HELP = ("/forward  /backward  write the next turn forward or backward (bidirectional models)\n"
+        "/temperature T  /topk K (0: off)  /clear  /help  /quit  /exit")
+
+
+@user_errors
+def chat(
+    model: str = typer.Option(..., "--model", "-m", help="Experiment id, tag or folder."),
+    step: int = STEP,
+    prompt: str = typer.Option(None, "--prompt", "-p",
+                               help="Answer this once and exit (plain output)."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 is greedy."),
+    top_k: int = typer.Option(None, "--top-k", help="Sample from the K likeliest tokens."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Most tokens per turn."),
+    direction: str = typer.Option(None, "--direction", "-d",
+                                  help="forward or backward (bidirectional models)."),
+    seed: int = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    device: str = DEVICE,
+    experiments: Path = EXPERIMENTS_DIR,
+) -> None:
+    """Chat with a model. Forward: you write the user turn, it answers. Backward: you give the
+    ending (the assistant's turn), it writes what came before; the conversation grows toward
+    its beginning and is shown in reading order."""
+    from backlm.conversation import Chat, Sampling
+    from backlm.inference import load_model
+
+    sampling = Sampling(temperature, top_k, max_tokens, seed).check()
+    loaded = load_model(model, experiments_root(experiments), step, device or "auto")
+    session = Chat(loaded.model, loaded.tokenizer, loaded.direction, loaded.phase, direction)
+    if prompt is not None:
+        typer.echo(_turn(session, prompt, sampling, live=False))
+        return
+    console.print(f"[bold]{loaded.exp.id}[/] step {loaded.step} · {loaded.phase} · "
+                  f"{ARROWS[loaded.direction]}\n{HELP}", highlight=False)
+    _loop(session, sampling)
+
+
+def _loop(session, sampling) -> None:
+    import dataclasses
+
+    from backlm.errors import UserError
+
+    while True:
+        try:
+            line = console.input(f"[bold]{ARROWS[session.order.value]} you>[/] ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        text = line.strip()
+        try:
+            if text in ("/quit", "/exit"):
+                return
+            if text.startswith("/"):
+                sampling = _command(session, text, sampling, dataclasses.replace)
+                continue
+            _turn(session, line, sampling, live=True)
+            s = session.stats
+            console.print(f"[dim]{s.tokens} tokens · {s.tokens_per_sec:,.0f} tokens/s[/]")
+        except UserError as exc:
+            console.print(f"[red]{exc}[/]", highlight=False)
+        except KeyboardInterrupt:
+            console.print("\n[dim](turn stopped; the conversation is as it was)[/]")
+
+
+def _command(session, text: str, sampling, replace):
+    """Apply one slash command; the (possibly changed) sampling settings."""
+    from backlm.errors import UserError
+
+    name, _, arg = text.partition(" ")
+    if name in ("/forward", "/backward"):
+        session.switch(name[1:])
+        console.print(f"next turns: {ARROWS[name[1:]]}")
+    elif name == "/clear":
+        session.clear()
+        console.print("conversation cleared")
+    elif name == "/help":
+        console.print(HELP, highlight=False)
+    elif name in ("/temperature", "/topk"):
+        try:
+            value = float(arg) if name == "/temperature" else int(arg)
+        except ValueError:
+            raise UserError(f"{name} needs a number, e.g. {name} 0.7") from None
+        key = "temperature" if name == "/temperature" else "top_k"
+        sampling = replace(sampling, **{key: value if key == "temperature" else value or None})
+        sampling.check()
+        console.print(f"{key} = {value}")
+    else:
+        raise UserError(f"unknown command {name}: /help lists them")
+    return sampling
+
+
+def _turn(session, text: str, sampling, live: bool) -> str:
+    """The model's turn, streamed where it belongs in a terminal; its reading-order text."""
+    from rich.live import Live
+    from rich.text import Text
+
+    shown = ""
+    if not live or not console.is_terminal:
+        for piece in session.send(text, sampling):
+            shown = shown + piece.text if piece.where == "end" else piece.text + shown
+        if live:
+            console.print(shown, highlight=False, markup=False)
+        return shown
+    with Live(Text(""), console=console, refresh_per_second=20, transient=False) as view:
+        for piece in session.send(text, sampling):
+            shown = shown + piece.text if piece.where == "end" else piece.text + shown
+            view.update(Text(f"model: {shown}"))
+    return shown

@@ -1,0 +1,88 @@
+"""``backlm chat``: ``-p`` answers once in reading order; the interactive loop driven through a
+pseudo-terminal (slash commands, a streamed turn, refusals that keep the session alive)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import run_cli
+
+
+def test_prompt_once_writes_the_turn_in_reading_order(lineage):
+    res = run_cli(["chat", "--model", "s1", "-p", "The answer is 12.", "-t", "0",
+                   "--max-tokens", "6"])
+    assert res.exit_code == 0, res.output
+    again = run_cli(["chat", "--model", "s1", "-p", "The answer is 12.", "-t", "0",
+                     "--max-tokens", "6"])
+    assert again.output == res.output  # greedy: the same turn
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["-t", "-1"], "temperature"), (["--top-k", "0"], "top-k"), (["--max-tokens", "0"], "max"),
+    (["--direction", "forward"], "only a bidirectional model"), (["-p", "  "], "say something"),
+])
+def test_bad_options_are_one_line(lineage, args, words):
+    res = run_cli(["chat", "--model", "s1", "-p", "hi", *args])
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and words in lines[0]
+
+
+class Terminal:
+    """A process on a pseudo-terminal: write lines, wait for text."""
+
+    def __init__(self, args):
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([sys.executable, "-m", "backlm.cli", *args], stdin=slave,
+                                     stdout=slave, stderr=slave, env=dict(os.environ,
+                                                                          COLUMNS="120"))
+        os.close(slave)
+        self.seen = ""
+
+    def expect(self, pattern: str, timeout: float = 60) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if re.search(pattern, self.seen):
+                found, self.seen = self.seen, ""
+                return found
+            ready, _, _ = select.select([self.master], [], [], 0.2)
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 65536).decode("utf-8", "replace")
+                except OSError:
+                    break
+        raise AssertionError(f"{pattern!r} not seen; got {self.seen[-2000:]!r}")
+
+    def send(self, line: str) -> None:
+        os.write(self.master, (line + "\n").encode())
+
+
+def test_the_interactive_loop_in_a_terminal(lineage):
+    term = Terminal(["chat", "--model", "s1", "-t", "0", "--max-tokens", "5"])
+    try:
+        term.expect("← backward")
+        term.expect("you>")
+        term.send("/help")
+        term.expect(r"/clear[\s\S]*you>")
+        term.send("/forward")
+        term.expect(r"only a bidirectional model[\s\S]*you>")
+        term.send("/temperature abc")
+        term.expect(r"needs a number[\s\S]*you>")
+        term.send("/nonsense")
+        term.expect(r"unknown command[\s\S]*you>")
+        term.send("The answer is 12.")
+        term.expect(r"tokens/s[\s\S]*you>")
+        term.send("/quit")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+        os.close(term.master)
