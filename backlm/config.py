@@ -380,16 +380,18 @@ def load_config(
     return from_dict(cls, data)
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``: a nested config dict by dotted key."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def explicit_keys(overrides: list[str] | None, flags: dict[str, Any] | None) -> set[str]:
     """Dotted keys the user set on the command line (``--set`` and flags), as opposed to values
     that come from a preset or a default."""
-    def walk(node: dict[str, Any], prefix: str) -> set[str]:
-        keys = set()
-        for key, value in node.items():
-            if isinstance(value, dict):
-                keys |= walk(value, f"{prefix}{key}.")
-            else:
-                keys.add(f"{prefix}{key}")
-        return keys
-
-    return walk(parse_overrides(overrides), "") | walk(flags or {}, "")
+    return set(flatten(parse_overrides(overrides))) | set(flatten(flags or {}))

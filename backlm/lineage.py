@@ -22,6 +22,7 @@ from backlm.config import (
     CONFIG_DIR,
     RunConfig,
     deep_merge,
+    flatten,
     from_dict,
     parse_overrides,
     preset_path,
@@ -77,21 +78,11 @@ def _steps(steps: list[int]) -> str:
     return ", ".join(map(str, steps[-10:]))
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _child_config(phase: str, parent_cfg: RunConfig, meta: dict[str, Any], preset: str | None,
                   overrides: list[str] | None, flags: dict[str, Any]) -> tuple[RunConfig, set]:
     """The child's config and the keys the user set explicitly."""
     user = deep_merge(parse_overrides(overrides), flags)
-    explicit = set(_flat(user))
+    explicit = set(flatten(user))
     shaped = sorted(k for k in explicit if k.startswith("model."))
     if shaped:
         raise UserError(f"{shaped[0]} cannot be set on a branch: the model's shape comes from "
@@ -173,7 +164,7 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
                  ("tokenizer", f"{tokenizer.vocab_size} tokens, sha256 "
                                f"{link['tokenizer_sha256'][:12]}"),
                  ("weights", f"{parent.id} step {chosen}, sha256 {sha[:12]}")]
-    before, after = _flat(to_dict(parent_cfg)), _flat(to_dict(cfg))
+    before, after = flatten(to_dict(parent_cfg)), flatten(to_dict(cfg))
     changed = [(k, before.get(k), v) for k, v in after.items()
                if before.get(k) != v and k not in ("id", "description", "phase")]
     return Branch(parent, folder, chosen, cfg, link, inherited, changed, prepare,

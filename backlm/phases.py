@@ -160,7 +160,7 @@ def evaluate(tr: Any, orders: list[tuple[str, Any]]) -> dict[str, float]:
     from backlm.distributed import all_reduce_mean
     from backlm.evaluation.lm import score
 
-    if getattr(tr, "chat_val", None) is None:
+    if tr.chat_val is None:
         tr.chat_val = read_chat(cfg, "val")[tr.dist.rank::tr.dist.world]
     rows = max(1, cfg.train.eval_tokens // cfg.model.seq_len // tr.dist.world)
     out: dict[str, float] = {}

@@ -110,6 +110,11 @@ def sample_group(model: Any, prompt: list[int], group: int, max_new: int, temper
     return out
 
 
+def content(sample: list[int], stop: int) -> list[int]:
+    """A sampled turn without the tag that ended it."""
+    return sample[:-1] if sample and sample[-1] == stop else sample
+
+
 def _batch(prompt: list[int], samples: list[list[int]], pad: int) -> tuple[Any, Any]:
     """Inputs and targets of prompt + sample rows; only sampled tokens are targets."""
     import numpy as np
@@ -162,7 +167,7 @@ def train_step(tr: Any, state: Any, cbs: Any) -> dict[str, Any]:
         with tr.autocast():
             samples = sample_group(model, prompt, cfg.rl.group_size, _budget(cfg, prompt),
                                    cfg.rl.temperature, stop, seed)
-        rewards = [reward(tok, problem, order, s[:-1] if s[-1] == stop else s) for s in samples]
+        rewards = [reward(tok, problem, order, content(s, stop)) for s in samples]
         mean = sum(rewards) / len(rewards)
         adv = torch.tensor([r - mean for r in rewards], device=tr.device)
         xs, ys = _batch(prompt, samples, tok.special_ids.bos)
@@ -204,7 +209,7 @@ def train_step(tr: Any, state: Any, cbs: Any) -> dict[str, Any]:
 
 
 def _reference(tr: Any) -> Any:
-    if getattr(tr, "rl_reference", None) is None:
+    if tr.rl_reference is None:
         from backlm.compat import load_parent_weights
         from backlm.model import GPT
 
@@ -231,7 +236,7 @@ def evaluate_reward(tr: Any) -> dict[str, float]:
             prompt, stop = prompt_for(tok, problem, cfg.data.direction, order)
             with tr.autocast():
                 (sample,) = sample_group(model, prompt, 1, _budget(cfg, prompt), 0.0, stop, 0)
-            total += reward(tok, problem, order, sample[:-1] if sample[-1] == stop else sample)
+            total += reward(tok, problem, order, content(sample, stop))
         (mean_sum,) = all_reduce_mean([total], tr.dist, tr.device)
         out[f"val_reward_{name}" if name else "val_reward"] = mean_sum * tr.dist.world / len(
             problems)

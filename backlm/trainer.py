@@ -92,6 +92,8 @@ class TrainingRun:
         self.loader_snapshot: list[dict[str, Any]] | None = None
         self.last_saved: int | None = None
         self.evals: dict[str, float] = {}  # the latest validation
+        self.chat_val: list[Any] | None = None  # mid/sft: held-out conversations, read once
+        self.rl_reference: Any = None  # rl with a KL penalty: the frozen parent, built once
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast when the run computes in bf16, else nothing."""

@@ -68,27 +68,18 @@ def check_links(workdir: Path) -> None:
 
 
 def transcript(workdir: Path, exp_id: str, order: str, text: str) -> None:
-    """Greedy turn from an SFT model: forward answers ``text``; backward writes the question
-    whose answer is ``text``."""
-    from backlm.direction import Direction, Role, turn_prompt, written_to_reading_order
+    """Greedy turn from an SFT model (:class:`backlm.conversation.Chat`, as ``backlm chat``
+    writes it): forward answers ``text``; backward writes the question whose answer it is."""
+    from backlm.conversation import Chat, Sampling
     from backlm.inference import load_model
-    from backlm.rl import sample_group
 
     loaded = load_model(exp_id, workdir, device="cpu")
-    tok = loaded.tokenizer
-    if order == "forward":
-        context, write = tok.render_turn("user", text), Role.ASSISTANT
-    else:
-        context, write = tok.render_turn("assistant", text), Role.USER
-    prompt, stop = turn_prompt(context, write, order, tok.special_ids)
-    (sample,) = sample_group(loaded.model, prompt, 1, 64, 0.0, stop, 0)
-    written = tok.decode(written_to_reading_order(
-        sample[:-1] if sample and sample[-1] == stop else sample, Direction.parse(order)))
-    if order == "forward":
-        print(f"  [{exp_id}, forward]\n    user:      {text}\n    assistant: {written}")
-    else:
-        print(f"  [{exp_id}, backward; the model writes the user turn, shown in reading order]"
-              f"\n    user:      {written}\n    assistant: {text}")
+    chat = Chat(loaded.model, loaded.tokenizer, loaded.direction, loaded.phase)
+    for _ in chat.send(text, Sampling(temperature=0.0, max_tokens=64)):
+        pass
+    user, assistant = (m["content"] for m in chat.messages)
+    note = "" if order == "forward" else "; the model writes the user turn, shown in reading order"
+    print(f"  [{exp_id}, {order}{note}]\n    user:      {user}\n    assistant: {assistant}")
 
 
 def rl_figures(workdir: Path, exp_id: str) -> None:

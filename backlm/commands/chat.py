@@ -47,8 +47,6 @@ def chat(
 
 
 def _loop(session, sampling) -> None:
-    import dataclasses
-
     from backlm.errors import UserError
 
     while True:
@@ -62,7 +60,7 @@ def _loop(session, sampling) -> None:
             if text in ("/quit", "/exit"):
                 return
             if text.startswith("/"):
-                sampling = _command(session, text, sampling, dataclasses.replace)
+                sampling = _command(session, text, sampling)
                 continue
             _turn(session, line, sampling, live=True)
             s = session.stats
@@ -73,8 +71,10 @@ def _loop(session, sampling) -> None:
             console.print("\n[dim](turn stopped; the conversation is as it was)[/]")
 
 
-def _command(session, text: str, sampling, replace):
+def _command(session, text: str, sampling):
     """Apply one slash command; the (possibly changed) sampling settings."""
+    from dataclasses import replace
+
     from backlm.errors import UserError
 
     name, _, arg = text.partition(" ")
@@ -92,7 +92,7 @@ def _command(session, text: str, sampling, replace):
         except ValueError:
             raise UserError(f"{name} needs a number, e.g. {name} 0.7") from None
         key = "temperature" if name == "/temperature" else "top_k"
-        sampling = replace(sampling, **{key: value if key == "temperature" else value or None})
+        sampling = replace(sampling, **{key: value or (None if key == "top_k" else 0.0)})
         sampling.check()
         console.print(f"{key} = {value}")
     else:

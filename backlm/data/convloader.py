@@ -29,6 +29,7 @@ from backlm.direction import (
     body_capacity,
     document_order,
     encode_conversation,
+    prefix_length,
 )
 from backlm.errors import UserError
 
@@ -125,7 +126,7 @@ class ConversationLoader:
         used = cost = 0
         while True:
             seq, seq_mask = self._next_conversation(peek=True)
-            body = len(seq) - (2 if self.direction is Direction.BIDIRECTIONAL else 1)
+            body = len(seq) - prefix_length(self.direction)
             if cost + body + HEAD_SLOTS > width and used:
                 break
             self._next_conversation(peek=False)
