@@ -19,6 +19,7 @@ from backlm.commands import log as log_cmd
 from backlm.commands import ls as ls_cmd
 from backlm.commands import note as note_cmd
 from backlm.commands import score as score_cmd
+from backlm.commands import serve as serve_cmd
 from backlm.commands import train as train_cmd
 
 app = typer.Typer(
@@ -69,6 +70,7 @@ app.command("note")(note_cmd.note)
 app.command("log")(log_cmd.log)
 app.command("score")(score_cmd.score)
 app.command("chat")(chat_cmd.chat)
+app.command("serve")(serve_cmd.serve)
 
 
 def main() -> None:

@@ -96,11 +96,15 @@ class Piece:
 
 @dataclass
 class Stats:
-    """The last turn: tokens written, seconds from the first to the last, first-token latency."""
+    """The last turn: tokens written, seconds from the first to the last, first-token latency,
+    the prompt's length and why the turn ended (``stop``: the model closed it; ``length``: it
+    ran out of tokens)."""
 
     tokens: int = 0
     seconds: float = 0.0
     first_token_seconds: float = 0.0
+    prompt_tokens: int = 0
+    finish: str = "stop"
 
     @property
     def tokens_per_sec(self) -> float:
@@ -134,6 +138,35 @@ class Chat:
         """Forget the conversation."""
         self.messages, self.text = [], ""
 
+    @property
+    def writes(self) -> str:
+        """The role of the turn the model writes next (``text`` for a base model)."""
+        if self.plain:
+            return "text"
+        return "assistant" if self.order is Direction.FORWARD else "user"
+
+    def load(self, messages: list[dict[str, str]]) -> str:
+        """Take a whole reading-order conversation (an API request) and return the person's
+        turn: forward the last message (a user turn), backward the first (an assistant turn,
+        the ending). System messages join the first user turn. A base model continues the
+        messages' text, joined by blank lines."""
+        if self.plain:
+            self.messages, self.text = [], ""
+            return "\n\n".join(m["content"] for m in messages)
+        messages = _merge_system(messages)
+        if not messages:
+            raise UserError("give at least one message")
+        forward = self.order is Direction.FORWARD
+        given = messages[-1] if forward else messages[0]
+        wanted = "user" if forward else "assistant"
+        if given["role"] != wanted:
+            where = "last" if forward else "first"
+            raise UserError(f"the {where} message must be the {wanted}'s: a {self.order.value} "
+                            f"model writes the {self.writes} turn "
+                            f"{'after' if forward else 'before'} it")
+        self.messages = messages[:-1] if forward else messages[1:]
+        return given["content"]
+
     def _render(self, messages: list[dict[str, str]]) -> list[int]:
         return [t for m in messages for t in self.tokenizer.render_turn(m["role"], m["content"])]
 
@@ -161,11 +194,16 @@ class Chat:
         if not isinstance(text, str) or (not text.strip() and not self.plain):
             raise UserError("say something: an empty turn gives the model nothing to answer")
         prompt, stop, given = self._prompt(text)
+        context = getattr(getattr(self.model, "cfg", None), "seq_len", None)
+        if context is not None and len(prompt) > context:
+            raise UserError(f"the conversation is {len(prompt):,} tokens, longer than the "
+                            f"model's context of {context:,}: clear it or shorten it")
         where = "end" if self.order is Direction.FORWARD else "start"
         stream, written = TextStream(self.order), []
         specials = set(self.tokenizer.specials.values())
         started = time.perf_counter()
         first = last = started
+        finish = "length"
         gen = self.model.generate(prompt, sampling.max_tokens, sampling.temperature,
                                   sampling.top_k, sampling.seed)
         for token in gen:
@@ -173,6 +211,7 @@ class Chat:
             if not written:
                 first = last
             if token == stop or token in specials:  # the turn (or the document) ends here
+                finish = "stop"
                 break
             written.append(token)
             piece = stream.push(self.tokenizer.ranks[token])
@@ -181,7 +220,7 @@ class Chat:
         tail = stream.flush()
         if tail:
             yield Piece(tail, where)
-        self.stats = Stats(len(written), last - first, first - started)
+        self.stats = Stats(len(written), last - first, first - started, len(prompt), finish)
         turn = self.tokenizer.decode(written_to_reading_order(written, self.order))
         forward = self.order is Direction.FORWARD
         if self.plain:
@@ -190,3 +229,19 @@ class Chat:
             self.messages = [*given, {"role": "assistant", "content": turn}]
         else:
             self.messages = [{"role": "user", "content": turn}, *given]
+
+
+def _merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """System turns joined to the next user turn (the models know user and assistant only)."""
+    out, pending = [], []
+    for m in messages:
+        if m["role"] == "system":
+            pending.append(m["content"])
+        elif m["role"] == "user" and pending:
+            out.append({"role": "user", "content": "\n\n".join([*pending, m["content"]])})
+            pending = []
+        else:
+            out.append(dict(m))
+    if pending:
+        raise UserError("a system message must come before a user message it can join")
+    return out

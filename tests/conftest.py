@@ -91,6 +91,24 @@ def phase_world(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def serve_world(phase_world, tmp_path_factory) -> Path:
+    """Built once per session (read it, never write it): an experiments folder with the phase
+    world's backward ``b0``/``s1`` and a bidirectional base ``bi0`` with its SFT ``bi1``."""
+    from tests.helpers import build_serve_world
+
+    return build_serve_world(phase_world, tmp_path_factory.mktemp("serve_world"))
+
+
+@pytest.fixture
+def served(serve_world, phase_world, monkeypatch) -> Path:
+    """The serve world as the experiments folder (BACKLM_HOME the phase world's); read-only."""
+    from tests.helpers import use_world
+
+    use_world(monkeypatch, phase_world, serve_world)
+    return serve_world
+
+
 @pytest.fixture
 def lineage(phase_world, tmp_path, monkeypatch) -> Path:
     """A private copy of the phase world's experiments (``b0``, ``s1``), returned as the

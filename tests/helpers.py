@@ -134,6 +134,20 @@ def build_phase_world(root: Path) -> None:
         assert res.exit_code == 0, res.output
 
 
+def build_serve_world(phase_world: Path, root: Path) -> Path:
+    """``root/exps``: the phase world's backward ``b0`` and SFT ``s1``, plus a bidirectional
+    base ``bi0`` and its SFT child ``bi1`` (for chat and serve: every order). Returns it."""
+    exps = copy_experiments(phase_world / "exps", root / "exps")
+    with pytest.MonkeyPatch.context() as mp:
+        use_world(mp, phase_world, exps)
+        res = run_cli(tiny_args("--direction", "bidirectional", "--id", "bi0", *PHASE_BASE,
+                                steps=4))
+        assert res.exit_code == 0, res.output
+        res = run_cli(branch_args("sft", "bi0", "--id", "bi1", "--init-lr-frac", "0.05"))
+        assert res.exit_code == 0, res.output
+    return exps
+
+
 def use_world(mp: pytest.MonkeyPatch, root: Path, exps: Path) -> None:
     """Point BACKLM_HOME at ``root/home`` and the experiments folder at ``exps``."""
     mp.setenv("BACKLM_HOME", str(root / "home"))

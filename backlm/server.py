@@ -1,0 +1,294 @@
+"""``backlm serve``: one model behind an OpenAI-compatible HTTP API and a chat page.
+
+Generation runs in worker threads and takes the model one piece of text at a time under a
+lock, so concurrent streams interleave and the event loop (``/health``, other requests) never
+waits for a generation. Request bodies are size-capped before they are read whole; every
+refusal is OpenAI's error shape with a 4xx status.
+"""
+
+
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from backlm import api
+from backlm.api import ApiError, Limits
+from backlm.errors import UserError
+
+
+class Engine:
+    """The loaded model shared by all requests."""
+
+    def __init__(self, loaded: Any, limits: Limits) -> None:
+        self.loaded, self.limits = loaded, limits
+        self.models = api.served_models(loaded.exp.id, loaded.direction)
+        self.lock = threading.Lock()  # one forward pass at a time
+        self.slots = threading.BoundedSemaphore(limits.max_generations)
+
+    def info(self) -> dict[str, Any]:
+        """What ``/model_info`` reports."""
+        ld = self.loaded
+        try:
+            config = asdict(ld.exp.config())
+        except (UserError, OSError):  # a checkpoint folder without its experiment's config
+            config = {"model": ld.meta.get("model_config")}
+        return {"id": ld.exp.id, "phase": ld.phase, "direction": ld.direction,
+                "can_toggle": ld.direction == "bidirectional", "step": ld.step,
+                "orders": [o for o in (["forward", "backward"] if ld.direction == "bidirectional"
+                                       else [ld.direction])],
+                "models": list(self.models), "config": config, "limits": asdict(self.limits)}
+
+    def chat(self, req: api.ChatRequest) -> tuple[Any, Iterator[Any]]:
+        """A conversation with the request's turns and the stream of the model's turn; the
+        first piece is computed here, so a refused prompt raises before any byte is sent."""
+        from backlm.conversation import Chat
+
+        ld = self.loaded
+        try:
+            session = Chat(ld.model, ld.tokenizer, ld.direction, ld.phase, req.order)
+            text = session.load(req.messages)
+        except UserError as exc:
+            raise ApiError(400, str(exc), "messages") from None
+        if not self.slots.acquire(blocking=False):
+            raise ApiError(429, "the server is busy: too many generations at once, retry soon",
+                           kind="rate_limit_error", code="busy")
+        pieces = self._locked(session.send(text, req.sampling))
+        try:
+            first = next(pieces, None)
+        except UserError as exc:
+            self.slots.release()
+            raise ApiError(400, str(exc), "messages") from None
+        except BaseException:
+            self.slots.release()
+            raise
+        return session, self._released(first, pieces)
+
+    def _locked(self, gen: Iterator[Any]) -> Iterator[Any]:
+        while True:
+            with self.lock:
+                try:
+                    piece = next(gen)
+                except StopIteration:
+                    return
+            yield piece
+
+    def _released(self, first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+        try:
+            if first is not None:
+                yield first
+                yield from rest
+        finally:
+            rest.close()
+            self.slots.release()
+
+    def score(self, text: str) -> dict[str, Any]:
+        from backlm.score import score_text
+
+        ld = self.loaded
+        with self.lock:
+            try:
+                return score_text(ld.model, ld.tokenizer, ld.direction, text)
+            except UserError as exc:
+                raise ApiError(400, str(exc), "text") from None
+
+
+def create_app(loaded: Any, limits: Limits | None = None) -> Any:
+    """The FastAPI app serving ``loaded`` (a :class:`backlm.inference.LoadedModel`)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    engine = Engine(loaded, limits or Limits())
+    app = FastAPI(title="backlm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.add_middleware(BodyLimit, limit=engine.limits.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), kind=kind).body(),
+                            status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(ApiError(500, f"internal error: {type(exc).__name__}",
+                                     kind="server_error").body(), status_code=500)
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        # the body is JSON whatever Content-Type says (curl -d sends a form type)
+        return api.parse_body(await request.body())
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("backlm.web").joinpath("chat.html").read_text())
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/model_info")
+    async def model_info() -> dict[str, Any]:
+        return engine.info()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        ld = engine.loaded
+        created = int(ld.exp.path.stat().st_mtime) if ld.exp.path.exists() else 0
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "backlm",
+                 "direction": order or ld.direction} for name, order in engine.models.items()]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str) -> dict[str, Any]:
+        listing = await models()
+        for entry in listing["data"]:
+            if entry["id"] == name:
+                return entry
+        raise ApiError(404, f"the model {name[:100]!r} does not exist here", "model",
+                       "model_not_found")
+
+    @app.post("/v1/score")
+    async def score(request: Request) -> dict[str, Any]:
+        text = api.score_request(await body_of(request), engine.models, engine.limits)
+        orders = await run_in_threadpool(engine.score, text)
+        ld = engine.loaded
+        return {"object": "score", "model": ld.exp.id, "step": ld.step,
+                "direction": ld.direction, "bytes": len(text.encode("utf-8")), "orders": orders}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req = api.chat_request(await body_of(request), engine.models,
+                               engine.loaded.direction, engine.limits)
+        session, pieces = await run_in_threadpool(engine.chat, req)
+        cid = api.new_id()
+        if req.stream:
+            return StreamingResponse(_events(cid, req, session, pieces),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        parts = await run_in_threadpool(list, pieces)
+        text = _assemble(parts)
+        return api.completion(cid, req.model, session.writes, text, session.stats.finish,
+                              _extra(session), session.stats.prompt_tokens,
+                              session.stats.tokens)
+
+    return app
+
+
+def _assemble(parts: list[Any]) -> str:
+    text = ""
+    for p in parts:
+        text = text + p.text if p.where == "end" else p.text + text
+    return text
+
+
+def _extra(session: Any) -> dict[str, Any]:
+    forward = session.order.value == "forward"
+    s = session.stats
+    return {"order": session.order.value, "position": "end" if forward else "start",
+            "role": session.writes, "tokens_per_sec": round(s.tokens_per_sec, 1),
+            "first_token_ms": round(1000 * s.first_token_seconds, 2),
+            "conversation": session.messages if not session.plain else [
+                {"role": "text", "content": session.text}]}
+
+
+def _events(cid: str, req: api.ChatRequest, session: Any, pieces: Iterator[Any]
+            ) -> Iterator[bytes]:
+    """SSE chunks: the role, each piece (``backlm.position``: where it goes), the finish, the
+    usage when asked, ``[DONE]``."""
+    position = {"position": "end" if session.order.value == "forward" else "start"}
+    yield api.sse(api.chunk(cid, req.model, {"role": session.writes, "content": ""}, None,
+                            {**position, "order": session.order.value}))
+    try:
+        for piece in pieces:
+            yield api.sse(api.chunk(cid, req.model, {"content": piece.text}, None,
+                                    {"position": piece.where}))
+    except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band
+        yield api.sse(ApiError(500, f"generation failed: {type(exc).__name__}",
+                               kind="server_error").body())
+        yield api.sse("[DONE]")
+        return
+    yield api.sse(api.chunk(cid, req.model, {}, session.stats.finish, _extra(session)))
+    if req.include_usage:
+        done = api.chunk(cid, req.model, {}, None)
+        done["choices"] = []
+        done["usage"] = api.usage(session.stats.prompt_tokens, session.stats.tokens)
+        yield api.sse(done)
+    yield api.sse("[DONE]")
+
+
+class _TooLarge(ApiError):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes is refused (413) before it is read whole."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = _TooLarge(413, f"the request body is larger than {self.limit:,} bytes",
+                              code="request_too_large")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _send_error(send, too_large)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_error(send: Any, exc: ApiError) -> None:
+    import json
+
+    body = json.dumps(exc.body()).encode()
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve(loaded: Any, host: str, port: int, on_ready: Any = None,
+          limits: Limits | None = None) -> None:
+    """Run the server until interrupted; ``on_ready(url)`` once it listens (port 0 picks a
+    free port). A port in use or a host that cannot be bound is a UserError."""
+    import socket
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose "
+                        "another --port or --host") from None
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(loaded, limits), log_level="warning",
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    if on_ready is not None:
+        on_ready(f"http://{shown}:{bound}")
+    server.run(sockets=[sock])

@@ -1,0 +1,1 @@
+"""The chat page ``backlm serve`` shows at ``/`` (package data)."""
