@@ -43,6 +43,7 @@ static struct {
     __typeof__(relu_sq_range_generic) *relu_sq;
     __typeof__(causal_softmax_rows_generic) *causal_softmax;
     __typeof__(softmax_bwd_rows_generic) *softmax_bwd;
+    __typeof__(decode_step_generic) *decode_step;
 } K;
 
 #define PICK(sfx, name)                                                                         \
@@ -56,6 +57,7 @@ static struct {
         K.relu_sq = relu_sq_range##sfx;                                                         \
         K.causal_softmax = causal_softmax_rows##sfx;                                            \
         K.softmax_bwd = softmax_bwd_rows##sfx;                                                  \
+        K.decode_step = decode_step##sfx;                                                       \
     } while (0)
 
 static void pick_isa(void) {
@@ -216,7 +218,29 @@ static PyObject *softmax_bwd(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *decode_step(PyObject *self, PyObject *args) {
+    long long token, pos, max_len, C, H, D, L, V;
+    unsigned long long wte, layers, head, kc, vc, cosr, sinr, logits, scratch;
+    float cap, eps;
+    int threads;
+    if (!PyArg_ParseTuple(args, "LLKKKKKLKKKKLLLLLffi", &token, &pos, &wte, &layers, &head, &kc,
+                          &vc, &max_len, &cosr, &sinr, &logits, &scratch, &C, &H, &D, &L, &V,
+                          &cap, &eps, &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    K.decode_step(token, pos, PTR(const float, wte), PTR(const int64_t, layers),
+                  PTR(const float, head), PTR(float, kc), PTR(float, vc), max_len,
+                  PTR(const float, cosr), PTR(const float, sinr), PTR(float, logits),
+                  PTR(float, scratch), C, H, D, L, V, cap, eps);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"decode_step", decode_step, METH_VARARGS,
+     "decode_step(token, pos, wte, layers, head, kc, vc, max_len, cos_row, sin_row, logits, "
+     "scratch, C, H, D, L, V, cap, eps, threads): one batch-1 token through the model"},
     {"softcap_ce", softcap_ce, METH_VARARGS,
      "softcap_ce(z, e, y, rs, loss, rows, V, cap, threads): softcapped CE rows, in place"},
     {"rms_fwd", rms_fwd, METH_VARARGS, "rms_fwd(x, y, r, N, C, eps, threads)"},

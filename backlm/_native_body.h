@@ -218,6 +218,149 @@ TARGET static void FN(softmax_bwd_rows)(float *ds, const float *p, const float *
     }
 }
 
+
+/* ---- batch-1 decoding: one token through the whole model (backlm/decode.py) ---------------- */
+
+/* This thread's share [r0, r1) of `rows` rows, in multiples of 4 so gemv keeps its blocking. */
+TARGET static inline void FN(share)(int64_t rows, int64_t *r0, int64_t *r1) {
+    int64_t tid = omp_get_thread_num(), n = omp_get_num_threads(), blocks = (rows + 3) / 4;
+    *r0 = 4 * (blocks * tid / n);
+    *r1 = 4 * (blocks * (tid + 1) / n);
+    if (*r1 > rows) *r1 = rows;
+}
+
+/* 1 / rms(x) over n values (every thread computes it: cheaper than a barrier). */
+TARGET static inline float FN(rinv)(const float *x, int64_t n, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < n; j++) ss += x[j] * x[j];
+    return 1.0f / sqrtf(ss / (float)n + eps);
+}
+
+/* out[o] = scale·(W[o]·x) for this thread's rows of W (rows, n); mode 1 adds into out, mode 2
+ * writes relu(·)², mode 3 writes cap·tanh(·/cap). Four rows per pass: x is read once per four
+ * rows and four independent sums hide the FMA latency; the weights stream through once. */
+TARGET static void FN(gemv)(const float *W, const float *x, float *out, int64_t rows, int64_t n,
+                            float scale, int mode, float cap) {
+    int64_t r0, r1;
+    FN(share)(rows, &r0, &r1);
+    for (int64_t o = r0; o < r1; o += 4) {
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int64_t m = r1 - o < 4 ? r1 - o : 4;
+        if (m == 4) {
+            const float *w0 = W + o * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int64_t j = 0; j < n; j++) {
+                float xj = x[j];
+                s0 += w0[j] * xj;
+                s1 += w1[j] * xj;
+                s2 += w2[j] * xj;
+                s3 += w3[j] * xj;
+            }
+            s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+        } else {
+            for (int64_t i = 0; i < m; i++) {
+                const float *w = W + (o + i) * n;
+                float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t j = 0; j < n; j++) acc += w[j] * x[j];
+                s[i] = acc;
+            }
+        }
+        for (int64_t i = 0; i < m; i++) {
+            float v = s[i] * scale;
+            if (mode == 1) out[o + i] += v;
+            else if (mode == 2) out[o + i] = v > 0.0f ? v * v : 0.0f;
+            else if (mode == 3) out[o + i] = cap > 0.0f ? cap * FN(vtanh)(v / cap) : v;
+            else out[o + i] = v;
+        }
+    }
+}
+
+/* One decoding step at position `pos`, run by every thread of the enclosing parallel region.
+ * layers holds 4 weight pointers per layer (qkv (3·H·D, C), proj (C, H·D), fc (4C, C),
+ * mlp proj (C, 4C)); kc/vc are (L, H, max_len, D); cosr/sinr the rotary row of `pos`; scratch
+ * holds x (C), qkv (3·H·D), att (H·D), u (4C) and scores (H·max_len). Same maths as the model:
+ * the parameter-free norms fold into the matmuls (W·(x·r) = r·(W·x)). */
+TARGET static void FN(decode_step)(int64_t token, int64_t pos, const float *wte,
+                                   const int64_t *layers, const float *head, float *kc, float *vc,
+                                   int64_t max_len, const float *cosr, const float *sinr,
+                                   float *logits, float *scratch, int64_t C, int64_t H, int64_t D,
+                                   int64_t L, int64_t V, float cap, float eps) {
+    int64_t inner = H * D, h2 = D / 2;
+    float *x = scratch, *qkv = x + C, *att = qkv + 3 * inner, *u = att + inner,
+          *scores = u + 4 * C;
+    int64_t r0, r1;
+    const float *e = wte + token * C;
+    float r = FN(rinv)(e, C, eps);
+    FN(share)(C, &r0, &r1);
+    for (int64_t j = r0; j < r1; j++) x[j] = e[j] * r;
+#pragma omp barrier
+    float scale = 1.0f / sqrtf((float)D);
+    for (int64_t l = 0; l < L; l++) {
+        const float *wqkv = (const float *)(uintptr_t)layers[4 * l];
+        const float *wproj = (const float *)(uintptr_t)layers[4 * l + 1];
+        const float *wfc = (const float *)(uintptr_t)layers[4 * l + 2];
+        const float *wmlp = (const float *)(uintptr_t)layers[4 * l + 3];
+        float *kl = kc + l * H * max_len * D, *vl = vc + l * H * max_len * D;
+        FN(gemv)(wqkv, x, qkv, 3 * inner, C, FN(rinv)(x, C, eps), 0, 0.0f);
+#pragma omp barrier
+        /* QK norm + rotary for q and k heads; k and v go into the cache at pos */
+#pragma omp for schedule(static)
+        for (int64_t v = 0; v < 3 * H; v++) {
+            float *src = qkv + v * D;
+            int64_t hh = v % H;
+            if (v >= 2 * H) {
+                memcpy(vl + (hh * max_len + pos) * D, src, (size_t)D * sizeof(float));
+                continue;
+            }
+            float rr = FN(rinv)(src, D, eps);
+            float *dst = v < H ? src : kl + (hh * max_len + pos) * D;
+            for (int64_t j = 0; j < h2; j++) {
+                float x1 = src[j] * rr, x2 = src[j + h2] * rr;
+                dst[j] = x1 * cosr[j] + x2 * sinr[j];
+                dst[j + h2] = x2 * cosr[j] - x1 * sinr[j];
+            }
+        }
+        /* attention of this position's query over keys 0..pos, one head per iteration */
+#pragma omp for schedule(static)
+        for (int64_t hh = 0; hh < H; hh++) {
+            const float *q = qkv + hh * D;
+            const float *K = kl + hh * max_len * D, *Vh = vl + hh * max_len * D;
+            float *p = scores + hh * max_len, *y = att + hh * D, mx = -INFINITY, sum = 0.0f;
+            for (int64_t t = 0; t <= pos; t++) {
+                const float *k = K + t * D;
+                float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+                for (int64_t j = 0; j < D; j++) d += q[j] * k[j];
+                p[t] = d * scale;
+                mx = p[t] > mx ? p[t] : mx;
+            }
+#pragma omp simd reduction(+ : sum)
+            for (int64_t t = 0; t <= pos; t++) {
+                p[t] = FN(vexp)(p[t] - mx);
+                sum += p[t];
+            }
+            float inv = 1.0f / sum;
+            for (int64_t j = 0; j < D; j++) y[j] = 0.0f;
+            for (int64_t t = 0; t <= pos; t++) {
+                const float *vv = Vh + t * D;
+                float w = p[t] * inv;
+#pragma omp simd
+                for (int64_t j = 0; j < D; j++) y[j] += w * vv[j];
+            }
+        }
+        FN(gemv)(wproj, att, x, C, inner, 1.0f, 1, 0.0f);
+#pragma omp barrier
+        FN(gemv)(wfc, x, u, 4 * C, C, FN(rinv)(x, C, eps), 2, 0.0f);
+#pragma omp barrier
+        FN(gemv)(wmlp, u, x, C, 4 * C, 1.0f, 1, 0.0f);
+#pragma omp barrier
+    }
+    FN(gemv)(head, x, logits, V, C, FN(rinv)(x, C, eps), 3, cap);
+}
+
 #undef FN
 #undef CAT
 #undef CAT_

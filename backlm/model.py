@@ -254,7 +254,8 @@ class GPT(nn.Module):
     ) -> Iterator[int]:
         """Yield up to ``max_new_tokens`` sampled token ids after ``tokens``, one at a time.
 
-        Prefills a :class:`KVCache` with the prompt, then feeds one token per step.
+        Prefills a :class:`KVCache` with the prompt, then feeds one token per step
+        (:mod:`backlm.decode`: one fused C call per token for an fp32 model on CPU).
         ``temperature`` 0 is greedy; ``seed`` makes sampling reproducible.
         """
         if not tokens:
@@ -263,15 +264,14 @@ class GPT(nn.Module):
         rng = None
         if seed is not None:
             rng = torch.Generator(device=device).manual_seed(seed)
-        cfg = self.cfg
-        cache = KVCache(cfg.depth, 1, cfg.n_heads, cfg.head_dim, len(tokens) + max_new_tokens)
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        from backlm.decode import stepper
+
+        logits, step = stepper(self, tokens, len(tokens) + max_new_tokens)
         for i in range(max_new_tokens):
-            logits = self.logits(self.hidden(ids, cache)[:, -1])
             nxt = sample_token(logits, temperature, top_k, rng)
             yield nxt
             if i + 1 < max_new_tokens:
-                ids = torch.tensor([[nxt]], dtype=torch.long, device=device)
+                logits = step(nxt)
 
 
 def sample_token(logits: Tensor, temperature: float, top_k: int | None, rng: torch.Generator | None) -> int:

@@ -1,0 +1,85 @@
+"""Batch-1 incremental decoding: the prompt through the model's KV-cache forward, then each new
+token through one fused C call when the model is fp32 on CPU (``_native.decode_step``).
+
+At one token per step the model is a chain of matrix–vector products, and PyTorch spends more
+time dispatching its ~70 small ops than reading the weights; the C step reads every weight
+once per token with both cores and no dispatch. Elsewhere (GPU, autocast, no C kernels) each
+step is the model's own cached forward. Both fill the same :class:`backlm.model.KVCache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from backlm import native
+
+
+def fused_usable(model: Any) -> bool:
+    """Whether the fused C step can run this model now."""
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    return native.usable(*model.parameters(), model.cos, model.sin)
+
+
+class Decoder:
+    """Logits for a prompt, then for one token at a time, with keys and values cached.
+
+    ``fused=None`` picks the C step when :func:`fused_usable`; ``False`` forces the model's
+    own forward (the reference the tests compare against).
+    """
+
+    def __init__(self, model: Any, max_len: int, fused: bool | None = None) -> None:
+        from backlm.model import KVCache
+
+        cfg = model.cfg
+        self.model, self.cfg = model, cfg
+        self.cache = KVCache(cfg.depth, 1, cfg.n_heads, cfg.head_dim, max_len)
+        self.fused = fused_usable(model) if fused is None else fused and fused_usable(model)
+        if self.fused:
+            p = model.lm_head.weight
+            shape = self.cache.shape
+            self.cache.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            self.cache.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            weights = [w for b in model.blocks
+                       for w in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
+            # the kernel reads raw pointers: keep the tensors alive as long as they are used
+            self._weights = weights
+            self.layers = torch.tensor([w.data_ptr() for w in weights], dtype=torch.int64)
+            C, inner = cfg.model_dim, cfg.n_heads * cfg.head_dim
+            self.scratch = torch.empty(C + 4 * inner + 4 * C + cfg.n_heads * max_len)
+            self.out = torch.empty(1, cfg.vocab_size)
+
+    def prefill(self, tokens: list[int]) -> Tensor:
+        """Logits ``(1, V)`` after the prompt ``tokens``."""
+        device = self.model.lm_head.weight.device
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        return self.model.logits(self.model.hidden(ids, self.cache)[:, -1])
+
+    def step(self, token: int) -> Tensor:
+        """Logits ``(1, V)`` after one more token (the returned tensor is reused next step)."""
+        if not self.fused:
+            return self.prefill([token])
+        m, cfg, cache = self.model, self.cfg, self.cache
+        pos = cache.pos
+        if pos >= cache.max_len:
+            raise ValueError(f"KV cache full: {pos + 1} positions > max_len {cache.max_len}")
+        cos, sin = m._rotary(pos, 1)
+        native.lib.decode_step(
+            token, pos, m.wte.weight.data_ptr(), self.layers.data_ptr(),
+            m.lm_head.weight.data_ptr(), cache.k.data_ptr(), cache.v.data_ptr(), cache.max_len,
+            cos.data_ptr(), sin.data_ptr(), self.out.data_ptr(), self.scratch.data_ptr(),
+            cfg.model_dim, cfg.n_heads, cfg.head_dim, cfg.depth, cfg.vocab_size,
+            float(cfg.softcap), float(torch.finfo(torch.float32).eps), torch.get_num_threads())
+        cache.pos = pos + 1
+        return self.out
+
+
+def stepper(model: Any, prompt: list[int], max_len: int,
+            fused: bool | None = None) -> tuple[Tensor, Callable[[int], Tensor]]:
+    """The prompt's logits and the function that feeds one token and returns the next logits."""
+    decoder = Decoder(model, max_len, fused)
+    return decoder.prefill(prompt), decoder.step
