@@ -87,11 +87,15 @@ def _number(body: dict, key: str, low: float, high: float, default: Any, whole: 
     if value is None:
         return default
     kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+    # isfinite on floats only: a JSON whole number with 400 digits overflows it
+    if (isinstance(value, bool) or not isinstance(value, kinds)
+            or (isinstance(value, float) and not math.isfinite(value))):
         kind = "a whole number" if whole else "a number"
         raise ApiError(400, f"{key} must be {kind}, got {json.dumps(value)[:40]}", key)
     if not low <= value <= high:
-        raise ApiError(400, f"{key} must be between {low:g} and {high:g}, got {value}", key)
+        shown = [f"{x}" if whole else f"{x:g}" for x in (low, high)]
+        raise ApiError(400, f"{key} must be between {shown[0]} and {shown[1]}, got "
+                       f"{json.dumps(value)[:40]}", key)
     return value
 
 
@@ -120,7 +124,18 @@ def _content(value: Any, i: int, limits: Limits) -> str:
     if len(value) > limits.max_message_chars:
         raise ApiError(400, f"messages[{i}].content has {len(value):,} characters; at most "
                        f"{limits.max_message_chars:,}", f"messages[{i}].content")
-    return value
+    return _unicode(value, f"messages[{i}].content")
+
+
+def _unicode(text: str, param: str) -> str:
+    """``text``, refused when it holds a lone surrogate (JSON's ``"\\ud800"``): such text cannot
+    be encoded as UTF-8, neither for the tokenizer nor in the response that echoes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{param} is not valid Unicode (a lone surrogate escape)",
+                       param) from None
+    return text
 
 
 def _messages(body: dict, limits: Limits) -> list[dict[str, str]]:
@@ -145,9 +160,13 @@ def _messages(body: dict, limits: Limits) -> list[dict[str, str]]:
 
 def _unsupported(body: dict) -> None:
     """Options the models cannot honour are refused, not silently ignored."""
-    if body.get("n", 1) != 1:
+    def other_than(key: str, value: Any) -> bool:  # bools are not numbers here (True == 1)
+        given = body.get(key)
+        return given is not None and (isinstance(given, bool) or given != value)
+
+    if other_than("n", 1):
         raise ApiError(400, "n must be 1: one choice per request", "n")
-    if body.get("top_p", 1) not in (1, 1.0, None):
+    if other_than("top_p", 1):
         raise ApiError(400, "top_p sampling is not supported: use top_k", "top_p")
     for key in ("presence_penalty", "frequency_penalty"):
         if body.get(key, 0) not in (0, 0.0, None):
@@ -155,7 +174,7 @@ def _unsupported(body: dict) -> None:
     for key in ("stop", "tools", "functions", "logit_bias", "response_format"):
         if body.get(key) not in (None, [], {}):
             raise ApiError(400, f"{key} is not supported by backlm models", key)
-    if body.get("logprobs") not in (None, False):
+    if body.get("logprobs") is not None and body.get("logprobs") is not False:
         raise ApiError(400, "logprobs are not returned by chat completions: use /v1/score",
                        "logprobs")
 
@@ -189,6 +208,9 @@ def chat_request(body: dict[str, Any], models: dict[str, str | None], direction:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "stream_options must be an object", "stream_options")
+    if not isinstance(options.get("include_usage", False), bool | None):
+        raise ApiError(400, "stream_options.include_usage must be true or false",
+                       "stream_options.include_usage")
     seed = None if seed is None else seed % (1 << 63)  # torch seeds are non-negative
     return ChatRequest(name, order, messages, Sampling(float(temperature), top_k, tokens, seed),
                        bool(stream), bool(options.get("include_usage")))
@@ -205,7 +227,7 @@ def score_request(body: dict[str, Any], models: dict[str, str | None],
     if len(text) > limits.max_message_chars:
         raise ApiError(400, f"text has {len(text):,} characters; at most "
                        f"{limits.max_message_chars:,}", "text")
-    return text
+    return _unicode(text, "text")
 
 
 def new_id() -> str:

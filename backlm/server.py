@@ -6,7 +6,6 @@ waits for a generation. Request bodies are size-capped before they are read whol
 refusal is OpenAI's error shape with a 4xx status.
 """
 
-
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -26,6 +25,7 @@ class Engine:
         self.models = api.served_models(loaded.exp.id, loaded.direction)
         self.lock = threading.Lock()  # one forward pass at a time
         self.slots = threading.BoundedSemaphore(limits.max_generations)
+        self.stopping = threading.Event()  # set at shutdown: generations end at their next piece
 
     def info(self) -> dict[str, Any]:
         """What ``/model_info`` reports."""
@@ -40,9 +40,10 @@ class Engine:
                                        else [ld.direction])],
                 "models": list(self.models), "config": config, "limits": asdict(self.limits)}
 
-    def chat(self, req: api.ChatRequest) -> tuple[Any, Iterator[Any]]:
-        """A conversation with the request's turns and the stream of the model's turn; the
-        first piece is computed here, so a refused prompt raises before any byte is sent."""
+    def chat(self, req: api.ChatRequest) -> tuple[Any, "Generation"]:
+        """A conversation with the request's turns and the stream of the model's turn (close
+        it to free its slot); the first piece is computed here, so a refused prompt raises
+        before any byte is sent."""
         from backlm.conversation import Chat
 
         ld = self.loaded
@@ -54,34 +55,13 @@ class Engine:
         if not self.slots.acquire(blocking=False):
             raise ApiError(429, "the server is busy: too many generations at once, retry soon",
                            kind="rate_limit_error", code="busy")
-        pieces = self._locked(session.send(text, req.sampling))
+        generation = Generation(session.send(text, req.sampling), self.lock, self.stopping,
+                                self.slots.release)
         try:
-            first = next(pieces, None)
+            generation.start()
         except UserError as exc:
-            self.slots.release()
             raise ApiError(400, str(exc), "messages") from None
-        except BaseException:
-            self.slots.release()
-            raise
-        return session, self._released(first, pieces)
-
-    def _locked(self, gen: Iterator[Any]) -> Iterator[Any]:
-        while True:
-            with self.lock:
-                try:
-                    piece = next(gen)
-                except StopIteration:
-                    return
-            yield piece
-
-    def _released(self, first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-        try:
-            if first is not None:
-                yield first
-                yield from rest
-        finally:
-            rest.close()
-            self.slots.release()
+        return session, generation
 
     def score(self, text: str) -> dict[str, Any]:
         from backlm.score import score_text
@@ -94,6 +74,68 @@ class Engine:
                 raise ApiError(400, str(exc), "text") from None
 
 
+class Generation:
+    """The pieces of one generation, each computed under the model's lock.
+
+    Its slot is freed exactly once: when the pieces run out or fail, or on :meth:`close` (a
+    client gone mid-stream, a response never sent) — at once, or, when a worker thread is
+    computing a piece right then, as soon as that piece is done. Never left to the garbage
+    collector. ``stopping`` (server shutdown) ends it at its next piece; ``cut`` says so.
+    """
+
+    def __init__(self, pieces: Iterator[Any], model_lock: Any, stopping: threading.Event,
+                 release: Any) -> None:
+        self.pieces, self.model_lock, self.stopping, self.release = (
+            pieces, model_lock, stopping, release)
+        self.guard = threading.Lock()  # over running, cancelled, done
+        self.running = self.cancelled = self.done = self.cut = False
+        self.ahead: list[Any] = []
+
+    def start(self) -> None:
+        """Compute the first piece now: a refused prompt raises before any byte is sent."""
+        self.ahead = [piece for piece in [next(self, None)] if piece is not None]
+
+    def __iter__(self) -> "Generation":
+        return self
+
+    def __next__(self) -> Any:
+        if self.ahead:
+            return self.ahead.pop()
+        with self.guard:
+            if not self.done and (self.cancelled or self.stopping.is_set()):
+                self.cut = True
+                self._end()
+            if self.done:
+                raise StopIteration
+            self.running = True
+        ended = True
+        try:
+            with self.model_lock:
+                piece = next(self.pieces)
+            ended = False
+            return piece
+        finally:
+            with self.guard:
+                self.running = False
+                if ended or self.cancelled:
+                    self._end()
+
+    def close(self) -> None:
+        """Stop the generation and free its slot (now, or once the piece in hand is done)."""
+        with self.guard:
+            self.cancelled = True
+            if not self.running:
+                self._end()
+
+    def _end(self) -> None:  # under guard, with no piece being computed
+        if not self.done:
+            self.done = True
+            try:
+                self.pieces.close()
+            finally:
+                self.release()
+
+
 def create_app(loaded: Any, limits: Limits | None = None) -> Any:
     """The FastAPI app serving ``loaded`` (a :class:`backlm.inference.LoadedModel`)."""
     from fastapi import FastAPI, Request
@@ -102,6 +144,22 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
     from starlette.exceptions import HTTPException
 
     engine = Engine(loaded, limits or Limits())
+
+    class ClosingStream(StreamingResponse):
+        """A stream whose generation is closed however the response ends (a client that
+        leaves mid-stream frees its slot at once)."""
+
+        def __init__(self, events: Iterator[bytes], generation: Generation) -> None:
+            super().__init__(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+            self.generation = generation
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.generation.close()
+
     app = FastAPI(title="backlm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.add_middleware(BodyLimit, limit=engine.limits.max_body_bytes)
@@ -114,7 +172,7 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(ApiError(exc.status_code, str(exc.detail), kind=kind).body(),
-                            status_code=exc.status_code)
+                            status_code=exc.status_code, headers=exc.headers)  # 405's Allow
 
     @app.exception_handler(Exception)
     async def server_error(_: Request, exc: Exception) -> JSONResponse:
@@ -129,7 +187,7 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files("backlm.web").joinpath("chat.html").read_text())
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # monitors often probe with HEAD
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -169,12 +227,13 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
         session, pieces = await run_in_threadpool(engine.chat, req)
         cid = api.new_id()
         if req.stream:
-            return StreamingResponse(_events(cid, req, session, pieces),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        parts = await run_in_threadpool(list, pieces)
+            return ClosingStream(_events(cid, req, session, pieces), pieces)
+        try:
+            parts = await run_in_threadpool(list, pieces)
+        finally:
+            pieces.close()
         text = _assemble(parts)
-        return api.completion(cid, req.model, session.writes, text, session.stats.finish,
+        return api.completion(cid, req.model, session.writes, text, _finish(session, pieces),
                               _extra(session), session.stats.prompt_tokens,
                               session.stats.tokens)
 
@@ -188,6 +247,10 @@ def _assemble(parts: list[Any]) -> str:
     return text
 
 
+def _finish(session: Any, generation: Generation) -> str:
+    return "length" if generation.cut else session.stats.finish  # cut short by a shutdown
+
+
 def _extra(session: Any) -> dict[str, Any]:
     forward = session.order.value == "forward"
     s = session.stats
@@ -198,7 +261,7 @@ def _extra(session: Any) -> dict[str, Any]:
                 {"role": "text", "content": session.text}]}
 
 
-def _events(cid: str, req: api.ChatRequest, session: Any, pieces: Iterator[Any]
+def _events(cid: str, req: api.ChatRequest, session: Any, pieces: Generation
             ) -> Iterator[bytes]:
     """SSE chunks: the role, each piece (``backlm.position``: where it goes), the finish, the
     usage when asked, ``[DONE]``."""
@@ -214,7 +277,7 @@ def _events(cid: str, req: api.ChatRequest, session: Any, pieces: Iterator[Any]
                                kind="server_error").body())
         yield api.sse("[DONE]")
         return
-    yield api.sse(api.chunk(cid, req.model, {}, session.stats.finish, _extra(session)))
+    yield api.sse(api.chunk(cid, req.model, {}, _finish(session, pieces), _extra(session)))
     if req.include_usage:
         done = api.chunk(cid, req.model, {}, None)
         done["choices"] = []
@@ -280,15 +343,28 @@ def serve(loaded: Any, host: str, port: int, on_ready: Any = None,
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # listening now, before the ready line: a client that connects as soon as it reads the
+        # line waits in the backlog until uvicorn accepts, instead of being refused
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose "
                         "another --port or --host") from None
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(loaded, limits), log_level="warning",
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+    app = create_app(loaded, limits)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Ctrl-C: generations end at their next piece, so requests finish within the
+            # graceful wait instead of being cancelled (an error log) or holding the exit
+            app.state.engine.stopping.set()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
     shown = f"[{host}]" if ":" in host else host
     if on_ready is not None:
         on_ready(f"http://{shown}:{bound}")
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn stops gently on Ctrl-C, then raises it again
+        pass

@@ -33,11 +33,12 @@ def serve(
 
     loaded = load_model(model, experiments_root(experiments), step, device or "auto")
     _warm_up(loaded)
-    if host not in LOOPBACK:
-        console.print(f"[yellow]listening on {host}: anyone who can reach it can use the "
-                      "model (no authentication)[/]")
 
     def ready(url: str) -> None:
+        # the warning once listening: a host that cannot be bound is one error line, no more
+        if host not in LOOPBACK:
+            console.print(f"[yellow]listening on {host}: anyone who can reach it can use the "
+                          "model (no authentication)[/]")
         console.print(f"serving {loaded.exp.id} (step {loaded.step}, {loaded.phase}, "
                       f"{loaded.direction}) at {url}  ·  Ctrl-C stops", highlight=False,
                       soft_wrap=True)
