@@ -18,6 +18,36 @@ from torch import Tensor
 from backlm import native
 
 
+class KVCache:
+    """Per-layer keys and values for incremental decoding, preallocated to ``max_len``.
+
+    ``pos`` is the number of positions already stored; it advances once the last layer has
+    inserted, so every layer of one forward pass sees the same offset.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int):
+        self.n_layers, self.max_len = n_layers, max_len
+        self.shape = (n_layers, batch, n_heads, max_len, head_dim)
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.pos = 0
+
+    def insert(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k``/``v`` of shape ``(B, H, T, D)`` at ``pos``; return all keys/values so far."""
+        if self.k is None or self.k.dtype != k.dtype:
+            # allocated lazily so the cache follows whatever dtype autocast produces
+            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        t0, t1 = self.pos, self.pos + k.size(2)
+        if t1 > self.max_len:
+            raise ValueError(f"KV cache full: {t1} positions > max_len {self.max_len}")
+        self.k[layer, :, :, t0:t1] = k
+        self.v[layer, :, :, t0:t1] = v
+        if layer == self.n_layers - 1:
+            self.pos = t1
+        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+
+
 def fused_usable(model: Any) -> bool:
     """Whether the fused C step can run this model now."""
     if torch.is_autocast_enabled("cpu"):
@@ -33,8 +63,6 @@ class Decoder:
     """
 
     def __init__(self, model: Any, max_len: int, fused: bool | None = None) -> None:
-        from backlm.model import KVCache
-
         cfg = model.cfg
         self.model, self.cfg = model, cfg
         self.cache = KVCache(cfg.depth, 1, cfg.n_heads, cfg.head_dim, max_len)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from backlm.attention import causal_attention
 from backlm.config import ModelConfig
+from backlm.decode import KVCache, stepper
 from backlm.direction import IGNORE_INDEX
 from backlm.kernels import (
     head_loss,
@@ -39,36 +40,6 @@ def compute_dtype(x: Tensor) -> torch.dtype | None:
 def cast(dtype: torch.dtype | None, *tensors: Tensor) -> tuple[Tensor, ...]:
     """Cast for the hand-written ops, which run with autocast off (as autocast would cast)."""
     return tensors if dtype is None else tuple(t.to(dtype) for t in tensors)
-
-
-class KVCache:
-    """Per-layer keys and values for incremental decoding, preallocated to ``max_len``.
-
-    ``pos`` is the number of positions already stored; it advances once the last layer has
-    inserted, so every layer of one forward pass sees the same offset.
-    """
-
-    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int):
-        self.n_layers, self.max_len = n_layers, max_len
-        self.shape = (n_layers, batch, n_heads, max_len, head_dim)
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-        self.pos = 0
-
-    def insert(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store ``k``/``v`` of shape ``(B, H, T, D)`` at ``pos``; return all keys/values so far."""
-        if self.k is None or self.k.dtype != k.dtype:
-            # allocated lazily so the cache follows whatever dtype autocast produces
-            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
-        t0, t1 = self.pos, self.pos + k.size(2)
-        if t1 > self.max_len:
-            raise ValueError(f"KV cache full: {t1} positions > max_len {self.max_len}")
-        self.k[layer, :, :, t0:t1] = k
-        self.v[layer, :, :, t0:t1] = v
-        if layer == self.n_layers - 1:
-            self.pos = t1
-        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
 
 
 class Attention(nn.Module):
@@ -264,8 +235,6 @@ class GPT(nn.Module):
         rng = None
         if seed is not None:
             rng = torch.Generator(device=device).manual_seed(seed)
-        from backlm.decode import stepper
-
         logits, step = stepper(self, tokens, len(tokens) + max_new_tokens)
         for i in range(max_new_tokens):
             nxt = sample_token(logits, temperature, top_k, rng)
