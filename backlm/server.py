@@ -1,13 +1,14 @@
 """``backlm serve``: one model behind an OpenAI-compatible HTTP API and a chat page.
 
-Generation runs in worker threads and takes the model one piece of text at a time under a
-lock, so concurrent streams interleave and the event loop (``/health``, other requests) never
-waits for a generation. Request bodies are size-capped before they are read whole; every
+All model work runs on one thread (:class:`ModelThread`), one piece of text per turn in
+arrival order, so concurrent streams interleave fairly, the CPU kernels keep one warm thread
+team, and the event loop (``/health``, other requests) never waits for a generation. Request bodies are size-capped before they are read whole; every
 refusal is OpenAI's error shape with a 4xx status.
 """
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
@@ -17,13 +18,34 @@ from backlm.api import ApiError, Limits
 from backlm.errors import UserError
 
 
+class ModelThread:
+    """Runs calls on one dedicated thread, under ``lock``, in the order they come.
+
+    One thread because every thread that runs the CPU kernels gets its own OpenMP team, and
+    teams of idle threads that must be woken each step cost more than the step's arithmetic.
+    """
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="backlm-model")
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the model thread; its result (or exception) here."""
+        def locked() -> Any:
+            with self.lock:
+                return fn(*args)
+
+        return self.pool.submit(locked).result()
+
+
 class Engine:
     """The loaded model shared by all requests."""
 
     def __init__(self, loaded: Any, limits: Limits) -> None:
         self.loaded, self.limits = loaded, limits
         self.models = api.served_models(loaded.exp.id, loaded.direction)
-        self.lock = threading.Lock()  # one forward pass at a time
+        self.lock = threading.Lock()  # held by the model thread while it computes
+        self.model = ModelThread(self.lock)
         self.slots = threading.BoundedSemaphore(limits.max_generations)
         self.stopping = threading.Event()  # set at shutdown: generations end at their next piece
 
@@ -55,7 +77,7 @@ class Engine:
         if not self.slots.acquire(blocking=False):
             raise ApiError(429, "the server is busy: too many generations at once, retry soon",
                            kind="rate_limit_error", code="busy")
-        generation = Generation(session.send(text, req.sampling), self.lock, self.stopping,
+        generation = Generation(session.send(text, req.sampling), self.model, self.stopping,
                                 self.slots.release)
         try:
             generation.start()
@@ -67,15 +89,14 @@ class Engine:
         from backlm.score import score_text
 
         ld = self.loaded
-        with self.lock:
-            try:
-                return score_text(ld.model, ld.tokenizer, ld.direction, text)
-            except UserError as exc:
-                raise ApiError(400, str(exc), "text") from None
+        try:
+            return self.model.call(score_text, ld.model, ld.tokenizer, ld.direction, text)
+        except UserError as exc:
+            raise ApiError(400, str(exc), "text") from None
 
 
 class Generation:
-    """The pieces of one generation, each computed under the model's lock.
+    """The pieces of one generation, each computed on the model thread.
 
     Its slot is freed exactly once: when the pieces run out or fail, or on :meth:`close` (a
     client gone mid-stream, a response never sent) — at once, or, when a worker thread is
@@ -83,10 +104,10 @@ class Generation:
     collector. ``stopping`` (server shutdown) ends it at its next piece; ``cut`` says so.
     """
 
-    def __init__(self, pieces: Iterator[Any], model_lock: Any, stopping: threading.Event,
+    def __init__(self, pieces: Iterator[Any], model: ModelThread, stopping: threading.Event,
                  release: Any) -> None:
-        self.pieces, self.model_lock, self.stopping, self.release = (
-            pieces, model_lock, stopping, release)
+        self.pieces, self.model, self.stopping, self.release = (
+            pieces, model, stopping, release)
         self.guard = threading.Lock()  # over running, cancelled, done
         self.running = self.cancelled = self.done = self.cut = False
         self.ahead: list[Any] = []
@@ -110,8 +131,7 @@ class Generation:
             self.running = True
         ended = True
         try:
-            with self.model_lock:
-                piece = next(self.pieces)
+            piece = self.model.call(next, self.pieces)
             ended = False
             return piece
         finally:

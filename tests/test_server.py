@@ -531,7 +531,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(limited):
 
 
 def test_a_generation_frees_its_slot_once_even_when_closed_mid_piece():
-    from backlm.server import Generation
+    from backlm.server import Generation, ModelThread
 
     release, gate, computing = [], threading.Event(), threading.Event()
 
@@ -542,7 +542,7 @@ def test_a_generation_frees_its_slot_once_even_when_closed_mid_piece():
         yield "b"
         yield "c"
 
-    gen = Generation(pieces(), threading.Lock(), threading.Event(), lambda: release.append(1))
+    gen = Generation(pieces(), ModelThread(threading.Lock()), threading.Event(), lambda: release.append(1))
     gen.start()
     assert next(gen) == "a" and not release
     with ThreadPoolExecutor(1) as pool:
@@ -557,7 +557,7 @@ def test_a_generation_frees_its_slot_once_even_when_closed_mid_piece():
     assert release == [1]
 
     stopping = threading.Event()  # a shutdown cuts a generation at its next piece
-    gen = Generation((c for c in "xyz"), threading.Lock(), stopping, lambda: release.append(2))
+    gen = Generation((c for c in "xyz"), ModelThread(threading.Lock()), stopping, lambda: release.append(2))
     gen.start()
     assert next(gen) == "x"
     stopping.set()
@@ -567,10 +567,10 @@ def test_a_generation_frees_its_slot_once_even_when_closed_mid_piece():
         raise ValueError("the prompt is too long")
         yield ""
 
-    gen = Generation(refused(), threading.Lock(), threading.Event(), lambda: release.append(3))
+    gen = Generation(refused(), ModelThread(threading.Lock()), threading.Event(), lambda: release.append(3))
     with pytest.raises(ValueError):
         gen.start()
     assert release == [1, 2, 3]
-    gen = Generation((c for c in ""), threading.Lock(), threading.Event(), lambda: release.append(4))
+    gen = Generation((c for c in ""), ModelThread(threading.Lock()), threading.Event(), lambda: release.append(4))
     gen.start()  # nothing to write: done, the slot freed at once
     assert list(gen) == [] and release == [1, 2, 3, 4]
