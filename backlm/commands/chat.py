@@ -11,7 +11,8 @@ from backlm.ui import console, user_errors
 
 ARROWS = {"forward": "→ forward", "backward": "← backward", "bidirectional": "↔ bidirectional"}
 HELP = ("/forward  /backward  write the next turn forward or backward (bidirectional models)\n"
-        "/temperature T  /topk K (0: off)  /clear  /help  /quit  /exit")
+        "/show  the whole conversation in reading order   /clear  /help  /quit  /exit\n"
+        "/temperature T  /topk K (0: off)")
 
 
 @user_errors
@@ -81,6 +82,8 @@ def _command(session, text: str, sampling):
     if name in ("/forward", "/backward"):
         session.switch(name[1:])
         console.print(f"next turns: {ARROWS[name[1:]]}")
+    elif name == "/show":
+        _show(session)
     elif name == "/clear":
         session.clear()
         console.print("conversation cleared")
@@ -98,6 +101,17 @@ def _command(session, text: str, sampling):
     else:
         raise UserError(f"unknown command {name}: /help lists them")
     return sampling
+
+
+def _show(session) -> None:
+    """The conversation so far, first turn first, whichever order wrote it."""
+    if session.plain:
+        console.print(session.text or "(empty)", highlight=False, markup=False)
+        return
+    if not session.messages:
+        console.print("(empty)")
+    for m in session.messages:
+        console.print(f"{m['role']}: {m['content']}", highlight=False, markup=False)
 
 
 def _turn(session, text: str, sampling, live: bool) -> str:

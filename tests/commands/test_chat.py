@@ -86,3 +86,28 @@ def test_the_interactive_loop_in_a_terminal(lineage):
         if term.proc.poll() is None:
             term.proc.kill()
         os.close(term.master)
+
+
+def test_a_bidirectional_model_switches_order_per_turn_in_a_terminal(served):
+    term = Terminal(["chat", "--model", "bi1", "-t", "0", "--max-tokens", "5"])
+    try:
+        term.expect("↔ bidirectional")
+        term.expect("→ forward you>")  # a bidirectional chat starts forward
+        term.send("/backward")
+        term.expect(r"next turns: ← backward[\s\S]*← backward you>")
+        term.send("The answer is 12.")
+        term.expect(r"tokens/s[\s\S]*← backward you>")
+        term.send("/forward")
+        term.expect(r"next turns: → forward[\s\S]*→ forward you>")
+        term.send("And then?")
+        term.expect(r"tokens/s[\s\S]*→ forward you>")
+        term.send("/show")  # reading order: the written user turn, the ending, then forward
+        shown = term.expect(r"user: [\s\S]*assistant: The answer is 12\.[\s\S]*"
+                            r"user: And then\?[\s\S]*assistant: [\s\S]*→ forward you>")
+        assert shown.index("The answer is 12.") < shown.index("And then?")
+        term.send("/exit")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+        os.close(term.master)
