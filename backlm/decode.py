@@ -9,6 +9,7 @@ step is the model's own cached forward. Both fill the same :class:`backlm.model.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,7 @@ class Decoder:
             C, inner = cfg.model_dim, cfg.n_heads * cfg.head_dim
             self.scratch = torch.empty(C + 4 * inner + 4 * C + cfg.n_heads * max_len)
             self.out = torch.empty(1, cfg.vocab_size)
+            self.threads = Threads(torch.get_num_threads())
 
     def prefill(self, tokens: list[int]) -> Tensor:
         """Logits ``(1, V)`` after the prompt ``tokens``."""
@@ -96,14 +98,55 @@ class Decoder:
         if pos >= cache.max_len:
             raise ValueError(f"KV cache full: {pos + 1} positions > max_len {cache.max_len}")
         cos, sin = m._rotary(pos, 1)
+        threads = self.threads.next()
+        started = time.perf_counter()
         native.lib.decode_step(
             token, pos, m.wte.weight.data_ptr(), self.layers.data_ptr(),
             m.lm_head.weight.data_ptr(), cache.k.data_ptr(), cache.v.data_ptr(), cache.max_len,
             cos.data_ptr(), sin.data_ptr(), self.out.data_ptr(), self.scratch.data_ptr(),
             cfg.model_dim, cfg.n_heads, cfg.head_dim, cfg.depth, cfg.vocab_size,
-            float(cfg.softcap), float(torch.finfo(torch.float32).eps), torch.get_num_threads())
+            float(cfg.softcap), float(torch.finfo(torch.float32).eps), threads)
+        self.threads.took(threads, time.perf_counter() - started)
         cache.pos = pos + 1
         return self.out
+
+
+class Threads:
+    """How many threads the next fused step uses: all of them, or one when that is faster.
+
+    Each step meets at a barrier about 25 times. On idle cores that costs microseconds, but
+    when another process holds a core (a training run next to a chat), every barrier waits
+    for a descheduled thread and a step takes ~10x longer than on one thread. So both counts
+    are timed (moving averages), the faster is used, and the other is tried at the third step,
+    every ``probe_every`` steps after, and at once when a step is far slower than the best seen. The count
+    never changes the result: each output row is computed the same way by whichever thread.
+    """
+
+    def __init__(self, most: int, probe_every: int = 64) -> None:
+        self.counts = [most, 1] if most > 1 else [1]
+        self.avg: dict[int, float] = {}
+        self.best: dict[int, float] = {}
+        self.current, self.steps, self.probe_every, self.probe = self.counts[0], 0, probe_every, False
+
+    def next(self) -> int:
+        """The thread count for the coming step."""
+        self.steps += 1
+        if len(self.counts) > 1 and (self.probe or self.steps % self.probe_every == 3):
+            self.probe = False
+            return next(c for c in self.counts if c != self.current)
+        return self.current
+
+    def took(self, count: int, seconds: float) -> None:
+        """Record a step's time; switch counts when the other is faster."""
+        if self.steps <= 1:  # the first step pays for waking the threads up
+            return
+        prev = self.avg.get(count)
+        self.avg[count] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
+        self.best[count] = min(seconds, self.best.get(count, seconds))
+        if len(self.avg) == len(self.counts):
+            self.current = min(self.avg, key=self.avg.__getitem__)
+        if count == self.current and seconds > 4 * self.best[count]:
+            self.probe = True
 
 
 def stepper(model: Any, prompt: list[int], max_len: int,

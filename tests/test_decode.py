@@ -9,7 +9,7 @@ import torch
 
 from backlm import native
 from backlm.config import ModelConfig
-from backlm.decode import Decoder, fused_usable
+from backlm.decode import Decoder, Threads, fused_usable
 from tests.test_model import greedy_uncached, make_model
 
 needs_native = pytest.mark.skipif(native.native_kernels() is None,
@@ -83,3 +83,35 @@ def test_a_full_cache_is_refused_not_overrun():
         dec.step(4)
         with pytest.raises(ValueError, match="KV cache full"):
             dec.step(5)
+
+
+@needs_native
+def test_the_thread_count_never_changes_the_logits():
+    model = make_model(SHAPES[1]).eval()  # odd vocabulary: a partial block of rows
+    outs = {}
+    with torch.inference_mode():
+        for threads in (1, 2):
+            dec = Decoder(model, 24)
+            dec.threads = Threads(threads)
+            dec.prefill([1, 2, 3])
+            outs[threads] = torch.cat([dec.step(t).clone() for t in (4, 5, 6, 7, 300)])
+    assert torch.equal(outs[1], outs[2])
+
+
+def test_threads_settle_on_the_faster_count_and_probe_when_a_step_is_slow():
+    t = Threads(2, probe_every=8)
+    used = []
+    for _ in range(8):
+        n = t.next()
+        used.append(n)
+        t.took(n, 0.001 if n == 2 else 0.004)  # idle cores: two threads are faster
+    assert used[2] == 1 and t.current == 2 and used.count(1) == 1
+    n = t.next()
+    t.took(n, 0.050)  # a core was taken: far slower than the best seen
+    assert t.next() == 1  # tried at once
+    t.took(1, 0.004)
+    for _ in range(3):
+        n = t.next()
+        t.took(n, 0.050 if n == 2 else 0.004)
+    assert t.current == 1  # one thread is now the faster
+    assert Threads(1).next() == 1 and Threads(1).counts == [1]
