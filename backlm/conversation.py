@@ -206,21 +206,24 @@ class Chat:
         finish = "length"
         gen = self.model.generate(prompt, sampling.max_tokens, sampling.temperature,
                                   sampling.top_k, sampling.seed)
-        for token in gen:
-            last = time.perf_counter()
-            if not written:
-                first = last
-            if token == stop or token in specials:  # the turn (or the document) ends here
-                finish = "stop"
-                break
-            written.append(token)
-            piece = stream.push(self.tokenizer.ranks[token])
-            if piece:
-                yield Piece(piece, where)
-        tail = stream.flush()
-        if tail:
-            yield Piece(tail, where)
-        self.stats = Stats(len(written), last - first, first - started, len(prompt), finish)
+        try:
+            for token in gen:
+                last = time.perf_counter()
+                if not written:
+                    first = last
+                if token == stop or token in specials:  # the turn (or the document) ends here
+                    finish = "stop"
+                    break
+                written.append(token)
+                piece = stream.push(self.tokenizer.ranks[token])
+                if piece:
+                    yield Piece(piece, where)
+            tail = stream.flush()
+            if tail:
+                yield Piece(tail, where)
+        finally:  # a turn cut short still reports what it wrote; the conversation keeps only
+            # whole turns
+            self.stats = Stats(len(written), last - first, first - started, len(prompt), finish)
         turn = self.tokenizer.decode(written_to_reading_order(written, self.order))
         forward = self.order is Direction.FORWARD
         if self.plain:

@@ -6,7 +6,7 @@ Usage::
     python benchmarks/chat_transcript.py --model EXP [--experiments-dir DIR] [--ending TEXT]
         [--question TEXT]
 
-Prints the terminal's text (colours stripped). Greedy (``-t 0``), so a rerun prints the same.
+Prints the terminal's text (colours stripped, the live view's redraws collapsed). Greedy (``-t 0``), so a rerun prints the same.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def main() -> None:
     except OSError:
         pass
     os.close(master)
-    print(ANSI.sub("", seen))
+    for line in ANSI.sub("", seen).splitlines():
+        # the live view redraws the turn as it grows: keep its last state
+        print("model: " + line.rsplit("model: ", 1)[1] if "model: " in line else line)
 
 
 if __name__ == "__main__":
