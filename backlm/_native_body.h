@@ -240,6 +240,7 @@ TARGET static inline float FN(rinv)(const float *x, int64_t n, float eps) {
 /* out[o] = scale·(W[o]·x) for this thread's rows of W (rows, n); mode 1 adds into out, mode 2
  * writes relu(·)², mode 3 writes cap·tanh(·/cap). Four rows per pass: x is read once per four
  * rows and four independent sums hide the FMA latency; the weights stream through once. */
+/* (mode 3 with cap 0 writes the plain product.) */
 TARGET static void FN(gemv)(const float *W, const float *x, float *out, int64_t rows, int64_t n,
                             float scale, int mode, float cap) {
     int64_t r0, r1;
@@ -272,9 +273,13 @@ TARGET static void FN(gemv)(const float *W, const float *x, float *out, int64_t 
             float v = s[i] * scale;
             if (mode == 1) out[o + i] += v;
             else if (mode == 2) out[o + i] = v > 0.0f ? v * v : 0.0f;
-            else if (mode == 3) out[o + i] = cap > 0.0f ? cap * FN(vtanh)(v / cap) : v;
             else out[o + i] = v;
         }
+    }
+    if (mode == 3 && cap > 0.0f) { /* softcap in one vectorised pass, not a tanh per row */
+        float inv = 1.0f / cap;
+#pragma omp simd
+        for (int64_t o = r0; o < r1; o++) out[o] = cap * FN(vtanh)(out[o] * inv);
     }
 }
 
@@ -329,22 +334,38 @@ TARGET static void FN(decode_step)(int64_t token, int64_t pos, const float *wte,
             const float *q = qkv + hh * D;
             const float *K = kl + hh * max_len * D, *Vh = vl + hh * max_len * D;
             float *p = scores + hh * max_len, *y = att + hh * D, mx = -INFINITY, sum = 0.0f;
-            for (int64_t t = 0; t <= pos; t++) {
+            int64_t t = 0;
+            for (; t + 4 <= pos + 1; t += 4) { /* four keys per pass, as in gemv */
+                const float *k0 = K + t * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
+                float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+                for (int64_t j = 0; j < D; j++) {
+                    float qj = q[j];
+                    d0 += qj * k0[j];
+                    d1 += qj * k1[j];
+                    d2 += qj * k2[j];
+                    d3 += qj * k3[j];
+                }
+                p[t] = d0 * scale, p[t + 1] = d1 * scale, p[t + 2] = d2 * scale;
+                p[t + 3] = d3 * scale;
+            }
+            for (; t <= pos; t++) {
                 const float *k = K + t * D;
                 float d = 0.0f;
 #pragma omp simd reduction(+ : d)
                 for (int64_t j = 0; j < D; j++) d += q[j] * k[j];
                 p[t] = d * scale;
-                mx = p[t] > mx ? p[t] : mx;
             }
+#pragma omp simd reduction(max : mx)
+            for (t = 0; t <= pos; t++) mx = p[t] > mx ? p[t] : mx;
 #pragma omp simd reduction(+ : sum)
-            for (int64_t t = 0; t <= pos; t++) {
+            for (t = 0; t <= pos; t++) {
                 p[t] = FN(vexp)(p[t] - mx);
                 sum += p[t];
             }
             float inv = 1.0f / sum;
             for (int64_t j = 0; j < D; j++) y[j] = 0.0f;
-            for (int64_t t = 0; t <= pos; t++) {
+            for (t = 0; t <= pos; t++) {
                 const float *vv = Vh + t * D;
                 float w = p[t] * inv;
 #pragma omp simd

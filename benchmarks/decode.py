@@ -1,5 +1,6 @@
 """Decode speed, batch 1, greedy: no KV cache, the KV cache through PyTorch ops, the KV cache
-through the fused C step, and the same model served over HTTP — side by side in one run.
+through the fused C step, and the same model served over HTTP — side by side in one run, with
+the memory ceiling: the time to read the step's weights once and do nothing else.
 
 Usage::
 
@@ -11,7 +12,9 @@ goes through a real experiment. Speed is tokens over the time from the first to 
 (as ``backlm chat`` reports it); the first token's latency is from the prompt's ids to the first
 token. Rounds alternate the variants so machine load hits them alike; the table shows medians.
 The served figure streams ``/v1/chat/completions`` with ``max_tokens`` = ``--tokens`` from a
-client in this process and times the chunks as they arrive.
+client in this process and times the chunks as they arrive. The ceiling row comes from
+``benchmarks/weight_stream.c`` (built with gcc when present): batch-1 decoding reads every
+weight once per token, so no decoder beats it on the same machine at the same moment.
 """
 
 from __future__ import annotations
@@ -94,6 +97,28 @@ def _served(url: str, model: str, n: int) -> tuple[int, float, float, dict]:
     return tokens, stamps[-1] - stamps[0], stamps[0] - start, final
 
 
+def _ceiling_binary(tmp: Path) -> Path | None:
+    """benchmarks/weight_stream.c built here, or None without gcc or off x86."""
+    import platform
+    import shutil
+
+    if shutil.which("gcc") is None or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    out = tmp / "weight_stream"
+    src = Path(__file__).with_name("weight_stream.c")
+    subprocess.run(["gcc", "-O3", "-fopenmp", "-std=gnu11", str(src), "-o", str(out), "-lm"],
+                   check=True)
+    return out
+
+
+def _ceiling(binary: Path, cfg, threads: int) -> tuple[int, float, float]:
+    """The weights of one step read once, as a (tokens, seconds, first) row: 1 token/step."""
+    res = subprocess.run([str(binary), str(cfg.depth), str(cfg.model_dim), str(cfg.vocab_size),
+                          str(threads), "100"], check=True, capture_output=True, text=True)
+    us = float(res.stdout.split()[0])
+    return 2, us / 1e6, 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=256)
@@ -111,7 +136,7 @@ def main() -> None:
     from backlm.hardware import cpu_model
     from backlm.inference import load_model
 
-    console = Console()
+    console = Console(width=110)
     with tempfile.TemporaryDirectory() as tmp:
         ref, root = ((args.experiment, args.experiments_dir) if args.experiment
                      else _experiment(Path(tmp)))
@@ -131,6 +156,10 @@ def main() -> None:
         variants = {"KV cache, fused C step": lambda: cached(True),
                     "KV cache, PyTorch ops": lambda: cached(False),
                     "served API (stream, fused)": lambda: _served(url, loaded.exp.id, n)[:3]}
+        binary = _ceiling_binary(Path(tmp))
+        if binary is not None:
+            variants["ceiling: the step's weights read once (C, nothing else)"] = (
+                lambda: _ceiling(binary, cfg, torch.get_num_threads()))
         if not args.no_uncached:
             variants["no KV cache (full forward per token)"] = (
                 lambda: _timed(_uncached(model, prompt, n)))
@@ -149,9 +178,11 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, runs in results.items():
         speeds = [(t - 1) / s for t, s, _ in runs if s > 0]
-        first = statistics.median(1000 * f for _, _, f in runs)
-        table.add_row(name, str(runs[0][0]), f"{statistics.median(speeds):,.0f}",
-                      f"{min(speeds):,.0f}-{max(speeds):,.0f}", f"{first:.1f}")
+        first = f"{statistics.median(1000 * f for _, _, f in runs):.1f}"
+        ceiling = name.startswith("ceiling")
+        table.add_row(name, "-" if ceiling else str(runs[0][0]),
+                      f"{statistics.median(speeds):,.0f}",
+                      f"{min(speeds):,.0f}-{max(speeds):,.0f}", "-" if ceiling else first)
     console.print(table)
     console.print(f"model: depth {cfg.depth}, width {cfg.model_dim}, head dim {cfg.head_dim}, "
                   f"vocab {cfg.vocab_size}, fp32 · prompt {len(prompt)} tokens · rounds "
