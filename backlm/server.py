@@ -7,8 +7,7 @@ refusal is OpenAI's error shape with a 4xx status.
 """
 
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
@@ -16,26 +15,7 @@ from typing import Any
 from backlm import api
 from backlm.api import ApiError, Limits
 from backlm.errors import UserError
-
-
-class ModelThread:
-    """Runs calls on one dedicated thread, under ``lock``, in the order they come.
-
-    One thread because every thread that runs the CPU kernels gets its own OpenMP team, and
-    teams of idle threads that must be woken each step cost more than the step's arithmetic.
-    """
-
-    def __init__(self, lock: Any) -> None:
-        self.lock = lock
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="backlm-model")
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` on the model thread; its result (or exception) here."""
-        def locked() -> Any:
-            with self.lock:
-                return fn(*args)
-
-        return self.pool.submit(locked).result()
+from backlm.generation import Generation, ModelThread
 
 
 class Engine:
@@ -95,67 +75,6 @@ class Engine:
             raise ApiError(400, str(exc), "text") from None
 
 
-class Generation:
-    """The pieces of one generation, each computed on the model thread.
-
-    Its slot is freed exactly once: when the pieces run out or fail, or on :meth:`close` (a
-    client gone mid-stream, a response never sent) — at once, or, when a worker thread is
-    computing a piece right then, as soon as that piece is done. Never left to the garbage
-    collector. ``stopping`` (server shutdown) ends it at its next piece; ``cut`` says so.
-    """
-
-    def __init__(self, pieces: Iterator[Any], model: ModelThread, stopping: threading.Event,
-                 release: Any) -> None:
-        self.pieces, self.model, self.stopping, self.release = (
-            pieces, model, stopping, release)
-        self.guard = threading.Lock()  # over running, cancelled, done
-        self.running = self.cancelled = self.done = self.cut = False
-        self.ahead: list[Any] = []
-
-    def start(self) -> None:
-        """Compute the first piece now: a refused prompt raises before any byte is sent."""
-        self.ahead = [piece for piece in [next(self, None)] if piece is not None]
-
-    def __iter__(self) -> "Generation":
-        return self
-
-    def __next__(self) -> Any:
-        if self.ahead:
-            return self.ahead.pop()
-        with self.guard:
-            if not self.done and (self.cancelled or self.stopping.is_set()):
-                self.cut = True
-                self._end()
-            if self.done:
-                raise StopIteration
-            self.running = True
-        ended = True
-        try:
-            piece = self.model.call(next, self.pieces)
-            ended = False
-            return piece
-        finally:
-            with self.guard:
-                self.running = False
-                if ended or self.cancelled:
-                    self._end()
-
-    def close(self) -> None:
-        """Stop the generation and free its slot (now, or once the piece in hand is done)."""
-        with self.guard:
-            self.cancelled = True
-            if not self.running:
-                self._end()
-
-    def _end(self) -> None:  # under guard, with no piece being computed
-        if not self.done:
-            self.done = True
-            try:
-                self.pieces.close()
-            finally:
-                self.release()
-
-
 def create_app(loaded: Any, limits: Limits | None = None) -> Any:
     """The FastAPI app serving ``loaded`` (a :class:`backlm.inference.LoadedModel`)."""
     from fastapi import FastAPI, Request
@@ -169,7 +88,7 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
         """A stream whose generation is closed however the response ends (a client that
         leaves mid-stream frees its slot at once)."""
 
-        def __init__(self, events: Iterator[bytes], generation: Generation) -> None:
+        def __init__(self, events: AsyncIterator[bytes], generation: Generation) -> None:
             super().__init__(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
             self.generation = generation
@@ -281,15 +200,15 @@ def _extra(session: Any) -> dict[str, Any]:
                 {"role": "text", "content": session.text}]}
 
 
-def _events(cid: str, req: api.ChatRequest, session: Any, pieces: Generation
-            ) -> Iterator[bytes]:
+async def _events(cid: str, req: api.ChatRequest, session: Any, pieces: Generation
+                  ) -> AsyncIterator[bytes]:
     """SSE chunks: the role, each piece (``backlm.position``: where it goes), the finish, the
     usage when asked, ``[DONE]``."""
     position = {"position": "end" if session.order.value == "forward" else "start"}
     yield api.sse(api.chunk(cid, req.model, {"role": session.writes, "content": ""}, None,
                             {**position, "order": session.order.value}))
     try:
-        for piece in pieces:
+        while (piece := await pieces.anext()) is not None:
             yield api.sse(api.chunk(cid, req.model, {"content": piece.text}, None,
                                     {"position": piece.where}))
     except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band
