@@ -82,6 +82,18 @@ class Decoder:
             self.scratch = torch.empty(C + 4 * inner + 4 * C + cfg.n_heads * max_len)
             self.out = torch.empty(1, cfg.vocab_size)
             self.threads = Threads(torch.get_num_threads())
+            # the pointers a step passes never change: read them once (a step is ~1 ms, and
+            # Python attribute and data_ptr lookups cost tens of microseconds); the rotary
+            # tables are grown to max_len now and kept alive here
+            model._rotary(0, max_len)
+            self._tables = (model.cos, model.sin)
+            self._row_bytes = (cfg.head_dim // 2) * model.cos.element_size()
+            self._fixed = (model.wte.weight.data_ptr(), self.layers.data_ptr(),
+                           model.lm_head.weight.data_ptr(), self.cache.k.data_ptr(),
+                           self.cache.v.data_ptr(), max_len)
+            self._sizes = (self.out.data_ptr(), self.scratch.data_ptr(), cfg.model_dim,
+                           cfg.n_heads, cfg.head_dim, cfg.depth, cfg.vocab_size,
+                           float(cfg.softcap), float(torch.finfo(torch.float32).eps))
 
     def prefill(self, tokens: list[int]) -> Tensor:
         """Logits ``(1, V)`` after the prompt ``tokens``."""
@@ -93,19 +105,16 @@ class Decoder:
         """Logits ``(1, V)`` after one more token (the returned tensor is reused next step)."""
         if not self.fused:
             return self.prefill([token])
-        m, cfg, cache = self.model, self.cfg, self.cache
+        cache = self.cache
         pos = cache.pos
         if pos >= cache.max_len:
             raise ValueError(f"KV cache full: {pos + 1} positions > max_len {cache.max_len}")
-        cos, sin = m._rotary(pos, 1)
+        cos, sin = self._tables
+        row = pos * self._row_bytes
         threads = self.threads.next()
         started = time.perf_counter()
-        native.lib.decode_step(
-            token, pos, m.wte.weight.data_ptr(), self.layers.data_ptr(),
-            m.lm_head.weight.data_ptr(), cache.k.data_ptr(), cache.v.data_ptr(), cache.max_len,
-            cos.data_ptr(), sin.data_ptr(), self.out.data_ptr(), self.scratch.data_ptr(),
-            cfg.model_dim, cfg.n_heads, cfg.head_dim, cfg.depth, cfg.vocab_size,
-            float(cfg.softcap), float(torch.finfo(torch.float32).eps), threads)
+        native.lib.decode_step(token, pos, *self._fixed, cos.data_ptr() + row,
+                               sin.data_ptr() + row, *self._sizes, threads)
         self.threads.took(threads, time.perf_counter() - started)
         cache.pos = pos + 1
         return self.out
@@ -118,8 +127,9 @@ class Threads:
     when another process holds a core (a training run next to a chat), every barrier waits
     for a descheduled thread and a step takes ~10x longer than on one thread. So both counts
     are timed (moving averages), the faster is used, and the other is tried at the third step,
-    every ``probe_every`` steps after, and at once when a step is far slower than the best seen. The count
-    never changes the result: each output row is computed the same way by whichever thread.
+    every ``probe_every`` steps after, and at once when a step is far slower than the best
+    seen. The count never changes the result: each output row is computed the same way by
+    whichever thread.
     """
 
     def __init__(self, most: int, probe_every: int = 64) -> None:
