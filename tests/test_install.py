@@ -91,3 +91,21 @@ def test_wheel_runs_the_presets_from_an_unrelated_folder(installed, tmp_path):
     # the thresholds came from the packaged fivecat.yaml
     spec = json.loads(results[0].read_text())["spec"]
     assert spec.startswith(str(installed)) and spec.endswith("fivecat.yaml")
+
+    # the chat page ships as package data; chat and serve run from the wheel
+    chat = run([backlm, "chat", "--model", exp.name, "-p", "hello", "-t", "0",
+                "--max-tokens", "4"], cwd=elsewhere, env=env)
+    assert chat.returncode == 0, chat.stdout[-2000:] + chat.stderr[-2000:]
+    serve = subprocess.Popen([backlm, "serve", "--model", exp.name, "--port", "0"],
+                             cwd=elsewhere, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        line = serve.stdout.readline()
+        url = line.split(" at ")[1].split()[0]
+        import urllib.request
+
+        page = urllib.request.urlopen(url + "/", timeout=30).read().decode()
+        assert "<html" in page.lower() and "/v1/chat/completions" in page
+    finally:
+        serve.send_signal(2)
+        assert serve.wait(timeout=30) == 0
