@@ -5,11 +5,9 @@ client frees its slot."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,31 +18,9 @@ import openai
 import pytest
 
 from backlm.api import Limits
+from tests.helpers import serving
 
 SHORT = 20  # max tokens for most completions: the models are tiny, the tests about shape
-
-
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """``app`` served by uvicorn in a daemon thread on a pre-bound loopback socket; its URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def load(name: str, limits: Limits | None = None):
@@ -62,7 +38,7 @@ def urls(serve_world, phase_world) -> Iterator[dict[str, str]]:
     with pytest.MonkeyPatch.context() as mp:
         use_world(mp, phase_world, serve_world)
         apps = {name: load(name) for name in ("bi1", "s1")}
-        with running(apps["bi1"]) as bi1, running(apps["s1"]) as s1:
+        with serving(apps["bi1"]) as bi1, serving(apps["s1"]) as s1:
             yield {"bi1": bi1, "s1": s1}
 
 
@@ -70,7 +46,7 @@ def urls(serve_world, phase_world) -> Iterator[dict[str, str]]:
 def limited(served) -> Iterator[tuple[str, object]]:
     """``bi1`` with room for two generations at once: (url, engine)."""
     app = load("bi1", Limits(max_generations=2))
-    with running(app) as url:
+    with serving(app) as url:
         yield url, app.state.engine
 
 

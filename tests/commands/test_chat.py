@@ -64,10 +64,17 @@ class Terminal:
     def send(self, line: str) -> None:
         os.write(self.master, (line + "\n").encode())
 
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        os.close(self.master)
+
 
 def test_the_interactive_loop_in_a_terminal(lineage):
-    term = Terminal(["chat", "--model", "s1", "-t", "0", "--max-tokens", "5"])
-    try:
+    with Terminal(["chat", "--model", "s1", "-t", "0", "--max-tokens", "5"]) as term:
         term.expect("← backward")
         term.expect("you>")
         term.send("/help")
@@ -82,15 +89,10 @@ def test_the_interactive_loop_in_a_terminal(lineage):
         term.expect(r"tokens/s[\s\S]*you>")
         term.send("/quit")
         assert term.proc.wait(timeout=30) == 0
-    finally:
-        if term.proc.poll() is None:
-            term.proc.kill()
-        os.close(term.master)
 
 
 def test_a_bidirectional_model_switches_order_per_turn_in_a_terminal(served):
-    term = Terminal(["chat", "--model", "bi1", "-t", "0", "--max-tokens", "5"])
-    try:
+    with Terminal(["chat", "--model", "bi1", "-t", "0", "--max-tokens", "5"]) as term:
         term.expect("↔ bidirectional")
         term.expect("→ forward you>")  # a bidirectional chat starts forward
         term.send("/backward")
@@ -107,7 +109,3 @@ def test_a_bidirectional_model_switches_order_per_turn_in_a_terminal(served):
         assert shown.index("The answer is 12.") < shown.index("And then?")
         term.send("/exit")
         assert term.proc.wait(timeout=30) == 0
-    finally:
-        if term.proc.poll() is None:
-            term.proc.kill()
-        os.close(term.master)

@@ -9,16 +9,16 @@ never downloaded); without either the tests skip and say which is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import serving
 
 # checked before any fixture, so a machine without them skips without building models
 sync_api = pytest.importorskip("playwright.sync_api",
@@ -68,33 +68,16 @@ def browser():
 def serve(served):
     """``serve(EXP)``: the real app for that experiment of the serve world on 127.0.0.1 in a
     daemon thread; returns its URL. Stopped after the test."""
-    import uvicorn
-
     from backlm.inference import load_model
     from backlm.server import create_app
 
-    running = []
+    with contextlib.ExitStack() as stack:
 
-    def start(exp_id: str) -> str:
-        app = create_app(load_model(exp_id, served, device="cpu"))
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
-                                               timeout_graceful_shutdown=1))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        running.append((server, thread, sock))
-        deadline = time.monotonic() + 15
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+        def start(exp_id: str) -> str:
+            app = create_app(load_model(exp_id, served, device="cpu"))
+            return stack.enter_context(serving(app))
 
-    yield start
-    for server, thread, sock in running:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+        yield start
 
 
 @pytest.fixture
