@@ -80,6 +80,8 @@ CARRIED_WHEELS = {"rustbpe": "0.1.0"}
 # Runtime dependencies a run does without, and why.
 OPTIONAL_AT_RUNTIME = {
     "wandb": "every run passes --wandb off, and backlm skips wandb when it is not installed",
+    "fastapi": "only `backlm serve` imports it (inside the command); the check does not serve",
+    "uvicorn": "only `backlm serve` imports it (inside the command); the check does not serve",
 }
 DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                     "manylinux2014_x86_64", "manylinux1_x86_64")
