@@ -30,20 +30,25 @@ class LoadedModel:
         return str(self.meta.get("phase") or self.exp.phase)
 
 
-def resolve_step(exp: Experiment, step: int | None) -> Path:
-    """Checkpoint folder for ``step``; default: the best step (``best.json``), else the latest."""
+def chosen_step(exp: Experiment, step: int | None = None) -> int:
+    """``step`` if it has a checkpoint; default: the best step (``best.json``), else the
+    latest."""
     steps = exp.checkpoint_steps()
     if not steps:
         raise UserError(f"experiment {exp.id} has no checkpoint yet: train it first")
     if step is None:
         best = (exp.best("val") or {}).get("step")
-        chosen = best if isinstance(best, int) and best in steps else steps[-1]
-        return exp.checkpoint_dir(chosen)
+        return best if isinstance(best, int) and best in steps else steps[-1]
     if step not in steps:
         shown = ", ".join(str(s) for s in steps[-10:])
         raise UserError(f"experiment {exp.id} has no checkpoint at step {step} "
                         f"(available: {shown})")
-    return exp.checkpoint_dir(step)
+    return step
+
+
+def resolve_step(exp: Experiment, step: int | None) -> Path:
+    """Checkpoint folder for ``step`` (default: :func:`chosen_step`'s)."""
+    return exp.checkpoint_dir(chosen_step(exp, step))
 
 
 def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int | None = None,

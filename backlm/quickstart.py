@@ -1,0 +1,132 @@
+"""``backlm quickstart``: the whole tool in one command, resumable.
+
+Trains (preparing the embedded corpus on first use) cpu-tiny forward, backward and bidirectional models with
+one seed (so all three read the same reading-order tokens), runs 5CAT on each, and writes a
+comparison of the three. Every stage looks at what the experiments folder already holds: a
+finished model is kept, an interrupted one resumed, a 5CAT result of the final step reused, so
+rerunning the command after Ctrl-C continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backlm import experiment as xp
+
+DIRECTIONS = ("forward", "backward", "bidirectional")
+# Half the cpu-tiny preset's steps: three models and their checks fit in ~15 minutes on 2
+# cores (BENCHMARKS.md "Quickstart"); evaluation and checkpoints every 50 steps.
+STEPS = 100
+SETTINGS = ("train.eval_every=50", "train.save_every=50", "log.wandb=off")
+
+
+@dataclass
+class Stage:
+    """One step of the quickstart and what became of it."""
+
+    name: str
+    status: str = "pending"  # pending, done, skipped (already done), failed
+    detail: str = ""
+
+
+@dataclass
+class QuickstartResult:
+    """The members trained, their 5CAT results, the comparison's folder."""
+
+    ids: list[str]
+    stages: list[Stage] = field(default_factory=list)
+    fivecat: dict[str, Any] = field(default_factory=dict)  # id -> FivecatResult
+    comparison: Path | None = None
+    stopped: Any = None  # the summary of a member that did not finish (interrupted, failed)
+
+
+def member_id(prefix: str, direction: str) -> str:
+    """The experiment id of one member."""
+    return xp.check_id(f"{prefix}-{direction}")
+
+
+def configs(prefix: str, seed: int, steps: int, overrides: Sequence[str] = ()
+            ) -> dict[str, Any]:
+    """Each member's resolved config (cpu-tiny, the quickstart's settings, then
+    ``overrides``), validated before anything is written."""
+    from backlm.config import RunConfig, load_config
+
+    out = {}
+    for direction in DIRECTIONS:
+        flags = {"id": member_id(prefix, direction),
+                 "data": {"direction": direction},
+                 "train": {"seed": seed, "max_steps": steps}}
+        out[direction] = load_config(RunConfig, preset="cpu-tiny",
+                                     overrides=[*SETTINGS, *overrides], flags=flags)
+    return out
+
+
+def _train(cfg: Any, root: Path, observers: Sequence[Any], say: Callable[[str], None]
+           ) -> tuple[str, Any]:
+    """Train a member, or continue it, or keep it: (what happened, its summary)."""
+    from backlm.launch import train
+    from backlm.plan import FINISHED
+
+    exp = xp.Experiment(Path(root) / cfg.id)
+    if exp.metadata_path.is_file():
+        if str(exp.metadata().get("status")) in FINISHED:
+            return "skipped", None
+        say(f"continuing {cfg.id}")
+        return "done", train(None, root, resume=cfg.id, observers=observers, say=say)
+    return "done", train(cfg, root, observers=observers, say=say, explicit={"id"})
+
+
+def _fivecat(exp_id: str, root: Path, progress: Callable[[int, int], None] | None
+             ) -> tuple[str, dict[str, Any]]:
+    """5CAT of a member's model (its best step), or the result already saved for it: the
+    saved JSON (``gates_passed``, ``gates_total``, ``inverted``, ``rows``...)."""
+    from backlm.fivecat.runner import FivecatOptions, check
+    from backlm.inference import chosen_step
+
+    exp = xp.find(exp_id, root)
+    saved = exp.fivecat_path(exp.phase, chosen_step(exp))
+    status = "skipped"
+    if not saved.is_file():
+        saved, status = check(exp_id, root, FivecatOptions(), progress=progress).path, "done"
+    return status, xp.read_json(saved, "5CAT result")
+
+
+def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,
+                   steps: int = STEPS, overrides: Sequence[str] = (),
+                   observers: Sequence[Any] = (),
+                   say: Callable[[str], None] = lambda _: None,
+                   progress: Callable[[int, int], None] | None = None,
+                   compare: Callable[[list[str], Path], Path] | None = None
+                   ) -> QuickstartResult:
+    """Run (or continue) the quickstart in ``root``; ``compare(ids, root)`` writes the
+    comparison and returns its folder. A member that does not finish (Ctrl-C) ends it early
+    with :attr:`QuickstartResult.stopped` set."""
+    from backlm.plan import FINISHED
+
+    cfgs = configs(prefix, seed, steps, overrides)
+    ids = [cfg.id for cfg in cfgs.values()]
+    result = QuickstartResult(ids)
+    for direction, cfg in cfgs.items():
+        stage = Stage(f"train {direction} ({cfg.id})")
+        result.stages.append(stage)
+        say(f"[bold]quickstart · training {direction}[/] ({cfg.id}, {steps} steps)")
+        stage.status, summary = _train(cfg, root, observers, say)
+        if summary is not None and summary.status not in FINISHED:
+            stage.status, stage.detail = "stopped", summary.status
+            result.stopped = summary
+            return result
+    for exp_id in ids:
+        stage = Stage(f"5CAT {exp_id}")
+        result.stages.append(stage)
+        say(f"[bold]quickstart · 5CAT[/] {exp_id}")
+        stage.status, result.fivecat[exp_id] = _fivecat(exp_id, root, progress)
+    if compare is not None:
+        stage = Stage("comparison")
+        result.stages.append(stage)
+        say("[bold]quickstart · comparing the three[/]")
+        result.comparison = compare(ids, root)
+        stage.status = "done"
+    return result

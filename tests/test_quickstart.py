@@ -1,0 +1,68 @@
+"""``backlm quickstart``: three directions with one seed, 5CAT on each, and a rerun that
+continues where a Ctrl-C stopped it (finished models and 5CAT results kept)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FIVECAT_TINY, fivecat_cli, fivecat_home
+
+STEPS = 30
+ARGS = ["quickstart", "--steps", str(STEPS), "--prefix", "qs"]
+for setting in FIVECAT_TINY:
+    ARGS += ["--set", setting]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    with fivecat_home(tmp_path_factory.mktemp("quickstart")) as root:
+        yield root
+
+
+@pytest.mark.slow
+def test_a_stopped_quickstart_continues_and_a_finished_one_changes_nothing(home, monkeypatch):
+    exps = home / "exps"
+    monkeypatch.setenv("BACKLM_INTERRUPT_AT_STEP", "12")  # Ctrl-C in the first model
+    res = fivecat_cli(*ARGS)
+    assert res.exit_code == 130, res.output
+    assert "again" in res.output
+    forward = exps / "qs-forward"
+    assert json.loads((forward / "metadata.json").read_text())["status"] == "interrupted"
+    assert not (exps / "qs-backward").exists()
+    monkeypatch.delenv("BACKLM_INTERRUPT_AT_STEP")
+
+    res = fivecat_cli(*ARGS)
+    assert res.exit_code == 0, res.output
+    for direction in ("forward", "backward", "bidirectional"):
+        exp = exps / f"qs-{direction}"
+        meta = json.loads((exp / "metadata.json").read_text())
+        assert meta["status"] == "finished" and meta["direction"] == direction
+        config = (exp / "config.yaml").read_text()
+        assert "seed: 0" in config
+        (result,) = exp.glob("evaluations/base/fivecat/*.json")
+        assert json.loads(result.read_text())["direction"] == direction
+        assert f"qs-{direction}" in res.output
+    steps = [json.loads(line)["step"] for line in
+             (forward / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert steps[-1] == STEPS and len(set(steps)) == len(steps)  # resumed, not restarted
+
+    stamps = {p: os.stat(p).st_mtime_ns for p in exps.rglob("*") if p.is_file()}
+    res = fivecat_cli(*ARGS)  # everything is done: nothing trains, nothing is rewritten
+    assert res.exit_code == 0, res.output
+    assert {p: os.stat(p).st_mtime_ns for p in exps.rglob("*") if p.is_file()} == stamps
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--steps", "0"], "--steps"), (["--set", "model.depth=abc"], "depth"),
+    (["--prefix", "bad/id"], "id"),
+])
+def test_bad_options_are_one_line_and_write_nothing(home, args, words):
+    res = fivecat_cli("quickstart", *args)
+    assert res.exit_code == 2, res.output
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and words in lines[0]
+    assert not (home / "exps").exists() or not any((home / "exps").glob("bad*"))
