@@ -311,26 +311,22 @@ TARGET static void FN(decode_step)(int64_t token, int64_t pos, const float *wte,
         float *kl = kc + l * H * max_len * D, *vl = vc + l * H * max_len * D;
         FN(gemv)(wqkv, x, qkv, 3 * inner, C, FN(rinv)(x, C, eps), 0, 0.0f);
 #pragma omp barrier
-        /* QK norm + rotary for q and k heads; k and v go into the cache at pos */
-#pragma omp for schedule(static)
-        for (int64_t v = 0; v < 3 * H; v++) {
-            float *src = qkv + v * D;
-            int64_t hh = v % H;
-            if (v >= 2 * H) {
-                memcpy(vl + (hh * max_len + pos) * D, src, (size_t)D * sizeof(float));
-                continue;
-            }
-            float rr = FN(rinv)(src, D, eps);
-            float *dst = v < H ? src : kl + (hh * max_len + pos) * D;
-            for (int64_t j = 0; j < h2; j++) {
-                float x1 = src[j] * rr, x2 = src[j + h2] * rr;
-                dst[j] = x1 * cosr[j] + x2 * sinr[j];
-                dst[j + h2] = x2 * cosr[j] - x1 * sinr[j];
-            }
-        }
-        /* attention of this position's query over keys 0..pos, one head per iteration */
+        /* one head per iteration: QK norm + rotary of its q and k, k and v into the cache at
+         * pos, then its query over keys 0..pos (the same thread wrote them: no barrier) */
 #pragma omp for schedule(static)
         for (int64_t hh = 0; hh < H; hh++) {
+            for (int64_t which = 0; which < 2; which++) {
+                float *src = qkv + (which * H + hh) * D;
+                float *dst = which == 0 ? src : kl + (hh * max_len + pos) * D;
+                float rr = FN(rinv)(src, D, eps);
+                for (int64_t j = 0; j < h2; j++) {
+                    float x1 = src[j] * rr, x2 = src[j + h2] * rr;
+                    dst[j] = x1 * cosr[j] + x2 * sinr[j];
+                    dst[j + h2] = x2 * cosr[j] - x1 * sinr[j];
+                }
+            }
+            memcpy(vl + (hh * max_len + pos) * D, qkv + (2 * H + hh) * D,
+                   (size_t)D * sizeof(float));
             const float *q = qkv + hh * D;
             const float *K = kl + hh * max_len * D, *Vh = vl + hh * max_len * D;
             float *p = scores + hh * max_len, *y = att + hh * D, mx = -INFINITY, sum = 0.0f;

@@ -123,7 +123,7 @@ class Decoder:
 class Threads:
     """How many threads the next fused step uses: all of them, or one when that is faster.
 
-    Each step meets at a barrier about 25 times. On idle cores that costs microseconds, but
+    Each step meets at a barrier about 20 times. On idle cores that costs microseconds, but
     when another process holds a core (a training run next to a chat), every barrier waits
     for a descheduled thread and a step takes ~10x longer than on one thread. So both counts
     are timed (moving averages), the faster is used, and the other is tried at the third step,
