@@ -21,6 +21,7 @@ from backlm.commands import note as note_cmd
 from backlm.commands import score as score_cmd
 from backlm.commands import serve as serve_cmd
 from backlm.commands import train as train_cmd
+from backlm.commands import upload as upload_cmd
 
 app = typer.Typer(
     name="backlm",
@@ -71,6 +72,7 @@ app.command("log")(log_cmd.log)
 app.command("score")(score_cmd.score)
 app.command("chat")(chat_cmd.chat)
 app.command("serve")(serve_cmd.serve)
+app.command("upload")(upload_cmd.upload)
 
 
 def main() -> None:
