@@ -22,6 +22,7 @@ from backlm.commands import quickstart as quickstart_cmd
 from backlm.commands import score as score_cmd
 from backlm.commands import serve as serve_cmd
 from backlm.commands import train as train_cmd
+from backlm.commands import upload as upload_cmd
 
 app = typer.Typer(
     name="backlm",
@@ -73,6 +74,7 @@ app.command("score")(score_cmd.score)
 app.command("chat")(chat_cmd.chat)
 app.command("serve")(serve_cmd.serve)
 app.command("quickstart")(quickstart_cmd.quickstart)
+app.command("upload")(upload_cmd.upload)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@
       checkpoints/step_XXXXXX/  checkpoints/best.json  checkpoints/best_5cat.json
       evaluations/<phase>/<order>/<task>.json  evaluations/<phase>/fivecat/step_XXXXXX.json
       notes/notes.txt  notes/issues.txt  notes/generation_samples.jsonl
+      hub_upload/<namespace>--<name>/  hub_upload/uploads.json
 
 Every other module reaches these files through :class:`Experiment`; a test fails if their
 names are spelled anywhere else in the package.
@@ -37,6 +38,7 @@ STEP_RE = re.compile(r"^step_(\d{6,})$")
 # best.json: best validation metric (early stopping); best_5cat.json: best 5CAT score.
 BEST_FILES = {"val": "best.json", "5cat": "best_5cat.json"}
 FIVECAT = "fivecat"  # evaluations/<phase>/fivecat/: 5CAT results, one file per step
+HUB_DIR = "hub_upload"  # model folders staged for the Hugging Face Hub, and the pushes made
 
 
 def new_id(phase: str, direction: str, depth: int, now: dt.datetime | None = None) -> str:
@@ -112,6 +114,9 @@ class Experiment:
                           doc="Generation samples written during training.")
     report_path = _entry("RESEARCH_REPORT.md", doc="The research report.")
     figures_dir = _entry("figures", doc="The report's figures.")
+    hub_dir = _entry(HUB_DIR, doc="Model folders staged for the Hugging Face Hub.")
+    hub_uploads_path = _entry(HUB_DIR, "uploads.json",
+                              doc="Every push to a hub: repo, endpoint, step, commit, when.")
 
     def notes_path(self, issue: bool = False) -> Path:
         """``notes/notes.txt``, or ``notes/issues.txt`` for issues."""
@@ -138,6 +143,25 @@ class Experiment:
         another direction than the checkpoint declares)."""
         suffix = f"_as-{declared_as}" if declared_as else ""
         return self.evaluations_dir(phase) / FIVECAT / f"step_{step:06d}{suffix}.json"
+
+    def evaluation_results(self, phase: str | None = None) -> list[Path]:
+        """Every ``evaluations/<phase>/<order>/<task>.json`` of a phase (5CAT's excluded)."""
+        return sorted(p for p in self.evaluations_dir(phase).glob("*/*.json")
+                      if p.parent.name != FIVECAT)
+
+    def hub_staging_dir(self, repo_id: str) -> Path:
+        """``hub_upload/<namespace>--<name>/``: the folder staged for hub repo ``repo_id``
+        (hub repo ids never hold ``--``, so two repos never share one)."""
+        return self.hub_dir / repo_id.replace("/", "--")
+
+    def hub_uploads(self) -> list[dict[str, Any]]:
+        """The pushes recorded in ``hub_upload/uploads.json``, oldest first."""
+        data = _read_optional(self.hub_uploads_path)
+        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+    def record_hub_upload(self, record: dict[str, Any]) -> None:
+        """Append one push to ``hub_upload/uploads.json`` atomically."""
+        atomic.write_json(self.hub_uploads_path, [*self.hub_uploads(), record])
 
     # --- contents --------------------------------------------------------------------------
 

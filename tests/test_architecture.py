@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "backlm"
 # Every file name of the experiment folder (DESIGN.md §2): only backlm/experiment.py spells them.
 LAYOUT_NAMES = ("best.json", "best_5cat.json", "training_summary.json", "evaluations",
                 "metadata.json", "config.yaml", "parent_link.json", "metrics.jsonl", "run.lock",
-                "generation_samples.jsonl", "notes.txt", "issues.txt", "RESEARCH_REPORT.md")
+                "generation_samples.jsonl", "notes.txt", "issues.txt", "RESEARCH_REPORT.md",
+                "hub_upload", "uploads.json")
 MAX_LINES = 400
 
 
