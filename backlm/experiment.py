@@ -139,6 +139,13 @@ class Experiment:
         suffix = f"_as-{declared_as}" if declared_as else ""
         return self.evaluations_dir(phase) / FIVECAT / f"step_{step:06d}{suffix}.json"
 
+    def fivecat_results(self, phase: str | None = None) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every 5CAT result of a phase judged as the checkpoint's own
+        direction, by step."""
+        folder = self.evaluations_dir(phase) / FIVECAT
+        found = [(STEP_RE.match(p.stem), p) for p in folder.glob("step_*.json")]
+        return sorted((int(m.group(1)), p) for m, p in found if m)
+
     # --- contents --------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, Any]:
