@@ -12,6 +12,7 @@ from typer import rich_utils as typer_rich_utils
 from backlm import __version__
 from backlm.commands import branch as branch_cmd
 from backlm.commands import chat as chat_cmd
+from backlm.commands import compare as compare_cmd
 from backlm.commands import data as data_cmd
 from backlm.commands import eval as eval_cmd
 from backlm.commands import fivecat as fivecat_cmd
@@ -75,6 +76,7 @@ app.command("chat")(chat_cmd.chat)
 app.command("serve")(serve_cmd.serve)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("upload")(upload_cmd.upload)
+app.command("compare")(compare_cmd.compare)
 
 
 def main() -> None:

@@ -163,6 +163,13 @@ class Experiment:
         """Append one push to ``hub_upload/uploads.json`` atomically."""
         atomic.write_json(self.hub_uploads_path, [*self.hub_uploads(), record])
 
+    def fivecat_results(self, phase: str | None = None) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every 5CAT result of a phase judged as the checkpoint's own
+        direction, by step."""
+        folder = self.evaluations_dir(phase) / FIVECAT
+        found = [(STEP_RE.match(p.stem), p) for p in folder.glob("step_*.json")]
+        return sorted((int(m.group(1)), p) for m, p in found if m)
+
     # --- contents --------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, Any]:

@@ -12,15 +12,14 @@ each with `backlm eval EXP --tasks lm` (whole val and OOD splits, both orders), 
 per-document sums the evaluations keep. The gap is forward bpb minus backward bpb, each model
 in its native order, over the same documents and bytes (pairs checked by document hash). The
 interval resamples documents (paired: a document's forward and backward losses move together),
-per seed and pooled over seeds; the seed-level interval is a t-interval over the per-seed gaps.
-Prints the CPU model, a table per split and a line per seed.
+per seed and pooled over seeds; the seed-level interval is a t-interval over the per-seed gaps
+(both from :mod:`backlm.stats`, the statistics `backlm compare` reports). Prints the CPU model, a table per split and a line per seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262}  # Student t, 97.5 % quantile, by degrees of freedom
+from backlm import stats
 
 
 def backlm(*args: str) -> subprocess.CompletedProcess:
@@ -62,31 +60,12 @@ def native_documents(exp_id: str, direction: str, root: Path) -> dict[str, dict]
     return {r["split"]: r["per_document"] for r in result["records"]}
 
 
-def bpb(nats: np.ndarray, nbytes: np.ndarray) -> float:
-    return float(nats.sum() / (math.log(2) * nbytes.sum()))
-
-
-def paired_gap(fwd: dict, bwd: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def paired_gap(fwd: dict, bwd: dict) -> stats.Pair:
     """Per-document (forward nats, backward nats, bytes), checked to be the same documents."""
-    if fwd["hash"] != bwd["hash"] or fwd["bytes"] != bwd["bytes"]:
-        raise SystemExit("forward and backward evaluations are not over the same documents")
-    return (np.asarray(fwd["nats"]), np.asarray(bwd["nats"]),
-            np.asarray(fwd["bytes"], dtype=np.float64))
-
-
-def bootstrap(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: int,
-              seed: int = 0) -> tuple[float, float]:
-    """95 % interval of the mean (over seeds) gap in bpb, documents resampled with the same
-    draw in every seed (a document's losses in all runs move together)."""
-    rng = np.random.default_rng(seed)
-    n = len(pairs[0][2])
-    gaps = np.empty(resamples)
-    for i in range(resamples):
-        pick = rng.integers(0, n, n)
-        gaps[i] = np.mean([bpb(fwd[pick], nbytes[pick]) - bpb(bwd[pick], nbytes[pick])
-                           for fwd, bwd, nbytes in pairs])
-    lo, hi = np.percentile(gaps, [2.5, 97.5])
-    return float(lo), float(hi)
+    try:
+        return stats.paired_documents(fwd, bwd)
+    except ValueError as exc:
+        raise SystemExit(f"forward and backward evaluations are {exc}") from None
 
 
 def main() -> None:
@@ -114,17 +93,17 @@ def main() -> None:
         print("|---|---|---|---|---|")
         gaps = []
         for seed, (f, b, n) in zip(seeds, pairs, strict=True):
-            gap = bpb(f, n) - bpb(b, n)
-            gaps.append(gap)
-            lo, hi = bootstrap([(f, b, n)], args.resamples, seed)
-            print(f"| {seed} | {bpb(f, n):.4f} | {bpb(b, n):.4f} | {gap:+.4f} | "
-                  f"[{lo:+.4f}, {hi:+.4f}] |")
-        lo, hi = bootstrap(pairs, args.resamples)
+            one = stats.bootstrap_gap([(f, b, n)], args.resamples, seed)
+            gaps.append(one.value)
+            print(f"| {seed} | {stats.bpb(f, n):.4f} | {stats.bpb(b, n):.4f} | "
+                  f"{one.value:+.4f} | [{one.lo:+.4f}, {one.hi:+.4f}] |")
+        pooled = stats.bootstrap_gap(pairs, args.resamples)
         mean = float(np.mean(gaps))
-        line = f"| mean | | | {mean:+.4f} | [{lo:+.4f}, {hi:+.4f}] (documents, seeds pooled)"
+        line = (f"| mean | | | {mean:+.4f} | [{pooled.lo:+.4f}, {pooled.hi:+.4f}] (documents, "
+                "seeds pooled)")
         if len(gaps) > 1:
-            half = T_975.get(len(gaps) - 1, 1.96) * float(np.std(gaps, ddof=1)) / len(gaps) ** .5
-            line += f"; seeds: [{mean - half:+.4f}, {mean + half:+.4f}]"
+            by_seed = stats.seed_interval(gaps)
+            line += f"; seeds: [{by_seed.lo:+.4f}, {by_seed.hi:+.4f}]"
         print(line + " |")
 
 

@@ -100,6 +100,15 @@ def serve_world(phase_world, tmp_path_factory) -> Path:
     return build_serve_world(phase_world, tmp_path_factory.mktemp("serve_world"))
 
 
+@pytest.fixture(scope="session")
+def compare_world(phase_world, serve_world, tmp_path_factory) -> Path:
+    """Built once per session (read it, never write it): the serve world's experiments plus a
+    forward base ``f0`` on the same data and seed as ``b0`` (for ``backlm compare``)."""
+    from tests.helpers import build_compare_world
+
+    return build_compare_world(phase_world, serve_world, tmp_path_factory.mktemp("compare"))
+
+
 @pytest.fixture
 def served(serve_world, phase_world, monkeypatch) -> Path:
     """The serve world as the experiments folder (BACKLM_HOME the phase world's); read-only."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import math
 import socket
 import sysconfig
 import textwrap
@@ -18,15 +19,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from backlm import native as native_module
+from backlm import stats
+from backlm.atomic import write_json
 from backlm.cli import app
 from backlm.data.datasets import DATASETS
+from backlm.experiment import Experiment
 
 # --- training through the CLI -----------------------------------------------------------------
 # A 2-layer, width-64 model on the "tiny" dataset of the `home` fixture (tests/conftest.py).
@@ -151,6 +157,18 @@ def build_serve_world(phase_world: Path, root: Path) -> Path:
     return exps
 
 
+def build_compare_world(phase_world: Path, serve_world: Path, root: Path) -> Path:
+    """``root/exps``: the serve world's ``b0``, ``s1``, ``bi0``, ``bi1`` and a forward base
+    ``f0`` trained like ``b0`` (same data, seed and steps: the same validation documents).
+    Returns it."""
+    exps = copy_experiments(serve_world, root / "exps")
+    with pytest.MonkeyPatch.context() as mp:
+        use_world(mp, phase_world, exps)
+        res = run_cli(tiny_args("--direction", "forward", "--id", "f0", *PHASE_BASE, steps=4))
+        assert res.exit_code == 0, res.output
+    return exps
+
+
 def use_world(mp: pytest.MonkeyPatch, root: Path, exps: Path) -> None:
     """Point BACKLM_HOME at ``root/home`` and the experiments folder at ``exps``."""
     mp.setenv("BACKLM_HOME", str(root / "home"))
@@ -192,6 +210,59 @@ def tree_snapshot(*roots: Path) -> dict[str, str]:
                 p = Path(dirpath) / name
                 out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+# --- comparisons: experiments without weights, stored evaluations only -----------------------
+
+
+def write_stored(exp: Experiment, member, hashes: list[str] | None = None) -> None:
+    """Store ``member``'s readings as ``backlm eval`` result files of ``exp``."""
+    for order, r in member.readings.items():
+        records = []
+        for split, d in r.splits.items():
+            per_doc = dict(d["per_document"], hash=hashes or d["per_document"]["hash"])
+            records.append({"split": split, "bpb": d["bpb"], "loss": d["loss"],
+                            "per_document": per_doc})
+        write_json(exp.evaluation_path("base", order, "lm"), {
+            "experiment": exp.id, "task": "lm", "direction": order, "native": r.native,
+            "model_direction": member.direction, "phase": "base", "step": r.step,
+            "summary": {"metric": "val_loss", "score": 1.0}, "records": records})
+
+
+FAKE_DOCS = 60  # documents of every fake experiment's stored evaluations
+_FAKE_RNG = np.random.default_rng(0)
+FAKE_BYTES = _FAKE_RNG.integers(50, 400, FAKE_DOCS).astype(float)
+FAKE_DIFFICULTY = 1.6 + 0.4 * _FAKE_RNG.standard_normal(FAKE_DOCS)
+
+
+def fake_experiment(root: Path, exp_id: str, direction: str, depth: int, seed: int,
+                    gap: float = 0.0, hashes: list[str] | None = None) -> Experiment:
+    """A finished experiment without weights: config, metadata, metrics and stored lm
+    evaluations whose forward reading is ``gap`` bits per byte worse than the backward one."""
+    from backlm import experiment as xp
+
+    cfg = {"phase": "base", "train": {"seed": seed, "total_batch_tokens": 512},
+           "model": {"depth": depth, "head_dim": 64}, "data": {"direction": direction}}
+    exp = xp.create(root, exp_id, config_yaml=yaml.safe_dump(cfg), parent_link=None,
+                    metadata={"id": exp_id, "phase": "base", "direction": direction,
+                              "depth": depth, "status": "finished"})
+    exp.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 0, "val_bpb": 2.5}, {"step": 1, "loss": 4.0, "tokens": 512},
+        {"step": 2, "loss": 3.0, "tokens": 1024, "val_bpb": 1.7 + 0.01 * seed})))
+    noise = np.random.default_rng(1000 * depth + seed + (direction == "forward"))
+    for order in ("forward", "backward"):
+        doc_bpb = FAKE_DIFFICULTY + (gap if order == "forward" else 0.0) + (
+            0.0 if direction in (order, "bidirectional") else 0.3)
+        doc_bpb = doc_bpb + 0.05 * noise.standard_normal(FAKE_DOCS)
+        nats = doc_bpb * math.log(2) * FAKE_BYTES
+        per_doc = {"hash": hashes or [f"doc{i}" for i in range(FAKE_DOCS)],
+                   "bytes": FAKE_BYTES.astype(int).tolist(), "tokens": [10] * FAKE_DOCS,
+                   "nats": nats.tolist()}
+        write_json(exp.evaluation_path("base", order, "lm"), {
+            "direction": order, "native": direction in (order, "bidirectional"), "step": 2,
+            "records": [{"split": "val", "bpb": stats.bpb(nats, FAKE_BYTES), "loss": 1.0,
+                         "per_document": per_doc}]})
+    return exp
 
 
 # --- the research log (``{phase}.h5``) --------------------------------------------------------

@@ -85,3 +85,42 @@ def test_remove_stale_takes_the_temporaries_a_kill_left_and_nothing_else(tmp_pat
     atomic.write_text(tmp_path / "keep.txt", "x")
     assert atomic.remove_stale(tmp_path) == [".metadata.json.k1ll.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "sub"]
+
+
+def test_a_folder_appears_whole_and_replaces_the_old_one(tmp_path):
+    target = tmp_path / "deep" / "out"
+    with atomic.atomic_folder(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".out.")
+        (tmp / "a.txt").write_text("1")
+        assert not target.exists()
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    (tmp_path / "plain").mkdir()
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (target, tmp_path / "plain")}
+    assert len(modes) == 1  # a plain mkdir's mode, not mkdtemp's 0700
+    (tmp_path / "plain").rmdir()
+    with atomic.atomic_folder(target) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]  # the old folder is gone whole
+    assert [p.name for p in target.parent.iterdir()] == ["out"]
+
+
+def test_a_failed_folder_write_leaves_the_old_folder(tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    with atomic.atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic.atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("disk full")
+    assert (target / "a.txt").read_text() == "old"
+    real = os.rename
+
+    def refuse_the_swap(src, dst):
+        if str(src).endswith(".tmp"):
+            raise OSError("no")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", refuse_the_swap)
+    with pytest.raises(OSError), atomic.atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (target / "a.txt").read_text() == "old"  # moved back into place
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

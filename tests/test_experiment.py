@@ -137,3 +137,13 @@ def test_list_rows_marks_dead_runs_and_corrupt_folders(tmp_path):
     assert rows["dead"]["status"] == "stopped"  # no live lock holder
     assert rows["broken"]["status"] == "corrupt"
     assert xp.list_rows(tmp_path / "nowhere") == []
+
+
+def test_fivecat_results_are_listed_by_step_without_other_judgements(tmp_path):
+    e = make(tmp_path, "e")
+    assert e.fivecat_results("base") == []  # no evaluations folder yet
+    for step, as_dir in ((12, None), (3, None), (12, "forward")):
+        e.fivecat_path("base", step, as_dir).parent.mkdir(parents=True, exist_ok=True)
+        e.fivecat_path("base", step, as_dir).write_text("{}")
+    assert e.fivecat_results("base") == [(3, e.fivecat_path("base", 3)),
+                                         (12, e.fivecat_path("base", 12))]

@@ -143,6 +143,26 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
     return report
 
 
+def lm_results(exp: Experiment, options: EvalOptions) -> dict[str, dict[str, Any]]:
+    """Language modelling of ``exp``'s checkpoint in each of ``options.directions``, exactly
+    as ``run_eval`` would store it (the result file's content, per order), written nowhere."""
+    from backlm.experiment import utcnow
+    from backlm.inference import load_model
+
+    orders = parse_directions(options.directions)
+    data = _held_out(exp, options.lm_tokens, [])
+    loaded = load_model(exp, step=options.step, device=options.device)
+    out = {}
+    for order in orders:
+        records, summary = _lm(loaded, data, order, options)
+        native = Direction(order) in Direction.parse(loaded.direction).orders
+        out[order] = {"experiment": exp.id, "task": T.LM_TASK, "direction": order,
+                      "model_direction": loaded.direction, "native": native,
+                      "phase": loaded.phase, "step": loaded.step, "created": utcnow(),
+                      "summary": summary, "records": records}
+    return out
+
+
 def _evaluate(loaded: Any, task: str, order: str, examples: Any, options: EvalOptions,
               tick: Any) -> tuple[list[dict], dict[str, Any]]:
     from backlm.evaluation import scoring
