@@ -101,8 +101,9 @@ def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,
                    progress: Callable[[int, int], None] | None = None,
                    compare: Callable[[list[str], Path], Path] | None = None
                    ) -> QuickstartResult:
-    """Run (or continue) the quickstart in ``root``; ``compare(ids, root)`` writes the
-    comparison and returns its folder. A member that does not finish (Ctrl-C) ends it early
+    """Run (or continue) the quickstart in ``root``; ``compare(ids, out)`` writes the
+    comparison into ``out`` (:func:`comparison_dir`) and returns it; it is skipped when a
+    comparison newer than every member's results is there already. A member that does not finish (Ctrl-C) ends it early
     with :attr:`QuickstartResult.stopped` set."""
     from backlm.plan import FINISHED
 
@@ -126,7 +127,28 @@ def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,
     if compare is not None:
         stage = Stage("comparison")
         result.stages.append(stage)
-        say("[bold]quickstart · comparing the three[/]")
-        result.comparison = compare(ids, root)
-        stage.status = "done"
+        out = comparison_dir(root, prefix)
+        if _fresh(out, [xp.Experiment(Path(root) / i) for i in ids]):
+            stage.status, result.comparison = "skipped", out
+        else:
+            say("[bold]quickstart · comparing the three[/]")
+            result.comparison, stage.status = compare(ids, out), "done"
     return result
+
+
+def comparison_dir(root: Path, prefix: str) -> Path:
+    """Where the quickstart's comparison goes: ``comparisons/<prefix>`` beside the
+    experiments folder."""
+    return Path(root).resolve().parent / "comparisons" / prefix
+
+
+def _fresh(out: Path, members: Sequence[xp.Experiment]) -> bool:
+    """Whether a comparison in ``out`` is newer than every member's results."""
+    from backlm.compare_output import MARKDOWN
+
+    report = out / MARKDOWN
+    if not report.is_file():
+        return False
+    newest = max(p.stat().st_mtime for exp in members
+                 for p in [exp.metadata_path, *(r for _, r in exp.fivecat_results())])
+    return report.stat().st_mtime > newest

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from matplotlib.image import imread
 
 from tests.helpers import FIVECAT_TINY, fivecat_cli, fivecat_home
 
@@ -50,10 +51,22 @@ def test_a_stopped_quickstart_continues_and_a_finished_one_changes_nothing(home,
              (forward / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert steps[-1] == STEPS and len(set(steps)) == len(steps)  # resumed, not restarted
 
-    stamps = {p: os.stat(p).st_mtime_ns for p in exps.rglob("*") if p.is_file()}
+    report = home / "comparisons" / "qs" / "COMPARISON.md"
+    text = report.read_text()
+    assert all(f"qs-{d}" in text for d in ("forward", "backward", "bidirectional"))
+    assert "CI" in text or "interval" in text.lower()
+    pngs = list(report.parent.glob("*.png"))
+    assert pngs and (report.parent / "comparison.csv").is_file()
+    for png in pngs:  # every figure has data drawn in it, not just a blank canvas
+        pixels = imread(png)[..., :3].reshape(-1, 3)
+        assert (pixels.std(axis=0) > 0.01).any() and (pixels.min(axis=1) < 0.9).mean() > 0.01
+    assert str(report) in res.output.replace("\n", "")
+
+    tree = [*exps.rglob("*"), *report.parent.rglob("*")]
+    stamps = {p: os.stat(p).st_mtime_ns for p in tree if p.is_file()}
     res = fivecat_cli(*ARGS)  # everything is done: nothing trains, nothing is rewritten
     assert res.exit_code == 0, res.output
-    assert {p: os.stat(p).st_mtime_ns for p in exps.rglob("*") if p.is_file()} == stamps
+    assert {p: os.stat(p).st_mtime_ns for p in tree if p.is_file()} == stamps
 
 
 @pytest.mark.parametrize(("args", "words"), [

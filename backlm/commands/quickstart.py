@@ -39,7 +39,7 @@ def quickstart(
                                 overrides=overrides or [],
                                 observers=[TrainDisplay()], say=say,
                                 progress=lambda done, total: bars("5CAT probes", done, total),
-                                compare=_compare)
+                                compare=lambda ids, out: _compare(ids, root, out, bars))
     if result.stopped is not None:
         from backlm.commands.train import finish, render_summary
 
@@ -58,9 +58,16 @@ def quickstart(
                       f"{five.get('gates_passed')}/{five.get('gates_total')}", verdict)
     console.print(table)
     if result.comparison is not None:
-        console.print(f"comparison: {result.comparison}", highlight=False)
+        console.print(f"comparison report: {result.comparison / 'COMPARISON.md'}",
+                      highlight=False, soft_wrap=True)
 
 
-def _compare(ids: list[str], root: Path) -> Path | None:
-    """The comparison of the three (``backlm compare``), when that command is available."""
-    return None
+def _compare(ids: list[str], root: Path, out: Path, bars) -> Path:
+    """The comparison of the three (``backlm compare``), shown as that command shows it."""
+    from backlm.commands.compare import _render
+    from backlm.compare import CompareOptions, run_compare
+
+    result = run_compare(ids, root, CompareOptions(output=out), bars)
+    bars.stop()
+    _render(result)
+    return result.output
