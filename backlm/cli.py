@@ -18,6 +18,7 @@ from backlm.commands import fivecat as fivecat_cmd
 from backlm.commands import log as log_cmd
 from backlm.commands import ls as ls_cmd
 from backlm.commands import note as note_cmd
+from backlm.commands import report as report_cmd
 from backlm.commands import score as score_cmd
 from backlm.commands import serve as serve_cmd
 from backlm.commands import train as train_cmd
@@ -71,6 +72,7 @@ app.command("log")(log_cmd.log)
 app.command("score")(score_cmd.score)
 app.command("chat")(chat_cmd.chat)
 app.command("serve")(serve_cmd.serve)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:
