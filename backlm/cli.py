@@ -20,6 +20,7 @@ from backlm.commands import log as log_cmd
 from backlm.commands import ls as ls_cmd
 from backlm.commands import note as note_cmd
 from backlm.commands import quickstart as quickstart_cmd
+from backlm.commands import report as report_cmd
 from backlm.commands import score as score_cmd
 from backlm.commands import serve as serve_cmd
 from backlm.commands import train as train_cmd
@@ -77,6 +78,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("upload")(upload_cmd.upload)
 app.command("compare")(compare_cmd.compare)
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

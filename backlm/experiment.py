@@ -4,7 +4,8 @@
 
     experiments/<id>/
       config.yaml  metadata.json  parent_link.json  metrics.jsonl  training_summary.json
-      tokenizer/  run.lock  {phase}.h5  RESEARCH_REPORT.md  figures/
+      tokenizer/  run.lock  {phase}.h5  RESEARCH_REPORT.md  figures/  (.report-*: a report
+      being built)
       checkpoints/step_XXXXXX/  checkpoints/best.json  checkpoints/best_5cat.json
       evaluations/<phase>/<order>/<task>.json  evaluations/<phase>/fivecat/step_XXXXXX.json
       notes/notes.txt  notes/issues.txt  notes/generation_samples.jsonl
@@ -117,6 +118,14 @@ class Experiment:
     hub_dir = _entry(HUB_DIR, doc="Model folders staged for the Hugging Face Hub.")
     hub_uploads_path = _entry(HUB_DIR, "uploads.json",
                               doc="Every push to a hub: repo, endpoint, step, commit, when.")
+    evaluations_root = _entry("evaluations", doc="``<phase>/`` folders of eval and 5CAT results.")
+
+    def report_staging(self) -> Path:
+        """A new hidden folder inside the experiment where a report is built before it replaces
+        RESEARCH_REPORT.md and figures/ (the same file system, so the swap is a rename)."""
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix=".report-", dir=self.path))
 
     def notes_path(self, issue: bool = False) -> Path:
         """``notes/notes.txt``, or ``notes/issues.txt`` for issues."""
@@ -132,7 +141,7 @@ class Experiment:
 
     def evaluations_dir(self, phase: str | None = None) -> Path:
         """``evaluations/<phase>/``: everything ``eval`` and ``5cat`` wrote for a phase."""
-        return self.path / "evaluations" / (phase or self.phase)
+        return self.evaluations_root / (phase or self.phase)
 
     def evaluation_path(self, phase: str, order: str, task: str) -> Path:
         """``evaluations/<phase>/<order>/<task>.json``: one task read in one order."""

@@ -109,6 +109,17 @@ def compare_world(phase_world, serve_world, tmp_path_factory) -> Path:
     return build_compare_world(phase_world, serve_world, tmp_path_factory.mktemp("compare"))
 
 
+@pytest.fixture(scope="session")
+def report_world(phase_world, serve_world, tmp_path_factory) -> Path:
+    """Built once per session (read it, never write it; copy with
+    :func:`tests.helpers.copy_experiments`): the serve world's experiments filled for reports,
+    plus a crashed run (see :func:`tests.helpers.build_report_world`). Returns the experiments
+    folder."""
+    from tests.helpers import build_report_world
+
+    return build_report_world(phase_world, serve_world, tmp_path_factory.mktemp("report"))
+
+
 @pytest.fixture
 def served(serve_world, phase_world, monkeypatch) -> Path:
     """The serve world as the experiments folder (BACKLM_HOME the phase world's); read-only."""

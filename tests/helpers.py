@@ -725,3 +725,167 @@ def serving(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+# --- research reports (``backlm report``) -----------------------------------------------------
+
+
+def fivecat_rows(direction: str, *, good: bool = True) -> list:
+    """Judged 5CAT rows of every gate on VAL and OOD (per marker for bidirectional), with
+    values that pass (``good``) or a direction margin that fails."""
+    from backlm.fivecat.engine import GateRow
+    from backlm.fivecat.spec import Thresholds
+
+    th = Thresholds()
+    markers = ["forward", "backward"] if direction == "bidirectional" else [None]
+    rows = []
+    for marker in markers:
+        for split in ("val", "ood"):
+            where = {"split": split, "marker": marker}
+            rows += [GateRow("A", "logp(+1) − max other", value=1.2, op=">=",
+                             threshold=th.offset_margin, **where),
+                     GateRow("B", "order margin", value=0.3 if good else -0.2, op=">=",
+                             threshold=th.direction_margin, **where),
+                     GateRow("C", "Δ logp, context shuffled", value=-0.1, op="<=",
+                             threshold=-th.context_drop, **where),
+                     GateRow("C", "Δ logp, context reversed", value=-0.12, op="<=",
+                             threshold=-th.context_drop, **where),
+                     GateRow("D", "rollout / teacher-forced", value=0.35, op=">=",
+                             threshold=th.rollout_ratio, **where)]
+            if marker:
+                rows.append(GateRow("B", "marker margin", value=0.08, op=">=",
+                                    threshold=th.marker_margin, **where))
+        rows.append(GateRow("E", "CE gap per entropy bin", split="val~ood", marker=marker,
+                            value=0.2, op="<=", threshold=th.generalisation_gap))
+    return rows
+
+
+def save_fivecat(exp_path: Path, step: int, good: bool = True, judged_as: str | None = None):
+    """A 5CAT result file of the experiment at ``step``, written by the real writer."""
+    from backlm.experiment import Experiment
+    from backlm.fivecat.engine import FivecatResult, save_result
+    from backlm.fivecat.spec import load_spec
+
+    exp = Experiment(exp_path)
+    meta = exp.metadata()
+    direction = judged_as or meta["direction"]
+    result = FivecatResult(direction, fivecat_rows(direction, good=good), [], [], {},
+                           load_spec(None))
+    return save_result(exp.fivecat_path(meta["phase"], step, judged_as), result,
+                       {"experiment": exp.id, "step": step, "phase": meta["phase"],
+                        "checkpoint_direction": meta["direction"]})
+
+
+def add_research_rows(exp_path: Path, steps=(2, 4)) -> None:
+    """Per-token and statistics rows in a finished run's research log, appended by the real
+    writer (the fixtures' runs log them every 50 steps, past their end)."""
+    import h5py
+    import numpy as np
+
+    from backlm.experiment import Experiment
+    from backlm.logs.hdf5 import Hdf5Logger, Schema
+
+    exp = Experiment(exp_path)
+    path = exp.research_log()
+    with h5py.File(path, "r") as f:
+        attrs = dict(f.attrs)
+        names = {g: tuple(x for x in f[g] if x != "step") for g in ("scalars", "gradients",
+                                                                    "activations")}
+        rows, seq = f["per_token/loss"].shape[1:]
+    schema = Schema(names["scalars"], names["gradients"], names["activations"], rows, seq)
+    log = Hdf5Logger(path, schema, attrs, resume_step=max(steps), warn=lambda m: None)
+    rng = np.random.default_rng(0)
+    for i, step in enumerate(steps):
+        level = 5.0 - i
+        loss = (level + rng.random((rows, seq))).astype("float16")
+        ids = rng.integers(0, 256, (rows, seq)).astype("int32")
+        log.add_per_token(step, {"loss": loss, "pred": ids, "input": ids, "target": ids,
+                                 "position_loss": loss.mean(0).astype("float32")})
+        for group, keys in (("gradients", ("norm", "mean", "std", "max_abs")),
+                            ("activations", ("mean", "std", "rms", "max_abs"))):
+            log.add_stats(group, step, {n: {k: float(j + 1) / (i + 1) for k in keys}
+                                        for j, n in enumerate(names[group])})
+    log.close()
+
+
+def write_samples(exp_path: Path, steps=(2, 4)) -> None:
+    """Generation samples of the experiment's latest checkpoint, written as training does."""
+    import json as _json
+
+    from backlm.experiment import Experiment
+    from backlm.inference import load_model
+    from backlm.logs.samples import generate_samples
+
+    exp = Experiment(exp_path)
+    lm = load_model(exp, device="cpu")
+    cfg = exp.config()
+    cfg.log.sample_tokens = 12
+    state = loop_state(exp_path, cfg=cfg, model=lm.model, tokenizer=lm.tokenizer)
+    lines = [_json.dumps(r, ensure_ascii=False) for s in steps
+             for r in generate_samples(state.run, s)]
+    exp.samples_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def build_report_world(phase_world: Path, serve_exps: Path, root: Path) -> Path:
+    """``root/exps``, a copy of the serve world's experiments (``serve_exps``) filled for
+    reports; returns it.
+
+    ``b0`` (backward): evaluated in both orders (`backlm eval`, lm), 5CAT at steps 1 (failing)
+    and 4 (passing) plus one judged as forward, a note and an issue. ``bi0``
+    (bidirectional): evaluated, 5CAT per marker, per-token and statistics rows in its research
+    log, generation samples. ``crash``: ``s1`` as a killed run (status running, a torn last
+    metrics line, no training summary, no checkpoints; trained with log.hdf5 off, so no
+    research log).
+    """
+    import shutil
+
+    from backlm.experiment import Experiment
+    from backlm.notes import add_note
+
+    exps = copy_experiments(serve_exps, root / "exps")
+    with pytest.MonkeyPatch.context() as mp:
+        use_world(mp, phase_world, exps)
+        for exp_id in ("b0", "bi0"):
+            res = run_cli(["eval", exp_id, "--tasks", "lm", "--lm-tokens", "256"])
+            assert res.exit_code == 0, res.output
+    save_fivecat(exps / "b0", 1, good=False)
+    save_fivecat(exps / "b0", 4)
+    save_fivecat(exps / "b0", 4, good=False, judged_as="forward")
+    save_fivecat(exps / "bi0", 4)
+    add_note(Experiment(exps / "b0"), "loss | fell fast")
+    add_note(Experiment(exps / "b0"), "eval on OOD pending", issue=True)
+    add_research_rows(exps / "bi0")
+    write_samples(exps / "bi0")
+    crash = Experiment(shutil.copytree(exps / "s1", exps / "crash"))
+    crash.update_metadata(id="crash", status="running", finished=None, pid=2 ** 22 + 7)
+    crash.summary_path.unlink()
+    shutil.rmtree(crash.checkpoints)
+    for log in crash.research_logs():
+        log.unlink()
+    crash.config_path.write_text(crash.config_path.read_text().replace("hdf5: true",
+                                                                       "hdf5: false"))
+    with open(crash.metrics_path, "a", encoding="utf-8") as f:
+        f.write('{"step": 3, "loss": 5.1, "lr_m')
+    return exps
+
+
+def png_data(path: Path) -> dict[str, float]:
+    """What a PNG shows: how many colours, the share of pixels that are not the background
+    (its most common colour), and how many pixels have matplotlib's first series colour
+    (C0, #1f77b4): a plotted line or marker, not just axes."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    rgb = (mpimg.imread(path)[..., :3].reshape(-1, 3) * 255).round().astype(np.int64)
+    codes = rgb[:, 0] * 65536 + rgb[:, 1] * 256 + rgb[:, 2]
+    _, counts = np.unique(codes, return_counts=True)
+    c0 = np.array([0x1F, 0x77, 0xB4])
+    return {"colours": len(counts), "foreground": 1 - counts.max() / len(codes),
+            "series_pixels": int((np.abs(rgb - c0).max(axis=1) <= 20).sum())}
+
+
+def assert_png_has_data(path: Path) -> None:
+    """The figure is not blank: several colours, some foreground, a drawn series."""
+    seen = png_data(path)
+    assert seen["colours"] > 2 and seen["foreground"] > 0.01, (path, seen)
+    assert seen["series_pixels"] >= 30, (path, seen)

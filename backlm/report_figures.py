@@ -1,0 +1,116 @@
+"""The research report's figures (PNG, matplotlib's Agg canvas, no pyplot state).
+
+Every function draws one figure from plain numbers and returns whether it drew one: a figure
+is written only when it has finite data to show, so no figure of a report is ever empty. A
+series with a single point is drawn with markers so it is still visible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+# One series: (label, xs, ys).
+Series = tuple[str, Sequence[float], Sequence[float]]
+# One panel: (title, x label, y label, series, horizontal reference line or None).
+Panel = tuple[str, str, str, list[Series], float | None]
+
+DPI = 100
+PANEL_SIZE = (4.6, 3.3)  # inches
+
+
+def _finite(series: Series) -> Series:
+    label, xs, ys = series
+    pairs = [(float(x), float(y)) for x, y in zip(xs, ys, strict=False)
+             if y is not None and x is not None and math.isfinite(float(y))
+             and math.isfinite(float(x))]
+    return label, [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def draw_panels(path: Path, panels: Sequence[Panel], title: str = "",
+                columns: int | None = None, log_x: bool = False, log_y: bool = False) -> bool:
+    """Panels of line plots side by side (wrapping after ``columns``); panels and series
+    without finite points are dropped, and nothing is written when none is left. A log axis
+    is used only where every value on it is positive."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    kept = []
+    for name, xlabel, ylabel, series, ref in panels:
+        finite = [s for s in map(_finite, series) if s[1]]
+        if finite:
+            kept.append((name, xlabel, ylabel, finite, ref))
+    if not kept:
+        return False
+    cols = min(len(kept), columns or len(kept))
+    rows = math.ceil(len(kept) / cols)
+    width, height = PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows + (0.35 if title else 0)
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    # fixed margins in inches: matplotlib's layout engines cost a second full draw
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height,
+                        top=1 - (0.35 + (0.35 if title else 0)) / height, wspace=0.3,
+                        hspace=0.5)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (name, xlabel, ylabel, series, ref) in zip(axes, kept, strict=False):
+        for label, xs, ys in series:
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=4, linewidth=1.5,
+                    label=label)
+        if ref is not None and math.isfinite(ref):
+            ax.axhline(ref, color="0.35", linestyle="--", linewidth=1, label="threshold")
+        if log_x and all(x > 0 for _, xs, _ in series for x in xs):
+            ax.set_xscale("log")
+        if log_y and all(y > 0 for _, _, ys in series for y in ys):
+            ax.set_yscale("log")
+        if xlabel in ("step", "tokens"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if len(series) > 1 or ref is not None:
+            ax.legend(fontsize=8)
+    for ax in axes[len(kept):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return True
+
+
+def learning_curves(path: Path, train: list[dict], val: dict[str, list[Series]]) -> bool:
+    """Train loss against step and against tokens seen; one panel per validation metric
+    family (``val_bpb``, ``val_chat_loss`` …) with a line per order."""
+    steps = [r["step"] for r in train]
+    loss = [r["loss"] for r in train]
+    panels: list[Panel] = [("train loss", "step", "loss (nats/token)",
+                            [("train", steps, loss)], None)]
+    with_tokens = [r for r in train if isinstance(r.get("tokens"), int | float)]
+    if with_tokens:
+        panels.append(("train loss by tokens seen", "tokens", "loss (nats/token)",
+                       [("train", [r["tokens"] for r in with_tokens],
+                         [r["loss"] for r in with_tokens])], None))
+    for family, series in val.items():
+        panels.append((family, "step", family, series, None))
+    return draw_panels(path, panels, "learning curves", columns=3)
+
+
+def position_loss(path: Path, curves: list[Series], title: str, xlabel: str,
+                  log_x: bool = False) -> bool:
+    """Mean loss at each token position, one line per curve (e.g. first vs last step)."""
+    return draw_panels(path, [(title, xlabel, "loss (nats/token)", curves, None)],
+                       log_x=log_x)
+
+
+def stat_lines(path: Path, title: str, ylabel: str, series: list[Series],
+               log_y: bool = False) -> bool:
+    """One statistic of several parameters or layers over training steps."""
+    return draw_panels(path, [(title, "step", ylabel, series, None)], log_y=log_y)
+
+
+def gate_history(path: Path, gates: dict[str, tuple[str, list[Series], float | None]]) -> bool:
+    """One panel per 5CAT gate: its value over steps with the pass threshold dashed."""
+    panels: list[Panel] = [(f"{gate} {name}", "step", "value", series, threshold)
+                           for gate, (name, series, threshold) in gates.items()]
+    return draw_panels(path, panels, "5CAT gates over training", columns=3)
