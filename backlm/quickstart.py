@@ -17,10 +17,10 @@ from typing import Any
 from backlm import experiment as xp
 
 DIRECTIONS = ("forward", "backward", "bidirectional")
-# Half the cpu-tiny preset's steps: three models and their checks fit in ~15 minutes on 2
-# cores (BENCHMARKS.md "Quickstart"); evaluation and checkpoints every 50 steps.
-STEPS = 100
-SETTINGS = ("train.eval_every=50", "train.save_every=50", "log.wandb=off")
+# 40% of the cpu-tiny preset's steps: three models, their checks and the comparison fit in
+# ~13 minutes on 2 cores (BENCHMARKS.md "Quickstart"); evaluation and checkpoints every 40.
+STEPS = 80
+SETTINGS = ("train.eval_every=40", "train.save_every=40", "log.wandb=off")
 
 
 @dataclass

@@ -16,7 +16,7 @@ def quickstart(
     prefix: str = typer.Option("quickstart", "--prefix",
                                help="Experiment ids: PREFIX-forward, -backward, -bidirectional."),
     seed: int = typer.Option(0, "--seed", help="One seed for all three (the same data order)."),
-    steps: int = typer.Option(None, "--steps", help="Training steps per model (default 100)."),
+    steps: int = typer.Option(None, "--steps", help="Training steps per model (default 80)."),
     overrides: list[str] = typer.Option(None, "--set",
                                         help="key=value for all three configs (repeatable)."),
     experiments: Path = EXPERIMENTS_DIR,
