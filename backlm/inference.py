@@ -46,6 +46,38 @@ def chosen_step(exp: Experiment, step: int | None = None) -> int:
     return step
 
 
+def pick_checkpoint(exp: Experiment, step: str | None, verb: str,
+                    kinds: tuple[str, ...] = ("best", "latest")) -> tuple[Path, int]:
+    """A checkpoint named on the command line: ``best`` (the default when one was recorded),
+    ``best_5cat`` (when in ``kinds``), ``latest`` (the default otherwise) or a step number.
+    ``verb`` says what it is for in messages ("branch from", "upload")."""
+    steps = exp.checkpoint_steps()
+    if not steps:
+        raise UserError(f"experiment {exp.id} has no checkpoint to {verb}: train it first "
+                        f"(`backlm train --resume {exp.id}`)")
+    text = (step or "").strip().lower()
+    shown = ", ".join(map(str, steps[-10:]))
+    if text in ("latest", "last") or (not text and exp.best("val") is None):
+        return exp.checkpoint_dir(steps[-1]), steps[-1]
+    if text in ("", "best") or (text == "best_5cat" and text in kinds):
+        kind = "5cat" if text == "best_5cat" else "val"
+        record, name = exp.best(kind), exp.best_path(kind).name
+        chosen = (record or {}).get("step")
+        if not isinstance(chosen, int) or chosen not in steps:
+            why = (f"no {name} was recorded" if record is None
+                   else f"{name} names step {chosen}, which is not on disk")
+            raise UserError(f"experiment {exp.id} has no best checkpoint on disk ({why}): give "
+                            f"--step latest or one of {shown}")
+        return exp.checkpoint_dir(chosen), chosen
+    if not (text.isascii() and text.isdigit()):  # int() takes digits such as "²"
+        raise UserError(f"--step {step!r} is not a step: give {', '.join(kinds)} or one of "
+                        f"{shown}")
+    if int(text) not in steps:
+        raise UserError(f"experiment {exp.id} has no checkpoint at step {int(text)}: it has "
+                        f"{shown}")
+    return exp.checkpoint_dir(int(text)), int(text)
+
+
 def resolve_step(exp: Experiment, step: int | None) -> Path:
     """Checkpoint folder for ``step`` (default: :func:`chosen_step`'s)."""
     return exp.checkpoint_dir(chosen_step(exp, step))

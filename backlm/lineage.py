@@ -51,31 +51,9 @@ class Branch:
 def choose_checkpoint(parent: xp.Experiment, step: str | None) -> tuple[Path, int]:
     """The parent checkpoint a branch starts from: ``best`` (the default when the parent
     recorded one), a step number, or ``latest`` (the default otherwise)."""
-    steps = parent.checkpoint_steps()
-    if not steps:
-        raise UserError(f"experiment {parent.id} has no checkpoint to branch from: train it "
-                        f"first (`backlm train --resume {parent.id}`)")
-    text = (step or "").strip().lower()
-    best = parent.best("val")
-    if text == "best" or (not text and best):
-        chosen = best.get("step") if best else None
-        if not isinstance(chosen, int) or chosen not in steps:
-            raise UserError(f"experiment {parent.id} has no best checkpoint on disk: give "
-                            f"--step with one of {_steps(steps)}, or --step latest")
-        return parent.checkpoint_dir(chosen), chosen
-    if text in ("", "latest", "last"):
-        return parent.checkpoint_dir(steps[-1]), steps[-1]
-    if not (text.isascii() and text.isdigit()):  # int() refuses digits such as "²"
-        raise UserError(f"--step {step!r} is not a step: give best, latest or one of "
-                        f"{_steps(steps)}")
-    if int(text) not in steps:
-        raise UserError(f"experiment {parent.id} has no checkpoint at step {int(text)}: it has "
-                        f"{_steps(steps)}")
-    return parent.checkpoint_dir(int(text)), int(text)
+    from backlm.inference import pick_checkpoint
 
-
-def _steps(steps: list[int]) -> str:
-    return ", ".join(map(str, steps[-10:]))
+    return pick_checkpoint(parent, step, "branch from")
 
 
 def _child_config(phase: str, parent_cfg: RunConfig, meta: dict[str, Any], preset: str | None,

@@ -107,33 +107,9 @@ def resolve_token(token: str | None) -> str | None:
 def choose_step(exp: Experiment, step: str | None) -> tuple[Path, int]:
     """The checkpoint to upload: ``best`` (the default when recorded, else the latest),
     ``best_5cat``, ``latest`` or a step number."""
-    steps = exp.checkpoint_steps()
-    if not steps:
-        raise UserError(f"experiment {exp.id} has no checkpoint to upload: train it first "
-                        f"(`backlm train --resume {exp.id}`)")
-    text = (step or "").strip().lower()
-    shown = ", ".join(map(str, steps[-10:]))
-    if text in ("latest", "last") or (not text and exp.best("val") is None):
-        return exp.checkpoint_dir(steps[-1]), steps[-1]
-    if text in ("", "best", "best_5cat"):
-        kind = "5cat" if text == "best_5cat" else "val"
-        record = exp.best(kind)
-        if record is None:
-            raise UserError(f"experiment {exp.id} has no {exp.best_path(kind).name} (no best "
-                            f"checkpoint of that kind was recorded): give --step latest or one "
-                            f"of {shown}")
-        chosen = record.get("step")
-        if not isinstance(chosen, int) or chosen not in steps:
-            raise UserError(f"experiment {exp.id}'s best checkpoint (step {chosen}) is not on "
-                            f"disk: give --step latest or one of {shown}")
-        return exp.checkpoint_dir(chosen), chosen
-    if not (text.isascii() and text.isdigit()):
-        raise UserError(f"--step {step!r} is not a step: give best, best_5cat, latest or one "
-                        f"of {shown}")
-    if int(text) not in steps:
-        raise UserError(f"experiment {exp.id} has no checkpoint at step {int(text)}: it has "
-                        f"{shown}")
-    return exp.checkpoint_dir(int(text)), int(text)
+    from backlm.inference import pick_checkpoint
+
+    return pick_checkpoint(exp, step, "upload", ("best", "best_5cat", "latest"))
 
 
 def plan_upload(req: UploadRequest) -> UploadPlan:
