@@ -107,6 +107,7 @@ class LogConfig:
     per_token_every: int = 50  # per-token losses / predictions / inputs of a slice of the batch
     per_token_rows: int = 2  # rows of the last micro-batch in that slice
     stats_every: int = 50  # gradient and activation statistics
+    attention_every: int = 50  # attention entropy and distance per head, on the per-token rows
     flush_every: int = 10  # steps between HDF5 flushes (and at every checkpoint)
     sample_every: int = 500  # generation samples to notes/generation_samples.jsonl
     sample_tokens: int = 48

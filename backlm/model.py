@@ -56,10 +56,15 @@ class Attention(nn.Module):
         self.qkv = nn.Parameter(torch.empty(3, inner, cfg.model_dim))
         self.proj = nn.Parameter(torch.empty(cfg.model_dim, inner))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
+    def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v ``(B, H, T, D)`` of ``x`` ``(B, T, C)``: rotary and QK norm applied."""
         B, T, C = x.shape
         x2, w = cast(compute_dtype(x), x.reshape(B * T, C), self.qkv.flatten(0, 1))
-        q, k, v = qkv_rotary_norm(x2, w, cos.to(w.dtype), sin.to(w.dtype), B, self.n_heads)
+        return qkv_rotary_norm(x2, w, cos.to(w.dtype), sin.to(w.dtype), B, self.n_heads)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.project(x, cos, sin)
         if cache is None:
             y = causal_attention(q, k, v)
         else:

@@ -72,7 +72,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("optim.init_lr_frac", lambda v: 0 < v <= 10, "in (0, 10]"),
     ("log.sample_temperature", _at_least(0), "0 (greedy) or positive"),
     *((f"log.{n}", _at_least(0), "0 (off) or more") for n in (
-        "per_token_every", "per_token_rows", "stats_every", "sample_every", "sample_tokens")),
+        "per_token_every", "per_token_rows", "stats_every", "attention_every", "sample_every",
+        "sample_tokens")),
     ("log.flush_every", _at_least(1), "at least 1"),
     ("chat.train_on", lambda v: v in ("", "assistant", "user", "all"),
      "assistant, user or all (empty: the turns the direction writes)"),

@@ -70,7 +70,7 @@ class HeldOpen:
     """The older writer: one handle in SWMR write mode for the whole run."""
 
     def __init__(self, log) -> None:
-        from backlm.logs.hdf5 import LIBVER
+        from backlm.logs.h5_file import LIBVER
 
         self.log = log
         self.f = h5py.File(log.path, "r+", libver=LIBVER)
@@ -78,7 +78,7 @@ class HeldOpen:
         self.ds = {n: self.f[n] for n in log._order}
 
     def flush(self) -> None:
-        from backlm.logs.hdf5 import _append
+        from backlm.logs.h5_file import append_rows as _append
 
         for name in self.log._order:
             rows = self.log._buf[name]

@@ -268,7 +268,8 @@ def fake_experiment(root: Path, exp_id: str, direction: str, depth: int, seed: i
 # --- the research log (``{phase}.h5``) --------------------------------------------------------
 
 LOG_FAST = ["--set", "train.save_every=4", "--set", "log.flush_every=2",
-            "--set", "log.per_token_every=2", "--set", "log.stats_every=3"]
+            "--set", "log.per_token_every=2", "--set", "log.stats_every=3",
+            "--set", "log.attention_every=3"]
 
 
 def train_logged(exp_id: str, *extra: str, steps: int = 6, direction: str = "forward",

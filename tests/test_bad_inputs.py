@@ -497,7 +497,7 @@ RANGE_BAD: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train.dtype": (("fp16", "float8", ""), ()),
     "log.wandb": (("sometimes", ""), ()),
     **{f"log.{k}": (("-1",), ()) for k in ("per_token_every", "per_token_rows", "stats_every",
-                                            "sample_every", "sample_tokens")},
+                                            "attention_every", "sample_every", "sample_tokens")},
     "log.flush_every": (("0", "-1"), ()),
     "log.sample_temperature": (("-1", NAN), ()),
     "fivecat.every": (("-1",), ()),

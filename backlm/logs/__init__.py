@@ -67,7 +67,7 @@ def schema_for(run: RunInfo) -> Any:
     return Schema(scalars=(*BASE_SCALARS, *per_direction, *run.phase_scalars), params=params,
                   layers=tuple(f"blocks.{i}" for i in range(len(run.model.blocks))),
                   rows=min(run.cfg.log.per_token_rows, run.cfg.train.device_batch_size),
-                  seq_len=run.cfg.model.seq_len)
+                  seq_len=run.cfg.model.seq_len, heads=run.cfg.model.n_heads)
 
 
 def file_attrs(run: RunInfo) -> dict[str, Any]:
@@ -89,7 +89,9 @@ def group_attrs(run: RunInfo) -> dict[str, dict[str, Any]]:
     return {"scalars": {"every": run.cfg.train.log_every},
             "per_token": {"every": log.per_token_every, "rows": log.per_token_rows,
                           "seq_len": run.cfg.model.seq_len},
-            "gradients": {"every": log.stats_every}, "activations": {"every": log.stats_every}}
+            "gradients": {"every": log.stats_every}, "activations": {"every": log.stats_every},
+            "attention": {"every": log.attention_every, "rows": log.per_token_rows,
+                          "layers": run.cfg.model.depth, "heads": run.cfg.model.n_heads}}
 
 
 def callbacks(state: LoopState) -> list[Callback]:

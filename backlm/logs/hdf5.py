@@ -30,6 +30,14 @@ as in ``model.named_parameters()`` (e.g. ``blocks.0.attn.qkv``).
 the output of each transformer block (``blocks.0`` ...), over every micro-batch of the step,
 captured by forward hooks armed only on those steps (no extra forward pass).
 
+``/attention/{entropy,distance}`` (float32 (n, layers, heads), every ``log.attention_every``
+steps; group attrs ``every``, ``rows``, ``layers``, ``heads``): per layer and head, over every
+query position of the per-token slice's rows (the same rows, scored by the same forward when
+both are due), in model order: ``entropy`` the mean entropy of a query's attention in nats
+(a query at position i spreading evenly over its i+1 keys has log(i+1)), ``distance`` the
+mean number of tokens between a query and the keys it attends to, weighted by attention (0:
+itself; the order the model reads, so forward and backward models compare directly).
+
 ``/eval/{kind,name,value}`` (one row per value; ``kind`` and ``name`` are fixed-length byte
 strings): validation results (kind ``val``) at every evaluation, and whatever other code adds
 through :func:`append_eval` (e.g. kind ``5cat``). ``/extra/{name,value}``: numeric record keys
@@ -44,13 +52,14 @@ file is closed and consistent, so any reader, h5dump and h5ls included, opens it
 and after a SIGKILL. A kill in mid-flush leaves it flagged "open for write": :func:`open_reader`
 still reads it, ``h5clear -s`` clears the flag for other tools. A resumed run rebuilds the file
 (rows of steps ≤ the checkpoint step, atomic rename) and appends: no step is ever duplicated.
+A file from before a group existed (``/attention`` came later) gains it empty on that rebuild;
+readers treat a missing group as no records. Building and recovery: :mod:`backlm.logs.h5_file`.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,23 +68,21 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from backlm import atomic
 from backlm.errors import UserError
 from backlm.logs.base import MetricLogger
+from backlm.logs.h5_file import LIBVER, append_rows, open_reader, rebuild, resumed_at
 
 if TYPE_CHECKING:
     from backlm.experiment import Experiment
 
 SCHEMA_VERSION = 1
-GROUPS = ("scalars", "per_token", "gradients", "activations", "eval", "extra")
+GROUPS = ("scalars", "per_token", "gradients", "activations", "attention", "eval", "extra")
 BASE_SCALARS = ("loss", "lr_mult", "grad_norm", "tokens", "tokens_per_sec", "mfu", "dt",
                 "val_loss", "val_bpb")
 GRAD_STATS = ("norm", "mean", "std", "max_abs")
 ACT_STATS = ("mean", "std", "rms", "max_abs")
+ATTN_STATS = ("entropy", "distance")
 KIND_LEN, NAME_LEN = 16, 64
-_CHUNK_BYTES = 32768
-# SWMR's oldest format and no newer: HDF5 1.10's tools cannot read "latest" under HDF5 2.x.
-LIBVER = ("v110", "v110")
 
 # Live writers by resolved path: append_eval hands rows to them, never writing the file beside.
 _OPEN: dict[str, Hdf5Logger] = {}
@@ -90,6 +97,7 @@ class Schema:
     layers: tuple[str, ...]
     rows: int
     seq_len: int
+    heads: int = 0  # attention heads per layer; 0: no /attention statistics
 
     def datasets(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Every dataset path → (shape of one row, dtype)."""
@@ -101,22 +109,13 @@ class Schema:
                     "per_token/position_loss": ((self.seq_len,), "f4")})
         out.update({f"gradients/{p}/{s}": ((), "f4") for p in self.params for s in GRAD_STATS})
         out.update({f"activations/{n}/{s}": ((), "f4") for n in self.layers for s in ACT_STATS})
+        if self.heads and self.layers:
+            out.update({f"attention/{s}": ((len(self.layers), self.heads), "f4")
+                        for s in ATTN_STATS})
         out.update({"eval/kind": ((), f"S{KIND_LEN}"), "eval/name": ((), f"S{NAME_LEN}"),
                     "eval/value": ((), "f8"), "extra/name": ((), f"S{NAME_LEN}"),
                     "extra/value": ((), "f8")})
         return out
-
-
-def open_reader(path: Path) -> h5py.File:
-    """Open a research log for reading, also during a flush or after a crash in one: a plain
-    open first (a truncated file fails at once, where SWMR retries for minutes), SWMR only for
-    a file marked open for write."""
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        if "open for write" not in str(exc) and "consistency flag" not in str(exc):
-            raise
-    return h5py.File(path, "r", libver="latest", swmr=True)
 
 
 class Hdf5Logger(MetricLogger):
@@ -130,7 +129,7 @@ class Hdf5Logger(MetricLogger):
         self.schema, self.flush_every = schema, flush_every
         keep = resume_step if resume_step > 0 and self.path.exists() else None
         if keep is not None:
-            attrs = {**attrs, "resumed_at": _resumes(self.path, resume_step)}
+            attrs = {**attrs, "resumed_at": resumed_at(self.path, resume_step)}
         rebuild(self.path, keep, schema.datasets(), attrs, group_attrs or {}, warn, fresh=True)
         # each group's step after its data: a step's row is complete once its step is there
         self._order = sorted(schema.datasets(), key=lambda name: name.endswith("/step"))
@@ -161,9 +160,13 @@ class Hdf5Logger(MetricLogger):
 
     def add_per_token(self, step: int, arrays: dict[str, np.ndarray]) -> None:
         """Buffer one ``/per_token`` row: loss, pred, input, target, position_loss."""
-        if self._claim("per_token", step):
+        self.add_arrays("per_token", step, arrays)
+
+    def add_arrays(self, group: str, step: int, arrays: dict[str, np.ndarray]) -> None:
+        """Buffer one row of an array group (``per_token``, ``attention``): {dataset: row}."""
+        if self._claim(group, step):
             for key, value in arrays.items():
-                self._buf[f"per_token/{key}"].append(value)
+                self._buf[f"{group}/{key}"].append(value)
 
     def add_stats(self, group: str, step: int, stats: dict[str, dict[str, float]]) -> None:
         """Buffer one row of ``/gradients`` or ``/activations``: {param or layer: {stat: v}}."""
@@ -203,7 +206,7 @@ class Hdf5Logger(MetricLogger):
                 rows = self._buf[name]
                 if rows:
                     ds = f[name]
-                    _append(ds, np.asarray(rows, dtype=ds.dtype))
+                    append_rows(ds, np.asarray(rows, dtype=ds.dtype))
                     rows.clear()
         self._since_flush = 0
 
@@ -271,120 +274,11 @@ def append_eval(h5_path: Path, kind: str, step: int, values: dict[str, float],
         for name, value in values.items():
             for key, row in (("kind", _bytes(kind, KIND_LEN)), ("name", _bytes(name, NAME_LEN)),
                              ("value", float(value))):
-                _append(f[f"eval/{key}"], np.asarray([row], dtype=f[f"eval/{key}"].dtype))
-            _append(f["eval/step"], np.asarray([step], dtype="i8"))
-
-
-# --- building, recovering ---------------------------------------------------------------------
-
-
-def rebuild(path: Path, keep_step: int | None, layout: dict[str, tuple[tuple[int, ...], str]],
-            attrs: dict[str, Any], group_attrs: dict[str, dict[str, Any]],
-            warn: Callable[[str], None], fresh: bool = False) -> None:
-    """Write ``path`` anew (temporary name, then atomic rename) with every dataset created.
-
-    With ``fresh`` and ``keep_step`` None the old file's rows are dropped (a new run).
-    Otherwise the old file is read in SWMR mode (so a crashed writer's file opens) and rows of
-    steps ≤ ``keep_step`` (all rows when None) are copied; its other datasets and attributes
-    are kept too. An unreadable old file is moved aside to ``*.corrupt``.
-    """
-    old = None
-    if path.exists() and not (fresh and keep_step is None):
-        try:
-            old = open_reader(path)
-        except OSError as exc:
-            aside = path.with_name(path.name + ".corrupt")
-            os.replace(path, aside)
-            warn(f"research log {path.name} was unreadable ({exc}); moved to {aside.name}")
-    try:
-        with atomic.atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as new:
-            full = {**(_layout_of(old) if old else {}), **layout}
-            merged_attrs = {**(dict(old.attrs) if old else {}), **attrs}
-            if old is not None and "created" in old.attrs:
-                merged_attrs["created"] = old.attrs["created"]  # the file's first run
-            _create(new, full, merged_attrs, group_attrs)
-            if old is not None:
-                _copy_rows(old, new, keep_step)
-    finally:
-        if old is not None:
-            old.close()
-
-
-def _create(f: h5py.File, layout: dict[str, tuple[tuple[int, ...], str]],
-            attrs: dict[str, Any], group_attrs: dict[str, dict[str, Any]]) -> None:
-    for key, value in attrs.items():
-        f.attrs[key] = value
-    for name, (tail, dtype) in layout.items():
-        row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize)
-        chunk_rows = max(1, min(1024, _CHUNK_BYTES // row_bytes))
-        numeric = np.dtype(dtype).kind in "fiu"
-        f.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                         chunks=(chunk_rows, *tail), compression="gzip", compression_opts=4,
-                         shuffle=numeric)
-    for group, values in group_attrs.items():
-        for key, value in values.items():
-            f.require_group(group).attrs[key] = value
-
-
-def _layout_of(f: h5py.File) -> dict[str, tuple[tuple[int, ...], str]]:
-    out: dict[str, tuple[tuple[int, ...], str]] = {}
-
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset) and obj.maxshape[:1] == (None,):
-            out[name] = (tuple(obj.shape[1:]), obj.dtype.str)
-
-    f.visititems(visit)
-    return out
-
-
-def _copy_rows(old: h5py.File, new: h5py.File, keep_step: int | None) -> None:
-    for group in new:
-        if f"{group}/step" not in old or f"{group}/step" not in new:
-            continue
-        names = [n for n in _layout_of(new) if n.startswith(f"{group}/")]
-        present = [n for n in names if n in old and old[n].shape[1:] == new[n].shape[1:]]
-        steps = old[f"{group}/step"][:]
-        n = min([len(steps)] + [old[x].shape[0] for x in present])
-        late = np.nonzero(steps[:n] > keep_step)[0] if keep_step is not None else []
-        k = int(late[0]) if len(late) else n  # steps only grow: the kept rows are a prefix
-        for name in names:
-            ds = new[name]
-            ds.resize((k, *ds.shape[1:]))
-            for i in range(0, k, 4096):
-                j = min(k, i + 4096)
-                ds[i:j] = old[name][i:j] if name in present else _fill(ds.dtype, j - i,
-                                                                      ds.shape[1:])
-
-
-def _fill(dtype: np.dtype, n: int, tail: tuple[int, ...]) -> np.ndarray:
-    value: Any = np.nan if dtype.kind == "f" else (b"" if dtype.kind == "S" else -1)
-    return np.full((n, *tail), value, dtype=dtype)
-
-
-def _resumes(path: Path, step: int) -> str:
-    try:
-        with open_reader(path) as f:
-            before = str(f.attrs.get("resumed_at", ""))
-    except OSError:
-        before = ""
-    return ",".join([s for s in before.split(",") if s] + [str(step)])
+                append_rows(f[f"eval/{key}"], np.asarray([row], dtype=f[f"eval/{key}"].dtype))
+            append_rows(f["eval/step"], np.asarray([step], dtype="i8"))
 
 
 # --- small helpers --------------------------------------------------------------------------
-
-
-def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
-    """Extend ``ds`` by ``rows`` (low-level calls: about 3× faster than slicing)."""
-    n = ds.id.shape[0]
-    count = rows.shape[0]
-    ds.id.set_extent((n + count, *ds.shape[1:]))
-    try:
-        space = ds.id.get_space()
-        space.select_hyperslab((n,) + (0,) * (rows.ndim - 1), rows.shape)
-        ds.id.write(h5py.h5s.create_simple(rows.shape), space, np.ascontiguousarray(rows))
-    except BaseException:  # e.g. Ctrl-C: no half-written row shifts the ones that follow
-        ds.id.set_extent((n, *ds.shape[1:]))
-        raise
 
 
 def _is_number(value: Any) -> bool:

@@ -14,8 +14,7 @@ from typing import Any
 
 from backlm.errors import UserError
 from backlm.experiment import Experiment
-
-GROUPS = ("scalars", "per_token", "gradients", "activations", "eval", "extra")
+from backlm.logs.hdf5 import GROUPS
 
 
 @dataclass

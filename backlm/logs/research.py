@@ -1,5 +1,5 @@
-"""Training-dynamics records for the research log: per-token slices, gradient and activation
-statistics (schema in :mod:`backlm.logs.hdf5`).
+"""Training-dynamics records for the research log: per-token slices, gradient, activation and
+attention statistics (schema in :mod:`backlm.logs.hdf5`).
 
 Everything here runs on rank 0 only, at the cadences of :class:`backlm.config.LogConfig`; on
 other steps the callback does nothing but two modulo checks, so the loop runs at full speed.
@@ -121,14 +121,17 @@ class ActivationProbe:
 
 
 class ResearchCallback(Callback):
-    """Feeds per-token slices and gradient/activation statistics to the HDF5 writer."""
+    """Feeds per-token slices and gradient, activation and attention statistics to the writer."""
 
     def __init__(self, state: LoopState, h5: Hdf5Logger) -> None:
+        from backlm.logs.attention import AttentionProbe
+
         run = state.run
         log = run.cfg.log
         self.h5 = h5
         self.per_token_every, self.rows = log.per_token_every, log.per_token_rows
-        self.stats_every = log.stats_every
+        self.stats_every, self.attention_every = log.stats_every, log.attention_every
+        self.attention = AttentionProbe([b.attn for b in run.model.blocks])
         self.params = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
         self.probe = ActivationProbe(list(run.model.blocks))
         # Hooks added and removed between steps would make torch.compile recompile every time.
@@ -148,11 +151,27 @@ class ResearchCallback(Callback):
             self.h5.add_stats("activations", step, self.probe.disarm())
         if self._due(self.stats_every, step):
             self.h5.add_stats("gradients", step, grad_stats(self.params))
-        if self._due(self.per_token_every, step) and state.last_batch is not None:
-            x, y = state.last_batch
-            self.h5.add_per_token(step, per_token_slice(state.run.model, x[:self.rows],
-                                                        y[:self.rows], state.run.autocast()))
+        if state.last_batch is None:
+            return
+        x, y = state.last_batch
+        model, autocast = state.run.model, state.run.autocast()
+        slice_due = self._due(self.per_token_every, step)
+        attention_due = self._due(self.attention_every, step) and self.rows > 0
+        if attention_due and slice_due:
+            self.attention.arm()  # the slice's forward feeds the attention hooks too
+        if slice_due:
+            self.h5.add_per_token(step, per_token_slice(model, x[:self.rows], y[:self.rows],
+                                                        autocast))
+        if attention_due:
+            from backlm.logs.attention import measure
+
+            stats = self.attention.disarm() if slice_due else measure(model, x[:self.rows],
+                                                                      autocast)
+            if stats is not None:
+                self.h5.add_arrays("attention", step, stats)
 
     def on_train_end(self, state: LoopState, status: str) -> None:
         if self.probe.armed:
             self.probe.disarm()
+        if self.attention.armed:
+            self.attention.disarm()

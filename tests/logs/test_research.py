@@ -20,7 +20,8 @@ def test_file_has_every_group_attribute_and_cadence(home):
         assert f.attrs["schema_version"] == 1 and f.attrs["experiment_id"] == "bi"
         assert f.attrs["phase"] == "base" and f.attrs["direction"] == "bidirectional"
         assert yaml.safe_load(f.attrs["config"]) == yaml.safe_load((exp / "config.yaml").read_text())
-        assert {"scalars", "per_token", "gradients", "activations", "eval", "extra"} <= set(f)
+        assert {"scalars", "per_token", "gradients", "activations", "attention", "eval",
+                "extra"} <= set(f)
         assert list(f["scalars/step"][:]) == list(range(7))
         for name in ("loss", "lr_mult", "grad_norm", "tokens_per_sec", "mfu", "val_loss_forward",
                      "val_loss_backward", "val_bpb_forward", "val_bpb_backward"):
@@ -40,6 +41,13 @@ def test_file_has_every_group_attribute_and_cadence(home):
         assert sorted(k for k in f["activations"] if k != "step") == ["blocks.0", "blocks.1"]
         assert sorted(f["activations/blocks.0"]) == ["max_abs", "mean", "rms", "std"]
         assert (f["activations/blocks.1/rms"][:] > 0).all()
+        assert list(f["attention/step"][:]) == [3, 6]  # 6: the per-token slice's forward too
+        ent, dist = f["attention/entropy"][:], f["attention/distance"][:]
+        assert ent.shape == dist.shape == (2, 2, 2) and ent.dtype == np.float32  # layers, heads
+        # a query at position i spreads over at most i+1 keys, at most i tokens back
+        assert (ent > 0).all() and (ent < np.log(np.arange(1, 33)).mean()).all()
+        assert (dist > 0).all() and (dist <= 31 / 2).all()
+        assert dict(f["attention"].attrs) == {"every": 3, "rows": 2, "layers": 2, "heads": 2}
         kinds = {(k, n) for k, n in zip(f["eval/kind"][:], f["eval/name"][:], strict=True)}
         assert (b"val", b"val_bpb_forward") in kinds and list(f["eval/step"][:2]) == [0, 0]
         assert f["per_token"].attrs["every"] == 2 and f["gradients"].attrs["every"] == 3
