@@ -26,6 +26,7 @@ from backlm.report_results import (
 )
 from backlm.report_sections import (
     Context,
+    attention_section,
     dynamics_section,
     fmt,
     learning_curves,
@@ -105,6 +106,7 @@ def build(ctx: Context) -> str:
         lines += section(ctx)
     lines += position_section(ctx, log)
     lines += dynamics_section(ctx, log)
+    lines += attention_section(ctx, log)
     for section in (fivecat_section, evaluation_section, cost_section, notes_section,
                     samples_section):
         lines += section(ctx)

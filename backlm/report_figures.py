@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # One series: (label, xs, ys).
 Series = tuple[str, Sequence[float], Sequence[float]]
@@ -114,3 +115,36 @@ def gate_history(path: Path, gates: dict[str, tuple[str, list[Series], float | N
     panels: list[Panel] = [(f"{gate} {name}", "step", "value", series, threshold)
                            for gate, (name, series, threshold) in gates.items()]
     return draw_panels(path, panels, "5CAT gates over training", columns=3)
+
+
+def head_maps(path: Path, maps: dict[str, Any], title: str) -> bool:
+    """One heat map per statistic: layers down, heads across, each cell labelled."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    kept = {k: np.asarray(v, dtype=float) for k, v in maps.items()
+            if np.size(v) and np.isfinite(v).any()}
+    if not kept:
+        return False
+    layers, heads = next(iter(kept.values())).shape
+    width = max(PANEL_SIZE[0], 0.5 * heads + 1.6) * len(kept)
+    fig = Figure(figsize=(width, max(PANEL_SIZE[1], 0.35 * layers + 1.4)), dpi=DPI,
+                 layout="constrained")
+    for ax, (name, grid) in zip(fig.subplots(1, len(kept), squeeze=False)[0], kept.items(),
+                                strict=True):
+        image = ax.imshow(grid, aspect="auto", cmap="viridis")
+        fig.colorbar(image, ax=ax)
+        if layers * heads <= 256:  # labels stay legible
+            for (i, j), v in np.ndenumerate(grid):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="k" if image.norm(v) > 0.6 else "w")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return True

@@ -179,12 +179,13 @@ class LogData:
     position: list[tuple[int, list[float]]]  # (step, mean loss per position): first, last
     grads: tuple[list[int], dict[str, list[float]]]  # steps, norm per parameter
     acts: tuple[list[int], dict[str, list[float]]]  # steps, rms per layer
+    attention: Any = None  # backlm.logs.reader.AttentionLog, or None when not logged
 
 
 def read_log(exp: Experiment) -> LogData:
     """The research log's per-position losses and statistics; UserError when there is none
     or it cannot be read."""
-    from backlm.logs.reader import log_path, open_log, rows
+    from backlm.logs.reader import log_path, open_log, read_attention, rows
 
     path = log_path(exp)
     with open_log(path) as f:
@@ -202,7 +203,7 @@ def read_log(exp: Experiment) -> LogData:
                     {x: [float(v) for v in f[f"{group}/{x}/{key}"][:k]] for x in names})
 
         return LogData(path.name, position, stat("gradients", "norm"),
-                       stat("activations", "rms"))
+                       stat("activations", "rms"), read_attention(f))
 
 
 def log_or_reason(ctx: Context) -> LogData | str:
@@ -291,4 +292,41 @@ def dynamics_section(ctx: Context, log: LogData | str) -> list[str]:
                        [(x, values[x][0], values[x][-1], max(values[x])) for x in shown])
         lines += ctx.image(name, title, figs.stat_lines, f"{title} over training", stat,
                            [(x, steps, values[x]) for x in shown], log_y=True)
+    return lines
+
+
+def attention_section(ctx: Context, log: LogData | str) -> list[str]:
+    """Attention entropy and attended distance per layer over training, and per head at the
+    last logged step."""
+    lines = ["## Attention: entropy and distance", ""]
+    if isinstance(log, str):
+        return lines + ctx.absent(log)
+    att = log.attention
+    if att is None:
+        return lines + ctx.absent(_cadence_hint(ctx, "attention statistics",
+                                                "log.attention_every", log.name))
+    layers, heads = att.entropy.shape[1:]
+    lines += [f"`/attention/` in {log.name}: {layers} layers × {heads} heads at "
+              f"{plural(len(att.steps), 'step')} ({att.steps[0]}–{att.steps[-1]}), over every "
+              "query of the logged training rows. Entropy is in nats (a query at position i "
+              "spread evenly over its i+1 keys has log(i+1)); distance is how many tokens "
+              "back, in the order the model reads, its attention lands on average.", ""]
+    rows = [(f"blocks.{i}", float(att.entropy[0, i].mean()), float(att.entropy[-1, i].mean()),
+             float(att.distance[0, i].mean()), float(att.distance[-1, i].mean()),
+             f"{att.distance[-1, i].min():.2f}–{att.distance[-1, i].max():.2f}")
+            for i in range(layers)]
+    lines += table(["layer", "entropy first", "entropy last", "distance first",
+                    "distance last", "distance by head, last"], rows)
+    shown = spread([f"blocks.{i}" for i in range(layers)], MAX_LINES_PLOTTED)
+    panels = [(f"{title} (mean over heads)", "step", unit,
+               [(name, att.steps, [float(v) for v in getattr(att, stat)[:, int(name[7:])]
+                                   .mean(axis=1)]) for name in shown], None)
+              for stat, title, unit in (("entropy", "attention entropy", "nats"),
+                                        ("distance", "attended distance", "tokens back"))]
+    lines += ctx.image("attention.png", "attention entropy and distance over training",
+                       figs.draw_panels, panels, "attention over training")
+    lines += ctx.image("attention_heads.png", "attention per head at the last logged step",
+                       figs.head_maps, {"entropy (nats)": att.last("entropy"),
+                                        "distance (tokens back)": att.last("distance")},
+                       f"attention per head, step {att.steps[-1]}")
     return lines

@@ -793,7 +793,9 @@ def add_research_rows(exp_path: Path, steps=(2, 4)) -> None:
         names = {g: tuple(x for x in f[g] if x != "step") for g in ("scalars", "gradients",
                                                                     "activations")}
         rows, seq = f["per_token/loss"].shape[1:]
-    schema = Schema(names["scalars"], names["gradients"], names["activations"], rows, seq)
+        layers, heads = f["attention/entropy"].shape[1:]
+    schema = Schema(names["scalars"], names["gradients"], names["activations"], rows, seq,
+                    heads)
     log = Hdf5Logger(path, schema, attrs, resume_step=max(steps), warn=lambda m: None)
     rng = np.random.default_rng(0)
     for i, step in enumerate(steps):
@@ -806,6 +808,9 @@ def add_research_rows(exp_path: Path, steps=(2, 4)) -> None:
                             ("activations", ("mean", "std", "rms", "max_abs"))):
             log.add_stats(group, step, {n: {k: float(j + 1) / (i + 1) for k in keys}
                                         for j, n in enumerate(names[group])})
+        grid = np.add.outer(np.arange(layers), np.arange(heads)).astype("float32")
+        log.add_arrays("attention", step, {"entropy": 0.5 + grid / (i + 1),
+                                           "distance": 1.0 + grid * (i + 1)})
     log.close()
 
 
@@ -886,7 +891,9 @@ def png_data(path: Path) -> dict[str, float]:
 
 
 def assert_png_has_data(path: Path) -> None:
-    """The figure is not blank: several colours, some foreground, a drawn series."""
+    """The figure is not blank: several colours, some foreground, and a drawn series or a
+    heat map's filled cells (a third of the figure or more, in many colours)."""
     seen = png_data(path)
     assert seen["colours"] > 2 and seen["foreground"] > 0.01, (path, seen)
-    assert seen["series_pixels"] >= 30, (path, seen)
+    heat_map = seen["colours"] > 100 and seen["foreground"] > 0.3
+    assert seen["series_pixels"] >= 30 or heat_map, (path, seen)

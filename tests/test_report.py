@@ -94,12 +94,24 @@ def test_research_log_sections_plot_positions_gradients_and_activations(reported
         assert_png_has_data(reported / "bi0" / "figures" / f"{name}.png")
 
 
+def test_attention_section_per_layer_over_training_and_per_head(reported):
+    body = section(text(reported, "bi0"), "Attention: entropy and distance")
+    assert "2 layers × 2 heads at 2 steps (2–4)" in body
+    # add_research_rows: entropy 0.5 + (layer + head)/(i + 1), distance 1 + (layer + head)(i + 1)
+    assert "| blocks.1 | 2 | 1.25 | 2.5 | 4 | 3.00–5.00 |" in body
+    assert "figures/attention.png" in body and "figures/attention_heads.png" in body
+    assert_png_has_data(reported / "bi0" / "figures" / "attention.png")
+    assert png_data(reported / "bi0" / "figures" / "attention_heads.png")["foreground"] > 0.3
+
+
 def test_research_log_without_rows_names_the_logging_options(reported):
     doc = text(reported, "b0")
     assert "log.per_token_every steps (50 in this run, which reached step 4)" in doc
     assert "`--set log.stats_every=N`" in doc
+    assert "No attention statistics in base.h5" in doc and "`--set log.attention_every=N`" in doc
     figures = {p.name for p in (reported / "b0" / "figures").iterdir()}
-    assert not figures & {"position_loss.png", "gradient_norms.png", "activations.png"}
+    assert not figures & {"position_loss.png", "gradient_norms.png", "activations.png",
+                          "attention.png", "attention_heads.png"}
     assert "eval_position_loss.png" in figures  # the evaluation still has positions
 
 

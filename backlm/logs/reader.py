@@ -64,6 +64,29 @@ def rows(f: Any, group: str) -> int:
     return int(f[f"{group}/step"].shape[0]) if f"{group}/step" in f else 0
 
 
+@dataclass
+class AttentionLog:
+    """``/attention`` of a research log: steps and ``(steps, layers, heads)`` arrays."""
+
+    steps: list[int]
+    entropy: Any
+    distance: Any
+
+    def last(self, stat: str) -> Any:
+        """The ``(layers, heads)`` array of ``stat`` at the last logged step."""
+        return getattr(self, stat)[-1]
+
+
+def read_attention(f: Any) -> AttentionLog | None:
+    """The attention statistics of an open log; None when it has none (a run without them,
+    or a file from before they were logged)."""
+    n = rows(f, "attention")
+    if not n or "attention/entropy" not in f or "attention/distance" not in f:
+        return None
+    return AttentionLog([int(s) for s in f["attention/step"][:n]], f["attention/entropy"][:n],
+                        f["attention/distance"][:n])
+
+
 def summarize(path: Path, top: int = 12) -> LogSummary:
     """Read attributes, group shapes and the last values of every record kind."""
     with open_log(path) as f:
