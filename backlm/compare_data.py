@@ -62,6 +62,7 @@ class Member:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     lineage_gpu_hours: float | None = None
+    attention: Any = None  # backlm.logs.reader.AttentionLog of the phase's research log
 
     @property
     def id(self) -> str:
@@ -265,8 +266,24 @@ def _extras(m: Member, notes: list[str]) -> None:
             except (UserError, KeyError, TypeError, AttributeError):
                 notes.append(f"{m.id}: unreadable {task} evaluation in {order} order, skipped")
     m.summary = m.exp.training_summary()
+    m.attention = _attention(m, notes)
     hours = [r["gpu_hours"] for r in lineage_costs(m.exp)]
     m.lineage_gpu_hours = float(sum(hours)) if all(_number(h) is not None for h in hours) else None
+
+
+def _attention(m: Member, notes: list[str]) -> Any:
+    """The attention statistics of the member's research log, if it logged any."""
+    from backlm.logs.reader import open_log, read_attention
+
+    path = m.exp.research_log(m.phase)
+    if not path.is_file():
+        return None
+    try:
+        with open_log(path) as f:
+            return read_attention(f)
+    except (UserError, OSError, KeyError, ValueError) as exc:
+        notes.append(f"{m.id}: research log unreadable ({exc}): no attention statistics")
+        return None
 
 
 def gather(exp: Experiment, rows: list[dict[str, Any]], options: CompareOptions,

@@ -1,6 +1,6 @@
 """The comparison's figures, drawn from the rows of ``comparison.csv`` (so every plotted
 number is in the CSV): learning curves, the transfer matrix, the gap with its intervals and
-per-document spread, and the gap against model size.
+per-document spread, the gap against model size, and attention by layer.
 
 Figures are made with matplotlib's object API (no pyplot state), headless."""
 
@@ -165,13 +165,45 @@ def gap_vs_size(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def attention(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Attention entropy and distance against layer, one colour per experiment, the band
+    spanning the heads."""
+    from matplotlib.ticker import MaxNLocator
+
+    points = _pick(rows, "attention")
+    if not points:
+        return False
+    colors = _colors(r["experiment"] for r in points)
+    fig, axes = _figure(11, 4.2, 2)
+    for ax, stat, unit in zip(axes, ("entropy", "distance"), ("nats", "tokens back"),
+                              strict=True):
+        for exp, color in colors.items():
+            pts = sorted((r for r in points if r["experiment"] == exp and r["series"] == stat),
+                         key=lambda r: r["x"])
+            xs = [r["x"] for r in pts]
+            direction = pts[0]["detail"].split(" model")[0] if pts else ""
+            ax.plot(xs, [r["y"] for r in pts], ORDER_STYLE.get(direction, ":"), color=color,
+                    marker="o", markersize=4, label=f"{exp} ({direction})")
+            ax.fill_between(xs, [r["lo"] for r in pts], [r["hi"] for r in pts], color=color,
+                            alpha=0.15)
+        ax.set_title(f"attention {stat} by layer")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(unit)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path)
+    return True
+
+
 def draw(rows: list[dict[str, Any]], folder: Path, metric: str,
          spans_depths: bool) -> dict[str, str]:
     """Every figure that has data, written into ``folder``; name -> file name."""
     made = {}
     for name, fn in (("curves", lambda p: curves(rows, p, metric)),
                      ("transfer", lambda p: transfer(rows, p)), ("gap", lambda p: gaps(rows, p)),
-                     ("gap_vs_size", lambda p: spans_depths and gap_vs_size(rows, p))):
+                     ("gap_vs_size", lambda p: spans_depths and gap_vs_size(rows, p)),
+                     ("attention", lambda p: attention(rows, p))):
         if fn(folder / f"{name}.png"):
             made[name] = f"{name}.png"
     return made

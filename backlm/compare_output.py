@@ -10,7 +10,8 @@ best metric, 5CAT gates, size and cost), ``task``, ``transfer`` (bits per byte o
 ``experiment``, reading an order, ``series``), ``gap`` (x parameters, y the gap with its
 bootstrap interval), ``gap_document`` (x document index, y its bpb difference, detail its
 text hash), ``gap_seeds`` (t-interval over seeds) and ``gap_pooled`` (documents resampled with
-one draw across seeds).
+one draw across seeds), ``attention`` (x layer, y the mean over heads at the last logged
+step, lo and hi the heads' range; series entropy or distance).
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def _member_rows(m: Member, metric: str) -> list[dict[str, Any]]:
     out += [_row("task", m.id, t["task"], t["score"], split=t["order"],
                  detail=f"{t['metric']}, {'native' if t['native'] else 'cross'}")
             for t in m.tasks]
+    att = m.attention
+    if att is not None:
+        for stat in ("entropy", "distance"):
+            grid = att.last(stat)
+            out += [_row("attention", m.id, stat, float(grid[i].mean()), x=i, step=att.steps[-1],
+                         lo=float(grid[i].min()), hi=float(grid[i].max()), n=grid.shape[1],
+                         detail=f"{m.direction} model, layer {i}: mean over heads (lo, hi: "
+                                "the heads' range)") for i in range(grid.shape[0])]
     for order, r in m.readings.items():
         for split, d in r.splits.items():
             out.append(_row("transfer", m.id, order, d["bpb"], split=split, step=r.step,
@@ -247,6 +256,30 @@ def _gap(c: Comparison, figures: dict[str, str]) -> list[str]:
     return lines
 
 
+def _attention(c: Comparison, figures: dict[str, str]) -> list[str]:
+    lines = ["## Attention: entropy and distance by layer", ""]
+    rows = [[m.id, m.direction, str(m.attention.steps[-1]),
+             " · ".join(_f(float(v.mean()), 3) for v in m.attention.last("entropy")),
+             " · ".join(_f(float(v.mean()), 2) for v in m.attention.last("distance"))]
+            for m in c.members if m.attention is not None]
+    if not rows:
+        return lines + ["No attention statistics in the research logs: training records them "
+                        "every `log.attention_every` steps (`--set log.attention_every=N`).", ""]
+    lines += ["At each model's last logged step, per layer (first to last) and averaged over "
+              "heads: the entropy of a query's attention in nats, and how many tokens back it "
+              "looks on average, counted in the order the model reads. A bidirectional model's "
+              "rows mix both markers.", ""]
+    lines += _table(["experiment", "direction", "step", "entropy by layer",
+                     "distance by layer"], rows)
+    if "attention" in figures:
+        lines += [f"![attention by layer]({figures['attention']})", "",
+                  "The band around each line is the range over heads.", ""]
+    missing = [m.id for m in c.members if m.attention is None]
+    if missing:
+        lines += [f"Not logged for {', '.join(missing)}.", ""]
+    return lines
+
+
 def markdown(c: Comparison, figures: dict[str, str]) -> str:
     """``COMPARISON.md``: the experiments, curves, tables, transfer matrix, gap and notes."""
     ids = [m.id for m in c.members]
@@ -261,7 +294,7 @@ def markdown(c: Comparison, figures: dict[str, str]) -> str:
                f"Train loss and {o.metric} against tokens seen (a bidirectional model's "
                f"{o.metric} per order: dashed is the backward order).", ""]
               if "curves" in figures else ["No metrics logged yet.", ""])
-    lines += _summary(c) + _transfer(c, figures) + _gap(c, figures)
+    lines += _summary(c) + _transfer(c, figures) + _gap(c, figures) + _attention(c, figures)
     if c.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in c.notes), ""]
     return "\n".join(lines)

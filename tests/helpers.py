@@ -118,7 +118,8 @@ RL_FAST = ["--set", "rl.group_size=2", "--set", "rl.prompts_per_step=2",
 
 
 # A base that conversations fit: 128-token rows (one 4-row stream per step).
-PHASE_BASE = ["--set", "model.seq_len=128", "--set", "train.total_batch_tokens=512"]
+PHASE_BASE = ["--set", "model.seq_len=128", "--set", "train.total_batch_tokens=512",
+              "--set", "log.attention_every=2"]
 
 
 def build_phase_world(root: Path) -> None:
@@ -793,9 +794,7 @@ def add_research_rows(exp_path: Path, steps=(2, 4)) -> None:
         names = {g: tuple(x for x in f[g] if x != "step") for g in ("scalars", "gradients",
                                                                     "activations")}
         rows, seq = f["per_token/loss"].shape[1:]
-        layers, heads = f["attention/entropy"].shape[1:]
-    schema = Schema(names["scalars"], names["gradients"], names["activations"], rows, seq,
-                    heads)
+    schema = Schema(names["scalars"], names["gradients"], names["activations"], rows, seq)
     log = Hdf5Logger(path, schema, attrs, resume_step=max(steps), warn=lambda m: None)
     rng = np.random.default_rng(0)
     for i, step in enumerate(steps):
@@ -808,9 +807,6 @@ def add_research_rows(exp_path: Path, steps=(2, 4)) -> None:
                             ("activations", ("mean", "std", "rms", "max_abs"))):
             log.add_stats(group, step, {n: {k: float(j + 1) / (i + 1) for k in keys}
                                         for j, n in enumerate(names[group])})
-        grid = np.add.outer(np.arange(layers), np.arange(heads)).astype("float32")
-        log.add_arrays("attention", step, {"entropy": 0.5 + grid / (i + 1),
-                                           "distance": 1.0 + grid * (i + 1)})
     log.close()
 
 

@@ -63,7 +63,7 @@ def compared(compare_world, phase_world, tmp_path_factory):
 def test_forward_backward_and_bidirectional_side_by_side(compared):
     out, rows, md = compared.out, compared.rows, compared.md
     assert sorted(p.name for p in out.iterdir()) == [
-        MARKDOWN, CSV, "curves.png", "gap.png", "transfer.png"]
+        MARKDOWN, "attention.png", CSV, "curves.png", "gap.png", "transfer.png"]
     for section in ("## Experiments", "## Learning curves", "## Final and best val_bpb",
                     "### Tasks", "## Cross-direction transfer",
                     "## Forward − backward gap on the same documents", "## Notes"):
@@ -129,6 +129,31 @@ def test_every_figure_has_data_in_it(compared):
     saturated = (img.max(axis=2) - img.min(axis=2)) > 0.2  # the heat map's cells
     assert saturated.sum() > 20_000
     assert len({tuple(np.round(p, 1)) for p in img[saturated]}) >= 4  # cells differ
+
+
+def test_attention_side_by_side_for_the_three_directions(compared, compare_world):
+    """Each model's attention at its last logged step, per layer, as its research log holds it
+    (trained with log.attention_every=2: steps 2 and 4), in the CSV, the table and the figure."""
+    from tests.helpers import read_h5
+
+    rows, md = compared.rows, compared.md
+    for exp_id, direction in (("f0", "forward"), ("b0", "backward"), ("bi0", "bidirectional")):
+        with read_h5(compare_world / exp_id / "base.h5") as f:
+            assert list(f["attention/step"][:]) == [2, 4]
+            ent, dist = f["attention/entropy"][-1], f["attention/distance"][-1]
+        for stat, grid in (("entropy", ent), ("distance", dist)):
+            got = sorted(pick(rows, "attention", experiment=exp_id, series=stat),
+                         key=lambda r: int(r["x"]))
+            assert [int(r["x"]) for r in got] == [0, 1] and {r["step"] for r in got} == {"4"}
+            assert [float(r["y"]) for r in got] == pytest.approx(grid.mean(axis=1), rel=1e-6)
+            assert [float(r["lo"]) for r in got] == pytest.approx(grid.min(axis=1), rel=1e-6)
+            assert [float(r["hi"]) for r in got] == pytest.approx(grid.max(axis=1), rel=1e-6)
+            assert all(direction in r["detail"] for r in got)
+        cells = " · ".join(f"{v:.2f}" for v in dist.mean(axis=1))
+        assert f"| {exp_id} | {direction} | 4 |" in md and cells in md
+    assert "## Attention: entropy and distance by layer" in md and "](attention.png)" in md
+    for colour in (C0, C1, C2):  # a line per model
+        assert colour_pixels(compared.out / "attention.png", colour) > 40, colour
 
 
 def test_the_computed_evaluation_is_what_backlm_eval_stores(compared, compare_world,

@@ -95,10 +95,18 @@ def test_research_log_sections_plot_positions_gradients_and_activations(reported
 
 
 def test_attention_section_per_layer_over_training_and_per_head(reported):
+    """bi0 trained with log.attention_every=2: the table is its research log's numbers."""
+    from tests.helpers import read_h5
+
     body = section(text(reported, "bi0"), "Attention: entropy and distance")
     assert "2 layers × 2 heads at 2 steps (2–4)" in body
-    # add_research_rows: entropy 0.5 + (layer + head)/(i + 1), distance 1 + (layer + head)(i + 1)
-    assert "| blocks.1 | 2 | 1.25 | 2.5 | 4 | 3.00–5.00 |" in body
+    with read_h5(reported / "bi0" / "base.h5") as f:
+        ent, dist = f["attention/entropy"][:], f["attention/distance"][:]
+    for i in range(2):
+        cells = [rep.fmt(float(v)) for v in (ent[0, i].mean(), ent[-1, i].mean(),
+                                             dist[0, i].mean(), dist[-1, i].mean())]
+        spread = f"{dist[-1, i].min():.2f}–{dist[-1, i].max():.2f}"
+        assert f"| blocks.{i} | {' | '.join(cells)} | {spread} |" in body
     assert "figures/attention.png" in body and "figures/attention_heads.png" in body
     assert_png_has_data(reported / "bi0" / "figures" / "attention.png")
     assert png_data(reported / "bi0" / "figures" / "attention_heads.png")["foreground"] > 0.3
@@ -108,11 +116,22 @@ def test_research_log_without_rows_names_the_logging_options(reported):
     doc = text(reported, "b0")
     assert "log.per_token_every steps (50 in this run, which reached step 4)" in doc
     assert "`--set log.stats_every=N`" in doc
-    assert "No attention statistics in base.h5" in doc and "`--set log.attention_every=N`" in doc
     figures = {p.name for p in (reported / "b0" / "figures").iterdir()}
-    assert not figures & {"position_loss.png", "gradient_norms.png", "activations.png",
-                          "attention.png", "attention_heads.png"}
+    assert not figures & {"position_loss.png", "gradient_norms.png", "activations.png"}
     assert "eval_position_loss.png" in figures  # the evaluation still has positions
+
+
+def test_a_log_from_before_attention_statistics_names_the_option(report_world, tmp_path):
+    import h5py
+
+    root = copy_experiments(report_world, tmp_path / "exps")
+    with h5py.File(root / "b0" / "base.h5", "r+") as f:
+        del f["attention"]  # as files written before the group existed
+    rep.write_report("b0", root)
+    body = section(text(root, "b0"), "Attention: entropy and distance")
+    assert "No attention statistics in base.h5" in body
+    assert "`--set log.attention_every=N`" in body
+    assert not list((root / "b0" / "figures").glob("attention*"))
 
 
 def test_fivecat_latest_table_history_and_other_judgements(reported):
