@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from backlm.atomic import atomic_path
 from backlm.data.shards import open_shard, read_row_group
+from backlm.errors import UserError
 
 TOKENS_DIR = "tokens"
 SUFFIX = ".tokens"
@@ -239,3 +240,29 @@ def cached_tokens(shards: Sequence[str | Path], tokenizer: Any) -> int | None:
             return None
         total += len(cache.tokens)
     return total
+
+
+def cache_for_training(shards: Sequence[Path], tokenizer: Any, threads: int = 2,
+                       say: Callable[[str], None] = lambda text: None,
+                       max_bytes: int = LAZY_MAX_BYTES) -> int:
+    """Before a run reads ``shards``: write the token caches that are missing or stale when
+    the shards total at most ``max_bytes`` (larger sets are tokenized on the fly; ``backlm
+    data prepare --dataset`` caches them). Never fails: a cache that cannot be written only
+    costs speed. Returns the files written."""
+    try:
+        if sum(Path(p).stat().st_size for p in shards) > max_bytes:
+            return 0
+        written, notes = ensure_tokens(shards, tokenizer, threads)
+    except (OSError, ValueError, UserError) as exc:
+        say(f"token cache not written ({_first_line(exc)}): tokenizing while training")
+        return 0
+    for note in notes:
+        say(note)
+    if written > len(notes):
+        say(f"tokenized {written} train shard(s) once into {Path(shards[0]).parent / TOKENS_DIR}")
+    return written
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
