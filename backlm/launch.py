@@ -184,6 +184,7 @@ def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
         if cfg is None:
             raise UserError("a new run needs a config")
         exp = create_experiment(cfg, root, plan.world, say, explicit)
+    cache_tokens(exp, cfg, say)
     try:
         with exp.lock():
             if resume and state.extend_to is not None:
@@ -200,6 +201,22 @@ def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
         if not resume:
             _discard_failed(exp)
         raise
+
+
+def cache_tokens(exp: xp.Experiment, cfg: RunConfig, say: Callable[[str], None]) -> None:
+    """Tokenize a small dataset's train shards once into the token cache (issue 17) before
+    the loaders read them; phases without a text stream skip it."""
+    from backlm.data.shards import list_shards
+    from backlm.data.token_cache import cache_for_training
+    from backlm.tokenizer import Tokenizer
+
+    if cfg.phase in ("sft", "rl"):
+        return
+    try:
+        shards, tokenizer = list_shards(exp.data_dir(), "train"), Tokenizer.load(exp.tokenizer_dir)
+    except UserError:
+        return  # the run itself reports missing data or tokenizer
+    cache_for_training(shards, tokenizer, cfg.data.tokenizer_threads, say)
 
 
 def estimate_only(cfg: RunConfig):

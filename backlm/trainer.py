@@ -261,6 +261,8 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     early: list[str] = []  # what callbacks say while they are being built
     if partial:
         early.append(f"removed what a killed run left half-written: {', '.join(partial)}")
+    if dist.main:  # token caches the loaders found unusable (they tokenize instead), once
+        early += dict.fromkeys(n for ld in tr.loaders for n in getattr(ld, "cache_notes", ()))
     state.listen(early.append)
     cbs = CallbackList([*callbacks(state), *observers, *faults.callbacks()])
     state.listen(lambda text: cbs.on_message(state, text))

@@ -47,3 +47,26 @@ def test_torchrun_argv_is_pure():
     assert plan_launch(None, 1, "cpu", 8, False).nproc_per_node == 1
     assert not plan_launch(None, 1, "auto", 8, True).distributed  # already inside torchrun
     assert plan_launch(2, 1, "cpu", 0, False).distributed
+
+
+def test_cache_tokens_before_training(home):
+    from types import SimpleNamespace
+
+    from backlm.launch import cache_tokens
+
+    d = home / "home" / "data" / "tiny"
+    said: list[str] = []
+
+    def run(phase, data=d):
+        exp = SimpleNamespace(data_dir=lambda: data, tokenizer_dir=d / "tokenizer")
+        cfg = SimpleNamespace(phase=phase, data=SimpleNamespace(tokenizer_threads=1))
+        cache_tokens(exp, cfg, said.append)
+
+    run("sft")  # no text stream: nothing cached
+    run("base", home / "missing")  # no data: left for the run to report
+    assert not (d / "tokens").exists() and not said
+    run("base")
+    assert len(list((d / "tokens").glob("train_00000.*.tokens"))) == 1
+    assert len(said) == 1 and said[0].startswith("tokenized 1 train shard(s) once")
+    run("mid")  # valid already: silent
+    assert len(said) == 1

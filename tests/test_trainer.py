@@ -179,3 +179,32 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_continues(home, monk
            ".metadata.json.k1ll.tmp" in resumed.output
     _no_partial_files(exp)
     assert max(losses(exp)) == 12 and ckpt.load(exp / "checkpoints" / "step_000012")
+
+
+def test_an_unusable_token_cache_is_said_once(home):
+    """A damaged token cache the launch could not replace: the loaders tokenize instead and
+    the run says so in one line (not once per loader)."""
+    from backlm import trainer
+    from backlm.callbacks import Callback
+    from backlm.config import RunConfig, load_config
+    from backlm.data import token_cache as tc
+    from backlm.launch import create_experiment
+    from backlm.tokenizer import Tokenizer
+    from tests.helpers import TINY
+
+    cfg = load_config(RunConfig, overrides=[*TINY, "id=tc", "train.max_steps=1",
+                                            "train.device_batch_size=1", "train.eval_tokens=64"],
+                      flags={"log": {"wandb": "off"}})
+    exp = create_experiment(cfg, home / "exps")
+    shard = home / "home" / "data" / "tiny" / "train_00000.parquet"
+    path = tc.write_tokens(shard, Tokenizer.load(exp.tokenizer_dir))
+    path.write_bytes(path.read_bytes()[:-1])
+    said: list[str] = []
+
+    class Ear(Callback):
+        def on_message(self, state, text):
+            said.append(text)
+
+    assert trainer.run(exp, cfg, observers=[Ear()]).status == "finished"
+    assert [s for s in said if "token cache" in s] == [
+        f"ignoring token cache {path}: truncated or overlong"]

@@ -18,6 +18,7 @@ _STAGES = {
     "extract": "reading docstrings",
     "write": "writing shards",
     "tokenizer": "training tokenizer",
+    "cache": "tokenizing train shards into the token cache",
     "count": "counting tokens",
     "write_chat": "writing conversations",
 }
@@ -51,7 +52,7 @@ def prepare(
                 "prepare", done, total or None, description=_STAGES.get(stage, stage)),
         )
     if summary.existed:
-        console.print(f"dataset [bold]{dataset}[/] already exists at {target}: nothing to do "
+        console.print(f"dataset [bold]{dataset}[/] already exists at {target}: kept "
                       "(use --force to rebuild it)")
     _print_summary(summary)
 
@@ -67,7 +68,7 @@ def _print_summary(summary: PrepareSummary) -> None:
                       str(s.shards))
     console.print(table)
     for note in summary.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
     details = [f"path: {summary.path}"]
     if summary.vocab_size:
         details.append(f"vocab size: {summary.vocab_size:,}")

@@ -219,7 +219,9 @@ def prepare_corpus(
     if dataset_dir.exists() and not dataset_dir.is_dir():
         raise UserError(f"{dataset_dir} exists and is not a folder: remove it or pick another name")
     if dataset_dir.is_dir() and any(dataset_dir.iterdir()) and not force:
-        return _existing_summary(dataset_dir)
+        summary = _existing_summary(dataset_dir)
+        _cache_existing(dataset_dir, summary, workers, progress)
+        return summary
     t0 = time.monotonic()
     tmp = dataset_dir.parent / f".{dataset_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -242,6 +244,7 @@ def _build(
     roots: list[Path] | None, ood_source: Path | None,
 ) -> None:
     from backlm.data.shards import ShardWriter
+    from backlm.data.token_cache import cached_tokens, ensure_tokens
     from backlm.data.vocab import dataset_tokenizer
 
     report("scan", 0, 0)
@@ -258,20 +261,28 @@ def _build(
     else:
         ood = ood_docs(source)
     splits = {"train": train, "val": val, "ood": ood}
+    paths = {}
     for i, (name, texts) in enumerate(splits.items()):
         report("write", i, len(splits))
         writer = ShardWriter(tmp, name)
         writer.extend(texts)
+        paths[name] = writer.close()
         summary.splits[name] = SplitStats(
             documents=writer.docs,
             characters=writer.chars,
             bytes=sum(len(t.encode("utf-8")) for t in texts),
-            shards=len(writer.close()),
+            shards=len(paths[name]),
         )
     report("tokenizer", 0, 1)
     tokenizer = dataset_tokenizer(tmp, vocab_size)
     summary.vocab_size = tokenizer.vocab_size
     report("tokenizer", 1, 1)
+    # The train split is tokenized once, into the token cache the loader reads (its count
+    # comes from there); the small held-out splits are only counted.
+    ensure_tokens(paths["train"], tokenizer, max(1, workers),
+                  lambda done, total: report("cache", done, total))
+    summary.splits["train"].tokens = cached_tokens(paths["train"], tokenizer) or 0
+    del splits["train"]
     total, done = sum(len(t) for t in splits.values()), 0
     for name, texts in splits.items():
         for lo in range(0, len(texts), 2048):
@@ -307,6 +318,29 @@ def _existing_summary(dataset_dir: Path) -> PrepareSummary:
                 summary.splits[split] = SplitStats(shards=len(shards))
         summary.notes.append(f"{dataset_dir} was not built by `backlm data prepare`")
     return summary
+
+
+def _cache_existing(dataset_dir: Path, summary: PrepareSummary, workers: int,
+                    progress: Progress | None) -> None:
+    """Write the token cache of an existing dataset's train shards where missing or stale
+    (datasets prepared before the cache existed, imported or downloaded ones)."""
+    from backlm.data.token_cache import TOKENS_DIR, ensure_tokens
+    from backlm.data.vocab import existing_tokenizer
+
+    tokenizer = existing_tokenizer(dataset_dir)
+    if tokenizer is None:
+        return
+    report = progress or (lambda stage, done, total: None)
+    try:
+        written, notes = ensure_tokens(sorted(dataset_dir.glob("train_*.parquet")), tokenizer,
+                                       max(1, workers), lambda d, t: report("cache", d, t))
+    except UserError as exc:  # a damaged shard: training will say so; the summary stands
+        summary.notes.append(f"token cache not written: {exc}")
+        return
+    summary.notes += notes
+    if written > len(notes):  # some had no cache at all (the rest are noted as rebuilt)
+        summary.notes.append(f"wrote the token cache of {written} train shard(s) in "
+                             f"{dataset_dir / TOKENS_DIR}")
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:

@@ -1,8 +1,9 @@
 """From parquet shards to direction-correct, BOS-aligned training batches.
 
 Pipeline, per rank: a seeded stream of documents (row groups shuffled per epoch and split
-across ranks, rows shuffled within a row group) → batched tokenization (tiktoken, several
-threads) → reading-order pieces → per-piece order transform (:mod:`backlm.direction`) →
+across ranks, rows shuffled within a row group) → reading-order token ids (from the shard's
+token cache, :mod:`backlm.data.token_cache`, when valid; else batched tiktoken on several
+threads: the same ids) → reading-order pieces → per-piece order transform (:mod:`backlm.direction`) →
 best-fit packing into rows of ``seq_len + 1`` tokens that each start at a piece's BOS.
 
 Pieces (DESIGN.md §1): a document longer than a row is cut in reading order into pieces of at
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from backlm.data.shards import open_shard, read_row_group
+from backlm.data.token_cache import open_all
 from backlm.direction import (
     HEAD_SLOTS,
     IGNORE_INDEX,
@@ -115,6 +117,7 @@ class PackedLoader:
         loop: bool = True,
         shuffle: bool = True,
         track: bool = False,
+        token_cache: bool = True,
     ) -> None:
         if batch_size < 1 or seq_len < HEAD_SLOTS:
             raise UserError(f"batch size must be at least 1 and sequence length at least "
@@ -136,15 +139,19 @@ class PackedLoader:
         self.provenance: list[list[tuple[tuple[int, int, int], int, int, int]]] = []
         self.shards = [Path(p) for p in shards]
         self._files = [open_shard(p) for p in self.shards]
-        self._units = [
-            (s, g) for s, pf in enumerate(self._files) for g in range(pf.num_row_groups)
-        ]
+        self._units = [(s, g) for s, pf in enumerate(self._files)
+                       for g in range(pf.num_row_groups)]
         if not self._units:
             raise UserError(f"the shards hold no documents: {self.shards[0].parent}")
         # Fewer row groups than ranks: every rank reads every row group, taking its own rows.
         self._row_stride = len(self._units) < world_size
         self._units_cache: tuple[int, list[tuple[int, int]]] = (-1, [])
-        self._rows_cache: tuple[tuple[int, int], tuple[list[str], list[int]]] = ((-1, -1), ([], []))
+        self._order_cache: tuple[Any, tuple[int, int, list[int]]] = (None, (0, 0, []))
+        self._texts: dict[tuple[int, int], list[str]] = {}  # a few row groups' texts
+        # Per shard its valid token cache (backlm.data.token_cache) or None: read and tokenize.
+        # cache_notes: one line per cache file found unusable.
+        self._cache, self.cache_notes = ([None] * len(self.shards), []) if not token_cache else \
+            open_all(self.shards, self._files, tokenizer)
         self._cursor = (0, 0, 0)  # next (epoch, unit position, row) not yet tokenized
         self._skip = 0  # pieces of the document at the cursor that start before this are done
         self._buffer: list[tuple[int, int]] = []  # sorted (cost, seq) of buffered pieces
@@ -167,28 +174,55 @@ class PackedLoader:
         self._units_cache = (epoch, units)
         return units
 
-    def _unit_rows(self, epoch: int, pos: int) -> tuple[list[str], list[int]]:
-        if self._rows_cache[0] == (epoch, pos):
-            return self._rows_cache[1]  # read-aheads often take a row group in several bites
+    def _unit_order(self, epoch: int, pos: int) -> tuple[int, int, list[int]]:
+        """(shard, row group, the rows this rank takes in stream order) of a stream unit."""
+        if self._order_cache[0] == (epoch, pos):
+            return self._order_cache[1]  # read-aheads often take a row group in several bites
         shard, group = self._epoch_units(epoch)[pos]
-        texts = read_row_group(self._files[shard], group, self.shards[shard])
-        order = list(range(len(texts)))
+        order = list(range(self._files[shard].metadata.row_group(group).num_rows))
         if self.shuffle:
-            random.Random((self.seed * 7919 + epoch) * 1_000_003 + shard * 65_537 + group).shuffle(
-                order
-            )
+            seed = (self.seed * 7919 + epoch) * 1_000_003 + shard * 65_537 + group
+            random.Random(seed).shuffle(order)
         if self._row_stride:
             order = order[self.rank :: self.world_size]
-        self._rows_cache = ((epoch, pos), (texts, order))
-        return texts, order
+        self._order_cache = ((epoch, pos), (shard, group, order))
+        return shard, group, order
+
+    def _group_texts(self, shard: int, group: int) -> list[str]:
+        if (shard, group) not in self._texts:
+            if len(self._texts) >= 8:
+                self._texts.clear()
+            self._texts[shard, group] = read_row_group(self._files[shard], group,
+                                                       self.shards[shard])
+        return self._texts[shard, group]
+
+    def _bodies(self, refs: Sequence[tuple[int, int, int]]) -> list[np.ndarray]:
+        """Reading-order token ids of documents named by (shard, row group, row): from the
+        token cache where valid, else read and tokenized in one batch."""
+        out: list[Any] = [None] * len(refs)
+        todo, texts = [], []
+        for i, (shard, group, row) in enumerate(refs):
+            cache = self._cache[shard]
+            if cache is not None:
+                out[i] = cache.doc(group, row)
+            else:
+                todo.append(i)
+                texts.append(self._group_texts(shard, group)[row])
+        for i, body in zip(todo, self._tokenize(texts) if texts else [], strict=True):
+            out[i] = body
+        return out
+
+    def _refs(self, keys: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """(shard, row group, row) of documents named by their stream keys."""
+        units = [self._unit_order(epoch, pos) for epoch, pos, _ in keys]
+        return [(s, g, order[r]) for (s, g, order), (*_, r) in zip(units, keys, strict=True)]
 
     def _read_ahead(self) -> None:
         """Tokenize the next ``docs_per_batch`` documents of the stream into ``_pending``."""
         keys: list[tuple[int, int, int]] = []
-        texts: list[str] = []
         epoch, pos, row = self._cursor
         empty_epochs = 0
-        while len(texts) < self.docs_per_batch:
+        while len(keys) < self.docs_per_batch:
             units = self._epoch_units(epoch)
             if pos >= len(units):
                 if not self.loop or empty_epochs > 1:
@@ -197,18 +231,16 @@ class PackedLoader:
                 epoch, pos, row = epoch + 1, 0, 0
                 empty_epochs += 1
                 continue
-            unit_texts, order = self._unit_rows(epoch, pos)
-            take = order[row : row + self.docs_per_batch - len(texts)]
-            for r_i, r in enumerate(take):
-                keys.append((epoch, pos, row + r_i))
-                texts.append(unit_texts[r])
+            order = self._unit_order(epoch, pos)[2]
+            take = order[row : row + self.docs_per_batch - len(keys)]
+            keys += ((epoch, pos, row + r_i) for r_i in range(len(take)))
             row += len(take)
             if row >= len(order):
                 pos, row = pos + 1, 0
             if take:
                 empty_epochs = 0
         self._cursor = (epoch, pos, row)
-        self._pending.extend(self._encode(keys, texts, self._skip))
+        self._pending.extend(self._encode(keys, self._bodies(self._refs(keys)), self._skip))
         self._skip = 0
 
     def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
@@ -220,11 +252,11 @@ class PackedLoader:
         bounds = np.cumsum([0, *lengths])
         return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    def _encode(self, keys: list[tuple[int, int, int]], texts: list[str],
+    def _encode(self, keys: list[tuple[int, int, int]], bodies: list[np.ndarray],
                 skip: int = 0) -> list[_Piece]:
         """The reading-order pieces of these documents (of the first, those from ``skip``)."""
         pieces = []
-        for i, (key, body) in enumerate(zip(keys, self._tokenize(texts), strict=True)):
+        for i, (key, body) in enumerate(zip(keys, bodies, strict=True)):
             order = document_order(self.direction, doc_id(key), self.seed, self.mix)
             # an empty document has no spans (it would only add a stray BOS)
             pieces.extend(_Piece(key, a, body[a:b], order)
@@ -357,18 +389,10 @@ class PackedLoader:
         self._exhausted = bool(state["exhausted"])
         held = [(tuple(h[:3]), h[3], h[4]) for h in state["buffer"]]
         keys = [k for k, _, _ in held]
-        for (key, start, end), body in zip(held, self._tokenize(self.texts_for(keys)),
-                                           strict=True):
+        for (key, start, end), body in zip(held, self._bodies(self._refs(keys)), strict=True):
             order = document_order(self.direction, doc_id(key), self.seed, self.mix)
             self._push(_Piece(key, start, body[start:end], order))  # type: ignore[arg-type]
 
     def texts_for(self, keys: Sequence[tuple[int, int, int]]) -> list[str]:
         """Source texts of documents named by their stream keys."""
-        units: dict[tuple[int, int], tuple[list[str], list[int]]] = {}
-        out = []
-        for epoch, pos, row in keys:
-            if (epoch, pos) not in units:
-                units[(epoch, pos)] = self._unit_rows(epoch, pos)
-            texts, order = units[(epoch, pos)]
-            out.append(texts[order[row]])
-        return out
+        return [self._group_texts(shard, group)[row] for shard, group, row in self._refs(keys)]

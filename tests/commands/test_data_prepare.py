@@ -29,6 +29,17 @@ def test_cli_prepare(fake_site: Path, topics: Path, monkeypatch: pytest.MonkeyPa
     assert "train" in result.output and "tokens" in result.output
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already exists" in again.output
+    assert "token cache" not in again.output  # still valid
+    # a shard rewritten since: its stale token cache is rebuilt, said in one line
+    from backlm.data.shards import iter_texts, write_shard
+    from backlm.paths import dataset_dir
+
+    shard = dataset_dir("cli") / "train_00000.parquet"
+    write_shard(shard, list(iter_texts(shard))[1:])
+    stale = runner.invoke(app, args)
+    assert stale.exit_code == 0, stale.output
+    lines = [line for line in stale.output.splitlines() if "token cache" in line]
+    assert len(lines) == 1 and "rebuilt token cache" in lines[0] and "stale" in lines[0]
     bad = runner.invoke(app, [*args[:-4], "--vocab-size", "10"])
     assert bad.exit_code == 2 and "at least" in bad.output
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -91,6 +92,15 @@ def test_prepare_builds_dataset(fake_site: Path, topics: Path, tmp_path: Path) -
     saved = json.loads((d / corpus.SUMMARY_FILE).read_text())
     assert saved["splits"]["train"]["documents"] == len(train)
     assert not list(d.parent.glob(".fake.*"))  # no partial folder left behind
+    # the train split's token cache, valid after the partial folder was renamed into place
+    from backlm.data.token_cache import cached_tokens
+    from backlm.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(d / "tokenizer")
+    shards = sorted(d.glob("train_*.parquet"))
+    assert len(list((d / "tokens").glob("train_00000.*.tokens"))) == 1
+    assert cached_tokens(shards, tok) == summary.splits["train"].tokens == sum(
+        len(tok.encode(t)) for t in train)
 
 
 def test_prepare_is_deterministic(fake_site: Path, topics: Path) -> None:
@@ -109,6 +119,12 @@ def test_existing_dataset_is_left_alone(fake_site: Path, topics: Path) -> None:
     again = _prepare(fake_site, topics, workers=1)
     assert again.existed and shard.stat().st_mtime_ns == stamp
     assert again.splits["train"].documents == first.splits["train"].documents
+    assert not again.notes  # its token cache is valid: nothing written
+    shutil.rmtree(first.path / "tokens")  # prepared before the cache existed: it is added
+    cached = _prepare(fake_site, topics, workers=1)
+    assert cached.existed and shard.stat().st_mtime_ns == stamp
+    assert len(cached.notes) == 1 and cached.notes[0].startswith("wrote the token cache of 1")
+    assert len(list((first.path / "tokens").glob("*.tokens"))) == 1
     rebuilt = _prepare(fake_site, topics, workers=1, force=True)
     assert not rebuilt.existed and shard.stat().st_mtime_ns != stamp
 
@@ -148,6 +164,7 @@ def test_dataset_swapped_out_by_a_killed_run_comes_back(
     again = _prepare(fake_site, topics, workers=1)
     assert again.existed and not old.exists()
     assert again.splits["train"].documents == first.splits["train"].documents
+    assert not again.notes  # renamed back: its token cache is still valid
 
 
 def test_no_sources_is_user_error(tmp_path: Path, topics: Path) -> None:
