@@ -94,19 +94,27 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
-    old = path.with_name(f"{tmp.name}.old")
     try:
         yield tmp
-        if path.exists():
-            os.rename(path, old)
-        try:
-            os.rename(tmp, path)
-        except BaseException:
-            if old.exists():
-                os.rename(old, path)
-            raise
-        fsync_dir(path.parent)
+        swap_folder(tmp, path, path.with_name(f"{tmp.name}.old"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def swap_folder(new: Path, path: Path, aside: Path) -> None:
+    """Put the folder ``new`` at ``path``: a folder already there is renamed to ``aside``
+    first (put back if the final rename fails) and removed after, so ``path`` holds the old
+    folder or the new one whole, never a mix."""
+    import shutil
+
+    if path.exists():
+        os.rename(path, aside)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        if aside.exists() and not path.exists():
+            os.rename(aside, path)
+        raise
+    fsync_dir(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backlm import checkpoint as ckpt
+from backlm.atomic import swap_folder
 from backlm.errors import UserError
 from backlm.experiment import Experiment, find, utcnow
 from backlm.hub_folder import FolderSpec, Staged, write_folder
@@ -193,7 +194,4 @@ def _replace(tmp: Path, final: Path) -> None:
     # the earlier staging is moved aside first, so a crash never leaves it half-deleted
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_folder(tmp, final, old)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from backlm.atomic import swap_folder
 from backlm.data.docstrings import PARSE_ERRORS, file_docstrings
 from backlm.errors import UserError
 from backlm.paths import check_writable
@@ -344,16 +345,8 @@ def _cache_existing(dataset_dir: Path, summary: PrepareSummary, workers: int,
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if old.exists():
-            os.replace(old, final)  # put the previous dataset back rather than lose it
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    # the pid in the name lets a later prepare restore it if this process dies mid-swap
+    swap_folder(tmp, final, final.parent / f".{final.name}.old-{os.getpid()}")
 
 
 def _remove_stale_partials(final: Path) -> None:
