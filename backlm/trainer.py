@@ -259,6 +259,10 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     tr.last_saved = step or None  # a Ctrl-C before the next step has nothing new to save
     state.advance(step, tokens)
     early: list[str] = []  # what callbacks say while they are being built
+    if dist.main:
+        from backlm.hardware import precision_line
+
+        early.append(f"precision: {precision_line(tr.dev)}")
     if partial:
         early.append(f"removed what a killed run left half-written: {', '.join(partial)}")
     if dist.main:  # token caches the loaders found unusable (they tokenize instead), once

@@ -13,7 +13,7 @@ TINY = [
     "model.depth=2", "model.width=64", "model.head_dim=32", "model.seq_len=32",
     "model.vocab_size=300", "train.device_batch_size=4", "train.total_batch_tokens=256",
     "train.eval_every=2", "train.eval_tokens=256", "train.save_every=100", "train.device=cpu",
-    "data.dataset=tiny", "data.docs_per_batch=32", "data.buffer_docs=16",
+    "data.dataset=tiny", "data.docs_per_batch=32", "data.buffer_docs=16", "train.dtype=fp32",
 ]
 
 

@@ -207,7 +207,7 @@ def test_estimate_only_answers_in_seconds_for_any_size(home, monkeypatch, flags,
 
 MEMORY = ["model.depth=2", "model.width=128", "model.head_dim=32", "model.seq_len=128",
           "model.vocab_size=512", "train.device_batch_size=4", "train.total_batch_tokens=4096",
-          "train.device=cpu"]
+          "train.device=cpu", "train.dtype=fp32"]  # fp32 estimates (`auto` may be bf16)
 
 
 def test_memory_estimate_grows_with_batch_sequence_depth_and_ranks():
@@ -308,7 +308,7 @@ print(json.dumps({"growth": status("VmHWM") - before, "peak": status("VmHWM")}))
 def test_memory_estimate_covers_the_measured_peak(shape):
     """A training step's resident growth (gradients, activations, scratch) against the estimate:
     covered, within 2×; and the whole process's peak against the total."""
-    args = ["model.head_dim=64", "model.vocab_size=8192", "train.device=cpu",
+    args = ["model.head_dim=64", "model.vocab_size=8192", "train.device=cpu", "train.dtype=fp32",
             "train.total_batch_tokens=65536", *shape]
     out = subprocess.run([sys.executable, "-c", RSS_PROBE, *args], capture_output=True,
                          text=True, timeout=600)

@@ -59,19 +59,59 @@ def test_bad_devices_are_user_errors(monkeypatch):
 
 def test_cpu_defaults_to_fp32_with_a_measured_peak(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(hardware, "cpu_peak", lambda dtype: 2e11)
     info = hardware.resolve_device("auto", "auto")
     assert (info.device, info.dtype, info.peak_flops, info.is_cuda) == ("cpu", "fp32", 2e11, False)
+    assert info.dtype_reason == "auto: no native bf16 on this CPU"
+
+
+@pytest.mark.parametrize(("flags", "reason"), [
+    ("fpu avx512f avx512_bf16", "auto: native AVX512-BF16"),
+    ("fpu avx512_bf16 amx_bf16 amx_tile", "auto: native AMX"),
+])
+def test_auto_is_bf16_on_a_cpu_with_native_bf16(monkeypatch, flags, reason):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda field: flags if field == "flags" else "")
+    peaks = []
+    monkeypatch.setattr(hardware, "cpu_peak", lambda dtype: peaks.append(dtype) or 4e11)
+    info = hardware.resolve_device("cpu", "auto")
+    assert (info.dtype, info.dtype_reason, peaks) == ("bf16", reason, ["bf16"])
+    assert hardware.precision_line(info) == f"cpu · bf16 ({reason})"
+    # asked for explicitly, fp32 stays fp32 on such a CPU
+    fixed = hardware.resolve_device("cpu", "fp32")
+    assert (fixed.dtype, fixed.dtype_reason) == ("fp32", "asked for")
+
+
+def test_auto_follows_native_bf16_on_cpu_and_is_bf16_on_cuda(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert hardware.auto_dtype("cpu")[0] == "bf16"
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert hardware.auto_dtype("cpu")[0] == "fp32"
+    assert hardware.auto_dtype("cuda:0") == ("bf16", "auto: CUDA")
+
+
+def test_no_preset_pins_fp32():
+    """cpu-tiny leaves the precision to the CPU; the GPU presets ask for bf16."""
+    import yaml
+
+    from backlm.config import preset_path
+
+    for name in ("cpu-tiny", "d12", "d20", "d26"):
+        dtype = yaml.safe_load(preset_path(name).read_text())["train"]["dtype"]
+        assert dtype == ("auto" if name == "cpu-tiny" else "bf16"), name
 
 
 def test_longest_gpu_name_wins_and_describe_is_one_json_line():
     assert hardware.gpu_peak("NVIDIA H100 NVL", "bf16") == (835e12, "datasheet (H100 NVL)")
     assert hardware.gpu_peak("NVIDIA H200", "fp32") == (989e12 / 16, "datasheet (H200)")
-    gpu = hardware.DeviceInfo("cuda:1", "bf16", "NVIDIA H100", 989e12, "datasheet (H100)")
+    gpu = hardware.DeviceInfo("cuda:1", "bf16", "NVIDIA H100", 989e12, "datasheet (H100)",
+                              "auto: CUDA")
     line = hardware.describe(gpu)
     assert "\n" not in line and gpu.is_cuda
     assert json.loads(line) == {"device": "cuda:1", "name": "NVIDIA H100", "dtype": "bf16",
-                                "peak": "989.00 TFLOP/s", "peak_source": "datasheet (H100)"}
+                                "dtype_reason": "auto: CUDA", "peak": "989.00 TFLOP/s",
+                                "peak_source": "datasheet (H100)"}
     cpu = hardware.DeviceInfo("cpu", "fp32", "cpu", 0.0, "measured matmul")
     assert json.loads(hardware.describe(cpu))["peak"] == "unknown peak" and not cpu.is_cuda
 
@@ -104,3 +144,27 @@ def test_a_container_limit_caps_available_memory(monkeypatch):
     assert hardware.available_memory("cpu") == 2**30 - (384 - 128) * 2**20
     files["/sys/fs/cgroup/memory.max"] = "max\n"
     assert hardware.available_memory("cpu") == 8 * 2**30  # no limit: MemAvailable
+
+
+# Documented in resolve_device's docstring and BENCHMARKS.md ("Precision by capability").
+BF16_STEPS, BF16_TOLERANCE = 30, 0.05
+
+
+@pytest.mark.slow
+def test_bf16_training_follows_fp32(home):
+    """The same tiny model, data and seed trained BF16_STEPS steps in fp32 and under bf16
+    autocast: the final training losses agree within BF16_TOLERANCE nats (bf16 is emulated on
+    CPUs without native bf16, hence tiny), both far below the start."""
+    from tests.helpers import losses, run_cli, tiny_args
+
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        res = run_cli(tiny_args("--id", dtype, "--set", f"train.dtype={dtype}",
+                                "--set", f"train.eval_every={BF16_STEPS}",
+                                "--set", f"train.save_every={BF16_STEPS}", steps=BF16_STEPS))
+        assert res.exit_code == 0, res.output
+        assert f"precision: cpu · {dtype} (asked for)" in res.output
+        out[dtype] = losses(home / "exps" / dtype)
+    first, last = out["fp32"][1], out["fp32"][BF16_STEPS]
+    assert last < first - 1.0  # it learned, so agreeing is not two flat lines
+    assert abs(out["bf16"][BF16_STEPS] - last) < BF16_TOLERANCE, (out["fp32"], out["bf16"])

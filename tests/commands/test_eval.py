@@ -24,6 +24,7 @@ TRAIN = [
     f"train.eval_every={STEPS}", "train.eval_tokens=1024", f"train.save_every={STEPS}",
     "train.device=cpu", "data.dataset=pydocs-small", "data.docs_per_batch=64",
     "data.buffer_docs=32", "log.per_token_every=0", "log.stats_every=0", "log.sample_every=0",
+    "train.dtype=fp32",  # `auto` is bf16 on CPUs with native bf16
 ]
 
 
