@@ -179,12 +179,12 @@ def report(args: argparse.Namespace, sample_s: float) -> None:
                   f"{(statistics.mean(logged) / base - 1):+.2%}")
     table.add_row("time inside the per-step logging hooks", f"{inside * 1e3:.2f}", "",
                   f"{inside / base:+.2%}")
+    att_s, att_every = attention_cost()
+    table.add_row(f"  of which attention statistics, on a forward of their own ({att_s * 1e3:.0f}"
+                  f" ms every {att_every} steps)", f"{att_s / att_every * 1e3:.2f}", "",
+                  f"{att_s / att_every / base:+.2%}")
     table.add_row(f"+ generation samples ({sample_s * 1e3:.0f} ms every {sample_every} steps)",
                   f"{amortised * 1e3:.2f}", "", f"{amortised / base:+.2%}")
-    att_s, att_every = attention_cost()
-    table.add_row(f"  of which attention statistics ({att_s * 1e3:.0f} ms every {att_every} "
-                  "steps)", f"{att_s / att_every * 1e3:.2f}", "",
-                  f"{att_s / att_every / base:+.2%}")
     Console().print(table)
     Console().print(f"once per run, after the last step (final flush, close): {once * 1e3:.0f} ms")
     total = (inside + amortised) / base
