@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backlm.logs.research import HookProbe
+
 # Query positions per pass: bounds the (rows, heads, block, T) score tensor at long contexts.
 QUERY_BLOCK = 256
 
@@ -40,35 +42,21 @@ def head_stats(q: Any, k: Any, block: int = QUERY_BLOCK) -> tuple[Any, Any]:
     return entropy / n, distance / n
 
 
-class AttentionProbe:
+class AttentionProbe(HookProbe):
     """Pre-hooks on every attention module that record :func:`head_stats` while armed."""
 
-    def __init__(self, attentions: list[Any]) -> None:
-        self.attentions = attentions
-        self._handles: list[Any] = []
-        self._stats: list[Any] = []
+    def _reset(self) -> None:
+        self._stats: list[Any] = [None] * len(self.modules)
 
-    @property
-    def armed(self) -> bool:
-        """Whether the hooks are registered now."""
-        return bool(self._handles)
-
-    def arm(self) -> None:
-        """Register the hooks for the next forward (a no-op when armed)."""
-        if self._handles:
-            return
-        self._stats = [None] * len(self.attentions)
-        self._handles = [a.register_forward_pre_hook(self._hook(i))
-                         for i, a in enumerate(self.attentions)]
+    def _register(self, i: int, module: Any) -> Any:
+        return module.register_forward_pre_hook(self._hook(i))
 
     def disarm(self) -> dict[str, Any] | None:
         """Remove the hooks; ``{"entropy", "distance"}`` as float32 ``(layers, heads)`` arrays,
         or None when a layer saw no forward since :meth:`arm`."""
         import numpy as np
 
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._remove()
         stats, self._stats = self._stats, []
         if not stats or any(s is None for s in stats):
             return None

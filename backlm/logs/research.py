@@ -64,35 +64,55 @@ def grad_stats(named_params: list[tuple[str, Any]]) -> dict[str, dict[str, float
             for (name, _), row in zip(named_params, table, strict=True)}
 
 
-class ActivationProbe:
-    """Forward hooks on transformer blocks that accumulate output statistics while armed."""
+class HookProbe:
+    """Hooks on a list of modules, registered only while armed: a probe costs nothing on the
+    steps it does not record. Subclasses say which hook (:meth:`_register`) and what it
+    keeps (:meth:`_reset` clears it at each :meth:`arm`)."""
 
-    def __init__(self, blocks: list[Any]) -> None:
-        self.blocks = blocks
+    def __init__(self, modules: list[Any]) -> None:
+        self.modules = modules
         self._handles: list[Any] = []
-        self._acc: list[Any] = []
-        self._count: list[int] = []
+        self._reset()
 
     @property
     def armed(self) -> bool:
-        """Whether hooks are registered now."""
+        """Whether the hooks are registered now."""
         return bool(self._handles)
 
     def arm(self) -> None:
         """Register the hooks (a no-op when already armed)."""
         if self._handles:
             return
-        self._acc = [None] * len(self.blocks)
-        self._count = [0] * len(self.blocks)
-        self._handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
+        self._reset()
+        self._handles = [self._register(i, m) for i, m in enumerate(self.modules)]
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _register(self, i: int, module: Any) -> Any:
+        raise NotImplementedError
+
+
+class ActivationProbe(HookProbe):
+    """Forward hooks on transformer blocks that accumulate output statistics while armed."""
+
+    def _reset(self) -> None:
+        self._acc: list[Any] = [None] * len(self.modules)
+        self._count = [0] * len(self.modules)
+
+    def _register(self, i: int, module: Any) -> Any:
+        return module.register_forward_hook(self._hook(i))
 
     def disarm(self) -> dict[str, dict[str, float]]:
         """Remove the hooks; return mean, std, rms, max_abs per block (``blocks.i``)."""
         import torch
 
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._remove()
         out = {}
         for i, acc in enumerate(self._acc):
             if acc is None:
