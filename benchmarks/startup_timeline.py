@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch  # noqa: F401  (timed with the other imports; train would import it next)
 
-    from backlm import callbacks, cli, hardware, launch, optim, trainer
+    from backlm import cli, hardware, launch, logs, optim, trainer
     from backlm.hardware import process_start
 
     t0 = process_start()
@@ -50,9 +50,9 @@ def main() -> None:
 
         setattr(module, name, wrapper)
 
-    for module, name in [(launch, "create_experiment"), (hardware, "cpu_peak"),
-                         (optim, "build_optimizer"), (callbacks, "build"), (trainer, "evaluate"),
-                         (trainer, "_train_step")]:
+    for module, name in [(launch, "create_experiment"), (launch, "cache_tokens"),
+                         (hardware, "cpu_peak"), (optim, "build_optimizer"), (logs, "callbacks"),
+                         (trainer, "evaluate"), (trainer, "_train_step")]:
         timed(module, name)
     with tempfile.TemporaryDirectory(prefix="backlm-startup-") as tmp:
         sys.argv = ["backlm", "train", "--direction", "backward", "--config", args.config,
