@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backlm.logs.research import HookProbe
+from backlm.logs.probe import HookProbe
 
 # Query positions per pass: bounds the (rows, heads, block, T) score tensor at long contexts.
 QUERY_BLOCK = 256

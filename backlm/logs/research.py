@@ -12,6 +12,7 @@ from typing import Any
 
 from backlm.callbacks import Callback, LoopState
 from backlm.logs.hdf5 import Hdf5Logger
+from backlm.logs.probe import HookProbe
 
 
 def to_numpy(tensor: Any, dtype: str) -> Any:
@@ -62,40 +63,6 @@ def grad_stats(named_params: list[tuple[str, Any]]) -> dict[str, dict[str, float
     table = torch.stack(rows).cpu().tolist()  # one device→host copy for every parameter
     return {name: dict(zip(("norm", "mean", "std", "max_abs"), row, strict=True))
             for (name, _), row in zip(named_params, table, strict=True)}
-
-
-class HookProbe:
-    """Hooks on a list of modules, registered only while armed: a probe costs nothing on the
-    steps it does not record. Subclasses say which hook (:meth:`_register`) and what it
-    keeps (:meth:`_reset` clears it at each :meth:`arm`)."""
-
-    def __init__(self, modules: list[Any]) -> None:
-        self.modules = modules
-        self._handles: list[Any] = []
-        self._reset()
-
-    @property
-    def armed(self) -> bool:
-        """Whether the hooks are registered now."""
-        return bool(self._handles)
-
-    def arm(self) -> None:
-        """Register the hooks (a no-op when already armed)."""
-        if self._handles:
-            return
-        self._reset()
-        self._handles = [self._register(i, m) for i, m in enumerate(self.modules)]
-
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _reset(self) -> None:
-        raise NotImplementedError
-
-    def _register(self, i: int, module: Any) -> Any:
-        raise NotImplementedError
 
 
 class ActivationProbe(HookProbe):

@@ -17,7 +17,8 @@ def test_compare_writes_the_default_folder(compare_world, phase_world, tmp_path,
     assert res.exit_code == 0, res.output
     out = tmp_path / "comparisons" / "f0_vs_b0_vs_bi0"
     assert sorted(p.name for p in out.iterdir()) == [
-        "COMPARISON.md", "comparison.csv", "curves.png", "gap.png", "transfer.png"]
+        "COMPARISON.md", "attention.png", "comparison.csv", "curves.png", "gap.png",
+        "transfer.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["comparisons"]  # no temporary left
     lines = res.output.splitlines()
     assert any("f0 − b0" in x and "val" in x for x in lines)

@@ -20,11 +20,12 @@ def test_report_writes_the_report_and_lists_what_is_missing(exps):
     res = run_cli(["report", "b0", "--experiments-dir", str(exps)])
     assert res.exit_code == 0, res.output
     exp = Experiment(exps / "b0")
-    assert f"wrote {exp.report_path} with 3 figures" in " ".join(res.output.split())
+    assert f"wrote {exp.report_path} with 5 figures" in " ".join(res.output.split())
     assert "missing: No generation samples" in res.output
     doc = exp.report_path.read_text()
     assert doc.startswith("# Research report: b0\n\n**Direction: backward**")
-    for name in ("learning_curves", "fivecat_history", "eval_position_loss"):
+    for name in ("learning_curves", "fivecat_history", "eval_position_loss", "attention",
+                 "attention_heads"):
         assert f"](figures/{name}.png)" in doc
         assert_png_has_data(exp.figures_dir / f"{name}.png")
 
