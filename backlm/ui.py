@@ -141,6 +141,7 @@ class TrainDisplay(Callback):
         self.bars("train", state.step, state.run.cfg.train.max_steps)
         for text in self.waiting:
             self.bars.print(text)
+        self.waiting = []  # one display serves a chain's or quickstart's runs in turn
 
     def on_eval(self, state: LoopState, step: int, evals: dict[str, float]) -> None:
         if self.bars and step > 0:
@@ -162,3 +163,4 @@ class TrainDisplay(Callback):
     def on_train_end(self, state: LoopState, status: str) -> None:
         if self.bars:
             self.bars.stop()
+        self.bars = None  # the next run's early messages wait for its own bar

@@ -59,3 +59,24 @@ def test_train_display_shows_steps_evaluations_and_messages(monkeypatch):
     assert "step      5 · val_loss 3.0000 · val_bpb 1.5000" in text
     assert "restored the best checkpoint" in text and "val_bpb 2.0" not in text
     assert "loss 3.250" in text and "1,234 tok/s" in text and "5/10" in text
+
+
+def test_one_display_for_runs_in_turn_prints_each_message_once(monkeypatch):
+    """A chain or quickstart passes one display to several runs: no run repeats the messages
+    of the one before it."""
+    console = Console(record=True, width=120, force_terminal=False)
+    monkeypatch.setattr(ui, "console", console)
+    display = ui.TrainDisplay()
+    state = SimpleNamespace(step=0, run=SimpleNamespace(cfg=SimpleNamespace(
+        train=SimpleNamespace(max_steps=4))))
+    for run in ("first", "second", "third"):
+        display.on_message(state, f"precision of the {run} run")  # said before the bar starts
+        display.on_train_start(state)
+        display.on_message(state, f"during the {run} run")
+        display.on_train_end(state, "finished")
+    text = console.export_text()
+    for run in ("first", "second", "third"):
+        assert text.count(f"precision of the {run} run") == 1, text
+        assert text.count(f"during the {run} run") == 1, text
+    lines = [x for x in text.splitlines() if "run" in x]
+    assert lines.index("precision of the second run") > lines.index("during the first run")
