@@ -127,13 +127,6 @@ PROXY_SECONDS = 0.6  # after the warm-up, repeats within about this long; the be
 _RATES: dict[str, float] = {}
 
 
-def cpu_dtype(dtype: str) -> str:
-    """The precision a CPU run of configured ``dtype`` computes in (``auto`` resolved here)."""
-    from backlm.hardware import auto_dtype
-
-    return auto_dtype("cpu")[0] if dtype == "auto" else dtype
-
-
 def cpu_training_rate(dtype: str = "fp32") -> float:
     """Training FLOP/s (forward + backward) this CPU achieves on the proxy model in ``dtype``,
     measured once per process."""
@@ -216,7 +209,7 @@ def memory_estimate(cfg: RunConfig, world: int = 1, device: str | None = None) -
     """
     from backlm import native
     from backlm.attention import ATTENTION_BLOCK, ATTENTION_SAVED_BYTES
-    from backlm.hardware import auto_dtype
+    from backlm.hardware import resolve_dtype
     from backlm.kernels import HEAD_CHUNK_ELEMENTS
 
     device = device or planned_device(cfg)
@@ -225,7 +218,7 @@ def memory_estimate(cfg: RunConfig, world: int = 1, device: str | None = None) -
     inner, N = H * m.head_dim, B * T
     params = model_size(m)[0]
     matrices = L * (4 * inner * C + 8 * C * C)
-    fp32 = (t.dtype if t.dtype != "auto" else auto_dtype(device)[0]) == "fp32"
+    fp32 = resolve_dtype(t.dtype, device)[0] == "fp32"
     e = 4 if fp32 else 2  # bytes of an element the matmuls produce
     fused = device == "cpu" and fp32 and native.native_kernels() is not None
     k, r = divmod(T, ATTENTION_BLOCK)  # query block i keeps (rows × keys up to its end)
@@ -280,7 +273,9 @@ def estimate(cfg: RunConfig, device_name: str, gpus: int, peak_flops: float,
     tokens = cfg.train.max_steps * cfg.train.total_batch_tokens
     eval_tokens = eval_passes(cfg) * cfg.train.eval_tokens
     if gpus == 0 and measure:
-        rate = cpu_training_rate(cpu_dtype(cfg.train.dtype))
+        from backlm.hardware import resolve_dtype
+
+        rate = cpu_training_rate(resolve_dtype(cfg.train.dtype, "cpu")[0])
         step_time = (cfg.train.total_batch_tokens * fpt + optimizer_flops(cfg, "cpu")) / rate
         tps = cfg.train.total_batch_tokens / step_time
         wall = cfg.train.max_steps * step_time + eval_tokens * fpt / 3 / rate  # forward: 1/3

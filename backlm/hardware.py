@@ -61,9 +61,7 @@ def resolve_device(device: str, dtype: str, local_rank: int = 0) -> DeviceInfo:
         raise UserError("--device cuda was asked for but no CUDA device is available")
     if device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"unknown device {device!r}: use auto, cpu or cuda")
-    reason = "asked for"
-    if dtype == "auto":
-        dtype, reason = auto_dtype(device)
+    dtype, reason = resolve_dtype(dtype, device)
     if dtype not in ("fp32", "bf16"):
         raise UserError(f"unknown dtype {dtype!r}: use auto, fp32 or bf16")
     if device.startswith("cuda"):
@@ -73,6 +71,12 @@ def resolve_device(device: str, dtype: str, local_rank: int = 0) -> DeviceInfo:
         name = "cpu"
         peak, source = cpu_peak(dtype), "measured matmul"
     return DeviceInfo(device, dtype, name, peak, source, reason)
+
+
+def resolve_dtype(dtype: str, device: str) -> tuple[str, str]:
+    """The precision a configured ``dtype`` means on ``device``, and why (``auto`` resolved
+    by :func:`auto_dtype`; anything else is taken as asked for, and checked by the caller)."""
+    return auto_dtype(device) if dtype == "auto" else (dtype, "asked for")
 
 
 def auto_dtype(device: str) -> tuple[str, str]:

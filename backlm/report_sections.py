@@ -109,7 +109,7 @@ def natural(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def spread(names: Sequence[str], k: int) -> list[str]:
+def spread(names: Sequence[Any], k: int) -> list[Any]:
     """At most ``k`` names evenly spaced over ``names`` (first and last included)."""
     if len(names) <= k:
         return list(names)
@@ -317,10 +317,10 @@ def attention_section(ctx: Context, log: LogData | str) -> list[str]:
             for i in range(layers)]
     lines += table(["layer", "entropy first", "entropy last", "distance first",
                     "distance last", "distance by head, last"], rows)
-    shown = spread([f"blocks.{i}" for i in range(layers)], MAX_LINES_PLOTTED)
+    shown = spread(range(layers), MAX_LINES_PLOTTED)
     panels = [(f"{title} (mean over heads)", "step", unit,
-               [(name, att.steps, [float(v) for v in getattr(att, stat)[:, int(name[7:])]
-                                   .mean(axis=1)]) for name in shown], None)
+               [(f"blocks.{i}", att.steps, [float(v) for v in getattr(att, stat)[:, i]
+                                            .mean(axis=1)]) for i in shown], None)
               for stat, title, unit in (("entropy", "attention entropy", "nats"),
                                         ("distance", "attended distance", "tokens back"))]
     lines += ctx.image("attention.png", "attention entropy and distance over training",
