@@ -69,7 +69,8 @@ def resolve_device(device: str, dtype: str, local_rank: int = 0) -> DeviceInfo:
         peak, source = gpu_peak(name, dtype)
     else:
         name = "cpu"
-        peak, source = cpu_peak(dtype), "measured matmul"
+        peak = cpu_peak(dtype)
+        source = _CPU_PEAK_SOURCE.get(dtype, "measured matmul")
     return DeviceInfo(device, dtype, name, peak, source, reason)
 
 
@@ -101,6 +102,10 @@ def gpu_peak(name: str, dtype: str) -> tuple[float, str]:
 
 
 _CPU_PEAK: dict[str, float] = {}
+_CPU_PEAK_SOURCE: dict[str, str] = {}
+# Measuring the peak takes ~1.8 s of every command's start on 2 cores; a peak measured within
+# this long on the same CPU, thread count and torch is reused (BENCHMARKS.md, first step).
+PEAK_CACHE_SECONDS = 24 * 3600
 
 # Square sizes for the CPU peak: MKL reaches its peak only on large matrices (on the quiet
 # 2-core Xeon of BENCHMARKS.md, ~160 GFLOP/s at 1024² against ~260 at 3072²), and an MFU
@@ -169,10 +174,45 @@ def peak_sizes(dtype: str) -> tuple[int, ...]:
 
 
 def cpu_peak(dtype: str = "fp32") -> float:
-    """This CPU's measured matmul peak for ``dtype`` (measured once per process)."""
+    """This CPU's measured matmul peak for ``dtype``: once per process, and kept in
+    :func:`backlm.paths.peak_cache_file` for :data:`PEAK_CACHE_SECONDS`, keyed by CPU model,
+    flags, thread count and torch version (``BACKLM_MEASURE_PEAK=1`` measures anew)."""
     if dtype not in _CPU_PEAK:
-        _CPU_PEAK[dtype] = measure_matmul_peak(dtype)
+        _CPU_PEAK[dtype], _CPU_PEAK_SOURCE[dtype] = _stored_or_measured_peak(dtype)
     return _CPU_PEAK[dtype]
+
+
+def _stored_or_measured_peak(dtype: str) -> tuple[float, str]:
+    import hashlib
+
+    import torch
+
+    from backlm import atomic
+    from backlm.paths import peak_cache_file
+
+    flags = hashlib.sha256(_cpuinfo("flags").encode()).hexdigest()[:12]
+    key = f"{cpu_model()}|flags {flags}|{torch.get_num_threads()} threads|torch {torch.__version__}|{dtype}"
+    path = peak_cache_file()
+    try:
+        stored = json.loads(path.read_text())
+        stored = stored if isinstance(stored, dict) else {}
+    except (OSError, ValueError):
+        stored = {}
+    entry = stored.get(key)
+    now = time.time()
+    if (os.environ.get("BACKLM_MEASURE_PEAK") != "1" and isinstance(entry, dict)
+            and isinstance(entry.get("flops"), (int, float)) and entry["flops"] > 0
+            and isinstance(entry.get("at"), (int, float)) and 0 <= now - entry["at"] < PEAK_CACHE_SECONDS):
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["at"]))
+        return float(entry["flops"]), f"measured matmul (kept from {when})"
+    peak = measure_matmul_peak(dtype)
+    stored[key] = {"flops": peak, "at": now}
+    try:  # a read-only home only costs the next run its measurement
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(path, stored)
+    except OSError:
+        pass
+    return peak, "measured matmul"
 
 
 def process_start() -> float:

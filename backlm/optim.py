@@ -68,7 +68,115 @@ def _newton_schulz_gram(x: Tensor, steps: int) -> Tensor:
     return acc @ x
 
 
-class Muon(torch.optim.Optimizer):
+class BaseOptimizer:
+    """What backlm uses of ``torch.optim.Optimizer``: param groups with defaults, per-parameter
+    state, ``zero_grad``, and torch's ``state_dict`` format (checkpoints written by either load
+    in both). torch's own base class is not used: its first use imports ``torch._dynamo``, about
+    2 s of every command's start on a 2-core CPU (BENCHMARKS.md, "Command → first step").
+    """
+
+    def __init__(self, params, defaults: dict[str, Any]):
+        self.defaults = defaults
+        self.state: dict[Tensor, dict[str, Any]] = {}
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.param_groups: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for given in groups:
+            group = {**defaults, **given}
+            ps = group["params"]
+            group["params"] = [ps] if isinstance(ps, Tensor) else list(ps)
+            for p in group["params"]:
+                if id(p) in seen:
+                    raise ValueError("a parameter appears in more than one group")
+                seen.add(id(p))
+            self.param_groups.append(group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every gradient (``None``, or zeros in place)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}``,
+        parameters numbered in group order, as torch numbers them."""
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
+            groups.append(packed)
+        return {"state": {index[id(p)]: s for p, s in self.state.items()}, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` (or the same torch optimizer) returned."""
+        saved = state_dict["param_groups"]
+        if len(saved) != len(self.param_groups) or any(
+                len(s["params"]) != len(g["params"]) for s, g in zip(saved, self.param_groups, strict=True)):
+            raise ValueError("optimizer state does not match this model's parameter groups")
+        params = {i: p for s, g in zip(saved, self.param_groups, strict=True)
+                  for i, p in zip(s["params"], g["params"], strict=True)}
+        self.state = {}
+        for i, values in state_dict["state"].items():
+            p = params[int(i)]
+            self.state[p] = {k: self._cast(p, k, v) for k, v in values.items()}
+        for s, g in zip(saved, self.param_groups, strict=True):
+            g.update({k: v for k, v in s.items() if k != "params"})
+
+    @staticmethod
+    def _cast(p: Tensor, key: str, value: Any) -> Any:
+        if not isinstance(value, Tensor):
+            return value
+        if key == "step":  # the fused kernels keep their step counts as fp32 beside the params
+            return value.to(dtype=torch.float32, device=p.device)
+        return value.to(dtype=p.dtype, device=p.device) if p.is_floating_point() else value
+
+
+class AdamW(BaseOptimizer):
+    """AdamW through PyTorch's fused kernel (``torch._fused_adamw_``): the same op, arguments
+    and state as ``torch.optim.AdamW(..., fused=True)``, so the updates are bit-identical to it
+    (tests/test_optim.py) and its checkpoints load here."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of every parameter that has a gradient."""
+        for group in self.param_groups:
+            by_kind: dict[tuple, list[list[Tensor]]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state.get(p)
+                if st is None:
+                    st = self.state[p] = {
+                        "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                lists = by_kind.setdefault((p.device, p.dtype), [[], [], [], [], []])
+                for dest, t in zip(lists, (p, p.grad, st["exp_avg"], st["exp_avg_sq"], st["step"]),
+                                   strict=True):
+                    dest.append(t)
+            beta1, beta2 = group["betas"]
+            for ps, grads, avgs, sqs, steps in by_kind.values():
+                torch._foreach_add_(steps, 1)
+                torch._fused_adamw_(ps, grads, avgs, sqs, [], steps, amsgrad=False, lr=group["lr"],
+                                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                                    eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+
+class Muon(BaseOptimizer):
     """MomentUm Orthogonalized by Newton–Schulz, for parameters with ≥ 2 dimensions.
 
     Leading dimensions are treated as a batch of matrices (a ``(3, C, C)`` qkv weight is three
@@ -103,9 +211,10 @@ class Muon(torch.optim.Optimizer):
             sizes = [p[0].numel() // (rows * cols) for p in items]
             stacked = torch.empty(sum(sizes), rows, cols, dtype=dtype, device=device)
             for (p, group), slot in zip(items, stacked.split(sizes), strict=True):
-                buf = self.state[p].get("momentum_buffer")
+                st = self.state.setdefault(p, {})
+                buf = st.get("momentum_buffer")
                 if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                    buf = st["momentum_buffer"] = torch.zeros_like(p.grad)
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 g, b = _wide(p.grad, rows), _wide(buf, rows)
                 if group["nesterov"]:  # written straight into the batch: no extra copy
@@ -135,12 +244,12 @@ class Optimizers:
     ``embedding``, ``unembedding`` or ``scalar``).
     """
 
-    def __init__(self, muon: Muon | None, adamw: torch.optim.AdamW):
+    def __init__(self, muon: Muon | None, adamw: AdamW):
         self.muon, self.adamw = muon, adamw
 
     @property
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        """The underlying torch optimizers."""
+    def optimizers(self) -> list[BaseOptimizer]:
+        """The underlying optimizers."""
         return [o for o in (self.muon, self.adamw) if o is not None]
 
     @property
@@ -197,10 +306,7 @@ def build_optimizer(model: nn.Module, ocfg: OptimConfig) -> Optimizers:
                          ("scalar", ocfg.scalar_lr))
         if groups.get(kind)
     ]
-    params = [p for g in adam_groups for p in g["params"]]
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    adamw = torch.optim.AdamW(adam_groups, betas=tuple(ocfg.adam_betas), eps=1e-10,
-                              weight_decay=ocfg.weight_decay, fused=fused)
+    adamw = AdamW(adam_groups, betas=tuple(ocfg.adam_betas), eps=1e-10, weight_decay=ocfg.weight_decay)
     muon = None
     if groups.get("matrix"):
         matrix_lr = ocfg.matrix_lr * ocfg.init_lr_frac

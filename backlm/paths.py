@@ -17,6 +17,11 @@ def backlm_home() -> Path:
     return Path(os.environ.get("BACKLM_HOME") or Path.home() / ".cache" / "backlm")
 
 
+def peak_cache_file() -> Path:
+    """Where measured CPU matmul peaks are kept between runs (:func:`backlm.hardware.cpu_peak`)."""
+    return backlm_home() / "cpu_peak.json"
+
+
 def data_root() -> Path:
     """Folder holding one sub-folder per dataset."""
     return backlm_home() / "data"

@@ -337,7 +337,8 @@ def _loop(tr: TrainingRun, state: LoopState, cbs: Callback,
         if startup:  # what the user waited for, in the metadata
             startup["first_step_end_s"] = _since_start()
             if tr.dist.main:
-                tr.info.exp.update_metadata(startup=startup)
+                tr.info.exp.update_metadata(startup=startup, mfu_peak={
+                    "flops": tr.dev.peak_flops, "source": tr.dev.peak_source})
             startup = {}
         state.advance(state.step + 1, record["tokens"])
         step = state.step

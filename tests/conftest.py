@@ -29,6 +29,18 @@ class ByteTokenizer:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _peak_cache_in_tmp(tmp_path_factory):
+    """Measured CPU peaks go to a file of the session's, never the user's BACKLM_HOME."""
+    from backlm import paths
+
+    mp = pytest.MonkeyPatch()
+    cache = tmp_path_factory.mktemp("peak") / "cpu_peak.json"
+    mp.setattr(paths, "peak_cache_file", lambda: cache)
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def byte_tok() -> ByteTokenizer:
     return ByteTokenizer()

@@ -27,9 +27,70 @@ def test_cpu_peak_is_measured_once_per_process(monkeypatch):
     calls = []
     monkeypatch.setattr(hardware, "_CPU_PEAK", {})
     monkeypatch.setattr(hardware, "measure_matmul_peak", lambda dtype: calls.append(dtype) or 1e11)
+    monkeypatch.setenv("BACKLM_MEASURE_PEAK", "1")
     assert hardware.cpu_peak("fp32") == hardware.cpu_peak("fp32") == 1e11
     hardware.cpu_peak("bf16")
     assert calls == ["fp32", "bf16"]
+
+
+def test_cpu_peak_is_kept_between_processes_for_a_day(monkeypatch, tmp_path):
+    from backlm import paths
+
+    cache = tmp_path / "home" / "cpu_peak.json"
+    monkeypatch.setattr(paths, "peak_cache_file", lambda: cache)
+    calls = []
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda dtype: calls.append(dtype) or 3e11)
+
+    def fresh_process(dtype="fp32"):
+        monkeypatch.setattr(hardware, "_CPU_PEAK", {})
+        monkeypatch.setattr(hardware, "_CPU_PEAK_SOURCE", {})
+        return hardware.cpu_peak(dtype), hardware._CPU_PEAK_SOURCE[dtype]
+
+    assert fresh_process() == (3e11, "measured matmul")
+    assert fresh_process()[0] == 3e11 and fresh_process()[1].startswith("measured matmul (kept from ")
+    assert calls == ["fp32"]
+    assert fresh_process("bf16")[1] == "measured matmul"  # another dtype is another key
+    # a day later, another thread count, or asked to: measured again
+    stored = json.loads(cache.read_text())
+    for entry in stored.values():
+        entry["at"] -= hardware.PEAK_CACHE_SECONDS + 1
+    cache.write_text(json.dumps(stored))
+    assert fresh_process()[1] == "measured matmul"
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, old - 1) if old > 1 else 2)
+    try:
+        assert fresh_process()[1] == "measured matmul"
+    finally:
+        torch.set_num_threads(old)
+    monkeypatch.setenv("BACKLM_MEASURE_PEAK", "1")
+    assert fresh_process()[1] == "measured matmul"
+    assert calls == ["fp32", "bf16", "fp32", "fp32", "fp32"]
+
+
+@pytest.mark.parametrize("content", ["", "not json", "[1, 2]", '{"x": 1}',
+                                     '{"k": {"flops": "fast", "at": 0}}'])
+def test_a_damaged_peak_cache_is_measured_over(monkeypatch, tmp_path, content):
+    from backlm import paths
+
+    cache = tmp_path / "cpu_peak.json"
+    cache.write_text(content)
+    monkeypatch.setattr(paths, "peak_cache_file", lambda: cache)
+    monkeypatch.setattr(hardware, "_CPU_PEAK", {})
+    monkeypatch.setattr(hardware, "_CPU_PEAK_SOURCE", {})
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda dtype: 5e10)
+    assert hardware.cpu_peak("fp32") == 5e10
+    assert len(json.loads(cache.read_text())) >= 1
+
+
+def test_an_unwritable_peak_cache_only_costs_a_measurement(monkeypatch, tmp_path):
+    from backlm import paths
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(paths, "peak_cache_file", lambda: blocker / "sub" / "cpu_peak.json")
+    monkeypatch.setattr(hardware, "_CPU_PEAK", {})
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda dtype: 5e10)
+    assert hardware.cpu_peak("fp32") == 5e10
 
 
 def test_process_start_is_before_now():

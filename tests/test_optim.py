@@ -177,3 +177,114 @@ def test_load_rejects_mismatched_state():
     state["muon"] = None
     with pytest.raises(ValueError):
         opt.load_state_dict(state)
+
+
+def _adam_params(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return [nn.Parameter(torch.randn(*shape, generator=g)) for shape in ((8, 4), (4,), (3, 2, 5))]
+
+
+def _adam_groups(params):
+    return [dict(params=params[:2], lr=0.01, initial_lr=0.01, kind="embedding"),
+            dict(params=params[2:], lr=0.003, weight_decay=0.0, initial_lr=0.003, kind="scalar")]
+
+
+def _adam_run(opt, params, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        for i, p in enumerate(params):
+            # the middle parameter skips a step: parameters without a gradient are left alone
+            p.grad = None if (i == 1 and step == 1) else torch.randn(p.shape, generator=g)
+        for group in opt.param_groups:
+            group["lr"] *= 0.9
+        opt.step()
+
+
+def test_adamw_is_bit_identical_to_torch_fused_adamw():
+    from backlm.optim import AdamW
+
+    ours, theirs = _adam_params(0), _adam_params(0)
+    kw = dict(betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
+    opt = AdamW(_adam_groups(ours), **kw)
+    ref = torch.optim.AdamW(_adam_groups(theirs), fused=True, **kw)
+    _adam_run(opt, ours, 5, seed=3)
+    _adam_run(ref, theirs, 5, seed=3)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(opt.state_dict()["state"].values(), ref.state_dict()["state"].values(), strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adamw_state_dicts_move_both_ways_between_ours_and_torchs():
+    """Checkpoints written with torch.optim.AdamW (backlm before this change) resume here, and
+    the other way round, with the same next updates."""
+    from backlm.optim import AdamW
+
+    kw = dict(betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
+    start = _adam_params(0)
+    torch_first = torch.optim.AdamW(_adam_groups(start), fused=True, **kw)
+    _adam_run(torch_first, start, 3, seed=4)
+    saved = copy.deepcopy(torch_first.state_dict())
+    snapshot = [p.detach().clone() for p in start]
+
+    ours = [nn.Parameter(t.clone()) for t in snapshot]
+    theirs = [nn.Parameter(t.clone()) for t in snapshot]
+    opt = AdamW(_adam_groups(ours), **kw)
+    opt.load_state_dict(copy.deepcopy(saved))
+    ref = torch.optim.AdamW(_adam_groups(theirs), fused=True, **kw)
+    ref.load_state_dict(copy.deepcopy(saved))
+    _adam_run(opt, ours, 3, seed=5)
+    _adam_run(ref, theirs, 3, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+    back = [nn.Parameter(t.detach().clone()) for t in ours]
+    ref2 = torch.optim.AdamW(_adam_groups(back), fused=True, **kw)
+    ref2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _adam_run(opt, ours, 2, seed=6)
+    _adam_run(ref2, back, 2, seed=6)
+    assert all(torch.equal(a, b) for a, b in zip(ours, back, strict=True))
+
+
+def test_base_optimizer_rejects_bad_parameter_lists():
+    from backlm.optim import AdamW
+
+    p = nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="empty parameter list"):
+        AdamW([])
+    with pytest.raises(ValueError, match="more than one group"):
+        AdamW([dict(params=[p]), dict(params=[p])])
+    opt = AdamW([p])
+    with pytest.raises(ValueError, match="does not match"):
+        opt.load_state_dict({"state": {}, "param_groups": [{"params": [0, 1]}]})
+
+
+def test_zero_grad_clears_or_zeroes():
+    from backlm.optim import AdamW
+
+    p = nn.Parameter(torch.zeros(3))
+    opt = AdamW([p])
+    p.grad = torch.ones(3)
+    opt.zero_grad(set_to_none=False)
+    assert torch.equal(p.grad, torch.zeros(3))
+    opt.zero_grad()
+    assert p.grad is None
+
+
+def test_training_never_imports_torchs_compiler():
+    """torch.optim's base class imports torch._dynamo on first use (~2 s of start-up on 2
+    cores); backlm's optimizers must not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from backlm.config import ModelConfig, OptimConfig\n"
+        "from backlm.model import GPT\n"
+        "from backlm.optim import build_optimizer\n"
+        "m = GPT(ModelConfig(depth=2, width=64, head_dim=16, vocab_size=256, seq_len=32))\n"
+        "opt = build_optimizer(m, OptimConfig())\n"
+        "x = torch.randint(0, 256, (2, 32))\n"
+        "m(x, x).backward(); opt.step(); opt.zero_grad(); opt.load_state_dict(opt.state_dict())\n"
+        "print(sorted(k for k in sys.modules if k.startswith('torch._dynamo')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

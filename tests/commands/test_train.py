@@ -24,6 +24,7 @@ def test_train_writes_the_experiment_tree(home):
     assert meta["phase"] == "base" and meta["depth"] == 2 and meta["torch"]
     # seconds from this (pytest) process's start: positive, and the step takes time
     assert 0 < meta["startup"]["first_step_start_s"] < meta["startup"]["first_step_end_s"]
+    assert meta["mfu_peak"]["flops"] > 0 and meta["mfu_peak"]["source"].startswith("measured matmul")
     assert json.loads((exp / "parent_link.json").read_text()) is None
     ck = json.loads((exp / "checkpoints/step_000008/meta.json").read_text())
     assert ck["direction"] == "backward" and ck["model_config"]["depth"] == 2
