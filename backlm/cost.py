@@ -119,8 +119,7 @@ def optimizer_flops(cfg: RunConfig, device: str = "cpu") -> int:
 # FLOP/s, counted as flops_per_token counts them, stands in for any configured model's; on a
 # quiet 2-core machine it predicted the micro-step and Muon times of cpu-tiny and of 2-8 layer
 # variants within 25%, and a 32k vocabulary trained 1.7× slower than predicted (its loss is
-# less matmul-bound). Muon's Newton–Schulz matmuls are charged at the same rate: timing them
-# would need a torch optimizer, whose first use imports torch's compiler (seconds).
+# less matmul-bound). Muon's Newton–Schulz matmuls are charged at the same rate, not timed.
 PROXY = {"depth": 2, "width": 256, "head_dim": 64, "vocab_size": 2048, "seq_len": 256}
 PROXY_ROWS = 4
 PROXY_SECONDS = 0.6  # after the warm-up, repeats within about this long; the best one counts
