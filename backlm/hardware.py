@@ -49,7 +49,7 @@ def resolve_device(device: str, dtype: str, local_rank: int = 0) -> DeviceInfo:
     asserts the final training losses agree within 0.05 nats (measured: 0.0006, at a loss of
     2.03 from 5.70; BENCHMARKS.md, "Precision by capability"). Elsewhere bf16 is emulated and
     3-4× slower than fp32 (0.24-0.37× on the Xeons of BENCHMARKS.md and issue 17), so ``auto`` stays fp32.
-    The fused C kernels compute in fp32 only; bf16 runs take PyTorch's ops.
+    bf16 runs take the fused C loss kernel (its logits are fp32) and PyTorch's ops elsewhere.
     """
     import torch
 

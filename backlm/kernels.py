@@ -218,8 +218,9 @@ def head_loss(
     z_buf = torch.empty(rows, vocab, dtype=torch.float32, device=x.device)
     e_buf = torch.empty_like(z_buf)
     fp32 = x.dtype == torch.float32
-    # one fused pass per row in C: softcap, exp, sum, loss and gradient (see _native_body.h)
-    fused = fp32 and 0 < cap <= 40 and native.usable(z_buf)
+    # one fused pass per row in C: softcap, exp, sum, loss and gradient (see _native_body.h).
+    # The chunk's logits are fp32 in every precision, so bf16 runs take the kernel too.
+    fused = 0 < cap <= 40 and native.usable(z_buf)
     if fused:
         safe_y = safe_y.to(torch.int64).contiguous()
         if n and not 0 <= int(safe_y.min()) <= int(safe_y.max()) < vocab:
@@ -240,8 +241,7 @@ def head_loss(
                                chunk_loss.data_ptr(), r1 - r0, vocab, cap, torch.get_num_threads())
             chunk_loss.masked_fill_(~valid[r0:r1], 0.0)
             if with_grad:
-                torch.mm(e, w, out=grad_x[r0:r1])
-                grad_w.addmm_(e.t(), xc, beta=float(r0 > 0))
+                _head_grads(e, w, xc, grad_x[r0:r1], grad_w, r0 > 0)
             continue
         if cap > 0:
             z.tanh_()
@@ -264,18 +264,23 @@ def head_loss(
         e.scatter_add_(1, yc, -rs.unsqueeze(1))
         if cap > 0:
             e.addcmul_(e, z.mul_(z), value=-1.0)
-        if fp32:
-            torch.mm(e, w, out=grad_x[r0:r1])
-            grad_w.addmm_(e.t(), xc, beta=float(r0 > 0))
-        else:  # low-precision matmuls, fp32 accumulation of the head's gradient
-            g = e.to(x.dtype)
-            grad_x[r0:r1] = g @ w
-            gw = g.t() @ xc
-            if r0 > 0:
-                grad_w.add_(gw)
-            else:
-                grad_w.copy_(gw)
+        _head_grads(e, w, xc, grad_x[r0:r1], grad_w, r0 > 0)
     return losses, grad_x, grad_w
+
+
+def _head_grads(e: Tensor, w: Tensor, xc: Tensor, grad_x: Tensor, grad_w: Tensor, accumulate: bool) -> None:
+    """A chunk's share of the head's gradients from its fp32 logit gradient ``e``."""
+    if xc.dtype == torch.float32:
+        torch.mm(e, w, out=grad_x)
+        grad_w.addmm_(e.t(), xc, beta=float(accumulate))
+        return
+    g = e.to(xc.dtype)  # low-precision matmuls, fp32 accumulation of the head's gradient
+    grad_x.copy_(g @ w)
+    gw = g.t() @ xc
+    if accumulate:
+        grad_w.add_(gw)
+    else:
+        grad_w.copy_(gw)
 
 
 class _SoftcapLoss(torch.autograd.Function):

@@ -53,6 +53,7 @@ def main() -> None:
     head = randn(args.vocab, C, scale=0.02)
     targets = torch.randint(0, args.vocab, (B * T,), generator=g)
     q, k, v = (randn(B, H, T, D) for _ in range(3))
+    x16, head16 = (t.detach().bfloat16().requires_grad_(True) for t in (x, head))
 
     def summed(outs):
         # a scalar that depends on every output, so backward touches them all
@@ -66,6 +67,12 @@ def main() -> None:
         "ReLU² MLP": lambda: summed(kernels.mlp(x, fc, proj)),
         f"softcapped loss over {B * T} × {args.vocab} logits": lambda: kernels.softcap_loss(x, head, targets, 15.0),
     }
+    from backlm.hardware import cpu_has_native_bf16, cpu_model
+
+    if cpu_has_native_bf16():
+        # what a bf16 autocast run hands the loss: bf16 matmuls, fp32 logits per chunk. Without
+        # native bf16 its emulated matmuls take ~20 s a round here, and drown the difference.
+        cases["the same loss, bf16 inputs"] = lambda: kernels.softcap_loss(x16, head16, targets, 15.0)
     best = {(name, on): float("inf") for name in cases for on in (True, False)}
     for _ in range(args.reps):
         for name, fn in cases.items():
@@ -76,13 +83,15 @@ def main() -> None:
                 best[name, on] = min(best[name, on], time.perf_counter() - t)
     native.set_native(True)
 
-    table = Table(title=f"forward + backward, best of {args.reps} alternating rounds, {args.threads} threads, "
-                        f"C kernels: {native.native_kernels()}")
-    for col in ("function", "PyTorch ops ms", "C kernels ms", "speed-up"):
+    table = Table(title=f"{cpu_model()} (native bf16: {'yes' if cpu_has_native_bf16() else 'no'}): "
+                        f"forward + backward, best of {args.reps} alternating rounds, {args.threads} "
+                        f"threads, C kernels: {native.native_kernels()}")
+    for col in ("function", "PyTorch ops ms", "C kernels ms", "saved ms", "speed-up"):
         table.add_column(col, justify="right")
     for name in cases:
         slow, fast = best[name, False], best[name, True]
-        table.add_row(name, f"{slow * 1e3:.1f}", f"{fast * 1e3:.1f}", f"{slow / fast:.2f}×")
+        table.add_row(name, f"{slow * 1e3:.1f}", f"{fast * 1e3:.1f}", f"{(slow - fast) * 1e3:.1f}",
+                      f"{slow / fast:.2f}×")
     Console().print(table)
 
 

@@ -60,6 +60,30 @@ def test_softcap_loss(cap, mean):
 
 
 @native
+@pytest.mark.parametrize("mean", [True, False])
+def test_bf16_softcap_loss_takes_the_fused_kernel(monkeypatch, mean):
+    """bf16 runs' head matmuls are bf16, but each chunk's logits are fp32: the C kernel takes
+    them, and gives what the PyTorch ops give to bf16 tolerance."""
+    from backlm import native as native_mod
+
+    calls = []
+    real = native_mod.lib.softcap_ce
+    monkeypatch.setattr(native_mod.lib, "softcap_ce", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setitem(kernels.HEAD_CHUNK_ELEMENTS, "cpu", 16 * 301)  # 3 chunks
+    n, C, vocab = 45, 32, 301
+    x, w = torch.randn(n, C).bfloat16(), (torch.randn(vocab, C) * 0.5).bfloat16()
+    y = torch.randint(0, vocab, (n,))
+    y[::4] = IGNORE_INDEX
+    results = both_ways(lambda x, w: kernels.softcap_loss(x, w, y, 15.0, mean), x, w)
+    assert len(calls) == 3  # only the native run calls it, once per chunk
+    (out_n, grads_n), (out_t, grads_t) = results
+    assert all(g.dtype == torch.bfloat16 for g in grads_n)
+    torch.testing.assert_close(out_n[0], out_t[0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(grads_n, grads_t, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=2e-2)
+
+
+@native
 def test_head_loss_without_gradients_and_several_chunks(monkeypatch):
     monkeypatch.setitem(kernels.HEAD_CHUNK_ELEMENTS, "cpu", 8 * 300)  # 8 rows per chunk
     x, w = torch.randn(29, 16), torch.randn(300, 16)
