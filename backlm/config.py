@@ -86,6 +86,8 @@ class TrainConfig:
     device_batch_size: int = 8  # rows per forward pass
     eval_every: int = 100
     eval_tokens: int = 32768  # validation: whole val documents from the start, this many tokens
+    # validate before the first step (every curve's starting point); false trains at once
+    eval_at_start: bool = True
     save_every: int = 500
     log_every: int = 1
     seed: int = 42

@@ -64,8 +64,9 @@ def price(cfg: RunConfig, device_name: str = "") -> float | None:
 
 
 def eval_passes(cfg: RunConfig) -> int:
-    """Validation passes a run makes (step 0, every eval_every, the last step) × markers."""
-    evals = 1 + cfg.train.max_steps // cfg.train.eval_every
+    """Validation passes a run makes (step 0 unless ``eval_at_start`` is off, every
+    eval_every, the last step) × markers."""
+    evals = int(cfg.train.eval_at_start) + cfg.train.max_steps // cfg.train.eval_every
     if cfg.train.max_steps % cfg.train.eval_every:
         evals += 1
     return evals * (2 if cfg.data.direction == "bidirectional" else 1)

@@ -15,7 +15,9 @@ at which commit). The script:
 3. per depth and precision, runs ``python -m scripts.base_train`` (nanochat, with its own
    ``torch.compile``, ``--window-pattern L`` so that both compute full causal attention) and
    ``backlm train`` (forward) alternately, ``--rounds`` times each, on head dim 64, seq 512,
-   batch 8×512, vocab 8192, no validation or sampling during the timed steps;
+   batch 8×512, vocab 8192, no validation or sampling before or during the timed steps
+   (nanochat ``--eval-every -1``; backlm ``train.eval_at_start=false`` and a validation
+   cadence past the run: it validates once, after the last step);
 4. parses each step's tokens/s (nanochat's ``step NNNNN/NNNNN ... | tok/sec: N`` lines;
    backlm's ``metrics.jsonl`` records) and reports the median over steps 10-39 (counted from 0
    in both tools), and the time from the command to the end of the first step.
@@ -95,7 +97,7 @@ def _rate(x: float | None) -> str:
 
 
 def _secs(x: float | None) -> str:
-    return f"{x:.0f} s" if x is not None else "-"
+    return f"{x:.1f} s" if x is not None else "-"
 
 
 def table(cpu: str, rows: list[tuple[str, Run | None, Run | None]],
@@ -193,6 +195,7 @@ def run_backlm(args, env: dict, work: Path, depth: int, dtype: str, tag: str) ->
             f"train.device_batch_size={SHAPE['batch']}",
             f"train.total_batch_tokens={SHAPE['batch'] * SHAPE['seq_len']}",
             f"train.eval_every={10 * args.steps}", f"train.save_every={10 * args.steps}",
+            "train.eval_at_start=false",  # as nanochat's --eval-every -1: training starts at once
             f"train.dtype={dtype}", "train.device=cpu", "data.dataset=pydocs"]
     cmd = [sys.executable, "-m", "backlm.cli", "train", "--direction", "forward", "--id", tag,
            "--max-steps", str(args.steps), "--wandb", "off"]

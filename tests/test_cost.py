@@ -39,10 +39,12 @@ def test_price_resolution():
     (10, 4, "backward", 4),  # 0, 4, 8 and the last step
     (10, 4, "bidirectional", 8),  # each with both markers
     (3, 5, "forward", 2),  # 0 and the last step
+    (8, 4, "forward:no-start", 2),  # train.eval_at_start=false: 4 and 8
 ])
 def test_eval_passes(steps, every, direction, passes):
+    direction, _, start = direction.partition(":")
     cfg = config(f"train.max_steps={steps}", f"train.eval_every={every}",
-                 f"data.direction={direction}")
+                 f"data.direction={direction}", f"train.eval_at_start={not start}")
     assert cost.eval_passes(cfg) == passes
 
 

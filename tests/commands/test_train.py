@@ -11,6 +11,35 @@ import pytest
 from tests.helpers import losses, metrics, run_cli, tiny_args
 
 
+def test_eval_at_start_off_trains_at_once_and_validates_later(home):
+    res = run_cli(tiny_args("--direction", "forward", "--id", "nostart",
+                            "--set", "train.eval_at_start=false", "--set", "train.eval_every=4"))
+    assert res.exit_code == 0, res.output
+    exp = home / "exps" / "nostart"
+    m = metrics(exp)
+    assert m[0]["step"] == 1 and "loss" in m[0]  # no step-0 record: the first is a step's
+    assert [x["step"] for x in m if "val_bpb" in x] == [4, 8]
+    meta = json.loads((exp / "metadata.json").read_text())
+    assert meta["status"] == "finished" and meta["startup"]["first_step_end_s"] > 0
+    assert "step 0 " not in res.output and "step      0" not in res.output
+
+
+def test_a_kept_cpu_peak_below_the_runs_rate_is_measured_again(home, monkeypatch):
+    """A peak kept from a busy moment would read MFU above 100%: the run measures it anew."""
+    from backlm import hardware
+
+    monkeypatch.setattr(hardware, "_CPU_PEAK", {"fp32": 1e3})  # 1 kFLOP/s: any run beats it
+    monkeypatch.setattr(hardware, "_CPU_PEAK_SOURCE", {"fp32": "measured matmul (kept from x)"})
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda dtype: 1e15)
+    res = run_cli(tiny_args("--direction", "forward", "--id", "peak"))
+    assert res.exit_code == 0, res.output
+    exp = home / "exps" / "peak"
+    meta = json.loads((exp / "metadata.json").read_text())
+    assert meta["mfu_peak"]["flops"] == 1e15
+    assert meta["mfu_peak"]["source"].startswith("measured matmul (again: 0 GFLOP/s from an earlier")
+    assert all(0 < m["mfu"] < 1 for m in metrics(exp) if "mfu" in m)
+
+
 def test_train_writes_the_experiment_tree(home):
     res = run_cli(tiny_args("--direction", "backward", "--id", "bw"))
     assert res.exit_code == 0, res.output
