@@ -66,7 +66,7 @@ def test_median_of_steps_10_to_39_and_the_table(vs):
     assert lines[0] == "CPU: AMD EPYC 7B13"
     assert "| d4 fp32, round 1 | 1,024 | 2,000 | 1.95× |" in lines
     assert "| d6 fp32, round 1 | 1,024 | - | - |" in lines
-    assert "| d4 fp32: command → first step | 73 s | 6 s | — |" in lines
+    assert "| d4 fp32: command → first step | 73.2 s | 6.4 s | — |" in lines
     assert "| d4 bf16 | n/a: no native bf16 | n/a: no native bf16 | — |" in lines
 
 
