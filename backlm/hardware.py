@@ -103,6 +103,7 @@ def gpu_peak(name: str, dtype: str) -> tuple[float, str]:
 
 _CPU_PEAK: dict[str, float] = {}
 _CPU_PEAK_SOURCE: dict[str, str] = {}
+_CPU_PEAK_KEPT: set[str] = set()  # dtypes whose peak this process read from the file
 # Measuring the peak takes ~1.8 s of every command's start on 2 cores; a peak measured within
 # this long on the same CPU, thread count and torch is reused (BENCHMARKS.md, first step).
 PEAK_CACHE_SECONDS = 24 * 3600
@@ -179,17 +180,25 @@ def cpu_peak(dtype: str = "fp32") -> float:
     flags, thread count and torch version (``BACKLM_MEASURE_PEAK=1`` measures anew)."""
     if dtype not in _CPU_PEAK:
         _CPU_PEAK[dtype], _CPU_PEAK_SOURCE[dtype] = _stored_or_measured_peak(dtype)
+        if "(kept from" in _CPU_PEAK_SOURCE[dtype]:
+            _CPU_PEAK_KEPT.add(dtype)
     return _CPU_PEAK[dtype]
 
 
-def remeasure_cpu_peak(dtype: str, achieved: float) -> tuple[float, str]:
-    """Measure the peak again because a run reached ``achieved`` FLOP/s, above the kept one
-    (kept from a busy moment); the new figure replaces it in this process and in the file."""
-    kept = _CPU_PEAK.get(dtype, 0.0)
+def checked_peak(info: DeviceInfo, achieved: float) -> DeviceInfo:
+    """``info``, or, when a run reached ``achieved`` FLOP/s per process above a CPU peak kept
+    from an earlier run (kept from a busy moment), ``info`` with the peak measured again; the
+    new figure replaces the kept one in this process and in the file."""
+    import dataclasses
+
+    dtype = info.dtype
+    if info.is_cuda or dtype not in _CPU_PEAK_KEPT or not achieved > info.peak_flops > 0:
+        return info
+    _CPU_PEAK_KEPT.discard(dtype)
     _CPU_PEAK[dtype], _ = _stored_or_measured_peak(dtype, force=True)
-    _CPU_PEAK_SOURCE[dtype] = (f"measured matmul (again: {kept / 1e9:.0f} GFLOP/s from an earlier "
-                               f"run was below this run's {achieved / 1e9:.0f})")
-    return _CPU_PEAK[dtype], _CPU_PEAK_SOURCE[dtype]
+    _CPU_PEAK_SOURCE[dtype] = (f"measured matmul (again: {info.peak_flops / 1e9:.0f} GFLOP/s from "
+                               f"an earlier run was below this run's {achieved / 1e9:.0f})")
+    return dataclasses.replace(info, peak_flops=_CPU_PEAK[dtype], peak_source=_CPU_PEAK_SOURCE[dtype])
 
 
 def _stored_or_measured_peak(dtype: str, force: bool = False) -> tuple[float, str]:

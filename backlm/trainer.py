@@ -109,14 +109,9 @@ class TrainingRun:
         A CPU peak kept from an earlier run (:func:`backlm.hardware.cpu_peak`) that this run
         beats was measured on a busy machine: it is measured again, once, before MFU is read.
         """
-        achieved = self.flops_per_token * tokens_per_sec / max(self.dist.world, 1)
-        if achieved > self.dev.peak_flops > 0 and "(kept from" in self.dev.peak_source:
-            import dataclasses
+        from backlm.hardware import checked_peak
 
-            from backlm.hardware import remeasure_cpu_peak
-
-            peak, source = remeasure_cpu_peak(self.dev.dtype, achieved)
-            self.dev = dataclasses.replace(self.dev, peak_flops=peak, peak_source=source)
+        self.dev = checked_peak(self.dev, self.flops_per_token * tokens_per_sec / max(self.dist.world, 1))
         peak = self.dev.peak_flops * self.dist.world
         return self.flops_per_token * tokens_per_sec / peak if peak else 0.0
 

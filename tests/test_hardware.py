@@ -44,6 +44,7 @@ def test_cpu_peak_is_kept_between_processes_for_a_day(monkeypatch, tmp_path):
     def fresh_process(dtype="fp32"):
         monkeypatch.setattr(hardware, "_CPU_PEAK", {})
         monkeypatch.setattr(hardware, "_CPU_PEAK_SOURCE", {})
+        monkeypatch.setattr(hardware, "_CPU_PEAK_KEPT", set())
         return hardware.cpu_peak(dtype), hardware._CPU_PEAK_SOURCE[dtype]
 
     assert fresh_process() == (3e11, "measured matmul")
@@ -77,6 +78,7 @@ def test_a_damaged_peak_cache_is_measured_over(monkeypatch, tmp_path, content):
     monkeypatch.setattr(paths, "peak_cache_file", lambda: cache)
     monkeypatch.setattr(hardware, "_CPU_PEAK", {})
     monkeypatch.setattr(hardware, "_CPU_PEAK_SOURCE", {})
+    monkeypatch.setattr(hardware, "_CPU_PEAK_KEPT", set())
     monkeypatch.setattr(hardware, "measure_matmul_peak", lambda dtype: 5e10)
     assert hardware.cpu_peak("fp32") == 5e10
     assert len(json.loads(cache.read_text())) >= 1

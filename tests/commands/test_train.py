@@ -30,6 +30,7 @@ def test_a_kept_cpu_peak_below_the_runs_rate_is_measured_again(home, monkeypatch
 
     monkeypatch.setattr(hardware, "_CPU_PEAK", {"fp32": 1e3})  # 1 kFLOP/s: any run beats it
     monkeypatch.setattr(hardware, "_CPU_PEAK_SOURCE", {"fp32": "measured matmul (kept from x)"})
+    monkeypatch.setattr(hardware, "_CPU_PEAK_KEPT", {"fp32"})
     monkeypatch.setattr(hardware, "measure_matmul_peak", lambda dtype: 1e15)
     res = run_cli(tiny_args("--direction", "forward", "--id", "peak"))
     assert res.exit_code == 0, res.output
