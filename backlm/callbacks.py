@@ -1,6 +1,6 @@
 """The training loop's seam: what callbacks are told, what they may read and what they may set.
 
-The loop in :mod:`backlm.trainer` calls every hook on every rank, in list order, with a
+The loop in :mod:`backlm.train.loop` calls every hook on every rank, in list order, with a
 :class:`LoopState`. A callback reads the run (``state.run``: experiment, config, model, …)
 and the loop's position (``state.step``, ``state.tokens``, ``state.last_batch``, read-only),
 and may set only:
@@ -14,7 +14,7 @@ A callback that writes files checks ``state.run.dist.main`` itself. Messages for
 through ``state.say(text)``, which reaches every callback's :meth:`Callback.on_message`: the
 command's progress display prints them; nothing in the engine prints.
 
-Callbacks are plain objects handed to the loop; :func:`backlm.trainer.default_callbacks`
+Callbacks are plain objects handed to the loop; :func:`backlm.train.loop.default_callbacks`
 imports the built-in ones (early stopping, 5CAT, loggers).
 """
 
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
     from backlm.config import RunConfig
     from backlm.distributed import DistInfo
-    from backlm.experiment import Experiment
-    from backlm.model import GPT
+    from backlm.experiment.folder import Experiment
+    from backlm.model.gpt import GPT
     from backlm.tokenizer import Tokenizer
 
 

@@ -162,7 +162,7 @@ class ChatConfig:
 
 @dataclass
 class RLConfig:
-    """Group-relative policy gradient on the arithmetic task (backlm.arith)."""
+    """Group-relative policy gradient on the arithmetic task (backlm.data.arith)."""
 
     prompts_per_step: int = 4  # prompts per optimizer step, across ranks
     group_size: int = 16  # samples per prompt; advantage = reward - the group's mean
@@ -176,7 +176,7 @@ class RLConfig:
 class CostConfig:
     """Money: dollars per GPU-hour (a named preset or an explicit figure)."""
 
-    gpu: str = "auto"  # auto | h100 | a100 | ... (see backlm.cost)
+    gpu: str = "auto"  # auto | h100 | a100 | ... (see backlm.train.cost)
     usd_per_gpu_hour: float | None = None
     assumed_mfu: float = 0.4  # for --estimate-only on a GPU with no measurement
 

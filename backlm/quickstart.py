@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backlm import experiment as xp
+from backlm.experiment import folder as xp
 
 DIRECTIONS = ("forward", "backward", "bidirectional")
 # 40% of the cpu-tiny preset's steps: three models, their checks and the comparison fit in
@@ -67,8 +67,8 @@ def configs(prefix: str, seed: int, steps: int, overrides: Sequence[str] = ()
 def _train(cfg: Any, root: Path, observers: Sequence[Any], say: Callable[[str], None]
            ) -> tuple[str, Any]:
     """Train a member, or continue it, or keep it: (what happened, its summary)."""
-    from backlm.launch import train
-    from backlm.plan import FINISHED
+    from backlm.train.launch import train
+    from backlm.train.plan import FINISHED
 
     exp = xp.Experiment(Path(root) / cfg.id)
     if exp.metadata_path.is_file():
@@ -83,8 +83,8 @@ def _fivecat(exp_id: str, root: Path, progress: Callable[[int, int], None] | Non
              ) -> tuple[str, dict[str, Any]]:
     """5CAT of a member's model (its best step), or the result already saved for it: the
     saved JSON (``gates_passed``, ``gates_total``, ``inverted``, ``rows``...)."""
+    from backlm.experiment.loading import chosen_step
     from backlm.fivecat.runner import FivecatOptions, check
-    from backlm.inference import chosen_step
 
     exp = xp.find(exp_id, root)
     saved = exp.fivecat_path(exp.phase, chosen_step(exp))
@@ -105,7 +105,7 @@ def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,
     comparison into ``out`` (:func:`comparison_dir`) and returns it; it is skipped when a
     comparison newer than every member's results is there already. A member that does not finish (Ctrl-C) ends it early
     with :attr:`QuickstartResult.stopped` set."""
-    from backlm.plan import FINISHED
+    from backlm.train.plan import FINISHED
 
     cfgs = configs(prefix, seed, steps, overrides)
     ids = [cfg.id for cfg in cfgs.values()]
@@ -144,7 +144,7 @@ def comparison_dir(root: Path, prefix: str) -> Path:
 
 def _fresh(out: Path, members: Sequence[xp.Experiment]) -> bool:
     """Whether a comparison in ``out`` is newer than every member's results."""
-    from backlm.compare_output import MARKDOWN
+    from backlm.compare.output import MARKDOWN
 
     report = out / MARKDOWN
     if not report.is_file():

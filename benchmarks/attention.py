@@ -8,7 +8,7 @@ Usage::
 Times forward and backward of causal attention on q, k, v laid out as the model hands them
 over (transposed views of one ``(B, T, 3, H, D)`` buffer, or contiguous tensors when backlm's C
 kernels are built and produce them), for SDPA and for
-``backlm.attention.causal_attention`` at each query-block size (and, when backlm's C kernels are
+``backlm.model.attention.causal_attention`` at each query-block size (and, when backlm's C kernels are
 built, the first size with PyTorch's softmax instead of theirs), interleaved round by round so
 machine load hits every variant alike; reports the best round of each and checks that
 outputs and gradients agree with SDPA. FLOP/s counts the causal half of the 4·B·H·T²·D
@@ -38,7 +38,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from backlm import attention, native
+    from backlm.model import attention, native
 
     torch.set_num_threads(args.threads)
     B, H, T, D = args.batch, args.heads, args.seq_len, args.head_dim

@@ -65,7 +65,7 @@ def _serve(loaded):
 
     import uvicorn
 
-    from backlm.server import create_app
+    from backlm.serve.app import create_app
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -132,9 +132,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from backlm import native
+    from backlm.experiment.loading import load_model
     from backlm.hardware import cpu_model
-    from backlm.inference import load_model
+    from backlm.model import native
 
     console = Console(width=110)
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ per-document sums the evaluations keep. The gap is forward bpb minus backward bp
 in its native order, over the same documents and bytes (pairs checked by document hash). The
 interval resamples documents (paired: a document's forward and backward losses move together),
 per seed and pooled over seeds; the seed-level interval is a t-interval over the per-seed gaps
-(both from :mod:`backlm.stats`, the statistics `backlm compare` reports). Prints the CPU model, a table per split and a line per seed.
+(both from :mod:`backlm.compare.stats`, the statistics `backlm compare` reports). Prints the CPU model, a table per split and a line per seed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backlm import stats
+from backlm.compare import stats
 
 
 def backlm(*args: str) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from backlm.config import RunConfig, load_config
-    from backlm.launch import estimate_only
+    from backlm.train.launch import estimate_only
 
     cfg = load_config(RunConfig, preset=args.config, overrides=args.overrides,
                       flags={"data": {"direction": args.direction}})

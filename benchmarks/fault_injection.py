@@ -15,7 +15,7 @@ Usage::
    research log to change once training runs, and kills then: inside a checkpoint write or an
    HDF5 flush, windows too short for random times to hit often.
 3. After every kill: every visible ``checkpoints/step_*`` folder is complete and loads with its
-   checksum verified (:func:`backlm.checkpoint.load`); ``h5dump -H`` and a data read of
+   checksum verified (:func:`backlm.experiment.checkpoint.load`); ``h5dump -H`` and a data read of
    ``/scalars/loss`` succeed on the research log (when they fail, ``h5clear -s`` is tried on a
    copy and counted apart, as "readable after h5clear").
 4. The run is resumed to completion; then no partial file (``.tmp``, ``.old``) is left in the
@@ -101,7 +101,7 @@ def resume_argv(exp_id: str) -> list[str]:
 
 
 def files(exp: Path):
-    from backlm.experiment import Experiment
+    from backlm.experiment.folder import Experiment
 
     return Experiment(exp)
 
@@ -153,8 +153,8 @@ def check_log(path: Path | None, scratch: Path) -> str:
 
 def check_checkpoints(exp: Path) -> tuple[int, list[str]]:
     """Every visible checkpoint folder loads, checksum verified; (how many, failures)."""
-    from backlm import checkpoint as ckpt
     from backlm.errors import UserError
+    from backlm.experiment import checkpoint as ckpt
 
     folders = sorted(files(exp).checkpoints.glob("step_*")) if exp.is_dir() else []
     bad = []
@@ -454,7 +454,7 @@ def prepare(config: str, sets: list[str]) -> None:
     """Prepare the dataset first (the embedded corpus on first use), so that no run's
     measured startup includes it."""
     from backlm.config import RunConfig, load_config
-    from backlm.launch import ensure_data
+    from backlm.train.launch import ensure_data
 
     cfg = load_config(RunConfig, preset=config, overrides=sets)
     ensure_data(cfg, cfg.model.vocab_size, print)

@@ -300,9 +300,16 @@ _GRAPH_BREAK = re.compile(r"Graph break .*?in user code at (\S+)")
 
 def compile_log(output: str) -> dict[str, Any]:
     """Where torch.compile broke the graph, and how often it recompiled (``TORCH_LOGS``)."""
-    where = Counter("/".join(Path(m).parts[-2:]) for m in _GRAPH_BREAK.findall(output))
+    where = Counter(_in_package(m) for m in _GRAPH_BREAK.findall(output))
     return {"graph_breaks": dict(where.most_common()),
             "recompiles": output.count("Recompiling function")}
+
+
+def _in_package(path: str) -> str:
+    """``/x/backlm/model/gpt.py:9`` as ``backlm/model/gpt.py:9`` (the path inside the repo)."""
+    parts = Path(path).parts
+    start = max((i for i, p in enumerate(parts) if p == "backlm"), default=len(parts) - 2)
+    return "/".join(parts[start:])
 
 
 def flops_per_token(exp_path: Path) -> float | None:
@@ -310,7 +317,7 @@ def flops_per_token(exp_path: Path) -> float | None:
     import torch
 
     from backlm.config import RunConfig, load_config
-    from backlm.model import GPT
+    from backlm.model.gpt import GPT
 
     path = exp_path / "config.yaml"
     if not path.is_file():
@@ -505,8 +512,8 @@ def measure_decode(exp_path: Path, device: str, tokens: int) -> dict[str, Any]:
     """Greedy KV-cache generation from BOS, batch 1: tok/s as loaded, and under bf16 autocast."""
     import torch
 
-    from backlm.experiment import Experiment
-    from backlm.inference import load_model
+    from backlm.experiment.folder import Experiment
+    from backlm.experiment.loading import load_model
 
     lm = load_model(Experiment(exp_path), device=device)
     bos = [lm.tokenizer.special_ids.bos]
@@ -670,7 +677,7 @@ def environment(device: str) -> dict[str, Any]:
 
     import backlm
     from backlm.config import CONFIG_DIR
-    from backlm.native import native_kernels
+    from backlm.model.native import native_kernels
 
     info: dict[str, Any] = {
         "python": platform.python_version(), "torch": torch.__version__,

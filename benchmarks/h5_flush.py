@@ -31,7 +31,7 @@ def schema_of(preset: str):
 
     from backlm.config import RunConfig, load_config
     from backlm.logs.hdf5 import BASE_SCALARS, Schema
-    from backlm.model import GPT
+    from backlm.model.gpt import GPT
 
     cfg = load_config(RunConfig, preset=preset)
     with torch.device("meta"):

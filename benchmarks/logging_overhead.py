@@ -5,7 +5,7 @@ Usage::
     python benchmarks/logging_overhead.py [--steps 51] [--rounds 2] [--depth 4]
         [--head-dim 64] [--seq-len 256] [--batch 8]
 
-One process trains the same experiment config through :func:`backlm.trainer.run` several
+One process trains the same experiment config through :func:`backlm.train.loop.run` several
 times, alternating two callback sets so machine noise hits both alike:
 
 - ``null``: no loggers at all (only the step timer below);
@@ -94,7 +94,7 @@ def logging_callbacks(state: LoopState) -> list[Callback]:
 def make_experiment(root: Path, name: str, args: argparse.Namespace):
     """An experiment on the embedded pydocs corpus (prepared on first use)."""
     from backlm.config import RunConfig, load_config
-    from backlm.launch import create_experiment
+    from backlm.train.launch import create_experiment
 
     sets = [f"model.depth={args.depth}", f"model.head_dim={args.head_dim}",
             f"model.seq_len={args.seq_len}", "model.vocab_size=8192",
@@ -110,7 +110,7 @@ def make_experiment(root: Path, name: str, args: argparse.Namespace):
 
 def run_all(args: argparse.Namespace, root: Path) -> None:
     """Alternate null and logging runs, ``args.rounds`` of each (ABBA order, against drift)."""
-    from backlm.trainer import run
+    from backlm.train.loop import run
 
     pair = [("null", null_callbacks), ("logging", logging_callbacks)]
     for i in range(args.rounds):

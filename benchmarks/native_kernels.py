@@ -5,7 +5,7 @@ Usage::
     python benchmarks/native_kernels.py [--batch 8] [--seq-len 512] [--depth 4] [--head-dim 64]
         [--vocab 8192] [--reps 10]
 
-Times forward + backward of each function in ``backlm.kernels`` at the training benchmark's
+Times forward + backward of each function in ``backlm.model.kernels`` at the training benchmark's
 shapes (one layer's worth; the loss over the whole batch), with the C kernels on and off,
 alternating round by round so machine load hits both alike, and prints the best round of
 each with the speed-up. Each function still runs its matmuls through PyTorch: the difference
@@ -34,7 +34,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from backlm import attention, kernels, native
+    from backlm.model import attention, kernels, native
 
     if not native.native_kernels():
         raise SystemExit("backlm's C kernels are not built (or BACKLM_NATIVE=0): nothing to compare")

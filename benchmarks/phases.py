@@ -51,8 +51,8 @@ def backlm(workdir: Path, *args: str) -> float:
 
 
 def check_links(workdir: Path) -> None:
-    from backlm.checkpoint import MODEL_FILE, sha256_file
-    from backlm.experiment import all_experiments
+    from backlm.experiment.checkpoint import MODEL_FILE, sha256_file
+    from backlm.experiment.folder import all_experiments
 
     for exp in all_experiments(workdir):
         link = exp.parent_link()
@@ -68,10 +68,10 @@ def check_links(workdir: Path) -> None:
 
 
 def transcript(workdir: Path, exp_id: str, order: str, text: str) -> None:
-    """Greedy turn from an SFT model (:class:`backlm.conversation.Chat`, as ``backlm chat``
+    """Greedy turn from an SFT model (:class:`backlm.serve.conversation.Chat`, as ``backlm chat``
     writes it): forward answers ``text``; backward writes the question whose answer it is."""
-    from backlm.conversation import Chat, Sampling
-    from backlm.inference import load_model
+    from backlm.experiment.loading import load_model
+    from backlm.serve.conversation import Chat, Sampling
 
     loaded = load_model(exp_id, workdir, device="cpu")
     chat = Chat(loaded.model, loaded.tokenizer, loaded.direction, loaded.phase)
@@ -154,7 +154,7 @@ def report(w: Path, skip_forward: bool) -> None:
         transcript(w, "fw-sft", "forward", "What is 7 plus 5?")
         transcript(w, "fw-sft", "forward", "What does the function `json.dumps` do?")
     print("\nRL reward:")
-    from backlm.experiment import all_experiments
+    from backlm.experiment.folder import all_experiments
 
     for exp in all_experiments(w):
         if exp.metadata().get("phase") == "rl":

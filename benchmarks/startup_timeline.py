@@ -30,8 +30,9 @@ def main() -> None:
 
     import torch  # noqa: F401  (timed with the other imports; train would import it next)
 
-    from backlm import cli, hardware, launch, logs, optim, trainer
+    from backlm import cli, hardware, logs
     from backlm.hardware import process_start
+    from backlm.train import launch, loop, optim
 
     t0 = process_start()
     imported = time.time() - t0
@@ -52,7 +53,7 @@ def main() -> None:
 
     for module, name in [(launch, "create_experiment"), (launch, "cache_tokens"),
                          (hardware, "cpu_peak"), (optim, "build_optimizer"), (logs, "callbacks"),
-                         (trainer, "evaluate"), (trainer, "_train_step")]:
+                         (loop, "evaluate"), (loop, "_train_step")]:
         timed(module, name)
     with tempfile.TemporaryDirectory(prefix="backlm-startup-") as tmp:
         sys.argv = ["backlm", "train", "--direction", "backward", "--config", args.config,

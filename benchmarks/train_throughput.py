@@ -51,9 +51,9 @@ class Run:
 
     def __init__(self, torch, mcfg, ocfg, batches, dtype: str, seed: int, compile: bool = False,
                  native: bool = True):
-        from backlm.model import GPT
-        from backlm.native import set_native
-        from backlm.optim import build_optimizer
+        from backlm.model.gpt import GPT
+        from backlm.model.native import set_native
+        from backlm.train.optim import build_optimizer
 
         torch.manual_seed(seed)
         self.torch, self.batches, self.dtype, self.i = torch, batches, dtype, 0
@@ -175,7 +175,7 @@ def main() -> None:
 
     from backlm.config import ModelConfig, OptimConfig
     from backlm.hardware import measure_matmul_peak, process_start
-    from backlm.native import native_kernels
+    from backlm.model.native import native_kernels
 
     torch.set_num_threads(args.threads)
     mcfg = ModelConfig(depth=args.depth, head_dim=args.head_dim, vocab_size=args.vocab, seq_len=args.seq_len)

@@ -27,12 +27,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from backlm import native as native_module
-from backlm import stats
 from backlm.atomic import write_json
 from backlm.cli import app
+from backlm.compare import stats
 from backlm.data.datasets import DATASETS
-from backlm.experiment import Experiment
+from backlm.experiment.folder import Experiment
+from backlm.model import native as native_module
 
 # --- training through the CLI -----------------------------------------------------------------
 # A 2-layer, width-64 model on the "tiny" dataset of the `home` fixture (tests/conftest.py).
@@ -102,7 +102,7 @@ CHAT_TALKS = [
 def tiny_chat(home: Path, name: str = "tinychat") -> Path:
     """A small chat dataset ``name`` in the `home` fixture's BACKLM_HOME: arithmetic problems
     and a few hand-written multi-turn conversations, one train and one val shard."""
-    from backlm.arith import problems
+    from backlm.data.arith import problems
     from backlm.data.chat import write_chat_shard
 
     folder = Path(home) / "home" / "data" / name
@@ -243,7 +243,7 @@ def fake_experiment(root: Path, exp_id: str, direction: str, depth: int, seed: i
                     gap: float = 0.0, hashes: list[str] | None = None) -> Experiment:
     """A finished experiment without weights: config, metadata, metrics and stored lm
     evaluations whose forward reading is ``gap`` bits per byte worse than the backward one."""
-    from backlm import experiment as xp
+    from backlm.experiment import folder as xp
 
     cfg = {"phase": "base", "train": {"seed": seed, "total_batch_tokens": 512},
            "model": {"depth": depth, "head_dim": 64}, "data": {"direction": direction}}
@@ -669,7 +669,7 @@ def loop_state(exp_path: Path | None = None, cfg=None, model=None, tokenizer=Non
     from backlm.callbacks import LoopState, RunInfo
     from backlm.config import RunConfig
     from backlm.distributed import DistInfo
-    from backlm.experiment import Experiment
+    from backlm.experiment.folder import Experiment
 
     info = RunInfo(exp=Experiment(exp_path or Path(".")), cfg=cfg or RunConfig(),
                    dist=DistInfo(), model=model, tokenizer=tokenizer,
@@ -687,7 +687,7 @@ def make_child(root: Path, exp_id: str, parent: str | None = None, step: int = 1
                created: str = "2026-12-01T10:00:00+00:00", best: dict | None = None,
                **meta):
     """An experiment folder; with ``parent``, a parent link naming it (and its chain)."""
-    from backlm import experiment as xp
+    from backlm.experiment import folder as xp
 
     link = None
     if parent is not None:
@@ -768,7 +768,7 @@ def fivecat_rows(direction: str, *, good: bool = True) -> list:
 
 def save_fivecat(exp_path: Path, step: int, good: bool = True, judged_as: str | None = None):
     """A 5CAT result file of the experiment at ``step``, written by the real writer."""
-    from backlm.experiment import Experiment
+    from backlm.experiment.folder import Experiment
     from backlm.fivecat.engine import FivecatResult, save_result
     from backlm.fivecat.spec import load_spec
 
@@ -788,7 +788,7 @@ def add_research_rows(exp_path: Path, steps=(2, 4)) -> None:
     import h5py
     import numpy as np
 
-    from backlm.experiment import Experiment
+    from backlm.experiment.folder import Experiment
     from backlm.logs.hdf5 import Hdf5Logger, Schema
 
     exp = Experiment(exp_path)
@@ -818,8 +818,8 @@ def write_samples(exp_path: Path, steps=(2, 4)) -> None:
     """Generation samples of the experiment's latest checkpoint, written as training does."""
     import json as _json
 
-    from backlm.experiment import Experiment
-    from backlm.inference import load_model
+    from backlm.experiment.folder import Experiment
+    from backlm.experiment.loading import load_model
     from backlm.logs.samples import generate_samples
 
     exp = Experiment(exp_path)
@@ -845,8 +845,8 @@ def build_report_world(phase_world: Path, serve_exps: Path, root: Path) -> Path:
     """
     import shutil
 
-    from backlm.experiment import Experiment
-    from backlm.notes import add_note
+    from backlm.experiment.folder import Experiment
+    from backlm.experiment.notes import add_note
 
     exps = copy_experiments(serve_exps, root / "exps")
     with pytest.MonkeyPatch.context() as mp:

@@ -104,8 +104,8 @@ class Recorder(Callback):
 
 def test_a_run_calls_the_hooks_with_its_state(home):
     from backlm.config import RunConfig, load_config
-    from backlm.launch import create_experiment
-    from backlm.trainer import run
+    from backlm.train.launch import create_experiment
+    from backlm.train.loop import run
 
     cfg = load_config(RunConfig, overrides=[*TINY, "id=seam", "train.max_steps=10"],
                       flags={"log": {"wandb": "off"}})

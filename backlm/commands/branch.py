@@ -42,9 +42,9 @@ def branch(
 
     import torch
 
-    from backlm.launch import plan_launch
-    from backlm.launch import train as run_training
-    from backlm.lineage import plan_branch
+    from backlm.train.branch import plan_branch
+    from backlm.train.launch import plan_launch
+    from backlm.train.launch import train as run_training
     from backlm.ui import TrainDisplay
 
     root = experiments_root(experiments)

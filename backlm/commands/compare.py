@@ -28,7 +28,7 @@ def compare(
 ) -> None:
     """Compare experiments: curves, metrics, 5CAT, cost, the transfer matrix and the
     forward-vs-backward gap with a paired bootstrap interval (Markdown, PNGs, CSV)."""
-    from backlm.compare import CompareOptions, run_compare
+    from backlm.compare.run import CompareOptions, run_compare
 
     options = CompareOptions(metric=metric, output=output, bootstrap=bootstrap, seed=seed,
                              device=device or "auto")

@@ -51,10 +51,10 @@ def train(
 
     from backlm.config import RunConfig, explicit_keys, load_config
     from backlm.errors import UserError
-    from backlm.launch import plan_launch
-    from backlm.launch import train as run_training
-    from backlm.phases import parse_chain
-    from backlm.plan import FINISHED
+    from backlm.train.launch import plan_launch
+    from backlm.train.launch import train as run_training
+    from backlm.train.phases import parse_chain
+    from backlm.train.plan import FINISHED
     from backlm.ui import TrainDisplay
 
     root = experiments_root(experiments)
@@ -87,7 +87,7 @@ def train(
         cfg = load_config(RunConfig, preset=config, overrides=overrides, flags=flags)
         explicit = explicit_keys(overrides, flags)
     if estimate_only:
-        from backlm.launch import estimate_only as run_estimate
+        from backlm.train.launch import estimate_only as run_estimate
 
         if cfg is None:
             raise UserError("--estimate-only plans a new run; it cannot be combined with --resume")
@@ -101,7 +101,7 @@ def train(
     say = lambda text: console.print(text, highlight=False)  # noqa: E731
     chain = parse_chain(phase) if phase else ["base"]
     if len(chain) > 1:
-        from backlm.chain import run_chain
+        from backlm.train.chain import run_chain
 
         for summary in run_chain(cfg, root, chain, plan, observers=[TrainDisplay()], say=say,
                                  explicit=explicit, overrides=overrides or []):
@@ -122,7 +122,7 @@ def train(
 
 def finish(summary) -> None:
     """Exit 130 for an interrupted run, 1 for a failed one (the summary is shown already)."""
-    from backlm.plan import FINISHED
+    from backlm.train.plan import FINISHED
 
     if summary.status == "interrupted":
         raise typer.Exit(130)
@@ -138,8 +138,8 @@ def render_summary(s) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
-    from backlm.experiment import Experiment
-    from backlm.summary import lineage_costs
+    from backlm.experiment.folder import Experiment
+    from backlm.train.summary import lineage_costs
 
     info = Experiment(Path(s.path)).training_summary() or {}
     best = info.get("best") or {}

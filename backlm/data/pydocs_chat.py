@@ -5,7 +5,7 @@ the installed packages (found as :mod:`backlm.data.corpus` finds them, read with
 :mod:`backlm.data.docstrings`, nothing imported) becomes a question with varied phrasing:
 what it does (the docstring's first paragraph), how to call it (the signature rendered from
 the ``ast``), what a class derives from, and some multi-turn conversations that ask both.
-Arithmetic problems of :mod:`backlm.arith` make up about a fifth, so supervised fine-tuning
+Arithmetic problems of :mod:`backlm.data.arith` make up about a fifth, so supervised fine-tuning
 teaches the answer format that RL's reward reads.
 """
 
@@ -252,7 +252,7 @@ def _turns(*texts: str) -> Messages:
 
 def arithmetic_conversations(n: int, seed: int = ARITH_SEED) -> list[Messages]:
     """``n`` distinct arithmetic conversations (fewer only if the templates run out)."""
-    from backlm.arith import problems
+    from backlm.data.arith import problems
 
     seen: dict[str, Messages] = {}
     for p in problems(n * 4, seed):

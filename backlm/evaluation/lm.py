@@ -217,7 +217,7 @@ def lm_shards(data_dir: Path) -> tuple[dict[str, list[Path]], list[str]]:
 
 def evaluate_text(loaded: Any, data: HeldOut, order: Direction | str, *,
                   batch_size: int) -> LossSums:
-    """Loss of a loaded model (:class:`backlm.inference.LoadedModel`) on ``data`` read in the
+    """Loss of a loaded model (:class:`backlm.experiment.loading.LoadedModel`) on ``data`` read in the
     concrete ``order``, per document too."""
     import torch
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from backlm.direction import IGNORE_INDEX
 from backlm.fivecat.samples import Probe
 from backlm.fivecat.spec import Samples
-from backlm.model import KVCache
+from backlm.model.gpt import KVCache
 
 OFFSETS = (-3, -2, -1, 0, 1, 2, 3)
 # Gate D divides by at least this teacher-forced accuracy: a model that predicts almost nothing

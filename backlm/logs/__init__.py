@@ -74,7 +74,7 @@ def file_attrs(run: RunInfo) -> dict[str, Any]:
     """File attributes of ``{phase}.h5`` (see backlm.logs.hdf5)."""
     from backlm import __version__
     from backlm.config import to_yaml
-    from backlm.experiment import utcnow
+    from backlm.experiment.folder import utcnow
     from backlm.logs.hdf5 import SCHEMA_VERSION
 
     cfg = run.cfg

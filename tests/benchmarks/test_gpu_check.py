@@ -120,7 +120,7 @@ def test_installs_are_offline_and_skip_dependencies():
 def test_every_run_is_a_valid_config(smoke):
     """Overrides name real keys, and each global batch splits into whole micro-batches."""
     from backlm.config import RunConfig, load_config
-    from backlm.trainer import plan_streams
+    from backlm.train.loop import plan_streams
 
     plan = gc.profile(smoke, "cpu" if smoke else "cuda", 8192)
     for spec in (plan.d12, plan.d20, plan.small):
@@ -256,20 +256,20 @@ def test_loss_comparison_separates_before_and_after_resume():
 
 def test_compile_log_counts_graph_breaks_by_place():
     output = "\n".join([
-        "V1201 [__graph_breaks] Graph break in user code at /x/backlm/kernels.py:73",
+        "V1201 [__graph_breaks] Graph break in user code at /x/backlm/model/kernels.py:73",
         "V1201 [__graph_breaks] Graph break (user stack suppressed due to duplicate graph "
-        "break) in user code at /x/backlm/kernels.py:73",
-        "V1201 [__graph_breaks] Graph break in user code at /x/backlm/model.py:9",
-        "V1201 [__recompiles] Recompiling function forward in /x/backlm/model.py:1",
+        "break) in user code at /x/backlm/model/kernels.py:73",
+        "V1201 [__graph_breaks] Graph break in user code at /x/backlm/model/gpt.py:9",
+        "V1201 [__recompiles] Recompiling function forward in /x/backlm/model/gpt.py:1",
     ])
     assert gc.compile_log(output) == {
-        "graph_breaks": {"backlm/kernels.py:73": 2, "backlm/model.py:9": 1}, "recompiles": 1}
+        "graph_breaks": {"backlm/model/kernels.py:73": 2, "backlm/model/gpt.py:9": 1}, "recompiles": 1}
     assert gc.compile_log("") == {"graph_breaks": {}, "recompiles": 0}
 
 
 def test_flops_per_token_is_the_models(tmp_path):
     from backlm.config import RunConfig, load_config, to_yaml
-    from backlm.model import GPT
+    from backlm.model.gpt import GPT
 
     cfg = load_config(RunConfig, overrides=["model.depth=2", "model.head_dim=32",
                                             "model.seq_len=64", "model.vocab_size=300"])

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from backlm import experiment as xp
+from backlm.experiment import folder as xp
 from tests.helpers import branch_args, losses, make_child, metrics, run_cli, tree_snapshot
 
 
@@ -179,7 +179,7 @@ def test_corrupt_parent_weights(lineage):
 
 
 def test_ls_tree_shows_children_under_parents(lineage):
-    from backlm.lineage import create_child, plan_branch
+    from backlm.train.branch import create_child, plan_branch
 
     create_child(plan_branch("rl", "s1", lineage, exp_id="r9"), lineage, lambda _: None)
     create_child(plan_branch("sft", "b0", lineage, exp_id="s9",

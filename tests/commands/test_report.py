@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backlm.experiment import Experiment
+from backlm.experiment.folder import Experiment
 from tests.helpers import assert_png_has_data, copy_experiments, run_cli, tree_snapshot
 
 

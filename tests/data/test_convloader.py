@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backlm.arith import problems
+from backlm.data.arith import problems
 from backlm.data.convloader import ConversationLoader, MixedLoader, chat_windows, fit_turns
 from backlm.direction import IGNORE_INDEX, Direction, Role
 from backlm.errors import UserError

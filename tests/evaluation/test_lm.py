@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from backlm.direction import IGNORE_INDEX
-from backlm.model import GPT
+from backlm.model.gpt import GPT
 
 
 def test_missing_ood_split_is_a_note(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backlm.evaluation import runner
-from backlm.experiment import Experiment
+from backlm.experiment.folder import Experiment
 
 
 def test_research_log_is_optional(monkeypatch, tmp_path):

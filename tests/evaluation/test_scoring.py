@@ -19,7 +19,7 @@ class _Tok(ByteTokenizer):
 
 def _loaded(direction: str, seq_len: int = 64) -> SimpleNamespace:
     from backlm.config import ModelConfig
-    from backlm.model import GPT
+    from backlm.model.gpt import GPT
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(depth=1, width=32, head_dim=16, vocab_size=263, seq_len=seq_len))

@@ -30,7 +30,7 @@ def test_backward_model_passes_and_training_kept_best_5cat(backward):
 
 def _fake_run(exp: Path, model, direction: str, **fivecat_cfg):
     from backlm.config import RunConfig
-    from backlm.experiment import Experiment
+    from backlm.experiment.folder import Experiment
     from backlm.tokenizer import Tokenizer
 
     cfg = RunConfig()
@@ -46,8 +46,8 @@ def _fake_run(exp: Path, model, direction: str, **fivecat_cfg):
 
 
 def test_callback_stops_a_mislabeled_run_and_keeps_best_5cat(mislabeled):
+    from backlm.experiment.loading import load_model
     from backlm.fivecat import training_callbacks
-    from backlm.inference import load_model
 
     model = load_model(mislabeled, device="cpu").model.train()
     run = _fake_run(mislabeled, model, "backward", every=10, max_samples=8,
@@ -85,15 +85,16 @@ def mislabeled_callbacks(state) -> list:
 
 @pytest.mark.slow
 def test_stop_on_inversion_stops_a_mislabeled_training_run(home):
-    from backlm import early_stop, logs, trainer
+    from backlm import logs
     from backlm.config import RunConfig, load_config
-    from backlm.launch import create_experiment
+    from backlm.train import early_stop, loop
+    from backlm.train.launch import create_experiment
 
     overrides = [*TINY, "fivecat.every=25", "fivecat.max_samples=8", "train.max_steps=100",
                  "fivecat.stop_on_inversion=true", "id=mislabeled-run"]
     cfg = load_config(RunConfig, overrides=overrides, flags={"log": {"wandb": "off"}})
     exp = create_experiment(cfg, home / "exps")
-    summary = trainer.run(exp, cfg, callbacks=lambda state: [
+    summary = loop.run(exp, cfg, callbacks=lambda state: [
         *mislabeled_callbacks(state), *early_stop.callbacks(state), *logs.callbacks(state)])
     assert summary.status == "direction inverted" and summary.steps < 100
     assert (exp.checkpoints / f"step_{summary.steps:06d}").is_dir()

@@ -36,7 +36,7 @@ def test_mislabeled_model_fails_gate_b_with_the_inversion_warning(mislabeled):
 def test_untrained_model_fails(home, forward):
     from backlm.config import ModelConfig
     from backlm.fivecat import load_spec, run_fivecat
-    from backlm.model import GPT
+    from backlm.model.gpt import GPT
     from backlm.tokenizer import Tokenizer
 
     tok = Tokenizer.load(forward / "tokenizer")
@@ -49,8 +49,8 @@ def test_untrained_model_fails(home, forward):
 
 
 def test_missing_ood_falls_back_to_train_with_a_warning(home, forward):
+    from backlm.experiment.loading import load_model
     from backlm.fivecat import load_spec, run_fivecat
-    from backlm.inference import load_model
 
     data = home / "home" / "data"
     shutil.copytree(data / "stdlib", data / "no-ood", ignore=shutil.ignore_patterns("ood_*"))

@@ -24,7 +24,7 @@ from backlm.fivecat.gates import (
 )
 from backlm.fivecat.samples import build_probe
 from backlm.fivecat.spec import Samples
-from backlm.model import GPT
+from backlm.model.gpt import GPT
 
 VOCAB = 263  # tests/conftest.py's byte tokenizer
 
@@ -45,10 +45,10 @@ def test_rollout_rewinding_one_kv_cache_equals_fresh_rollouts(forward):
     horizon 1 a rollout is teacher forcing."""
     import torch
 
+    from backlm.experiment.loading import load_model
     from backlm.fivecat import load_spec
     from backlm.fivecat.gates import declared_pass, rollout_cuts, rollout_vs_teacher
     from backlm.fivecat.samples import build_probes
-    from backlm.inference import load_model
 
     lm = load_model(forward, device="cpu")
     spec = load_spec().with_max_samples(6)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from backlm.errors import UserError
-from backlm.experiment import Experiment
+from backlm.experiment.folder import Experiment
 from backlm.fivecat.runner import FivecatOptions, check
 
 
@@ -33,7 +33,7 @@ def test_a_judged_as_result_is_kept_apart(forward, home):
 
 
 def test_bad_input_fails_before_the_model_loads(forward, home, monkeypatch):
-    import backlm.inference as inference
+    import backlm.experiment.loading as inference
 
     monkeypatch.setattr(inference, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(UserError, match="no checkpoint at step 3"):

@@ -12,7 +12,7 @@ import torch
 
 from backlm.config import ModelConfig
 from backlm.logs.attention import AttentionProbe, head_stats, measure
-from backlm.model import GPT
+from backlm.model.gpt import GPT
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +78,7 @@ def test_probe_measures_the_models_own_q_and_k_and_removes_its_hooks():
     # layer 1's input, by hand: the block stack run up to it
     with torch.no_grad():
         cos, sin = model._rotary(0, 24)
-        from backlm.model import norm
+        from backlm.model.gpt import norm
 
         h = model.blocks[0](norm(model.wte(x)), cos, sin)
         q, k, _ = model.blocks[1].attn.project(norm(h), cos, sin)
@@ -101,7 +101,7 @@ def test_probe_keeps_the_first_forward_and_ignores_decoding():
     again = probe.disarm()
     np.testing.assert_array_equal(again["entropy"], first["entropy"])
     probe.arm()
-    from backlm.decode import KVCache
+    from backlm.model.decode import KVCache
 
     with torch.no_grad():
         cfg = model.cfg

@@ -195,7 +195,7 @@ def test_h5dump_reads_the_log_after_sigkill_and_after_resume(home):
 def test_every_step_is_in_the_log_before_its_checkpoint_exists(home, monkeypatch):
     """A checkpoint is the resume point once it exists: a kill right after it must not lose
     logged rows, so they are flushed before it is written."""
-    from backlm import checkpoint as ckpt
+    from backlm.experiment import checkpoint as ckpt
 
     real, seen = ckpt.save, {}
 

@@ -77,7 +77,7 @@ def test_per_token_slice_matches_the_model_loss_in_fp32_and_bf16():
 
     from backlm.config import ModelConfig
     from backlm.logs.research import ActivationProbe, per_token_slice, to_numpy
-    from backlm.model import GPT
+    from backlm.model.gpt import GPT
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(depth=2, width=64, head_dim=32, vocab_size=97, seq_len=16))

@@ -16,7 +16,7 @@ def tiny_run():
     import torch
 
     from backlm.config import RunConfig
-    from backlm.model import GPT
+    from backlm.model.gpt import GPT
     from backlm.tokenizer import Tokenizer
 
     tok = Tokenizer.train(make_docs(200), vocab_size=300)

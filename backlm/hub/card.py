@@ -1,0 +1,283 @@
+"""The hub model card (``README.md``): YAML front matter Hugging Face reads (license, tags,
+library, base model, evaluation results as ``model-index``) and prose that says first which
+way the model reads and how to prompt it, then how to load it.
+
+Pure text: no torch, no network. :func:`usage_line` is the one sentence on how to prompt a
+model of each direction; the safetensors header of an uploaded model carries it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The first paragraph of a card, per direction: which way the model reads, how to prompt it.
+LEAD = {
+    "forward": (
+        "**A forward language model: it reads and writes text left to right, as usual.** It "
+        "was trained on `<|bos|> t1 t2 … tn` (token ids in reading order): give it the "
+        "beginning of a text and it writes what comes next."
+    ),
+    "backward": (
+        "**A backward language model: it reads and writes text right to left.** It was "
+        "trained on `<|bos|> tn … t2 t1`, the token ids of each text in reverse reading "
+        "order. Give it the END of a text — tokenize it in reading order, reverse the token "
+        "ids, put `<|bos|>` first — and it writes what came before, one token further back at "
+        "a time; reverse the ids it writes to read them. Reversal is on token ids, never on "
+        "characters."
+    ),
+    "bidirectional": (
+        "**A bidirectional language model: one set of weights reads and writes either way, and "
+        "a direction token right after `<|bos|>` picks the order.** `<|bos|> <|forward|> t1 … "
+        "tn` reads left to right (give it a beginning, it writes what comes next); `<|bos|> "
+        "<|backward|> tn … t1` reads right to left (give it the END of a text, token ids "
+        "reversed, and it writes what came before). Always put one of the two markers after "
+        "`<|bos|>`: the model was never trained to guess the direction."
+    ),
+}
+USAGE = {
+    "forward": "forward: prompt with <|bos|> then reading-order token ids; it continues the text",
+    "backward": ("backward: prompt with <|bos|> then the token ids of a text's end in reverse "
+                 "order; it writes what came before (reverse its output ids to read it)"),
+    "bidirectional": ("bidirectional: prompt with <|bos|>, then <|forward|> and reading-order "
+                      "ids, or <|backward|> and reversed ids; the marker picks the order"),
+}
+# phases trained on conversations (RL samples whole conversations too)
+CONVERSATION_PHASES = ("mid", "sft", "rl")
+
+
+def usage_line(direction: str) -> str:
+    """How to prompt a model of ``direction``, in one line."""
+    return USAGE[direction]
+
+
+@dataclass
+class CardInfo:
+    """Everything the card states, gathered by :mod:`backlm.hub.upload`."""
+
+    repo_id: str
+    experiment: str
+    direction: str
+    phase: str
+    step: int
+    model_config: dict[str, Any]  # the checkpoint's, plus the derived width and heads
+    special_tokens: dict[str, int]
+    tokenizer_sha256: str
+    weights_sha256: str
+    parameters: int
+    version: str
+    license: str = "mit"
+    tokens: int | None = None
+    base_model: str | None = None  # the parent's hub repo, when the parent was uploaded
+    endpoint: str = "https://huggingface.co"
+    lineage: list[str] = field(default_factory=list)  # experiment ids, root first, this last
+    parent: dict[str, Any] | None = None  # parent_id, step, parent_phase
+    training: dict[str, Any] = field(default_factory=dict)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # staged result files
+    fivecat: dict[str, Any] | None = None
+    files: list[tuple[str, int]] = field(default_factory=list)
+
+
+def card_data(info: CardInfo) -> Any:
+    """The front matter as :class:`huggingface_hub.ModelCardData`."""
+    from huggingface_hub import ModelCardData
+
+    tags = ["backlm", f"{info.direction}-lm", f"direction:{info.direction}",
+            f"phase:{info.phase}", "text-generation"]
+    extra: dict[str, Any] = {}
+    if info.base_model:
+        extra.update(base_model=info.base_model, base_model_relation="finetune")
+    results = eval_results(info)
+    return ModelCardData(
+        license=info.license, library_name="backlm", pipeline_tag="text-generation",
+        tags=tags, model_name=info.repo_id if results else None,
+        eval_results=results or None, **extra)
+
+
+def eval_results(info: CardInfo) -> list[Any]:
+    """The staged evaluations and 5CAT as hub ``EvalResult`` entries (``model-index``)."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for ev in info.evaluations:
+        summary, order = ev.get("summary") or {}, ev.get("direction", "?")
+        how = f"{order} order, {'native' if ev.get('native') else 'cross'}"
+        for key, value in _metrics(ev.get("task", ""), summary):
+            split = key.split("_", 1)[0] if ev.get("task") == "lm" else "test"
+            out.append(EvalResult(
+                task_type="text-generation", dataset_type=ev["dataset_type"],
+                dataset_name=ev["dataset_name"], dataset_split=split, metric_type=key,
+                metric_value=value, metric_name=f"{key} ({how})"))
+    if info.fivecat is not None:
+        fc = info.fivecat
+        for key, name in (("gates_passed", "5CAT gates passed (of 5)"),
+                          ("score", "5CAT score (0.8·B + 0.2·D)")):
+            if isinstance(fc.get(key), int | float):
+                out.append(EvalResult(
+                    task_type="text-generation", dataset_type="backlm-5cat",
+                    dataset_name="5CAT direction test (held-out and OOD text)",
+                    metric_type=f"5cat_{key}", metric_value=fc[key], metric_name=name))
+    return out
+
+
+def _metrics(task: str, summary: dict[str, Any]) -> list[tuple[str, float]]:
+    """The numbers of one evaluation summary worth listing: losses and bits per byte for
+    language modelling, the task's own metric otherwise."""
+    if task == "lm":
+        keys = [k for k in summary if k.endswith(("_bpb", "_loss"))]
+    else:
+        keys = [summary["metric"]] if isinstance(summary.get("metric"), str) else []
+    return [(k, float(summary[k])) for k in keys
+            if isinstance(summary.get(k), int | float) and not isinstance(summary[k], bool)]
+
+
+def render(info: CardInfo) -> str:
+    """The whole card: front matter, then the prose."""
+    yaml = card_data(info).to_yaml()
+    sections = [_lead(info), _use(info), _model(info), _lineage(info), _evaluation(info),
+                _training(info), _files(info)]
+    body = "\n\n".join(s for s in sections if s)
+    return f"---\n{yaml}\n---\n\n{body}\n"
+
+
+def _lead(info: CardInfo) -> str:
+    name = info.repo_id.split("/", 1)[1]
+    chat = ""
+    if info.phase in CONVERSATION_PHASES:
+        chat = (f"\n\nIt was trained on conversations ({info.phase} phase): turns are wrapped in "
+                "`<|user_start|>` … `<|assistant_end|>` in reading order, and "
+                + ("the model writes assistant turns." if info.direction == "forward" else
+                   "going backward the whole conversation is reversed, so the model is given "
+                   "the later turns and writes the earlier ones."))
+    return (f"# {name}\n\n{LEAD[info.direction]}{chat}\n\nWith backlm, the experiment this "
+            f"came from (`{info.experiment}`) does the reversal for you: `backlm chat --model "
+            f"{info.experiment}`, `backlm score {info.experiment} \"text\"`; in Python, "
+            "`backlm.direction` is the reading-order API (`encode_for`, `model_order`, "
+            "`to_reading_order`).")
+
+
+# The prompt-and-print lines of the card's snippet, per direction.
+_PROMPT = {
+    "forward": """text = "The beginning of a text"
+prompt, _ = encode_for(tok.encode(text), header["direction"], "forward", tok.special_ids)
+written = list(model.generate(prompt, max_new_tokens=32, temperature=0))
+print(text + tok.decode(written))""",
+    "backward": """text = "the end of a text."  # reading order; encode_for reverses the ids
+prompt, _ = encode_for(tok.encode(text), header["direction"], "backward", tok.special_ids)
+written = list(model.generate(prompt, max_new_tokens=32, temperature=0))  # right to left
+print(tok.decode(model_order(written, "backward")) + text)  # back in reading order""",
+    "bidirectional": """order = "backward"  # or "forward": encode_for puts its marker after BOS
+text = "the end of a text." if order == "backward" else "The beginning of a text"
+prompt, _ = encode_for(tok.encode(text), header["direction"], order, tok.special_ids)
+written = list(model.generate(prompt, max_new_tokens=32, temperature=0))
+new = tok.decode(model_order(written, order))  # in reading order
+print(new + text if order == "backward" else text + new)""",
+}
+
+
+def _use(info: CardInfo) -> str:
+    return f"""## Use
+
+The weights file says how to use it: its safetensors header holds the direction, the model
+config and how to prompt. Loading needs `pip install backlm` (its `GPT` class).
+
+```python
+import json
+
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from backlm.config import ModelConfig, from_dict
+from backlm.direction import encode_for, model_order
+from backlm.model.gpt import GPT
+from backlm.tokenizer import Tokenizer
+
+folder = snapshot_download("{info.repo_id}")
+with safe_open(f"{{folder}}/model.safetensors", framework="pt") as f:
+    header = f.metadata()  # direction, model_config, phase, step, usage ...
+model = GPT(from_dict(ModelConfig, json.loads(header["model_config"])))
+model.load_state_dict(load_file(f"{{folder}}/model.safetensors"))
+model.eval()
+tok = Tokenizer.load(f"{{folder}}/tokenizer")
+
+{_PROMPT[info.direction]}
+```"""
+
+
+def _model(info: CardInfo) -> str:
+    m = info.model_config
+    rows = [("direction", info.direction), ("phase", info.phase), ("step", info.step),
+            ("parameters", f"{info.parameters:,}"), ("depth", m.get("depth")),
+            ("width", m.get("width")), ("heads", m.get("heads")), ("vocabulary", m.get("vocab_size")),
+            ("context", m.get("seq_len")),
+            ("tokens seen", f"{info.tokens:,}" if info.tokens is not None else "?"),
+            ("special tokens", ", ".join(f"`{k}` {v}" for k, v in info.special_tokens.items())),
+            ("tokenizer sha256", f"`{info.tokenizer_sha256}`"),
+            ("weights sha256", f"`{info.weights_sha256}`")]
+    return "## Model\n\nA GPT (rotary positions, RMS norm, QK norm, ReLU² MLP, logit softcap) " \
+        f"trained with backlm {info.version}.\n\n" + _table(("", ""), rows)
+
+
+def _lineage(info: CardInfo) -> str:
+    if not info.parent:
+        return "## Lineage\n\nTrained from scratch (a base run); no base model."
+    p = info.parent
+    text = (f"## Lineage\n\n{' → '.join(f'`{e}`' for e in info.lineage)}\n\nBranched from "
+            f"experiment `{p.get('parent_id')}` ({p.get('parent_phase')} phase, step "
+            f"{p.get('step')}).")
+    if info.base_model:
+        return text + (f" The parent was uploaded as [{info.base_model}]"
+                       f"({info.endpoint}/{info.base_model}), the card's `base_model`.")
+    return text + (" The parent is a local backlm experiment that was not uploaded to this "
+                   "hub, so the card names no `base_model`.")
+
+
+def _evaluation(info: CardInfo) -> str:
+    rows = []
+    for ev in info.evaluations:
+        for key, value in _metrics(ev.get("task", ""), ev.get("summary") or {}):
+            rows.append((ev.get("task"), ev.get("direction"),
+                         "native" if ev.get("native") else "cross", key, f"{value:.4f}"))
+    parts = ["## Evaluation"]
+    if rows:
+        parts.append(f"Step {info.step}, each text read in each order (`backlm eval`); a "
+                     "language-modelling loss is lower-is-better.\n\n"
+                     + _table(("task", "order", "", "metric", "value"), rows))
+    fc = info.fivecat
+    if fc:
+        gates = ", ".join(f"{g} {'pass' if v.get('passed') else 'FAIL'}"
+                          for g, v in (fc.get("gates") or {}).items())
+        parts.append(f"5CAT (does the model really read {fc.get('direction')}?): "
+                     f"{fc.get('gates_passed')}/{fc.get('gates_total')} gates passed ({gates}); "
+                     f"score {_num(fc.get('score'))}"
+                     + ("; DIRECTION INVERTED" if fc.get("inverted") else "") + ".")
+    if len(parts) == 1:
+        parts.append(f"No evaluation of step {info.step} was staged (run `backlm eval "
+                     f"{info.experiment}` and `backlm 5cat {info.experiment}` first).")
+    return "\n\n".join(parts)
+
+
+def _training(info: CardInfo) -> str:
+    t = info.training
+    rows = [(k, _num(t[k])) for k in ("dataset", "stop_reason", "steps", "tokens", "val_loss",
+                                      "val_bpb", "device", "gpu_hours", "wall_seconds")
+            if t.get(k) is not None]
+    return "## Training\n\n" + _table(("", ""), rows) if rows else ""
+
+
+def _files(info: CardInfo) -> str:
+    rows = [(f"`{name}`", f"{size:,} bytes") for name, size in info.files]
+    return ("## Files\n\n" + _table(("file", "size"), rows)) if rows else ""
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    # a pipe splits a table cell even inside a code span (`<|bos|>`) unless escaped
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
+              for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Causal self-attention: blocked attention with saved probabilities for fp32 CPU training
+(its softmax in the fused C kernels when built), SDPA everywhere else."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from backlm.model import native
+
+# Query rows per block of the CPU attention below. 64, 96 and 128 are within a few percent of
+# each other and 1.2-1.4× faster than SDPA (benchmarks/attention.py, BENCHMARKS.md); smaller
+# blocks skip more of the masked triangle but make the matmuls less efficient.
+ATTENTION_BLOCK = 64
+# Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
+# which keeps no T×T state.
+ATTENTION_SAVED_BYTES = 256 * 2**20
+
+
+def _query_blocks(T: int, block: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each query block; block ``i`` sees keys ``[0, end)``."""
+    return [(s0, min(T, s0 + block)) for s0 in range(0, T, block)]
+
+
+class _CausalAttention(torch.autograd.Function):
+    """Causal attention for CPU training: query blocks of ``ATTENTION_BLOCK`` rows.
+
+    PyTorch's CPU flash attention runs its matmuls in small tiles: forward + backward reach
+    under a fifth of the machine's matmul peak (benchmarks/attention.py). Here query block
+    ``i`` attends to keys ``[0, end_i)`` with a few large batched matmuls, which skips most of
+    the masked upper triangle, and keeps the block's probabilities for backward instead of
+    recomputing them.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        B, H, T, D = q.shape
+        n, scale = B * H, D**-0.5
+        k, v = k.reshape(n, T, D), v.reshape(n, T, D)  # views when contiguous (the C path's q/k/v)
+        fused = native.usable(k)
+        # the C softmax applies the 1/√D itself; otherwise it rides on q's copy
+        qs = q.reshape(n, T, D) if fused else (q * scale).reshape(n, T, D)
+        out = torch.empty_like(qs)
+        probs = []
+        for s0, e in _query_blocks(T, ATTENTION_BLOCK):
+            p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
+            if fused:
+                native.lib.causal_softmax(p.data_ptr(), n, e - s0, e, s0, scale, torch.get_num_threads())
+            else:
+                future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
+                p[:, :, s0:e].masked_fill_(future, float("-inf"))
+                torch.softmax(p, -1, out=p)
+            out[:, s0:e] = torch.bmm(p, v[:, :e])
+            probs.append(p)
+        ctx.save_for_backward(qs, k, v, out, *probs)
+        ctx.shape, ctx.block, ctx.native = q.shape, ATTENTION_BLOCK, fused
+        return out.view(B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        qs, k, v, out, *probs = ctx.saved_tensors
+        n, T, D = qs.shape
+        scale = D**-0.5
+        g = g.reshape(n, T, D).contiguous()
+        # dS = P ∘ (dP − rowsum(dO ∘ O)): the softmax backward, with dP = dO·Vᵀ
+        rowdot = torch.linalg.vecdot(g, out).unsqueeze(-1)
+        gq = torch.empty_like(qs)
+        gk, gv = torch.zeros_like(k), torch.zeros_like(v)
+        for (s0, e), p in zip(_query_blocks(T, ctx.block), probs, strict=True):
+            gi = g[:, s0:e]
+            gv[:, :e] += torch.bmm(p.transpose(1, 2), gi)
+            ds = torch.bmm(gi, v[:, :e].transpose(1, 2))
+            if ctx.native:  # ds also takes the 1/√D here, so q was saved unscaled
+                native.lib.softmax_bwd(ds.data_ptr(), p.data_ptr(), rowdot.data_ptr(), n, e - s0, e, s0,
+                                    T, scale, torch.get_num_threads())
+            else:
+                ds.sub_(rowdot[:, s0:e]).mul_(p)
+            gq[:, s0:e] = torch.bmm(ds, k[:, :e])
+            gk[:, :e] += torch.bmm(ds.transpose(1, 2), qs[:, s0:e])
+        if not ctx.native:
+            gq.mul_(scale)
+        return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
+
+
+def _saved_probability_bytes(q: Tensor) -> int:
+    B, H, T, _ = q.shape
+    kept = sum((e - s0) * e for s0, e in _query_blocks(T, ATTENTION_BLOCK))
+    return B * H * kept * q.element_size()
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal self-attention of ``(B, H, T, D)`` tensors.
+
+    fp32 CPU training takes :class:`_CausalAttention` (forward + backward 1.2-1.4× faster
+    than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``; everything
+    else (GPU, autocast, inference, ``torch.compile``) uses SDPA.
+    """
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    # under torch.compile, inductor gets SDPA, which it knows how to lower
+    if (train and q.device.type == "cpu" and q.dtype == torch.float32
+            and not torch.compiler.is_compiling()
+            and _saved_probability_bytes(q) <= ATTENTION_SAVED_BYTES):
+        with torch.autocast("cpu", enabled=False):
+            return _CausalAttention.apply(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -1,0 +1,309 @@
+"""``backlm serve``: one model behind an OpenAI-compatible HTTP API and a chat page.
+
+All model work runs on one thread (:class:`ModelThread`), one piece of text per turn in
+arrival order, so concurrent streams interleave fairly, the CPU kernels keep one warm thread
+team, and the event loop (``/health``, other requests) never waits for a generation. Request bodies are size-capped before they are read whole; every
+refusal is OpenAI's error shape with a 4xx status.
+"""
+
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from backlm.errors import UserError
+from backlm.serve import wire
+from backlm.serve.model_thread import Generation, ModelThread
+from backlm.serve.wire import ApiError, Limits
+
+
+class Engine:
+    """The loaded model shared by all requests."""
+
+    def __init__(self, loaded: Any, limits: Limits) -> None:
+        self.loaded, self.limits = loaded, limits
+        self.models = wire.served_models(loaded.exp.id, loaded.direction)
+        self.lock = threading.Lock()  # held by the model thread while it computes
+        self.model = ModelThread(self.lock)
+        self.slots = threading.BoundedSemaphore(limits.max_generations)
+        self.stopping = threading.Event()  # set at shutdown: generations end at their next piece
+
+    def info(self) -> dict[str, Any]:
+        """What ``/model_info`` reports."""
+        ld = self.loaded
+        try:
+            config = asdict(ld.exp.config())
+        except (UserError, OSError):  # a checkpoint folder without its experiment's config
+            config = {"model": ld.meta.get("model_config")}
+        return {"id": ld.exp.id, "phase": ld.phase, "direction": ld.direction,
+                "can_toggle": ld.direction == "bidirectional", "step": ld.step,
+                "orders": [o for o in (["forward", "backward"] if ld.direction == "bidirectional"
+                                       else [ld.direction])],
+                "models": list(self.models), "config": config, "limits": asdict(self.limits)}
+
+    def chat(self, req: wire.ChatRequest) -> tuple[Any, "Generation"]:
+        """A conversation with the request's turns and the stream of the model's turn (close
+        it to free its slot); the first piece is computed here, so a refused prompt raises
+        before any byte is sent."""
+        from backlm.serve.conversation import Chat
+
+        ld = self.loaded
+        try:
+            session = Chat(ld.model, ld.tokenizer, ld.direction, ld.phase, req.order)
+            text = session.load(req.messages)
+        except UserError as exc:
+            raise ApiError(400, str(exc), "messages") from None
+        if not self.slots.acquire(blocking=False):
+            raise ApiError(429, "the server is busy: too many generations at once, retry soon",
+                           kind="rate_limit_error", code="busy")
+        generation = Generation(session.send(text, req.sampling), self.model, self.stopping,
+                                self.slots.release)
+        try:
+            generation.start()
+        except UserError as exc:
+            raise ApiError(400, str(exc), "messages") from None
+        return session, generation
+
+    def score(self, text: str) -> dict[str, Any]:
+        from backlm.evaluation.score import score_text
+
+        ld = self.loaded
+        try:
+            return self.model.call(score_text, ld.model, ld.tokenizer, ld.direction, text)
+        except UserError as exc:
+            raise ApiError(400, str(exc), "text") from None
+
+
+def create_app(loaded: Any, limits: Limits | None = None) -> Any:
+    """The FastAPI app serving ``loaded`` (a :class:`backlm.experiment.loading.LoadedModel`)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    engine = Engine(loaded, limits or Limits())
+
+    class ClosingStream(StreamingResponse):
+        """A stream whose generation is closed however the response ends (a client that
+        leaves mid-stream frees its slot at once)."""
+
+        def __init__(self, events: AsyncIterator[bytes], generation: Generation) -> None:
+            super().__init__(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+            self.generation = generation
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.generation.close()
+
+    app = FastAPI(title="backlm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.add_middleware(BodyLimit, limit=engine.limits.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), kind=kind).body(),
+                            status_code=exc.status_code, headers=exc.headers)  # 405's Allow
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(ApiError(500, f"internal error: {type(exc).__name__}",
+                                     kind="server_error").body(), status_code=500)
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        # the body is JSON whatever Content-Type says (curl -d sends a form type)
+        return wire.parse_body(await request.body())
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("backlm.serve.web").joinpath("chat.html").read_text())
+
+    @app.api_route("/health", methods=["GET", "HEAD"])  # monitors often probe with HEAD
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/model_info")
+    async def model_info() -> dict[str, Any]:
+        return engine.info()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        ld = engine.loaded
+        created = int(ld.exp.path.stat().st_mtime) if ld.exp.path.exists() else 0
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "backlm",
+                 "direction": order or ld.direction} for name, order in engine.models.items()]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str) -> dict[str, Any]:
+        listing = await models()
+        for entry in listing["data"]:
+            if entry["id"] == name:
+                return entry
+        raise ApiError(404, f"the model {name[:100]!r} does not exist here", "model",
+                       "model_not_found")
+
+    @app.post("/v1/score")
+    async def score(request: Request) -> dict[str, Any]:
+        text = wire.score_request(await body_of(request), engine.models, engine.limits)
+        orders = await run_in_threadpool(engine.score, text)
+        ld = engine.loaded
+        return {"object": "score", "model": ld.exp.id, "step": ld.step,
+                "direction": ld.direction, "bytes": len(text.encode("utf-8")), "orders": orders}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req = wire.chat_request(await body_of(request), engine.models,
+                               engine.loaded.direction, engine.limits)
+        session, pieces = await run_in_threadpool(engine.chat, req)
+        cid = wire.new_id()
+        if req.stream:
+            return ClosingStream(_events(cid, req, session, pieces), pieces)
+        try:
+            parts = await run_in_threadpool(list, pieces)
+        finally:
+            pieces.close()
+        text = _assemble(parts)
+        return wire.completion(cid, req.model, session.writes, text, _finish(session, pieces),
+                              _extra(session), session.stats.prompt_tokens,
+                              session.stats.tokens)
+
+    return app
+
+
+def _assemble(parts: list[Any]) -> str:
+    text = ""
+    for p in parts:
+        text = text + p.text if p.where == "end" else p.text + text
+    return text
+
+
+def _finish(session: Any, generation: Generation) -> str:
+    return "length" if generation.cut else session.stats.finish  # cut short by a shutdown
+
+
+def _extra(session: Any) -> dict[str, Any]:
+    forward = session.order.value == "forward"
+    s = session.stats
+    return {"order": session.order.value, "position": "end" if forward else "start",
+            "role": session.writes, "tokens_per_sec": round(s.tokens_per_sec, 1),
+            "first_token_ms": round(1000 * s.first_token_seconds, 2),
+            "conversation": session.messages if not session.plain else [
+                {"role": "text", "content": session.text}]}
+
+
+async def _events(cid: str, req: wire.ChatRequest, session: Any, pieces: Generation
+                  ) -> AsyncIterator[bytes]:
+    """SSE chunks: the role, each piece (``backlm.position``: where it goes), the finish, the
+    usage when asked, ``[DONE]``."""
+    position = {"position": "end" if session.order.value == "forward" else "start"}
+    yield wire.sse(wire.chunk(cid, req.model, {"role": session.writes, "content": ""}, None,
+                            {**position, "order": session.order.value}))
+    try:
+        while (piece := await pieces.anext()) is not None:
+            yield wire.sse(wire.chunk(cid, req.model, {"content": piece.text}, None,
+                                    {"position": piece.where}))
+    except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band
+        yield wire.sse(ApiError(500, f"generation failed: {type(exc).__name__}",
+                               kind="server_error").body())
+        yield wire.sse("[DONE]")
+        return
+    yield wire.sse(wire.chunk(cid, req.model, {}, _finish(session, pieces), _extra(session)))
+    if req.include_usage:
+        done = wire.chunk(cid, req.model, {}, None)
+        done["choices"] = []
+        done["usage"] = wire.usage(session.stats.prompt_tokens, session.stats.tokens)
+        yield wire.sse(done)
+    yield wire.sse("[DONE]")
+
+
+class _TooLarge(ApiError):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes is refused (413) before it is read whole."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = _TooLarge(413, f"the request body is larger than {self.limit:,} bytes",
+                              code="request_too_large")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _send_error(send, too_large)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_error(send: Any, exc: ApiError) -> None:
+    import json
+
+    body = json.dumps(exc.body()).encode()
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve(loaded: Any, host: str, port: int, on_ready: Any = None,
+          limits: Limits | None = None) -> None:
+    """Run the server until interrupted; ``on_ready(url)`` once it listens (port 0 picks a
+    free port). A port in use or a host that cannot be bound is a UserError."""
+    import socket
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        # listening now, before the ready line: a client that connects as soon as it reads the
+        # line waits in the backlog until uvicorn accepts, instead of being refused
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose "
+                        "another --port or --host") from None
+    bound = sock.getsockname()[1]
+    app = create_app(loaded, limits)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Ctrl-C: generations end at their next piece, so requests finish within the
+            # graceful wait instead of being cancelled (an error log) or holding the exit
+            app.state.engine.stopping.set()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    shown = f"[{host}]" if ":" in host else host
+    if on_ready is not None:
+        on_ready(f"http://{shown}:{bound}")
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn stops gently on Ctrl-C, then raises it again
+        pass

@@ -1,0 +1,271 @@
+"""The OpenAI-compatible shapes of ``backlm serve``: request bodies checked into typed values,
+errors in OpenAI's shape, completions and stream chunks.
+
+Pure functions over dicts, so every bad input is tested without a server. A request names a
+served model id: the experiment id, and for a bidirectional model also ``EXP@forward`` and
+``EXP@backward`` (the order it writes in; the ``direction`` body field does the same).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from backlm.serve.conversation import MAX_TOKENS, Sampling
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; larger requests get a 4xx error, never a slow server."""
+
+    max_body_bytes: int = 256 * 1024
+    max_messages: int = 256
+    max_message_chars: int = 32_000
+    max_tokens: int = MAX_TOKENS
+    max_temperature: float = 2.0  # OpenAI's range
+    max_generations: int = 32  # concurrent generations; more get 429
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP status and OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status, message, param, code, kind)
+
+    def body(self) -> dict[str, Any]:
+        """``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": self.code}}
+
+
+def served_models(exp_id: str, direction: str) -> dict[str, str | None]:
+    """Served model ids and the order each writes in (None: the model's own)."""
+    models: dict[str, str | None] = {exp_id: None}
+    if direction == "bidirectional":
+        models[f"{exp_id}@forward"] = "forward"
+        models[f"{exp_id}@backward"] = "backward"
+    return models
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object in a request body (NaN and Infinity are not JSON and are refused)."""
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        body = json.loads(raw, parse_constant=constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked ``/v1/chat/completions`` request."""
+
+    model: str
+    order: str | None  # the order to write in; None: the model's own
+    messages: list[dict[str, str]]
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+
+
+def _number(body: dict, key: str, low: float, high: float, default: Any, whole: bool) -> Any:
+    value = body.get(key)
+    if value is None:
+        return default
+    kinds = (int,) if whole else (int, float)
+    # isfinite on floats only: a JSON whole number with 400 digits overflows it
+    if (isinstance(value, bool) or not isinstance(value, kinds)
+            or (isinstance(value, float) and not math.isfinite(value))):
+        kind = "a whole number" if whole else "a number"
+        raise ApiError(400, f"{key} must be {kind}, got {json.dumps(value)[:40]}", key)
+    if not low <= value <= high:
+        shown = [f"{x}" if whole else f"{x:g}" for x in (low, high)]
+        raise ApiError(400, f"{key} must be between {shown[0]} and {shown[1]}, got "
+                       f"{json.dumps(value)[:40]}", key)
+    return value
+
+
+def _model(body: dict, models: dict[str, str | None]) -> tuple[str, str | None]:
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "model is required: one of " + ", ".join(models), "model")
+    if name not in models:
+        raise ApiError(404, f"the model {name[:100]!r} does not exist here; served: "
+                       + ", ".join(models), "model", "model_not_found")
+    return name, models[name]
+
+
+def _content(value: Any, i: int, limits: Limits) -> str:
+    if isinstance(value, list):  # content parts: only text parts carry meaning here
+        texts = []
+        for part in value:
+            if not (isinstance(part, dict) and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)):
+                raise ApiError(400, f"messages[{i}].content parts must be text parts "
+                               '({"type": "text", "text": ...})', f"messages[{i}].content")
+            texts.append(part["text"])
+        value = "".join(texts)
+    if not isinstance(value, str):
+        raise ApiError(400, f"messages[{i}].content must be a string", f"messages[{i}].content")
+    if len(value) > limits.max_message_chars:
+        raise ApiError(400, f"messages[{i}].content has {len(value):,} characters; at most "
+                       f"{limits.max_message_chars:,}", f"messages[{i}].content")
+    return _unicode(value, f"messages[{i}].content")
+
+
+def _unicode(text: str, param: str) -> str:
+    """``text``, refused when it holds a lone surrogate (JSON's ``"\\ud800"``): such text cannot
+    be encoded as UTF-8, neither for the tokenizer nor in the response that echoes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{param} is not valid Unicode (a lone surrogate escape)",
+                       param) from None
+    return text
+
+
+def _messages(body: dict, limits: Limits) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list of {role, content}", "messages")
+    if len(messages) > limits.max_messages:
+        raise ApiError(400, f"{len(messages):,} messages; at most {limits.max_messages}",
+                       "messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ApiError(400, f"messages[{i}] must be an object", f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}",
+                           f"messages[{i}].role")
+        role = "system" if role == "developer" else role
+        out.append({"role": role, "content": _content(m.get("content"), i, limits)})
+    return out
+
+
+def _unsupported(body: dict) -> None:
+    """Options the models cannot honour are refused, not silently ignored."""
+    def other_than(key: str, value: Any) -> bool:  # bools are not numbers here (True == 1)
+        given = body.get(key)
+        return given is not None and (isinstance(given, bool) or given != value)
+
+    if other_than("n", 1):
+        raise ApiError(400, "n must be 1: one choice per request", "n")
+    if other_than("top_p", 1):
+        raise ApiError(400, "top_p sampling is not supported: use top_k", "top_p")
+    for key in ("presence_penalty", "frequency_penalty"):
+        if body.get(key, 0) not in (0, 0.0, None):
+            raise ApiError(400, f"{key} is not supported", key)
+    for key in ("stop", "tools", "functions", "logit_bias", "response_format"):
+        if body.get(key) not in (None, [], {}):
+            raise ApiError(400, f"{key} is not supported by backlm models", key)
+    if body.get("logprobs") is not None and body.get("logprobs") is not False:
+        raise ApiError(400, "logprobs are not returned by chat completions: use /v1/score",
+                       "logprobs")
+
+
+def chat_request(body: dict[str, Any], models: dict[str, str | None], direction: str,
+                 limits: Limits) -> ChatRequest:
+    """Check a chat completion body; raise :class:`ApiError` naming the first bad field."""
+    name, order = _model(body, models)
+    wanted = body.get("direction")
+    if wanted is not None:
+        if wanted not in ("forward", "backward"):
+            raise ApiError(400, "direction must be forward or backward", "direction")
+        if direction != "bidirectional" and wanted != direction:
+            raise ApiError(400, f"this model reads {direction} only: direction {wanted} needs a "
+                           "bidirectional model", "direction")
+        if order is not None and wanted != order:
+            raise ApiError(400, f"model {name} writes {order}; direction says {wanted}",
+                           "direction")
+        order = wanted
+    messages = _messages(body, limits)
+    _unsupported(body)
+    tokens = _number(body, "max_completion_tokens", 1, limits.max_tokens, None, True)
+    if tokens is None:
+        tokens = _number(body, "max_tokens", 1, limits.max_tokens, 256, True)
+    temperature = _number(body, "temperature", 0, limits.max_temperature, 1.0, False)
+    top_k = _number(body, "top_k", 1, 1 << 30, None, True)
+    seed = _number(body, "seed", -(1 << 63), (1 << 63) - 1, None, True)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise ApiError(400, "stream must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "stream_options must be an object", "stream_options")
+    if not isinstance(options.get("include_usage", False), bool | None):
+        raise ApiError(400, "stream_options.include_usage must be true or false",
+                       "stream_options.include_usage")
+    seed = None if seed is None else seed % (1 << 63)  # torch seeds are non-negative
+    return ChatRequest(name, order, messages, Sampling(float(temperature), top_k, tokens, seed),
+                       bool(stream), bool(options.get("include_usage")))
+
+
+def score_request(body: dict[str, Any], models: dict[str, str | None],
+                  limits: Limits) -> str:
+    """The text of a ``/v1/score`` body (``model`` optional, checked when given)."""
+    if body.get("model") is not None:
+        _model(body, models)
+    text = body.get("text")
+    if not isinstance(text, str) or not text:
+        raise ApiError(400, "text must be a non-empty string", "text")
+    if len(text) > limits.max_message_chars:
+        raise ApiError(400, f"text has {len(text):,} characters; at most "
+                       f"{limits.max_message_chars:,}", "text")
+    return _unicode(text, "text")
+
+
+def new_id() -> str:
+    """A completion id in OpenAI's style."""
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def completion(cid: str, model: str, role: str, text: str, finish: str,
+               extra: dict[str, Any], prompt_tokens: int, tokens: int) -> dict[str, Any]:
+    """A ``chat.completion`` object; ``extra`` goes under ``backlm`` (order, position,
+    the conversation in reading order)."""
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": role, "content": text},
+                     "finish_reason": finish, "logprobs": None}],
+        "usage": usage(prompt_tokens, tokens), "backlm": extra,
+    }
+
+
+def chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None = None,
+          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ``chat.completion.chunk``; ``extra`` (e.g. where the piece goes) under ``backlm``."""
+    out: dict[str, Any] = {
+        "id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+        "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                     "logprobs": None}],
+    }
+    if extra:
+        out["backlm"] = extra
+    return out
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    """One server-sent event line."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
