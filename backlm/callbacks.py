@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from backlm.config import RunConfig
     from backlm.distributed import DistInfo
-    from backlm.experiment.folder import Experiment
+    from backlm.experiment import Experiment
     from backlm.model.gpt import GPT
     from backlm.tokenizer import Tokenizer
 

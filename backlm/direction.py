@@ -33,8 +33,9 @@ import numpy as np
 
 from backlm.errors import UserError
 
-IGNORE_INDEX = -1
-"""Target value the loss ignores (``cross_entropy(..., ignore_index=IGNORE_INDEX)``)."""
+# Targets are built here for the model's loss, which owns the value it ignores; the data side
+# reads it from here.
+from backlm.model import IGNORE_INDEX  # noqa: F401
 
 
 class Direction(str, enum.Enum):

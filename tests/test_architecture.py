@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, the experiment folder's file names in one module,
+"""The package's shape, held to docs/ARCHITECTURE.md: folders with public faces, the import
+rules between them, no import cycles, the experiment folder's file names in one module,
 modules of a readable size."""
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ LAYOUT_NAMES = ("best.json", "best_5cat.json", "training_summary.json", "evaluat
                 "generation_samples.jsonl", "notes.txt", "issues.txt", "RESEARCH_REPORT.md",
                 "hub_upload", "uploads.json")
 MAX_LINES = 400
+MAX_TOP_LEVEL = 15
+DOC = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 
 
 def modules() -> dict[str, Path]:
@@ -46,7 +49,9 @@ def import_graph(level: str) -> dict[str, set[str]]:
             if isinstance(stmt, ast.Import):
                 targets = [a.name for a in stmt.names]
             elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
-                targets = [stmt.module, *(f"{stmt.module}.{a.name}" for a in stmt.names)]
+                subs = [f"{stmt.module}.{a.name}" for a in stmt.names]
+                # ``from backlm.experiment import folder`` ties to the module, not the face
+                targets = subs if all(s in mods for s in subs) else [stmt.module, *subs]
             for target in targets:
                 if target in mods and node(target) != node(name):
                     graph[node(name)].add(node(target))
@@ -84,7 +89,7 @@ def test_find_cycle_finds_one_and_only_then():
 @pytest.mark.parametrize("level", ["module", "part"])
 def test_the_package_has_no_import_cycle(level):
     graph = import_graph(level)
-    assert graph["backlm.train.loop"]  # the graph is real
+    assert graph["backlm.train.loop" if level == "module" else "backlm.train"]  # the graph is real
     cycle = find_cycle(graph)
     assert cycle is None, " → ".join(cycle)
 
@@ -151,8 +156,91 @@ def test_commands_stay_thin():
         assert not imported & {"torch", "h5py", "wandb", "numpy"}, name
 
 
-def test_architecture_doc_names_every_module():
-    doc = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+def test_architecture_doc_names_every_module_and_only_those():
+    doc = DOC.read_text(encoding="utf-8")
     missing = [str(path.relative_to(PACKAGE.parent)) for path in modules().values()
                if f"`{path.relative_to(PACKAGE.parent)}`" not in doc]
     assert not missing, f"add a line for each to docs/ARCHITECTURE.md: {missing}"
+    listed = re.findall(r"^\| `(backlm/[^`*]+)` \|", doc, re.M)
+    gone = [p for p in listed if not (PACKAGE.parent / p).exists()]
+    assert not gone, f"docs/ARCHITECTURE.md lists modules that do not exist: {gone}"
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+
+
+def test_the_top_level_keeps_the_core_only():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL, f"{len(top)} modules at the top level: {top}"
+
+
+FOLDERS = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()
+                 and p.name not in ("configs",))
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_every_folder_has_a_public_face(folder):
+    """``__init__`` with ``__all__`` (names that exist) and a first docstring line that says
+    what the folder must not know."""
+    import importlib
+
+    tree = ast.parse((PACKAGE / folder / "__init__.py").read_text(encoding="utf-8"))
+    doc = ast.get_docstring(tree) or ""
+    first = doc.splitlines()[0] if doc else ""
+    assert re.search(r"\bknows? no\b", first), f"{folder}: first docstring line {first!r}"
+    names = [n for n in tree.body if isinstance(n, ast.Assign | ast.AnnAssign)
+             and getattr(n.targets[0] if isinstance(n, ast.Assign) else n.target, "id", "")
+             == "__all__"]
+    assert names, f"backlm/{folder}/__init__.py has no __all__"
+    module = importlib.import_module(f"backlm.{folder}")
+    for name in module.__all__:
+        assert getattr(module, name, None) is not None, f"backlm.{folder}.{name}"
+
+
+def import_rules() -> dict[str, set[str]]:
+    """docs/ARCHITECTURE.md's "Import rules" table: part → the parts it never imports."""
+    text = DOC.read_text(encoding="utf-8").split("## Import rules", 1)[1].split("\n## ", 1)[0]
+    rules = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] not in ("part", "---"):
+            rules[cells[0].strip("`")] = set(re.findall(r"`([\w.]+)`", cells[1]))
+    return rules
+
+
+def _part(module: str) -> str:
+    """``backlm.train.loop`` → ``train``; a top-level module → ``core`` unless it wires the
+    folders together (cli, quickstart: their own names)."""
+    parts = module.split(".")
+    if len(parts) > 2 or (PACKAGE / parts[1] / "__init__.py").exists():
+        return parts[1]
+    return parts[1] if parts[1] in ("cli", "quickstart", "__init__") else "core"
+
+
+def broken_rules(graph: dict[str, set[str]], rules: dict[str, set[str]]) -> list[str]:
+    """Every edge ``a → b`` of the part graph where ``a``'s rule names ``b`` (a core module
+    by its own name)."""
+    out = []
+    for src, targets in graph.items():
+        if src == "backlm":
+            continue
+        rule = rules.get(_part(src), set())
+        for dst in targets:
+            if dst == "backlm":
+                continue
+            if dst.split(".")[1] in rule or (_part(dst) == "core" and "core" in rule):
+                out.append(f"{src} → {dst}")
+    return sorted(out)
+
+
+def test_the_import_rules_hold():
+    rules = import_rules()
+    assert {"core", "model", "experiment", "train", "serve", "data", "hub", "report"} <= set(rules)
+    broken = broken_rules(import_graph("part"), rules)
+    assert not broken, "imports the architecture forbids: " + ", ".join(broken)
+
+
+def test_the_rule_check_sees_a_forbidden_import():
+    graph = {"backlm.model": {"backlm.direction"}, "backlm.train": {"backlm.serve"},
+             "backlm.serve": {"backlm.experiment"}}
+    rules = {"model": {"direction"}, "train": {"serve"}, "serve": {"train"}}
+    assert broken_rules(graph, rules) == ["backlm.model → backlm.direction",
+                                          "backlm.train → backlm.serve"]

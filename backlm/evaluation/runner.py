@@ -24,7 +24,7 @@ from backlm.atomic import write_json
 from backlm.direction import Direction
 from backlm.errors import UserError
 from backlm.evaluation import tasks as T
-from backlm.experiment.folder import Experiment
+from backlm.experiment import Experiment
 
 # progress(label, done, total): label names the task and direction being evaluated
 Progress = Callable[[str, int, int], None]
@@ -113,7 +113,7 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
              progress: Progress | None = None) -> EvalReport:
     """Evaluate an experiment's checkpoint (id, tag or path): write the result files and add
     their summaries to the research log."""
-    from backlm.experiment.folder import find
+    from backlm.experiment import find
     from backlm.experiment.loading import load_model, resolve_step
 
     orders = parse_directions(options.directions)
@@ -146,8 +146,8 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
 def lm_results(exp: Experiment, options: EvalOptions) -> dict[str, dict[str, Any]]:
     """Language modelling of ``exp``'s checkpoint in each of ``options.directions``, exactly
     as ``run_eval`` would store it (the result file's content, per order), written nowhere."""
+    from backlm.experiment import load_model
     from backlm.experiment.folder import utcnow
-    from backlm.experiment.loading import load_model
 
     orders = parse_directions(options.directions)
     data = _held_out(exp, options.lm_tokens, [])

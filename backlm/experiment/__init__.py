@@ -1,1 +1,21 @@
-"""experiment"""
+"""One experiment folder and what it holds; knows no training loop, server, evaluation or hub.
+
+- ``folder``: the folder object, every file name of its layout (DESIGN.md §2), ids, lookup;
+- ``lock``: the run lock (pid and host);
+- ``provenance``: where a run came from (commit, command line, versions, host);
+- ``notes``: notes and issues, one timestamped line each;
+- ``checkpoint``: one checkpoint folder, written whole or not at all;
+- ``compat``: whether a checkpoint agrees with what loads it;
+- ``loading``: a trained model loaded for use, with its tokenizer and direction;
+- ``tree``: the lineage forest for ``backlm ls --tree``.
+"""
+
+from __future__ import annotations
+
+from backlm.experiment.folder import Experiment, all_experiments, create, find, list_rows
+from backlm.experiment.loading import LoadedModel, load_model
+from backlm.experiment.notes import add_note
+from backlm.experiment.tree import tree_rows
+
+__all__ = ["Experiment", "LoadedModel", "add_note", "all_experiments", "create", "find",
+           "list_rows", "load_model", "tree_rows"]

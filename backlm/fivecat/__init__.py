@@ -1,4 +1,6 @@
-"""5CAT, the five-check alignment test (DESIGN.md §4): does a model read the way it declares?
+"""5CAT, the five-check alignment test; knows no training loop (only the callbacks seam).
+
+Does a model read the way it declares (DESIGN.md §4)?
 
 Five gates, each judged in the model's declared order on held-out VAL and OOD text (once per
 marker for bidirectional models):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backlm.errors import UserError
-from backlm.experiment.folder import Experiment
+from backlm.experiment import Experiment
 from backlm.fivecat.engine import FivecatResult, held_out_splits, run_fivecat, save_result
 from backlm.fivecat.spec import load_spec
 
@@ -42,7 +42,7 @@ def check(ref: str, root: Path, options: FivecatOptions,
           progress: Callable[[int, int], None] | None = None) -> FivecatReport:
     """Run 5CAT on an experiment's checkpoint (id, tag or path) and save the result."""
     from backlm.direction import Direction
-    from backlm.experiment.folder import find
+    from backlm.experiment import find
     from backlm.experiment.loading import load_model, resolve_step
     from backlm.logs.hdf5 import log_eval
 

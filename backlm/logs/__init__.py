@@ -1,4 +1,6 @@
-"""Metric loggers: one interface, several back ends (JSONL always; HDF5, wandb by config).
+"""Metric loggers behind one interface; know no training loop (only the callbacks seam).
+
+JSONL always; HDF5 and wandb by config.
 
 Training code talks to the callbacks :func:`callbacks` builds only; it never branches on
 which loggers are on. Only rank 0 logs. Modules: ``jsonl`` (metrics.jsonl), ``hdf5`` (the
@@ -13,6 +15,9 @@ from typing import Any
 
 from backlm.callbacks import Callback, LoopState, RunInfo
 from backlm.logs.base import MetricLogger
+
+__all__ = ["LoggingCallback", "MetricLogger", "build_loggers", "callbacks", "file_attrs",
+           "group_attrs", "schema_for"]
 
 
 class LoggingCallback(Callback):

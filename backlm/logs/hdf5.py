@@ -73,7 +73,7 @@ from backlm.logs.base import MetricLogger
 from backlm.logs.h5_file import LIBVER, append_rows, open_reader, rebuild, resumed_at
 
 if TYPE_CHECKING:
-    from backlm.experiment.folder import Experiment
+    from backlm.experiment import Experiment
 
 SCHEMA_VERSION = 1
 GROUPS = ("scalars", "per_token", "gradients", "activations", "attention", "eval", "extra")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backlm.errors import UserError
-from backlm.experiment.folder import Experiment
+from backlm.experiment import Experiment
 from backlm.logs.hdf5 import GROUPS
 
 

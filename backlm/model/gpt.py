@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backlm.config import ModelConfig
-from backlm.direction import IGNORE_INDEX
+from backlm.model import IGNORE_INDEX
 from backlm.model.attention import causal_attention
 from backlm.model.decode import KVCache, stepper
 from backlm.model.kernels import (

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from backlm.direction import IGNORE_INDEX
-from backlm.model import native
+from backlm.model import IGNORE_INDEX, native
 
 # Autograd would keep a temporary per elementwise op and run one pass over memory for each in
 # backward; these Functions fold what they can into in-place ops and matmul epilogues. Each

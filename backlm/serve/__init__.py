@@ -1,1 +1,14 @@
-"""serve"""
+"""Serving one loaded model; knows no training, no experiment folder layout.
+
+- ``conversation``: the conversation engine (turns written in the model's direction);
+- ``model_thread``: every generation on one model thread, in arrival order;
+- ``wire``: the OpenAI-compatible request and response shapes;
+- ``app``: the FastAPI app and its runner; ``web/``: the chat page.
+"""
+
+from __future__ import annotations
+
+from backlm.serve.app import create_app, serve
+from backlm.serve.conversation import Chat, Sampling
+
+__all__ = ["Chat", "Sampling", "create_app", "serve"]

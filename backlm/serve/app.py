@@ -66,7 +66,7 @@ class Engine:
         return session, generation
 
     def score(self, text: str) -> dict[str, Any]:
-        from backlm.evaluation.score import score_text
+        from backlm.evaluation import score_text
 
         ld = self.loaded
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from backlm.experiment.folder import Experiment
+from backlm.experiment import Experiment
 
 if TYPE_CHECKING:
     from backlm.callbacks import LoopState

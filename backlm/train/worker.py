@@ -11,7 +11,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     """Train the given experiment on this rank; the launching process holds the lock."""
     from backlm.errors import UserError
-    from backlm.experiment.folder import Experiment
+    from backlm.experiment import Experiment
     from backlm.train.loop import run
     from backlm.ui import TrainDisplay
 

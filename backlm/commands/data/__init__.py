@@ -6,6 +6,8 @@ import typer
 
 from backlm.commands.data import diagnose, download, importer, pairs, prepare
 
+__all__ = ["app"]
+
 app = typer.Typer(
     help="Prepare, download, import and check training data.",
     no_args_is_help=True,
