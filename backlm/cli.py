@@ -13,6 +13,7 @@ from backlm import __version__
 from backlm.commands import branch as branch_cmd
 from backlm.commands import chat as chat_cmd
 from backlm.commands import compare as compare_cmd
+from backlm.commands import config as config_cmd
 from backlm.commands import data as data_cmd
 from backlm.commands import eval as eval_cmd
 from backlm.commands import fivecat as fivecat_cmd
@@ -65,6 +66,7 @@ def _root(
 
 
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(config_cmd.app, name="config")
 app.command("train")(train_cmd.train)
 app.command("branch")(branch_cmd.branch)
 app.command("5cat")(fivecat_cmd.fivecat)

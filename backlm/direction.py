@@ -33,10 +33,6 @@ import numpy as np
 
 from backlm.errors import UserError
 
-# Targets are built here for the model's loss, which owns the value it ignores; the data side
-# reads it from here.
-from backlm.model import IGNORE_INDEX  # noqa: F401
-
 
 class Direction(str, enum.Enum):
     """The order a model reads and writes in."""
@@ -44,6 +40,12 @@ class Direction(str, enum.Enum):
     FORWARD = "forward"
     BACKWARD = "backward"
     BIDIRECTIONAL = "bidirectional"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
     @classmethod
     def parse(cls, value: str | Direction) -> Direction:

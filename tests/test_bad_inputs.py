@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import gc
 import hashlib
 import json
@@ -428,6 +429,8 @@ def _kind(tp) -> str:
         return "tuple"
     if args and typing.get_origin(tp) is not tuple:
         return _kind(args[0])
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "str"  # a typed name (the direction) is written as its name
     return {int: "int", float: "float", bool: "bool", str: "str"}[tp]
 
 

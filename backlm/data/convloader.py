@@ -23,7 +23,6 @@ import numpy as np
 from backlm.data.loader import Batch
 from backlm.direction import (
     HEAD_SLOTS,
-    IGNORE_INDEX,
     Direction,
     Part,
     body_capacity,
@@ -32,6 +31,7 @@ from backlm.direction import (
     prefix_length,
 )
 from backlm.errors import UserError
+from backlm.model import IGNORE_INDEX
 
 STATE_VERSION = 1
 

@@ -24,13 +24,13 @@ from backlm.data.loader import PackedLoader
 from backlm.data.ngram import DirectionSignal, direction_signals, fit_dataset
 from backlm.data.shards import list_shards
 from backlm.direction import (
-    IGNORE_INDEX,
     Direction,
     prefix_length,
     read_order_of,
     to_reading_order,
 )
 from backlm.errors import UserError
+from backlm.model import IGNORE_INDEX
 
 
 @dataclass

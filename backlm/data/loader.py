@@ -37,7 +37,6 @@ from backlm.data.shards import open_shard, read_row_group
 from backlm.data.token_cache import open_all
 from backlm.direction import (
     HEAD_SLOTS,
-    IGNORE_INDEX,
     Direction,
     SpecialIds,
     body_capacity,
@@ -46,6 +45,7 @@ from backlm.direction import (
     piece_spans,
 )
 from backlm.errors import UserError
+from backlm.model import IGNORE_INDEX
 
 STATE_VERSION = 2  # 2: reading-order pieces (1 cropped in model order and dropped the rest)
 

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from backlm.direction import (
-    IGNORE_INDEX,
     Direction,
     SpecialIds,
     body_capacity,
@@ -40,6 +39,7 @@ from backlm.direction import (
     model_order,
     piece_spans,
 )
+from backlm.model import IGNORE_INDEX
 
 
 @dataclass

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from backlm.direction import IGNORE_INDEX
 from backlm.fivecat.samples import Probe
 from backlm.fivecat.spec import Samples
+from backlm.model import IGNORE_INDEX
 from backlm.model.gpt import KVCache
 
 OFFSETS = (-3, -2, -1, 0, 1, 2, 3)

@@ -84,7 +84,7 @@ def file_attrs(run: RunInfo) -> dict[str, Any]:
 
     cfg = run.cfg
     return {"schema_version": SCHEMA_VERSION, "experiment_id": run.exp.id, "phase": cfg.phase,
-            "direction": cfg.data.direction, "config": to_yaml(cfg), "created": utcnow(),
+            "direction": str(cfg.data.direction), "config": to_yaml(cfg), "created": utcnow(),
             "backlm_version": __version__, "resumed_at": ""}
 
 

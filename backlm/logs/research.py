@@ -32,7 +32,7 @@ def per_token_slice(model: Any, x: Any, y: Any, autocast: Any, chunk: int = 1024
     import torch
     import torch.nn.functional as F
 
-    from backlm.direction import IGNORE_INDEX
+    from backlm.model import IGNORE_INDEX
 
     losses, preds = [], []
     with torch.no_grad(), autocast:

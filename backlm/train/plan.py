@@ -9,11 +9,9 @@ agree with each other). Nothing here writes; :mod:`backlm.train.launch` acts on 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from backlm.config import RunConfig
 from backlm.errors import UserError
@@ -22,87 +20,6 @@ from backlm.paths import DEFAULT_DATASET, check_writable, dataset_dir
 
 # Statuses after which a run has nothing left to do (DESIGN.md §2 metadata).
 FINISHED = ("finished", "early stop", "target reached")
-PHASES = ("base", "mid", "sft", "rl")  # base trains from scratch; the others branch
-
-
-def _between(lo: float, hi: float) -> Callable[[Any], bool]:
-    return lambda v: lo <= v <= hi
-
-
-def _at_least(lo: float) -> Callable[[Any], bool]:
-    return lambda v: v >= lo
-
-
-# (key, test, what the key must be): value ranges a researcher would agree on.
-RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("data.mix", _between(0, 1), "a probability between 0 and 1"),
-    ("data.tokenizer_threads", _at_least(1), "at least 1"),
-    ("data.docs_per_batch", _at_least(1), "at least 1"),
-    ("data.buffer_docs", _at_least(1), "at least 1"),
-    ("model.depth", _at_least(1), "at least 1"),
-    ("model.width", _at_least(0), "0 (64 × depth) or a positive width"),
-    ("model.head_dim", lambda v: v >= 2 and v % 2 == 0, "an even number, at least 2 (rotary)"),
-    ("model.seq_len", _at_least(8), "at least 8 tokens"),
-    ("model.softcap", _at_least(0), "0 (off) or positive"),
-    ("model.rope_base", lambda v: v > 1, "greater than 1"),
-    ("optim.matrix_lr", _at_least(0), "0 or positive"),
-    ("optim.embedding_lr", _at_least(0), "0 or positive"),
-    ("optim.unembedding_lr", _at_least(0), "0 or positive"),
-    ("optim.scalar_lr", _at_least(0), "0 or positive"),
-    ("optim.weight_decay", _at_least(0), "0 or positive"),
-    ("optim.adam_betas", lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)"),
-    ("optim.muon_momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("optim.warmup_steps", _at_least(0), "0 or more"),
-    ("optim.warmdown_frac", _between(0, 1), "between 0 and 1"),
-    ("optim.final_lr_frac", _between(0, 1), "between 0 and 1"),
-    ("optim.grad_clip", _at_least(0), "0 (off) or positive"),
-    ("optim.ns_steps", _at_least(1), "at least 1"),
-    ("optim.muon_momentum_warmup_steps", _at_least(0), "0 or more"),
-    ("optim.muon_momentum_start", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("train.max_steps", _at_least(1), "at least 1"),
-    ("train.total_batch_tokens", _at_least(1), "at least 1"),
-    ("train.device_batch_size", _at_least(1), "at least 1"),
-    ("train.eval_every", _at_least(1), "at least 1"),
-    ("train.eval_tokens", _at_least(1), "at least 1"),
-    ("train.save_every", _at_least(1), "at least 1"),
-    ("train.log_every", _at_least(1), "at least 1"),
-    ("train.seed", _between(0, 2**63 - 1), "between 0 and 2**63-1"),
-    ("train.dtype", lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
-    ("phase", lambda v: v in PHASES, f"one of {', '.join(PHASES)}"),
-    ("optim.init_lr_frac", lambda v: 0 < v <= 10, "in (0, 10]"),
-    ("log.sample_temperature", _at_least(0), "0 (greedy) or positive"),
-    *((f"log.{n}", _at_least(0), "0 (off) or more") for n in (
-        "per_token_every", "per_token_rows", "stats_every", "attention_every", "sample_every",
-        "sample_tokens")),
-    ("log.flush_every", _at_least(1), "at least 1"),
-    ("chat.train_on", lambda v: v in ("", "assistant", "user", "all"),
-     "assistant, user or all (empty: the turns the direction writes)"),
-    ("chat.text_frac", _between(0, 1), "between 0 and 1"),
-    ("rl.prompts_per_step", _at_least(1), "at least 1"),
-    ("rl.group_size", _at_least(2), "at least 2 (the advantage compares samples)"),
-    ("rl.max_new_tokens", _at_least(1), "at least 1"),
-    ("rl.temperature", lambda v: v > 0, "positive (RL samples)"),
-    ("rl.kl_coef", _at_least(0), "0 (off) or positive"),
-    ("rl.eval_prompts", _at_least(1), "at least 1"),
-    ("fivecat.every", _at_least(0), "0 (off) or more"),
-    ("fivecat.max_samples", _at_least(2), "at least 2"),
-    ("early_stop.mode", lambda v: v in ("min", "max"), "min or max"),
-    ("early_stop.patience", _at_least(0), "0 or more"),
-    ("early_stop.min_delta", _at_least(0), "0 or positive"),
-    ("cost.usd_per_gpu_hour", lambda v: v is None or v >= 0, "0 or positive"),
-    ("cost.assumed_mfu", lambda v: 0 < v <= 1, "in (0, 1]"),
-)
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _finite(value: Any) -> bool:
-    values = value if isinstance(value, tuple) else (value,)
-    return all(not isinstance(v, float) or math.isfinite(v) for v in values)
 
 
 def monitors(direction: str, phase: str = "base") -> list[str]:
@@ -119,18 +36,11 @@ def monitors(direction: str, phase: str = "base") -> list[str]:
 
 def check_config(cfg: RunConfig, world: int = 1) -> None:
     """Every range, shape and name of ``cfg`` that can be judged without the machine."""
-    from backlm.direction import Direction
+    from backlm.config import check_ranges
     from backlm.train.cost import price
     from backlm.train.phases import plan_streams
 
-    cfg.data.direction = Direction.parse(cfg.data.direction).value
-    for key, test, need in RULES:
-        value = _get(cfg, key)
-        if not _finite(value) or not test(value):
-            raise UserError(f"{key} must be {need}, got {value!r}: fix it with --set {key}=...")
-    for key in ("early_stop.stopping_threshold", "early_stop.divergence_threshold"):
-        if not _finite(_get(cfg, key)):
-            raise UserError(f"{key} must be a finite number or null")
+    check_ranges(cfg)  # the ranges live beside the fields
     m = cfg.model
     if m.model_dim % 2 or m.model_dim % m.head_dim:
         raise UserError(f"model width {m.model_dim} is not a multiple of model.head_dim "

@@ -21,13 +21,13 @@ from typing import Any
 
 from backlm.data import arith
 from backlm.direction import (
-    IGNORE_INDEX,
     Direction,
     Role,
     document_order,
     turn_prompt,
     written_to_reading_order,
 )
+from backlm.model import IGNORE_INDEX
 
 EVAL_SEED = 7919  # held-out prompts: an integer seed, while training streams use string keys
 

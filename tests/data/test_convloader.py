@@ -8,8 +8,9 @@ import pytest
 
 from backlm.data.arith import problems
 from backlm.data.convloader import ConversationLoader, MixedLoader, chat_windows, fit_turns
-from backlm.direction import IGNORE_INDEX, Direction, Role
+from backlm.direction import Direction, Role
 from backlm.errors import UserError
+from backlm.model import IGNORE_INDEX
 from backlm.tokenizer import Tokenizer
 
 CONVS = [p.messages() for p in problems(40, 3)] + [

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from backlm.data.loader import PackedLoader
 from backlm.data.shards import list_shards
-from backlm.direction import IGNORE_INDEX, to_reading_order
+from backlm.direction import to_reading_order
 from backlm.errors import UserError
+from backlm.model import IGNORE_INDEX
 
 
 def loader(ds, tok, direction, **kw):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backlm.direction import IGNORE_INDEX
+from backlm.model import IGNORE_INDEX
 from backlm.model.gpt import GPT
 
 

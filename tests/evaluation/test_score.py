@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from backlm.config import ModelConfig
-from backlm.direction import IGNORE_INDEX, encode_document
+from backlm.direction import encode_document
 from backlm.errors import UserError
 from backlm.evaluation.score import score_text
+from backlm.model import IGNORE_INDEX
 from backlm.model.gpt import GPT
 from backlm.tokenizer import Tokenizer
 

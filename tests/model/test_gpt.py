@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from backlm.config import ModelConfig
-from backlm.direction import IGNORE_INDEX
+from backlm.model import IGNORE_INDEX
 from backlm.model import kernels as model_module
 from backlm.model.gpt import GPT, KVCache
 

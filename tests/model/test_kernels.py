@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from backlm.config import ModelConfig
-from backlm.direction import IGNORE_INDEX
-from backlm.model import kernels
+from backlm.model import IGNORE_INDEX, kernels
 from backlm.model.gpt import GPT
 from backlm.model.native import set_native
 from tests.helpers import assert_same, both_ways, native

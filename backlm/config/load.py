@@ -1,207 +1,27 @@
-"""Typed configuration: dataclasses, YAML presets and ``--set a.b=c`` overrides.
+"""Reading a configuration: presets, YAML, ``--set a.b=c`` overrides and flags, merged and
+coerced into the typed dataclasses of :mod:`backlm.config.schema`.
 
 Precedence: dataclass defaults < preset YAML (``--config``) < ``--set`` overrides < explicit
-flags. Unknown keys and values of the wrong type raise :class:`UserError`. Only dataclasses
-reach the engine.
+flags. Unknown keys and values of the wrong type raise :class:`UserError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from backlm.config.schema import RunConfig
 from backlm.errors import UserError
 
 # Presets ship inside the package (the repository's top-level configs/ links here), so they
 # resolve from any folder and from a non-editable install.
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-@dataclass
-class DataConfig:
-    """Where training text comes from and how it becomes batches."""
-
-    dataset: str = "pydocs"
-    direction: str = "forward"
-    mix: float = 0.5  # bidirectional: probability that a document is rendered backward
-    tokenizer_threads: int = 2
-    docs_per_batch: int = 256  # documents tokenized together
-    buffer_docs: int = 512  # best-fit packing candidates kept in memory
-
-
-@dataclass
-class ModelConfig:
-    """GPT shape. ``width`` 0 means ``64 * depth``; heads are ``width // head_dim``."""
-
-    depth: int = 4
-    width: int = 0
-    head_dim: int = 128
-    vocab_size: int = 8192
-    seq_len: int = 512
-    softcap: float = 15.0
-    rope_base: float = 10000.0
-
-    @property
-    def model_dim(self) -> int:
-        return self.width or 64 * self.depth
-
-    @property
-    def n_heads(self) -> int:
-        return max(1, self.model_dim // self.head_dim)
-
-
-@dataclass
-class OptimConfig:
-    """Muon for hidden matrices, AdamW for embeddings, head and scalars."""
-
-    matrix_lr: float = 0.02
-    embedding_lr: float = 0.2
-    unembedding_lr: float = 0.004
-    scalar_lr: float = 0.04
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.8, 0.95)
-    muon_momentum: float = 0.95
-    warmup_steps: int = 0
-    warmdown_frac: float = 0.2
-    final_lr_frac: float = 0.0
-    grad_clip: float = 0.0
-    ns_steps: int = 5  # Newton–Schulz iterations in Muon
-    muon_momentum_warmup_steps: int = 0  # 0: constant muon_momentum
-    muon_momentum_start: float = 0.85  # momentum at step 0 when warming up
-    init_lr_frac: float = 1.0  # every rate × this (a branch's --init-lr-frac)
-
-
-@dataclass
-class TrainConfig:
-    """The training loop: batch, schedule length, evaluation and checkpoint cadence."""
-
-    max_steps: int = 1000
-    total_batch_tokens: int = 4096  # tokens per optimizer step, across ranks and accumulation
-    device_batch_size: int = 8  # rows per forward pass
-    eval_every: int = 100
-    eval_tokens: int = 32768  # validation: whole val documents from the start, this many tokens
-    # validate before the first step (every curve's starting point); false trains at once
-    eval_at_start: bool = True
-    save_every: int = 500
-    log_every: int = 1
-    seed: int = 42
-    device: str = "auto"
-    dtype: str = "auto"  # auto | fp32 | bf16
-    compile: bool = False
-
-
-@dataclass
-class LogConfig:
-    """Research logging (metrics.jsonl is always written; see backlm.logs.hdf5 for the schema).
-
-    A frequency of 0 turns that record off. Rank 0 alone logs.
-    """
-
-    hdf5: bool = True  # {phase}.h5 research log
-    wandb: str = "auto"  # auto (offline unless an API key is configured) | online | offline | off
-    wandb_project: str = "backlm"
-    per_token_every: int = 50  # per-token losses / predictions / inputs of a slice of the batch
-    per_token_rows: int = 2  # rows of the last micro-batch in that slice
-    stats_every: int = 50  # gradient and activation statistics
-    attention_every: int = 50  # attention entropy and distance per head, on the per-token rows
-    flush_every: int = 10  # steps between HDF5 flushes (and at every checkpoint)
-    sample_every: int = 500  # generation samples to notes/generation_samples.jsonl
-    sample_tokens: int = 48
-    sample_temperature: float = 0.8
-
-    def __post_init__(self) -> None:
-        if self.wandb == "disabled":
-            self.wandb = "off"  # wandb's own word for it
-        if self.wandb not in WANDB_MODES:
-            raise UserError(f"unknown wandb mode {self.wandb!r}: use one of "
-                            f"{', '.join(WANDB_MODES)} (e.g. --wandb off)")
-
-
-WANDB_MODES = ("auto", "online", "offline", "off")
-
-
-@dataclass
-class FivecatConfig:
-    """5CAT during training (DESIGN.md §4); thresholds live in configs/fivecat.yaml."""
-
-    every: int = 0  # steps between in-training 5CAT runs (0: off)
-    max_samples: int = 16  # documents per held-out set (the command's default is larger)
-    stop_on_inversion: bool = False
-    spec: str = ""  # thresholds and sample settings (YAML); empty: configs/fivecat.yaml
-
-
-@dataclass
-class EarlyStopConfig:
-    """Early stopping, Lightning/Keras conventions; patience counts evaluations."""
-
-    enabled: bool = False
-    monitor: str = "val_bpb"
-    mode: str = "min"  # min | max
-    patience: int = 3
-    min_delta: float = 0.0
-    stopping_threshold: float | None = None  # stop once the monitor is this good
-    divergence_threshold: float | None = None  # stop once the monitor is this bad
-    stop_on_nonfinite: bool = True
-    restore_best: bool = True
-
-
-@dataclass
-class ChatConfig:
-    """Conversation data of the mid and SFT phases (DESIGN.md §1: masks follow the role)."""
-
-    dataset: str = "pydocs-chat"  # a chat dataset: shards with a messages column
-    train_on: str = ""  # assistant | user | all; empty: the turns the direction writes
-    text_frac: float = 0.5  # mid: share of batches of plain text from data.dataset
-
-
-@dataclass
-class RLConfig:
-    """Group-relative policy gradient on the arithmetic task (backlm.data.arith)."""
-
-    prompts_per_step: int = 4  # prompts per optimizer step, across ranks
-    group_size: int = 16  # samples per prompt; advantage = reward - the group's mean
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    kl_coef: float = 0.0  # weight of the KL penalty to the parent (0: no reference model)
-    eval_prompts: int = 32  # held-out prompts answered greedily at each evaluation
-
-
-@dataclass
-class CostConfig:
-    """Money: dollars per GPU-hour (a named preset or an explicit figure)."""
-
-    gpu: str = "auto"  # auto | h100 | a100 | ... (see backlm.train.cost)
-    usd_per_gpu_hour: float | None = None
-    assumed_mfu: float = 0.4  # for --estimate-only on a GPU with no measurement
-
-
-@dataclass
-class RunConfig:
-    """Everything one ``backlm train`` run needs, resolved."""
-
-    phase: str = "base"
-    id: str = ""
-    description: str = ""
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    fivecat: FivecatConfig = field(default_factory=FivecatConfig)
-    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    cost: CostConfig = field(default_factory=CostConfig)
-    chat: ChatConfig = field(default_factory=ChatConfig)
-    rl: RLConfig = field(default_factory=RLConfig)
-
-
-# --- loading --------------------------------------------------------------------------------
-
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 def preset_path(name_or_path: str) -> Path:
     """Resolve ``cpu-tiny`` / ``configs/cpu-tiny.yaml`` / any YAML path to an existing file."""
@@ -329,7 +149,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise UserError(f"config key {key!r} must be a list of {len(args)} values, got "
                             f"{value!r}")
         return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
-    if tp is bool:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        # a typed name (a direction): its own parser says what the valid names are
+        parse = getattr(tp, "parse", tp)
+        if isinstance(value, str | tp):
+            try:
+                return parse(value)
+            except UserError as exc:
+                raise UserError(f"config key {key!r}: {exc}") from None
+    elif tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in _BOOL_WORDS:
@@ -353,12 +181,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a dataclass config (tuples become lists for YAML)."""
+    """Plain nested dict of a dataclass config (tuples become lists, typed names their names,
+    for YAML)."""
     def conv(v: Any) -> Any:
         if isinstance(v, tuple):
             return [conv(x) for x in v]
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, enum.Enum):
+            return v.value  # written back as its name
         return v
     return conv(dataclasses.asdict(cfg))
 
