@@ -1,7 +1,9 @@
 """The training loop: :func:`run` trains one experiment on one rank.
 
 The same function runs in-process (CPU, one GPU) and in every torchrun worker. It never
-branches on direction: direction only selects the data transform, in the loaders. Callbacks
+branches on direction: direction only selects the data transform, in the loaders. Nor does its
+step branch on the phase: a :class:`~backlm.train.step.Phase` gives the loaders, each
+micro-batch's loss and the phase's own validation. Callbacks
 (:mod:`backlm.callbacks`) see a typed :class:`~backlm.callbacks.LoopState`; logging, early
 stopping, 5CAT and the progress display all plug in there.
 
@@ -31,8 +33,8 @@ from backlm.errors import UserError
 from backlm.experiment import checkpoint as ckpt
 from backlm.experiment import compat
 from backlm.experiment.folder import Experiment, utcnow
-from backlm.train.phases import evaluate as phase_evaluate
-from backlm.train.phases import plan_streams
+from backlm.train.phases import phase_for, plan_streams
+from backlm.train.step import Phase, mean_over_orders
 from backlm.train.summary import RunSummary, write_training_summary
 
 
@@ -47,9 +49,11 @@ def default_callbacks(state: LoopState) -> list[Callback]:
 
 
 class TrainingRun:
-    """What one rank's loop works with, built once: model, optimizer, data."""
+    """What one rank's loop works with, built once: model, optimizer, data, and the phase
+    (which keeps whatever only it needs)."""
 
-    def __init__(self, exp: Experiment, cfg: RunConfig, dist: DistInfo) -> None:
+    def __init__(self, exp: Experiment, cfg: RunConfig, dist: DistInfo,
+                 phase: Phase | None = None) -> None:
         import torch
 
         from backlm.evaluation.lm import held_out, windows
@@ -57,17 +61,16 @@ class TrainingRun:
         from backlm.model.gpt import GPT
         from backlm.tokenizer import Tokenizer
         from backlm.train.optim import build_optimizer
-        from backlm.train.phases import build_loaders, extra_scalars
 
-        self.cfg, self.dist = cfg, dist
+        self.cfg, self.dist, self.phase = cfg, dist, phase or phase_for(cfg)
         self.dev = resolve_device(cfg.train.device, cfg.train.dtype, dist.local_rank)
         self.device = torch.device(self.dev.device)
         torch.manual_seed(cfg.train.seed)
         tokenizer = Tokenizer.load(exp.tokenizer_dir)
         data_dir = exp.data_dir()
         self.streams, self.accum = plan_streams(cfg, dist.world)
-        self.loaders = build_loaders(cfg, tokenizer, data_dir, dist.rank * self.accum,
-                                     self.accum, self.streams)
+        self.loaders = self.phase.loaders(tokenizer, data_dir, dist.rank * self.accum,
+                                          self.accum, self.streams)
         # validation: the same reading-order windows in every order (and every direction)
         from backlm.data.shards import list_shards
 
@@ -89,13 +92,9 @@ class TrainingRun:
         self.info = RunInfo(exp=exp, cfg=cfg, dist=dist, model=model, tokenizer=tokenizer,
                             device=self.device, device_name=self.dev.name,
                             is_cuda=self.dev.is_cuda, data_dir=data_dir, autocast=self.autocast,
-                            phase_scalars=extra_scalars(cfg))
-        # Loader positions before the step in flight: an interrupt mid-step rewinds to them.
-        self.loader_snapshot: list[dict[str, Any]] | None = None
+                            phase_scalars=self.phase.scalars())
         self.last_saved: int | None = None
         self.evals: dict[str, float] = {}  # the latest validation
-        self.chat_val: list[Any] | None = None  # mid/sft: held-out conversations, read once
-        self.rl_reference: Any = None  # rl with a KL penalty: the frozen parent, built once
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast when the run computes in bf16, else nothing."""
@@ -119,7 +118,8 @@ class TrainingRun:
 
 
 def evaluate(tr: TrainingRun, orders: list[tuple[str, Direction]]) -> dict[str, float]:
-    """Validation loss and bits per byte, per order for bidirectional runs.
+    """Validation loss and bits per byte, per order for bidirectional runs, and the phase's
+    own validation metrics.
 
     Every order scores the same reading-order windows of the same validation documents (the
     first ``eval_tokens`` of the val split, whole documents: :mod:`backlm.evaluation.lm`),
@@ -140,10 +140,9 @@ def evaluate(tr: TrainingRun, orders: list[tuple[str, Direction]]) -> dict[str, 
         suffix = "" if name == "" else f"_{name}"
         out[f"val_loss{suffix}"] = nats / max(ntok, 1)
         out[f"val_bpb{suffix}"] = nats / (math.log(2) * max(nbytes, 1))
-    if len(orders) > 1:
-        out["val_loss"] = sum(out[f"val_loss_{n}"] for n, _ in orders) / len(orders)
-        out["val_bpb"] = sum(out[f"val_bpb_{n}"] for n, _ in orders) / len(orders)
-    out.update(phase_evaluate(tr, orders))
+    mean_over_orders(out, "val_loss", orders)
+    mean_over_orders(out, "val_bpb", orders)
+    out.update(tr.phase.evaluate(tr, orders))
     tr.model.train()
     return out
 
@@ -198,55 +197,60 @@ def _restore(tr: TrainingRun) -> tuple[int, int, dict[str, float]]:
 
 
 def _train_step(tr: TrainingRun, state: LoopState, cbs: Callback) -> dict[str, Any]:
-    """One optimizer update over every micro-batch of this rank; returns the step's record."""
+    """One optimizer update over every micro-batch of this rank, the same for every phase
+    (the phase computes each micro-batch's loss); returns the step's record."""
     import torch
 
     from backlm.train.optim import apply_schedule
 
-    if tr.cfg.phase == "rl":
-        from backlm.train.rl import train_step
-
-        return train_step(tr, state, cbs)
-    cfg, step, t = tr.cfg, state.step + 1, time.perf_counter()
-    tr.loader_snapshot = [ld.state_dict() for ld in tr.loaders]
+    cfg, phase, step, t = tr.cfg, tr.phase, state.step + 1, time.perf_counter()
+    snapshot = [ld.state_dict() for ld in tr.loaders]
     lr = apply_schedule(tr.opt, state.step, cfg.train.max_steps, cfg.optim)
-    cbs.on_step_start(state, step)
     loss_sum = torch.zeros((), device=tr.device)
-    for i, loader in enumerate(tr.loaders):
-        batch = loader.next_batch()
-        x = torch.from_numpy(batch.inputs).to(tr.device, non_blocking=True)
-        y = torch.from_numpy(batch.targets).to(tr.device, non_blocking=True)
-        last = i == tr.accum - 1
-        sync = tr.model.no_sync() if tr.dist.world > 1 and not last else contextlib.nullcontext()
-        with sync:
-            with tr.autocast():
-                loss = tr.forward(x, y)
-            (loss / tr.accum).backward()
-        loss_sum += loss.detach()
-        state.batch_seen(x, y)
-    cbs.on_after_backward(state, step)
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(tr.info.model.parameters(), clip)
-    tr.opt.step()
-    tr.opt.zero_grad(set_to_none=True)
-    tr.loader_snapshot = None
-    train_loss, grad_norm_v = all_reduce_mean([float(loss_sum) / tr.accum, float(grad_norm)],
-                                              tr.dist, tr.device)
+    sums = dict.fromkeys(phase.stats, 0.0)
+    try:
+        cbs.on_step_start(state, step)
+        for i, loader in enumerate(tr.loaders):
+            last = i == tr.accum - 1
+            sync = (tr.model.no_sync() if tr.dist.world > 1 and not last
+                    else contextlib.nullcontext())
+            with sync:
+                micro = phase.loss(tr, loader)
+                (micro.loss / tr.accum).backward()
+            loss_sum += micro.loss.detach()
+            for key, value in micro.stats.items():
+                sums[key] += float(value)
+            state.batch_seen(micro.inputs, micro.targets)
+        cbs.on_after_backward(state, step)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(tr.info.model.parameters(), clip)
+        tr.opt.step()
+        tr.opt.zero_grad(set_to_none=True)
+    except KeyboardInterrupt:  # rewind the step's reads and drop its gradients: the
+        # checkpoint holds the last finished step, and a resume starts this one again
+        for loader, snap in zip(tr.loaders, snapshot, strict=True):
+            loader.load_state_dict(snap)
+        tr.opt.zero_grad(set_to_none=True)
+        raise
+    train_loss, grad_norm_v, *summed = all_reduce_mean(
+        [float(loss_sum) / tr.accum, float(grad_norm), *sums.values()], tr.dist, tr.device)
+    sums = {key: value * tr.dist.world for key, value in zip(sums, summed, strict=True)}
+    tokens = phase.step_tokens(sums)
     dt = time.perf_counter() - t
-    tps = cfg.train.total_batch_tokens / dt
     return {"loss": train_loss, "lr_mult": lr, "grad_norm": grad_norm_v,
-            "tokens": state.tokens + cfg.train.total_batch_tokens, "tokens_per_sec": tps,
-            "mfu": tr.mfu(tps), "dt": dt}
+            "tokens": state.tokens + int(tokens), "tokens_per_sec": tokens / dt,
+            "mfu": tr.mfu(tokens / dt), "dt": dt, **phase.record(sums)}
 
 
 def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo | None = None,
         callbacks: Callable[[LoopState], list[Callback]] = default_callbacks,
-        observers: Sequence[Callback] = ()) -> RunSummary:
+        observers: Sequence[Callback] = (), phase: Phase | None = None) -> RunSummary:
     """Train (or continue, with ``resume``) ``exp`` as ``cfg`` says, to ``train.max_steps``.
 
     ``callbacks`` builds the run's callbacks from its state (default: the built-in ones);
     ``observers`` (e.g. the command's display) come after them. Fault injection for crash
-    tests (:mod:`backlm.train.faults`) comes last.
+    tests (:mod:`backlm.train.faults`) comes last. ``phase`` replaces the one ``cfg.phase``
+    names (:func:`backlm.train.phases.phase_for`).
     """
     import torch
 
@@ -258,7 +262,7 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
         if dist.main else []
     if cfg.train.device == "cpu" or not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
-    tr = TrainingRun(exp, cfg, dist)
+    tr = TrainingRun(exp, cfg, dist, phase)
     state = LoopState(tr.info)
     step, tokens, tr.evals = _restore(tr) if resume else (0, 0, {})
     if step == 0 and cfg.phase != "base":  # a branch starts from its parent's weights
@@ -296,11 +300,7 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
         _loop(tr, state, cbs, orders)
         status = state.stop_reason or "finished"
     except KeyboardInterrupt:
-        status = "interrupted"
-        if tr.loader_snapshot is not None:  # interrupted inside a step: undo its reads
-            for loader, snap in zip(tr.loaders, tr.loader_snapshot, strict=True):
-                loader.load_state_dict(snap)
-            tr.opt.zero_grad(set_to_none=True)
+        status = "interrupted"  # (a step it cut short has rewound its data reads)
         try:
             if tr.last_saved != state.step and state.step > 0:
                 _checkpoint(tr, state, cbs)  # Ctrl-C keeps every finished step

@@ -3,7 +3,8 @@
 base (plain text, from scratch) → mid (conversations mixed with text) → sft (conversations, the
 loss only on the turns the model writes in its direction) → rl (group-relative policy gradient
 on :mod:`backlm.data.arith`). sft may also follow base. Every phase runs through the same loop
-(:mod:`backlm.train.loop`); only its loaders, and rl's step (:mod:`backlm.train.rl`), differ.
+(:mod:`backlm.train.loop`) and its one step; a :class:`~backlm.train.step.Phase` gives the
+loaders, the loss of a micro-batch and the phase's own validation (rl's: :mod:`backlm.train.rl`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from backlm.config import RunConfig
 from backlm.errors import UserError
+from backlm.train.step import MicroBatch, Orders, Phase, StepRun, mean_over_orders, per_order
 
 ORDER = ("base", "mid", "sft", "rl")
 FOLLOWS: dict[str, tuple[str, ...]] = {"mid": ("base",), "sft": ("base", "mid"), "rl": ("sft",)}
@@ -90,90 +92,118 @@ def train_on(cfg: RunConfig) -> str | None:
     return "all" if cfg.phase == "mid" else (cfg.chat.train_on or None)
 
 
-def build_loaders(cfg: RunConfig, tokenizer: Any, data_dir: Path, first: int, count: int,
-                  streams: int) -> list[Any]:
-    """Loaders of streams ``first .. first+count-1`` (of ``streams``) for ``cfg.phase``."""
-    from backlm.data.loader import PackedLoader
-    from backlm.data.shards import list_shards
+class TextPhase(Phase):
+    """base: next-token loss on packed rows of plain text."""
 
-    if cfg.phase == "rl":
-        from backlm.train.rl import PromptStream
-
-        return [PromptStream(cfg.train.seed, v, cfg.data.direction, cfg.data.mix)
+    def loaders(self, tokenizer: Any, data_dir: Path, first: int, count: int,
+                streams: int) -> list[Any]:
+        return [self.text_loader(tokenizer, data_dir, v, streams)
                 for v in range(first, first + count)]
 
-    def text(v: int) -> PackedLoader:
+    def text_loader(self, tokenizer: Any, data_dir: Path, stream: int, streams: int) -> Any:
+        """The packed plain-text rows of data stream ``stream`` (of ``streams``)."""
+        from backlm.data.loader import PackedLoader
+        from backlm.data.shards import list_shards
+
+        cfg = self.cfg
         return PackedLoader(
             list_shards(data_dir, "train"), tokenizer, cfg.data.direction,
             batch_size=cfg.train.device_batch_size, seq_len=cfg.model.seq_len,
-            seed=cfg.train.seed, mix=cfg.data.mix, rank=v, world_size=streams,
+            seed=cfg.train.seed, mix=cfg.data.mix, rank=stream, world_size=streams,
             docs_per_batch=cfg.data.docs_per_batch, buffer_docs=cfg.data.buffer_docs,
             threads=cfg.data.tokenizer_threads)
 
-    if cfg.phase not in CHAT_PHASES:
-        return [text(v) for v in range(first, first + count)]
-    from backlm.data.convloader import ConversationLoader, MixedLoader
+    def loss(self, run: StepRun, loader: Any) -> MicroBatch:
+        import torch
 
-    conversations = read_chat(cfg, "train")
-
-    def chat(v: int) -> ConversationLoader:
-        return ConversationLoader(
-            conversations, tokenizer, cfg.data.direction, batch_size=cfg.train.device_batch_size,
-            seq_len=cfg.model.seq_len, seed=cfg.train.seed, mix=cfg.data.mix, rank=v,
-            world_size=streams, train_on=train_on(cfg))
-
-    if cfg.phase == "sft":
-        return [chat(v) for v in range(first, first + count)]
-    return [MixedLoader(chat(v), text(v), cfg.chat.text_frac, cfg.train.seed, v)
-            for v in range(first, first + count)]
+        batch = loader.next_batch()
+        x = torch.from_numpy(batch.inputs).to(run.device, non_blocking=True)
+        y = torch.from_numpy(batch.targets).to(run.device, non_blocking=True)
+        with run.autocast():
+            loss = run.forward(x, y)
+        return MicroBatch(loss, x, y)
 
 
-def extra_scalars(cfg: RunConfig) -> tuple[str, ...]:
-    """Research-log scalars a phase adds to the base ones (known before the first step)."""
-    rl = ("reward_mean", "reward_std", "zero_spread") if cfg.phase == "rl" else ()
-    return (*rl, *eval_monitors(cfg.phase, cfg.data.direction))
+class ChatPhase(TextPhase):
+    """mid (conversations mixed with text, loss on every turn) and sft (conversations only,
+    loss on ``chat.train_on``); validation adds the loss on held-out conversations."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)
+        self.held_out: list[Any] | None = None  # this rank's val conversations, read once
+
+    def loaders(self, tokenizer: Any, data_dir: Path, first: int, count: int,
+                streams: int) -> list[Any]:
+        from backlm.data.convloader import ConversationLoader, MixedLoader
+
+        cfg = self.cfg
+        conversations = read_chat(cfg, "train")
+
+        def chat(v: int) -> ConversationLoader:
+            return ConversationLoader(
+                conversations, tokenizer, cfg.data.direction,
+                batch_size=cfg.train.device_batch_size, seq_len=cfg.model.seq_len,
+                seed=cfg.train.seed, mix=cfg.data.mix, rank=v, world_size=streams,
+                train_on=train_on(cfg))
+
+        if cfg.phase == "sft":
+            return [chat(v) for v in range(first, first + count)]
+        return [MixedLoader(chat(v), self.text_loader(tokenizer, data_dir, v, streams),
+                            cfg.chat.text_frac, cfg.train.seed, v)
+                for v in range(first, first + count)]
+
+    @classmethod
+    def monitors(cls, direction: str) -> list[str]:
+        from backlm.direction import eval_orders
+
+        return ["val_chat_loss", *per_order("val_chat_loss", eval_orders(direction))]
+
+    def evaluate(self, run: StepRun, orders: Orders) -> dict[str, float]:
+        """Loss on held-out conversations: the trained turns, in every order of the run, over
+        the same conversations, shared out over ranks."""
+        from backlm.data.convloader import chat_windows
+        from backlm.distributed import all_reduce_mean
+        from backlm.evaluation.lm import score
+
+        cfg, dist = self.cfg, run.dist
+        if self.held_out is None:
+            self.held_out = read_chat(cfg, "val")[dist.rank::dist.world]
+        rows = max(1, cfg.train.eval_tokens // cfg.model.seq_len // dist.world)
+        out: dict[str, float] = {}
+        for name, order in orders:
+            batches = chat_windows(self.held_out, run.info.tokenizer, cfg.data.direction, order,
+                                   train_on(cfg), cfg.train.device_batch_size,
+                                   cfg.model.seq_len, rows)
+            sums = score(run.info.model, batches, run.token_bytes, run.device, run.autocast())
+            nats, ntok = all_reduce_mean([sums.nats, sums.tokens], dist, run.device)
+            out["val_chat_loss" + (f"_{name}" if name else "")] = nats / max(ntok, 1e-9)
+        mean_over_orders(out, "val_chat_loss", orders)
+        return out
+
+
+def phase_class(phase: str) -> type[Phase]:
+    """The :class:`~backlm.train.step.Phase` that trains ``phase`` runs."""
+    if phase == "rl":
+        from backlm.train.rl import RLPhase
+
+        return RLPhase
+    return ChatPhase if phase in CHAT_PHASES else TextPhase
+
+
+def phase_for(cfg: RunConfig) -> Phase:
+    """The phase ``cfg`` trains, ready for the loop."""
+    return phase_class(cfg.phase)(cfg)
+
+
+def build_loaders(cfg: RunConfig, tokenizer: Any, data_dir: Path, first: int, count: int,
+                  streams: int) -> list[Any]:
+    """Loaders of streams ``first .. first+count-1`` (of ``streams``) for ``cfg.phase``."""
+    return phase_for(cfg).loaders(tokenizer, data_dir, first, count, streams)
 
 
 def eval_monitors(phase: str, direction: str) -> list[str]:
     """Validation metrics a phase adds to the text ones (what early stopping may watch)."""
-    from backlm.direction import eval_orders
-
-    if phase == "rl":
-        return ["val_reward", *(f"val_reward_{n}" for n, _ in eval_orders(direction) if n)]
-    if phase in CHAT_PHASES:
-        return ["val_chat_loss", *(f"val_chat_loss_{n}" for n, _ in eval_orders(direction) if n)]
-    return []
-
-
-def evaluate(tr: Any, orders: list[tuple[str, Any]]) -> dict[str, float]:
-    """A phase's own validation: RL's greedy reward on held-out problems; mid and SFT's loss
-    on held-out conversations (the trained turns, in every order of the run, over the same
-    conversations), shared out over ranks."""
-    cfg = tr.cfg
-    if cfg.phase == "rl":
-        from backlm.train.rl import evaluate_reward
-
-        return evaluate_reward(tr)
-    if cfg.phase not in CHAT_PHASES:
-        return {}
-    from backlm.data.convloader import chat_windows
-    from backlm.distributed import all_reduce_mean
-    from backlm.evaluation.lm import score
-
-    if tr.chat_val is None:
-        tr.chat_val = read_chat(cfg, "val")[tr.dist.rank::tr.dist.world]
-    rows = max(1, cfg.train.eval_tokens // cfg.model.seq_len // tr.dist.world)
-    out: dict[str, float] = {}
-    for name, order in orders:
-        batches = chat_windows(tr.chat_val, tr.info.tokenizer, cfg.data.direction, order,
-                               train_on(cfg), cfg.train.device_batch_size, cfg.model.seq_len,
-                               rows)
-        sums = score(tr.info.model, batches, tr.token_bytes, tr.device, tr.autocast())
-        nats, ntok = all_reduce_mean([sums.nats, sums.tokens], tr.dist, tr.device)
-        out["val_chat_loss" + (f"_{name}" if name else "")] = nats / max(ntok, 1e-9)
-    if len(orders) > 1:
-        out["val_chat_loss"] = sum(out[f"val_chat_loss_{n}"] for n, _ in orders) / len(orders)
-    return out
+    return phase_class(phase).monitors(direction)
 
 
 def check_chat_fits(cfg: RunConfig, tokenizer: Any, sample: int = 500) -> None:

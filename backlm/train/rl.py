@@ -8,17 +8,17 @@ estimate to the frozen parent. Forward writes the answer to a question; backward
 answer and writes a question whose answer it is (:func:`backlm.direction.turn_prompt`).
 
 Prompts and sampling noise are seeded by (seed, stream, prompt number), so a resumed run draws
-what the uninterrupted one would have.
+what the uninterrupted one would have. The sampling happens in :meth:`RLPhase.loss`, inside
+the loop's one training step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
-import time
 from typing import Any
 
+from backlm.config import RunConfig
 from backlm.data import arith
 from backlm.direction import (
     Direction,
@@ -28,6 +28,7 @@ from backlm.direction import (
     written_to_reading_order,
 )
 from backlm.model import IGNORE_INDEX
+from backlm.train.step import MicroBatch, Orders, Phase, StepRun, mean_over_orders, per_order
 
 EVAL_SEED = 7919  # held-out prompts: an integer seed, while training streams use string keys
 
@@ -147,99 +148,105 @@ def _fixed_shape(x: Any, y: Any, cfg: Any, pad: int, device: Any) -> tuple[Any, 
     return torch.from_numpy(fx).to(device), torch.from_numpy(fy).to(device)
 
 
-def train_step(tr: Any, state: Any, cbs: Any) -> dict[str, Any]:
-    """One RL optimizer update over this rank's prompts; the step's record."""
-    import torch
+class RLPhase(Phase):
+    """rl: each micro-batch is one prompt's sampled group, trained with the group-relative
+    advantage (and a KL penalty to the frozen parent when ``rl.kl_coef`` > 0); validation is
+    the greedy reward on held-out problems."""
 
-    from backlm.distributed import all_reduce_mean
-    from backlm.train.optim import apply_schedule
+    # per micro-batch: reward sum, reward² sum, samples, groups whose rewards are all equal,
+    # tokens trained on
+    stats = ("reward", "reward_sq", "samples", "zero_spread", "tokens")
+    record_fields = ("reward_mean", "reward_std", "zero_spread")
 
-    cfg, step, t = tr.cfg, state.step + 1, time.perf_counter()
-    model, tok = tr.info.model, tr.info.tokenizer
-    tr.loader_snapshot = [ld.state_dict() for ld in tr.loaders]
-    lr = apply_schedule(tr.opt, state.step, cfg.train.max_steps, cfg.optim)
-    cbs.on_step_start(state, step)
-    ref = _reference(tr) if cfg.rl.kl_coef > 0 else None
-    sums = [0.0] * 6  # loss, reward sum, reward² sum, samples, zero-spread groups, tokens
-    for i, stream in enumerate(tr.loaders):
-        problem, order, seed = stream.next_prompt()
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)
+        self.reference: Any = None  # the frozen parent for the KL penalty, built once
+
+    def loaders(self, tokenizer: Any, data_dir: Any, first: int, count: int,
+                streams: int) -> list[Any]:
+        cfg = self.cfg
+        return [PromptStream(cfg.train.seed, v, cfg.data.direction, cfg.data.mix)
+                for v in range(first, first + count)]
+
+    def loss(self, run: StepRun, loader: Any) -> MicroBatch:
+        """Sample a group for the stream's next prompt, reward it, and return the
+        policy-gradient loss over the sampled tokens."""
+        import torch
+
+        cfg, tok, device = self.cfg, run.info.tokenizer, run.device
+        problem, order, seed = loader.next_prompt()
         prompt, stop = prompt_for(tok, problem, cfg.data.direction, order)
-        with tr.autocast():
-            samples = sample_group(model, prompt, cfg.rl.group_size, _budget(cfg, prompt),
-                                   cfg.rl.temperature, stop, seed)
+        with run.autocast():
+            samples = sample_group(run.info.model, prompt, cfg.rl.group_size,
+                                   _budget(cfg, prompt), cfg.rl.temperature, stop, seed)
         rewards = [reward(tok, problem, order, content(s, stop)) for s in samples]
         mean = sum(rewards) / len(rewards)
-        adv = torch.tensor([r - mean for r in rewards], device=tr.device)
+        adv = torch.tensor([r - mean for r in rewards], device=device)
         xs, ys = _batch(prompt, samples, tok.special_ids.bos)
-        x, y = torch.from_numpy(xs).to(tr.device), torch.from_numpy(ys).to(tr.device)
+        x, y = torch.from_numpy(xs).to(device), torch.from_numpy(ys).to(device)
         n = (y != IGNORE_INDEX).sum().clamp(min=1)
-        last = i == tr.accum - 1
-        sync = tr.model.no_sync() if tr.dist.world > 1 and not last else contextlib.nullcontext()
-        with sync:
-            with tr.autocast():
-                ce = tr.forward(x, y, loss_reduction="none").float()
-                loss = (ce * adv[:, None]).sum() / n
-                if ref is not None:
-                    with torch.no_grad():
-                        ref_ce = ref(x, y, loss_reduction="none").float()
-                    r = (ce - ref_ce) * (y != IGNORE_INDEX)
-                    loss = loss + cfg.rl.kl_coef * ((r.exp() - r - 1).sum() / n)
-            (loss / tr.accum).backward()
-        spread = max(rewards) - min(rewards)
-        for k, v in enumerate((float(loss.detach()), sum(rewards), sum(r * r for r in rewards),
-                               len(rewards), spread == 0, x.numel())):
-            sums[k] += float(v)
-        state.batch_seen(*_fixed_shape(xs, ys, cfg, tok.special_ids.bos, tr.device))
-    cbs.on_after_backward(state, step)
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-    tr.opt.step()
-    tr.opt.zero_grad(set_to_none=True)
-    tr.loader_snapshot = None
-    world = tr.dist.world
-    loss_m, *tot = all_reduce_mean([sums[0] / tr.accum, *sums[1:], grad_norm], tr.dist, tr.device)
-    r_sum, r2_sum, count, zero, tokens, grad_norm = [v * world for v in tot[:5]] + [tot[5]]
-    r_mean = r_sum / count
-    dt = time.perf_counter() - t
-    return {"loss": loss_m, "lr_mult": lr, "grad_norm": grad_norm,
-            "tokens": state.tokens + int(tokens), "tokens_per_sec": tokens / dt,
-            "mfu": tr.mfu(tokens / dt), "dt": dt, "reward_mean": r_mean,
-            "reward_std": math.sqrt(max(0.0, r2_sum / count - r_mean ** 2)),
-            "zero_spread": zero / (count / cfg.rl.group_size)}
+        ref = self._reference(run) if cfg.rl.kl_coef > 0 else None
+        with run.autocast():
+            ce = run.forward(x, y, loss_reduction="none").float()
+            loss = (ce * adv[:, None]).sum() / n
+            if ref is not None:
+                with torch.no_grad():
+                    ref_ce = ref(x, y, loss_reduction="none").float()
+                r = (ce - ref_ce) * (y != IGNORE_INDEX)
+                loss = loss + cfg.rl.kl_coef * ((r.exp() - r - 1).sum() / n)
+        stats = {"reward": sum(rewards), "reward_sq": sum(r * r for r in rewards),
+                 "samples": len(rewards), "zero_spread": float(max(rewards) == min(rewards)),
+                 "tokens": x.numel()}
+        # the research log slices fixed-shape rows; a group is as wide as its longest sample
+        return MicroBatch(loss, *_fixed_shape(xs, ys, cfg, tok.special_ids.bos, device),
+                          stats=stats)
 
+    def step_tokens(self, sums: dict[str, float]) -> float:
+        """Tokens of the sampled rows (prompt and turn), not the configured batch."""
+        return sums["tokens"]
 
-def _reference(tr: Any) -> Any:
-    if tr.rl_reference is None:
-        from backlm.experiment.compat import load_parent_weights
-        from backlm.model.gpt import GPT
+    def record(self, sums: dict[str, float]) -> dict[str, float]:
+        count = sums["samples"]
+        r_mean = sums["reward"] / count
+        return {"reward_mean": r_mean,
+                "reward_std": math.sqrt(max(0.0, sums["reward_sq"] / count - r_mean ** 2)),
+                "zero_spread": sums["zero_spread"] / (count / self.cfg.rl.group_size)}
 
-        ref = GPT(tr.cfg.model).to(tr.device)
-        load_parent_weights(tr.info.exp, ref)
-        ref.requires_grad_(False)
-        tr.rl_reference = ref
-    return tr.rl_reference
+    @classmethod
+    def monitors(cls, direction: str) -> list[str]:
+        from backlm.direction import eval_orders
 
+        return ["val_reward", *per_order("val_reward", eval_orders(direction))]
 
-def evaluate_reward(tr: Any) -> dict[str, float]:
-    """Greedy reward on held-out problems (shared out over ranks), per order for
-    bidirectional models and their mean as ``val_reward``."""
-    from backlm.direction import eval_orders
-    from backlm.distributed import all_reduce_mean
+    def evaluate(self, run: StepRun, orders: Orders) -> dict[str, float]:
+        """Greedy reward on held-out problems (shared out over ranks), per order for
+        bidirectional models and their mean as ``val_reward``."""
+        from backlm.distributed import all_reduce_mean
 
-    cfg, tok, model = tr.cfg, tr.info.tokenizer, tr.info.model
-    problems = arith.problems(cfg.rl.eval_prompts, EVAL_SEED)
-    out: dict[str, float] = {}
-    orders = eval_orders(cfg.data.direction)
-    for name, order in orders:
-        total = 0.0
-        for problem in problems[tr.dist.rank::tr.dist.world]:
-            prompt, stop = prompt_for(tok, problem, cfg.data.direction, order)
-            with tr.autocast():
-                (sample,) = sample_group(model, prompt, 1, _budget(cfg, prompt), 0.0, stop, 0)
-            total += reward(tok, problem, order, content(sample, stop))
-        (mean_sum,) = all_reduce_mean([total], tr.dist, tr.device)
-        out[f"val_reward_{name}" if name else "val_reward"] = mean_sum * tr.dist.world / len(
-            problems)
-    if len(orders) > 1:
-        out["val_reward"] = sum(out[f"val_reward_{n}"] for n, _ in orders) / len(orders)
-    return out
+        cfg, tok, dist = self.cfg, run.info.tokenizer, run.dist
+        problems = arith.problems(cfg.rl.eval_prompts, EVAL_SEED)
+        out: dict[str, float] = {}
+        for name, order in orders:
+            total = 0.0
+            for problem in problems[dist.rank::dist.world]:
+                prompt, stop = prompt_for(tok, problem, cfg.data.direction, order)
+                with run.autocast():
+                    (sample,) = sample_group(run.info.model, prompt, 1, _budget(cfg, prompt),
+                                             0.0, stop, 0)
+                total += reward(tok, problem, order, content(sample, stop))
+            (mean_sum,) = all_reduce_mean([total], dist, run.device)
+            out[f"val_reward_{name}" if name else "val_reward"] = \
+                mean_sum * dist.world / len(problems)
+        mean_over_orders(out, "val_reward", orders)
+        return out
+
+    def _reference(self, run: StepRun) -> Any:
+        if self.reference is None:
+            from backlm.experiment.compat import load_parent_weights
+            from backlm.model.gpt import GPT
+
+            ref = GPT(self.cfg.model).to(run.device)
+            load_parent_weights(run.info.exp, ref)
+            ref.requires_grad_(False)
+            self.reference = ref
+        return self.reference

@@ -76,7 +76,7 @@ def test_the_batch_trains_only_the_sampled_tokens():
 
 
 def test_a_policy_gradient_step_raises_the_likelihood_of_the_better_sample():
-    """The loss rl.train_step builds (advantage × token loss) moves probability toward the
+    """The loss RLPhase.loss builds (advantage × token loss) moves probability toward the
     sample with the higher reward."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(depth=1, width=32, head_dim=16, vocab_size=40, seq_len=32))
