@@ -86,11 +86,13 @@ def run_cli(args, env=None):
 
 
 def assert_user_error(res, *fragments: str) -> str:
-    """Assert that ``res`` (a CliRunner result or a finished subprocess) ended as a user error
-    must: exit code 2 and exactly one non-empty line of output, on stderr, reading ``error: ...``
-    and naming every fragment (case-insensitive), with no traceback. Returns that line."""
+    """Assert that ``res`` (a CliRunner result or a finished subprocess) ended the way a user
+    error must: exit code 2 and exactly one non-empty line of output, on stderr, reading
+    ``error: ...`` and naming every fragment (case-insensitive), with no traceback. Returns
+    that line."""
     if hasattr(res, "returncode"):  # subprocess.CompletedProcess
-        code, out, err, crash = res.returncode, (res.stdout or "") + (res.stderr or ""), res.stderr, None
+        err, crash = res.stderr or "", None
+        code, out = res.returncode, (res.stdout or "") + err
     else:  # click's Result: `output` interleaves stdout and stderr
         code, out, err = res.exit_code, res.output, res.stderr
         crash = res.exception if not isinstance(res.exception, SystemExit) else None
