@@ -82,6 +82,34 @@ def run_cli(args, env=None):
     return CliRunner().invoke(app, args, env=env)
 
 
+# --- the one-line user error ------------------------------------------------------------------
+
+
+def assert_user_error(res, *fragments: str) -> str:
+    """Assert that ``res`` (a CliRunner result or a finished subprocess) ended the way a user
+    error must: exit code 2 and exactly one non-empty line of output, on stderr, reading
+    ``error: ...`` and naming every fragment (case-insensitive), with no traceback. Returns
+    that line."""
+    if hasattr(res, "returncode"):  # subprocess.CompletedProcess
+        err, crash = res.stderr or "", None
+        code, out = res.returncode, (res.stdout or "") + err
+    else:  # click's Result: `output` interleaves stdout and stderr
+        code, out, err = res.exit_code, res.output, res.stderr
+        crash = res.exception if not isinstance(res.exception, SystemExit) else None
+    shown = f"exit code {code}, output:\n{out}" + (f"\nexception: {crash!r}" if crash else "")
+    assert crash is None, shown
+    assert code == 2, shown
+    assert "Traceback" not in out, shown
+    lines = [x.strip() for x in out.splitlines() if x.strip()]
+    assert len(lines) == 1, shown
+    line = lines[0]
+    assert line.startswith("error: ") and len(line) > len("error: "), shown
+    assert line in err, f"the error line is not on stderr; {shown}"
+    missing = [f for f in fragments if f.lower() not in line.lower()]
+    assert not missing, f"the line does not name {missing}; {shown}"
+    return line
+
+
 # --- phases: a tiny chat dataset and branch options ------------------------------------------
 
 CHAT_TALKS = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from tests.helpers import FIVECAT_TINY, fivecat_cli, fivecat_home
+from tests.helpers import FIVECAT_TINY, assert_user_error, fivecat_cli, fivecat_home
 
 STEPS = 30
 ARGS = ["quickstart", "--steps", str(STEPS), "--prefix", "qs"]
@@ -75,7 +75,5 @@ def test_a_stopped_quickstart_continues_and_a_finished_one_changes_nothing(home,
 ])
 def test_bad_options_are_one_line_and_write_nothing(home, args, words):
     res = fivecat_cli("quickstart", *args)
-    assert res.exit_code == 2, res.output
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and words in lines[0]
+    assert_user_error(res, words)
     assert not (home / "exps").exists() or not any((home / "exps").glob("bad*"))

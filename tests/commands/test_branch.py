@@ -14,7 +14,15 @@ import sys
 import pytest
 
 from backlm.experiment import folder as xp
-from tests.helpers import branch_args, losses, make_child, metrics, run_cli, tree_snapshot
+from tests.helpers import (
+    assert_user_error,
+    branch_args,
+    losses,
+    make_child,
+    metrics,
+    run_cli,
+    tree_snapshot,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +33,9 @@ def wide(monkeypatch):
 def refused(args, *roots) -> str:
     """Run ``args``; it must exit 2 with one ``error:`` line and leave ``roots`` unchanged."""
     before = tree_snapshot(*roots)
-    res = run_cli(args)
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert res.exit_code == 2, res.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit)
+    line = assert_user_error(run_cli(args))
     assert tree_snapshot(*roots) == before
-    return lines[0]
+    return line
 
 
 def _row(output: str, label: str) -> str:
@@ -234,12 +237,9 @@ def test_conversations_that_fit_no_row_leave_no_child(lineage, phase_world, tmp_
     write_chat_shard(home / "data" / "longchat" / "val_00000.parquet", long)
     before = tree_snapshot(lineage)
     res = run_cli(branch_args("sft", "b0", "--id", "toolong", "--set", "chat.dataset=longchat"))
-    assert res.exit_code == 2, res.output
     # Refused by the validation pass: one line, before the branch table.
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: no conversation of the chat dataset")
-    assert "fits a 128-token row" in lines[0]
-    assert "Traceback" not in res.output
+    line = assert_user_error(res, "fits a 128-token row")
+    assert line.startswith("error: no conversation of the chat dataset")
     assert tree_snapshot(lineage) == before
 
 

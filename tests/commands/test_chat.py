@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import assert_user_error, run_cli
 
 
 def test_prompt_once_writes_the_turn_in_reading_order(lineage):
@@ -31,9 +31,7 @@ def test_prompt_once_writes_the_turn_in_reading_order(lineage):
 ])
 def test_bad_options_are_one_line(lineage, args, words):
     res = run_cli(["chat", "--model", "s1", "-p", "hi", *args])
-    assert res.exit_code == 2, res.output
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and words in lines[0]
+    assert_user_error(res, words)
 
 
 class Terminal:

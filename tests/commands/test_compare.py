@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import fake_experiment, run_cli, tree_snapshot, use_world
+from tests.helpers import assert_user_error, fake_experiment, run_cli, tree_snapshot, use_world
 
 
 def test_compare_writes_the_default_folder(compare_world, phase_world, tmp_path, monkeypatch):
@@ -70,7 +70,5 @@ def test_bad_input_is_one_line_and_writes_nothing(compare_world, phase_world, tm
     args = [a.format(file=tmp_path / "taken.md", busy=tmp_path / "busy") for a in args]
     before = tree_snapshot(tmp_path, compare_world)
     res = run_cli(args)
-    assert res.exit_code == 2, res.output
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and words in lines[0] and "Traceback" not in res.output
+    assert_user_error(res, words)
     assert tree_snapshot(tmp_path, compare_world) == before

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from backlm.cli import app
-from tests.helpers import write_task_sets
+from tests.helpers import assert_user_error, write_task_sets
 
 STEPS = 40
 
@@ -136,15 +136,13 @@ def test_summaries_go_to_the_research_log(env):
 ])
 def test_bad_input_is_one_line(env, args, needle):
     res = CliRunner().invoke(app, args)
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.output
+    assert_user_error(res, needle)
 
 
 def test_task_not_downloaded_names_the_command(env, monkeypatch, tmp_path):
     monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "bare"))
     res = _eval("--tasks", "lm,gsm8k")
-    assert res.exit_code == 2 and "`backlm data download --task gsm8k`" in res.output
+    assert_user_error(res, "`backlm data download --task gsm8k`")
     res = _eval("--tasks", "lm", "--directions", "backward", "--lm-tokens", "256")
     assert res.exit_code == 0 and "not downloaded" not in res.output  # asked for lm only
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import assert_user_error, fivecat_home
 from tests.helpers import fivecat_cli as cli
 from tests.helpers import fivecat_command as fivecat
-from tests.helpers import fivecat_home
 from tests.helpers import fivecat_trained as _trained
 
 
@@ -37,20 +37,12 @@ def test_direction_override_judges_a_checkpoint_as_another_direction(forward):
 
 
 def test_bad_input_is_one_line_exit_2(forward):
-    res = cli("5cat", "nope")
-    assert res.exit_code == 2 and res.output.startswith("error:")
-    assert "no experiment 'nope'" in res.output and len(res.output.strip().splitlines()) == 1
-    res = cli("5cat", "fwd", "--step", "7")
-    assert res.exit_code == 2 and "no checkpoint at step 7" in res.output
-    assert len(res.output.strip().splitlines()) == 1
-    res = cli("5cat", "fwd", "--max-samples", "1")
-    assert res.exit_code == 2 and "--max-samples" in res.output
-    res = cli("5cat", "fwd", "--direction", "sideways")
-    assert res.exit_code == 2 and "unknown direction" in res.output
+    assert_user_error(cli("5cat", "nope"), "no experiment 'nope'")
+    assert_user_error(cli("5cat", "fwd", "--step", "7"), "no checkpoint at step 7")
+    assert_user_error(cli("5cat", "fwd", "--max-samples", "1"), "--max-samples")
+    assert_user_error(cli("5cat", "fwd", "--direction", "sideways"), "unknown direction")
     moved = forward.parent / "moved"
     shutil.copytree(forward, moved)
     meta = json.loads((moved / "metadata.json").read_text())
     (moved / "metadata.json").write_text(json.dumps(dict(meta, data_dir=str(moved / "gone"))))
-    res = cli("5cat", "moved")
-    assert res.exit_code == 2 and "does not exist" in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    assert_user_error(cli("5cat", "moved"), "does not exist")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import assert_user_error, run_cli
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -13,7 +13,4 @@ from tests.helpers import run_cli
 ])
 def test_note_user_errors(exps, args, needle):
     res = run_cli(args)
-    assert res.exit_code == 2, res.output
-    lines = [x for x in res.output.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
-    assert "Traceback" not in res.output
+    assert_user_error(res, needle)

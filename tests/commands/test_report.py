@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from backlm.experiment.folder import Experiment
-from tests.helpers import assert_png_has_data, copy_experiments, run_cli, tree_snapshot
+from tests.helpers import (
+    assert_png_has_data,
+    assert_user_error,
+    copy_experiments,
+    run_cli,
+    tree_snapshot,
+)
 
 
 @pytest.fixture
@@ -60,10 +66,7 @@ def test_report_of_an_empty_folder(tmp_path):
 def test_unknown_experiment_is_one_line_and_writes_nothing(exps, args):
     before = tree_snapshot(exps)
     res = run_cli([*args, "--experiments-dir", str(exps)])
-    assert res.exit_code == 2
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: no experiment"), res.output
-    assert "Traceback" not in res.output
+    assert assert_user_error(res).startswith("error: no experiment")
     assert tree_snapshot(exps) == before
 
 
@@ -72,8 +75,7 @@ def test_an_experiments_dir_that_is_a_file_is_one_line(tmp_path):
     blocker.write_text("x")
     for args in (["report"], ["report", "b0"]):
         res = run_cli([*args, "--experiments-dir", str(blocker / "exps")])
-        assert res.exit_code == 2, res.output
-        assert len(res.output.strip().splitlines()) == 1 and "is a file" in res.output
+        assert_user_error(res, "is a file")
     assert blocker.read_text() == "x"
 
 
@@ -82,8 +84,7 @@ def test_corrupt_metadata_is_one_line_and_writes_nothing(exps):
     exp.metadata_path.write_text("{oops")
     before = tree_snapshot(exps)
     res = run_cli(["report", "bi1", "--experiments-dir", str(exps)])
-    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
-    assert "metadata.json" in res.output and "corrupt" in res.output
+    assert_user_error(res, "metadata.json", "corrupt")
     assert tree_snapshot(exps) == before
     res = run_cli(["report", "--experiments-dir", str(exps)])  # the overview still lists it
     assert res.exit_code == 0 and "corrupt" in res.output, res.output

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import assert_user_error, run_cli
 
 
 def test_score_prints_each_order(lineage):
@@ -28,6 +28,4 @@ def test_score_prints_each_order(lineage):
 ])
 def test_bad_input_is_one_line(lineage, args, words):
     res = run_cli(args)
-    assert res.exit_code == 2, res.output
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and words in lines[0] and "Traceback" not in res.output
+    assert_user_error(res, words)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import assert_user_error, run_cli
 
 READY = re.compile(r"serving (\S+) \(step (\d+), (\w+), (\w+)\) at (http://127\.0\.0\.1:(\d+))")
 
@@ -101,9 +101,7 @@ def test_ctrl_c_does_not_wait_for_long_generations(served):
 ])
 def test_bad_input_is_one_line(served, args, words):
     res = run_cli(["serve", *args])
-    assert res.exit_code == 2, res.output
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and words in lines[0] and "Traceback" not in res.output, res.output
+    assert_user_error(res, words)
 
 
 def test_a_port_in_use_is_one_line_naming_it(served):
@@ -112,6 +110,4 @@ def test_a_port_in_use_is_one_line_naming_it(served):
         taken.listen()
         port = taken.getsockname()[1]
         res = run_cli(["serve", "--model", "s1", "--port", str(port)])
-    assert res.exit_code == 2, res.output
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0]
+    assert_user_error(res, f"127.0.0.1:{port}", "--port")

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.helpers import losses, metrics, run_cli, tiny_args
+from tests.helpers import assert_user_error, losses, metrics, run_cli, tiny_args
 
 
 def test_eval_at_start_off_trains_at_once_and_validates_later(home):
@@ -68,13 +68,6 @@ def test_train_writes_the_experiment_tree(home):
     assert ls.exit_code == 0 and "bw" in ls.output and "backward" in ls.output
 
 
-def _one_line_error(res, needle):
-    assert res.exit_code == 2, res.output
-    lines = [x for x in res.output.strip().splitlines() if x.strip()]
-    assert "Traceback" not in res.output
-    assert lines[0].startswith("error:") and needle in res.output, res.output
-
-
 @pytest.mark.parametrize("args,needle", [
     (["--config", "nope"], "unknown config preset"),
     (["--set", "train.bogus=1"], "unknown config key"),
@@ -85,20 +78,20 @@ def _one_line_error(res, needle):
 ])
 def test_bad_training_input(home, args, needle):
     res = run_cli([*tiny_args("--direction", "forward", "--id", "bad"), *args])
-    _one_line_error(res, needle)
+    assert_user_error(res, needle)
     assert not (home / "exps" / "bad" / "checkpoints").exists() or needle == "multiple of"
 
 
 def test_resume_errors_leave_experiments_untouched(home):
-    _one_line_error(run_cli(["train", "--resume", "ghost"]), "no experiment 'ghost'")
+    assert_user_error(run_cli(["train", "--resume", "ghost"]), "no experiment 'ghost'")
     assert run_cli(tiny_args("--direction", "forward", "--id", "ok", steps=4)).exit_code == 0
     exp = home / "exps" / "ok"
     weights = exp / "checkpoints" / "step_000004" / "model.safetensors"
     weights.write_bytes(b"garbage")
     before = sorted(p.name for p in exp.rglob("*"))
-    _one_line_error(run_cli(["train", "--resume", "ok"]), "corrupt")
+    assert_user_error(run_cli(["train", "--resume", "ok"]), "corrupt")
     assert sorted(p.name for p in exp.rglob("*")) == before
-    _one_line_error(run_cli(tiny_args("--direction", "forward", "--id", "ok")), "already exists")
+    assert_user_error(run_cli(tiny_args("--direction", "forward", "--id", "ok")), "already exists")
 
 
 def test_second_concurrent_run_is_refused(home):
@@ -109,7 +102,7 @@ def test_second_concurrent_run_is_refused(home):
 
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     before = (exp / "metrics.jsonl").read_text()
-    _one_line_error(run_cli(["train", "--resume", "busy"]), "in use by pid")
+    assert_user_error(run_cli(["train", "--resume", "busy"]), "in use by pid")
     assert (exp / "metrics.jsonl").read_text() == before and lock.exists()
 
 
@@ -129,7 +122,7 @@ def test_resume_of_a_finished_run_changes_nothing_and_max_steps_extends_it(home)
     res = run_cli(["train", "--resume", "done"])
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
     assert _snapshot(exp) == before
-    _one_line_error(run_cli(["train", "--resume", "done", "--max-steps", "3"]), "already at step 4")
+    assert_user_error(run_cli(["train", "--resume", "done", "--max-steps", "3"]), "already at step 4")
     assert _snapshot(exp) == before
     res = run_cli(["train", "--resume", "done", "--max-steps", "6"])
     assert res.exit_code == 0, res.output
@@ -143,7 +136,7 @@ def test_resume_of_a_finished_run_changes_nothing_and_max_steps_extends_it(home)
                                   ["--depth", "3"], ["--set", "train.eval_every=2"],
                                   ["--config", "cpu-tiny"], ["--description", "x"]])
 def test_flags_that_cannot_apply_on_resume_are_refused(home, flag):
-    _one_line_error(run_cli(["train", "--resume", "anything", *flag]), f"{flag[0]} cannot")
+    assert_user_error(run_cli(["train", "--resume", "anything", *flag]), f"{flag[0]} cannot")
 
 
 def test_resume_trusts_no_file_of_the_experiment(home):
@@ -158,12 +151,12 @@ def test_resume_trusts_no_file_of_the_experiment(home):
     cfg["model"]["depth"] = 3
     cfg["train"]["max_steps"] = 8
     config.write_text(yaml.safe_dump(cfg))
-    _one_line_error(run_cli(["train", "--resume", "edit"]), "config.yaml says model.depth=3")
+    assert_user_error(run_cli(["train", "--resume", "edit"]), "config.yaml says model.depth=3")
     config.write_text(good_config)
     for change, needle in (({"direction": "sideways"}, "unknown direction"),
                            ({"step": "x"}, "invalid 'step'"), ({"loaders": None}, "lacks")):
         meta.write_text(json.dumps({**json.loads(good_meta), **change}))
-        _one_line_error(run_cli(["train", "--resume", "edit"]), needle)
+        assert_user_error(run_cli(["train", "--resume", "edit"]), needle)
     meta.write_text(good_meta)
     assert _snapshot(exp) == before
 

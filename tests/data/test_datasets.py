@@ -13,6 +13,7 @@ from backlm.data.datasets import DATASETS, download_dataset, download_task, task
 from backlm.data.shards import iter_texts, list_shards, write_shard
 from backlm.errors import UserError
 from tests.helpers import DOWNLOAD_FAST as FAST
+from tests.helpers import assert_user_error
 from tests.helpers import serve_shards as _serve_shards
 
 
@@ -116,7 +117,7 @@ def test_task_registry_and_errors(tmp_path):
     with pytest.raises(UserError, match="choose one of arc, mmlu, gsm8k"):
         download_task("hellaswag", tmp_path)
     res = CliRunner().invoke(app, ["data", "download", "arc-easy"])
-    assert res.exit_code == 2 and "--task arc" in res.output
+    assert_user_error(res, "--task arc")
 
 
 def test_task_members():

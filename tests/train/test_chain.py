@@ -12,6 +12,7 @@ from backlm.experiment import folder as xp
 from tests.helpers import (
     BRANCH_FAST,
     PHASE_BASE,
+    assert_user_error,
     losses,
     make_child,
     run_cli,
@@ -86,9 +87,7 @@ def test_bad_chains_are_refused_before_anything_is_written(exps, phase_world, ph
     home = phase_world / "home"
     before = tree_snapshot(home)
     res = run_cli(chain_args(phases, "--id", "bad"))
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert res.exit_code == 2, res.output
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], res.output
+    assert_user_error(res, words)
     assert not exps.exists() or not any(exps.iterdir())
     assert tree_snapshot(home) == before
 
@@ -137,6 +136,5 @@ def test_members_of_another_chain_are_refused(exps, phases, words):
     make_child(exps, "ch-sft", parent="ch-base" if "mid" in phases else "other")
     before = tree_snapshot(exps)
     res = run_cli(chain_args(phases, "--id", "ch"))
-    lines = [x for x in res.output.splitlines() if x.strip()]
-    assert res.exit_code == 2 and len(lines) == 1 and words in lines[0], res.output
+    assert_user_error(res, words)
     assert tree_snapshot(exps) == before

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from backlm.cli import app
 from backlm.data.datasets import download_task
 from backlm.evaluation import tasks
+from tests.helpers import assert_user_error
 from tests.helpers import serve_shards as _serve_shards
 
 
@@ -26,10 +27,7 @@ def test_cli_download_404_is_one_line(tmp_path, server, monkeypatch):
     monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(
         app, ["data", "download", "fineweb-edu", "--shards", "2", "--base-url", server.url])
-    assert result.exit_code == 2
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "HTTP 404" in lines[0]
+    assert_user_error(result, "HTTP 404")
     assert not list((tmp_path / "home" / "data" / "fineweb-edu").glob("*.parquet"))
 
 
@@ -87,9 +85,7 @@ def test_cli_download_smoltalk_without_messages_is_one_line(tmp_path, server, mo
     monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(
         app, ["data", "download", "--task", "smoltalk", "--base-url", server.url])
-    assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "`messages` column" in lines[0], result.output
+    assert_user_error(result, "`messages` column")
     assert not (tmp_path / "home" / "data" / "smoltalk" / "val_00000.parquet").exists()
     bad = CliRunner().invoke(app, ["data", "download", "--task", "smoltalk", "--shards", "9"])
-    assert bad.exit_code == 2 and "--shards must be between 1 and 4" in bad.output
+    assert_user_error(bad, "--shards must be between 1 and 4")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from backlm.cli import app
 from backlm.data.shards import list_shards
 from tests.helpers import all_texts as _all_texts
+from tests.helpers import assert_user_error
 from tests.helpers import write_jsonl as _jsonl
 
 
@@ -27,14 +28,6 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, ["data", "import", *args])
 
 
-def _one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    return lines[0]
-
-
 def test_cli_import(tmp_path, home):
     src = _jsonl(tmp_path / "d.jsonl", [{"text": f"doc {i}"} for i in range(30)])
     result = _invoke(str(src), "--dataset", "mine")
@@ -43,7 +36,7 @@ def test_cli_import(tmp_path, home):
     assert len(_all_texts(out)) == 30 and list_shards(out, "val")
     assert "mine" in result.output
     again = _invoke(str(src), "--dataset", "mine")
-    assert "--append" in _one_error_line(again)
+    assert_user_error(again, "--append")
     assert _invoke(str(src), "--dataset", "mine", "--append").exit_code == 0
     assert len(_all_texts(out)) == 60
 
@@ -51,7 +44,7 @@ def test_cli_import(tmp_path, home):
 def test_cli_bad_json_is_one_line(tmp_path, home):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\nnot json at all\n')
-    line = _one_error_line(_invoke(str(bad)))
+    line = assert_user_error(_invoke(str(bad)))
     assert f"{bad}:2" in line
     assert not (home / "data" / "imported").exists()
     assert not (home / "data").exists() or list((home / "data").iterdir()) == []
@@ -68,14 +61,14 @@ def test_cli_bad_json_is_one_line(tmp_path, home):
 def test_cli_parquet_errors(tmp_path, home, setup, expected):
     path = tmp_path / "x.parquet"
     setup(path)
-    assert expected in _one_error_line(_invoke(str(path)))
+    assert_user_error(_invoke(str(path)), expected)
     assert not (home / "data" / "imported").exists()
 
 
 def test_cli_rejects_bad_dataset_name(tmp_path):
     (tmp_path / "a.txt").write_text("x")
-    assert "invalid dataset name" in _one_error_line(
-        _invoke(str(tmp_path / "a.txt"), "--dataset", "../escape"))
+    assert_user_error(_invoke(str(tmp_path / "a.txt"), "--dataset", "../escape"),
+                      "invalid dataset name")
 
 
 # --- --chat: messages JSONL -------------------------------------------------------------------
@@ -97,7 +90,7 @@ def test_cli_import_chat(tmp_path, home):
     counts = {s: sum(len(read_conversations(p)) for p in chat_shards(out, s))
               for s in ("train", "val")}
     assert counts["train"] + counts["val"] == 40 and counts["val"] >= 1
-    assert "already exists" in _one_error_line(_invoke("--chat", str(src), "--dataset", "talk"))
+    assert_user_error(_invoke("--chat", str(src), "--dataset", "talk"), "already exists")
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -111,7 +104,7 @@ def test_cli_import_chat_bad_line_is_one_line(tmp_path, home, line, expected):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(_chat(0)) + "\n" + line + "\n" + json.dumps(_chat(1)) + "\n")
-    message = _one_error_line(_invoke("--chat", str(bad), "--dataset", "talk"))
+    message = assert_user_error(_invoke("--chat", str(bad), "--dataset", "talk"))
     assert "bad.jsonl" in message and expected in message
     assert not (home / "data" / "talk").exists()
 
@@ -123,5 +116,5 @@ def test_cli_import_chat_bad_line_is_one_line(tmp_path, home, line, expected):
 def test_cli_import_chat_bad_files(tmp_path, home, setup, expected):
     path = tmp_path / "x.parquet"
     setup(path)
-    assert expected in _one_error_line(_invoke("--chat", str(path), "--dataset", "talk"))
+    assert_user_error(_invoke("--chat", str(path), "--dataset", "talk"), expected)
     assert not (home / "data" / "talk").exists()

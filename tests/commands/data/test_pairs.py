@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli, write_jsonl
+from tests.helpers import assert_user_error, run_cli, write_jsonl
 
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello 😀"}]
 
@@ -21,14 +21,6 @@ def src(tmp_path: Path) -> Path:
 
 def _pairs(*args: str):
     return run_cli(["data", "pairs", *args])
-
-
-def _one_error_line(result, code: int = 2) -> str:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    return lines[0]
 
 
 def test_writes_pairs_with_the_dataset_tokenizer(home, src, tmp_path):
@@ -90,7 +82,7 @@ def test_bad_line_is_one_error_and_nothing_written(home, tmp_path):
     bad.write_text('{"text": "a"}\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
     out = tmp_path / "out.jsonl"
     out.write_text("old\n")
-    line = _one_error_line(_pairs(str(bad), str(out), "--source-label", "u", "--dataset",
+    line = assert_user_error(_pairs(str(bad), str(out), "--source-label", "u", "--dataset",
                                   "tiny"))
     assert f"{bad}:2" in line and "expected 'user'" in line
     assert out.read_text() == "old\n"
@@ -103,11 +95,11 @@ def test_bad_line_is_one_error_and_nothing_written(home, tmp_path):
 ])
 def test_refusals_are_one_line(home, src, tmp_path, args, expected):
     out = tmp_path / "out.jsonl"
-    assert expected in _one_error_line(_pairs(str(src), str(out), *args))
+    assert_user_error(_pairs(str(src), str(out), *args), expected)
     assert not out.exists()
 
 
 def test_input_as_output_is_refused(home, src):
-    line = _one_error_line(_pairs(str(src), str(src), "--source-label", "u", "--dataset",
+    line = assert_user_error(_pairs(str(src), str(src), "--source-label", "u", "--dataset",
                                   "tiny"))
     assert "is the input file" in line

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from backlm.data import corpus
+from tests.helpers import assert_user_error
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +42,7 @@ def test_cli_prepare(fake_site: Path, topics: Path, monkeypatch: pytest.MonkeyPa
     lines = [line for line in stale.output.splitlines() if "token cache" in line]
     assert len(lines) == 1 and "rebuilt token cache" in lines[0] and "stale" in lines[0]
     bad = runner.invoke(app, [*args[:-4], "--vocab-size", "10"])
-    assert bad.exit_code == 2 and "at least" in bad.output
+    assert_user_error(bad, "at least")
 
 
 def test_cli_prepare_chat(fake_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,6 +63,5 @@ def test_cli_prepare_chat(fake_site: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert again.exit_code == 0 and "already exists" in again.output
     monkeypatch.setattr(corpus, "default_roots", lambda: [fake_site / "missing"])
     bad = runner.invoke(app, ["data", "prepare", "--chat", "--dataset", "other", "--workers", "1"])
-    assert bad.exit_code == 2 and "too little documented" in bad.output
-    assert len(bad.output.strip().splitlines()) == 1
+    assert_user_error(bad, "too little documented")
     assert not dataset_dir("other").exists()
