@@ -16,6 +16,10 @@ command's progress display prints them; nothing in the engine prints.
 
 Callbacks are plain objects handed to the loop; :func:`backlm.train.loop.default_callbacks`
 imports the built-in ones (early stopping, 5CAT, loggers).
+
+Outside the loop, every long engine task (data preparation, evaluation, 5CAT, a comparison)
+reports how far it has got through one callback type, :class:`Progress`, which the commands
+fill with rich progress bars (:class:`backlm.ui.Bars`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +38,13 @@ if TYPE_CHECKING:
     from backlm.experiment import Experiment
     from backlm.model.gpt import GPT
     from backlm.tokenizer import Tokenizer
+
+
+class Progress(Protocol):
+    """How far a long task has got: ``done`` of ``total`` units of its part named ``label``
+    (one bar per label; ``total`` None while unknown, as for a download without a length)."""
+
+    def __call__(self, label: str, done: int, total: int | None, /) -> None: ...
 
 
 @dataclass(frozen=True)

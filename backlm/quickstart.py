@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backlm.callbacks import Progress
 from backlm.experiment import folder as xp
 
 DIRECTIONS = ("forward", "backward", "bidirectional")
@@ -79,7 +80,7 @@ def _train(cfg: Any, root: Path, observers: Sequence[Any], say: Callable[[str], 
     return "done", train(cfg, root, observers=observers, say=say, explicit={"id"})
 
 
-def _fivecat(exp_id: str, root: Path, progress: Callable[[int, int], None] | None
+def _fivecat(exp_id: str, root: Path, progress: Progress | None
              ) -> tuple[str, dict[str, Any]]:
     """5CAT of a member's model (its best step), or the result already saved for it: the
     saved JSON (``gates_passed``, ``gates_total``, ``inverted``, ``rows``...)."""
@@ -98,7 +99,7 @@ def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,
                    steps: int = STEPS, overrides: Sequence[str] = (),
                    observers: Sequence[Any] = (),
                    say: Callable[[str], None] = lambda _: None,
-                   progress: Callable[[int, int], None] | None = None,
+                   progress: Progress | None = None,
                    compare: Callable[[list[str], Path], Path] | None = None
                    ) -> QuickstartResult:
     """Run (or continue) the quickstart in ``root``; ``compare(ids, out)`` writes the

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from backlm.commands.options import DEVICE, EXPERIMENTS_DIR, STEP, experiments_root
+from backlm.commands.options import (
+    DESCRIPTION,
+    DEVICE,
+    EXPERIMENTS_DIR,
+    OVERRIDES,
+    STEP,
+    WANDB,
+    config_flags,
+    experiments_root,
+)
 from backlm.ui import console, user_errors
 
 
@@ -19,54 +28,41 @@ def branch(
     init_lr_frac: float = typer.Option(None, "--init-lr-frac",
                                        help="Learning rates × this (phase default otherwise)."),
     config: str = typer.Option(None, "--config", "-c", help="YAML merged over the phase's."),
-    overrides: list[str] = typer.Option(None, "--set", help="Override a config key: a.b=value."),
+    overrides: list[str] = OVERRIDES,
     direction: str = typer.Option(None, "--direction", "-d",
                                   help="Train the child in another direction (needs "
                                        "--allow-direction-change)."),
     allow_direction_change: bool = typer.Option(
         False, "--allow-direction-change", help="Allow a child direction unlike the parent's."),
-    description: str = typer.Option(None, "--description", help="Free text for metadata."),
+    description: str = DESCRIPTION,
     max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps of the child."),
     device: str = DEVICE,
     nproc_per_node: int = typer.Option(None, "--nproc-per-node",
                                        help="Processes per node (spawns torchrun)."),
     experiments: Path = EXPERIMENTS_DIR,
-    wandb: str = typer.Option(None, "--wandb", help="auto, online, offline or off."),
+    wandb: str = WANDB,
 ) -> None:
     """Create a child experiment from a parent checkpoint and train it.
 
     The child inherits direction, model shape and tokenizer from the parent checkpoint;
     parent_link.json records the checkpoint, its step and sha256, and the chain from the root.
     """
-    import os
-
-    import torch
-
+    from backlm.commands.render import finish, render_summary
     from backlm.train.branch import plan_branch
-    from backlm.train.launch import plan_launch
+    from backlm.train.launch import Processes
     from backlm.train.launch import train as run_training
     from backlm.ui import TrainDisplay
 
     root = experiments_root(experiments)
-    flags: dict = {}
-    for section, key, value in (
-        ("data", "direction", direction), ("optim", "init_lr_frac", init_lr_frac),
-        ("train", "max_steps", max_steps), ("train", "device", device), ("log", "wandb", wandb),
-    ):
-        if value is not None:
-            flags.setdefault(section, {})[key] = value
-    if description is not None:
-        flags["description"] = description
-    plan = plan_launch(nproc_per_node, 1, device or "auto", torch.cuda.device_count(),
-                       "LOCAL_RANK" in os.environ)
+    flags = config_flags(direction=direction, init_lr_frac=init_lr_frac, max_steps=max_steps,
+                         device=device, wandb=wandb, description=description)
+    plan = Processes(nproc_per_node).plan(device or "auto")
     planned = plan_branch(phase, parent, root, step=step, exp_id=exp_id, preset=config,
                           overrides=overrides, flags=flags,
                           allow_direction_change=allow_direction_change, world=plan.world)
     render_branch(planned)
     summary = run_training(None, root, branch=planned, plan=plan, observers=[TrainDisplay()],
                            say=lambda text: console.print(text, highlight=False))
-    from backlm.commands.train import finish, render_summary
-
     render_summary(summary)
     finish(summary)
 

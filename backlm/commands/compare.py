@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from backlm.commands.options import DEVICE, EXPERIMENTS_DIR, experiments_root
-from backlm.ui import console, progress_bars, user_errors
+from backlm.ui import progress_bars, user_errors
 
 
 @user_errors
@@ -28,32 +28,12 @@ def compare(
 ) -> None:
     """Compare experiments: curves, metrics, 5CAT, cost, the transfer matrix and the
     forward-vs-backward gap with a paired bootstrap interval (Markdown, PNGs, CSV)."""
+    from backlm.commands.render import render_comparison
     from backlm.compare.run import CompareOptions, run_compare
 
     options = CompareOptions(metric=metric, output=output, bootstrap=bootstrap, seed=seed,
                              device=device or "auto")
     with progress_bars() as bars:
         result = run_compare(experiments_, experiments_root(experiments), options, bars)
-    _render(result)
+    render_comparison(result)
 
-
-def _render(result) -> None:
-    from rich.table import Table
-
-    table = Table(title="forward − backward gap in bits per byte (95% CI over documents)")
-    for col in ("pair", "split", "docs", "gap", "95% CI"):
-        table.add_column(col, justify="left" if col in ("pair", "split") else "right")
-    for unit in result.units:
-        for split, g in unit.gaps.items():
-            iv = g.interval
-            table.add_row(unit.label, split, str(iv.n), f"{iv.value:+.4f}",
-                          f"[{iv.lo:+.4f}, {iv.hi:+.4f}]")
-    for grp in result.groups:
-        iv = grp.seeds
-        table.add_row(f"{grp.label} ({iv.n} seeds)", grp.split, "", f"{iv.value:+.4f}",
-                      f"[{iv.lo:+.4f}, {iv.hi:+.4f}] seeds")
-    if table.rows:
-        console.print(table)
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {result.output}", highlight=False, soft_wrap=True)

@@ -30,8 +30,7 @@ def fivecat(
     options = FivecatOptions(step=step, max_samples=max_samples, direction=direction,
                              spec=spec, device=device or "auto")
     with progress_bars() as bars:
-        report = check(exp, experiments_root(experiments), options,
-                       progress=lambda done, total: bars("5CAT probes", done, total))
+        report = check(exp, experiments_root(experiments), options, progress=bars)
     result = report.result
     if result.direction != report.checkpoint_direction:
         console.print(f"judged as {result.direction}; the checkpoint says "

@@ -1,8 +1,10 @@
-"""Options several commands share, defined once so their names, defaults and help agree."""
+"""Options several commands share, defined once so their names, defaults and help agree, and
+where the options of train and branch land in the config."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -13,6 +15,10 @@ DEVICE = typer.Option(None, "--device", help="auto, cpu or cuda (default: auto; 
                       "the config's train.device).")
 STEP = typer.Option(None, "--step", help="Checkpoint step (default: the best, else the latest).")
 EXPERIMENT = typer.Argument(..., help="Experiment id, tag (e.g. d20_backward) or folder.")
+OVERRIDES = typer.Option(None, "--set", help="Override a config key: a.b=value.")
+DESCRIPTION = typer.Option(None, "--description", help="Free text for metadata.")
+WANDB = typer.Option(None, "--wandb",
+                     help="auto (offline without an API key), online, offline or off.")
 
 
 def experiments_root(option: Path | None) -> Path:
@@ -20,3 +26,27 @@ def experiments_root(option: Path | None) -> Path:
     from backlm.paths import experiments_root as default
 
     return option or default()
+
+
+# Where each option of train and branch lands in the config: parameter name -> dotted key.
+CONFIG_KEYS = {
+    "direction": "data.direction", "depth": "model.depth", "max_steps": "train.max_steps",
+    "device": "train.device", "seed": "train.seed", "wandb": "log.wandb",
+    "stop_on_inversion": "fivecat.stop_on_inversion", "init_lr_frac": "optim.init_lr_frac",
+    "exp_id": "id", "description": "description",
+}
+
+
+def config_flags(**given: Any) -> dict[str, Any]:
+    """The flags layer of :func:`backlm.config.load_config` (a nested dict) from options given
+    by their parameter names (:data:`CONFIG_KEYS`); None is an option not given."""
+    flags: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        *sections, key = CONFIG_KEYS[name].split(".")
+        node = flags
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    return flags

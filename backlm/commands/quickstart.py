@@ -26,6 +26,7 @@ def quickstart(
     where it stopped (finished models and 5CAT results are kept)."""
     from rich.table import Table
 
+    from backlm.commands.render import finish, render_summary
     from backlm.errors import UserError
     from backlm.quickstart import STEPS, run_quickstart
     from backlm.ui import TrainDisplay
@@ -38,11 +39,9 @@ def quickstart(
         result = run_quickstart(root, prefix=prefix, seed=seed, steps=steps or STEPS,
                                 overrides=overrides or [],
                                 observers=[TrainDisplay()], say=say,
-                                progress=lambda done, total: bars("5CAT probes", done, total),
+                                progress=bars,
                                 compare=lambda ids, out: _compare(ids, root, out, bars))
     if result.stopped is not None:
-        from backlm.commands.train import finish, render_summary
-
         render_summary(result.stopped)
         console.print("run `backlm quickstart` again (same options) to continue where it "
                       "stopped", highlight=False)
@@ -64,10 +63,10 @@ def quickstart(
 
 def _compare(ids: list[str], root: Path, out: Path, bars) -> Path:
     """The comparison of the three (``backlm compare``), shown as that command shows it."""
-    from backlm.commands.compare import _render
+    from backlm.commands.render import render_comparison
     from backlm.compare.run import CompareOptions, run_compare
 
     result = run_compare(ids, root, CompareOptions(output=out), bars)
     bars.stop()
-    _render(result)
+    render_comparison(result)
     return result.output

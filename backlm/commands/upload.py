@@ -47,7 +47,7 @@ def upload(
                         license=license_)
     pushing = _Pushing()
     try:
-        result = run_upload(req, progress=pushing)
+        result = run_upload(req, on_event=pushing)
     finally:
         pushing.stop()
     _files_table(result)

@@ -2,7 +2,7 @@
 number is in the CSV): learning curves, the transfer matrix, the gap with its intervals and
 per-document spread, the gap against model size, and attention by layer.
 
-Figures are made with matplotlib's object API (no pyplot state), headless."""
+Figures follow :mod:`backlm.render`'s figure policy (headless, no pyplot state, one DPI)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from backlm.render import figure, save
+
 ORDER_STYLE = {"forward": "-", "backward": "--"}
-DPI = 100
-
-
-def _figure(width: float, height: float, panels: int = 1) -> tuple[Any, list[Any]]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    return fig, list(axes)
 
 
 def _pick(rows: Iterable[dict[str, Any]], section: str, **match: Any) -> list[dict[str, Any]]:
@@ -38,7 +31,7 @@ def curves(rows: list[dict[str, Any]], path: Path, metric: str) -> bool:
     if not points:
         return False
     colors = _colors(r["experiment"] for r in points)
-    fig, (left, right) = _figure(11, 4.2, 2)
+    fig, (left, right) = figure(11, 4.2, 1, 2)
     for ax, wanted, title in ((left, lambda s: s == "train_loss", "train loss"),
                               (right, lambda s: s != "train_loss", metric)):
         drawn = False
@@ -60,7 +53,7 @@ def curves(rows: list[dict[str, Any]], path: Path, metric: str) -> bool:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-    fig.savefig(path)
+    save(fig, path)
     return True
 
 
@@ -79,7 +72,7 @@ def transfer(rows: list[dict[str, Any]], path: Path) -> bool:
         i, j = exps.index(r["experiment"]), orders.index(r["series"])
         grid[i, j] = r["y"]
         native[i, j] = "native" in r["detail"]
-    fig, (ax,) = _figure(5.5, 1.2 + 0.55 * len(exps))
+    fig, (ax,) = figure(5.5, 1.2 + 0.55 * len(exps), fit=True)  # names down the side
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis_r", aspect="auto")
     fig.colorbar(image, ax=ax, label="val bits per byte")
     ax.set_xticks(range(2), [f"{o} order" for o in orders])
@@ -94,7 +87,7 @@ def transfer(rows: list[dict[str, Any]], path: Path) -> bool:
             ax.text(j, i, text, ha="center", va="center", fontsize=9,
                     color="white" if grid[i, j] > middle else "black")
     ax.set_title("transfer matrix (* native order)")
-    fig.savefig(path)
+    save(fig, path)
     return True
 
 
@@ -105,7 +98,7 @@ def gaps(rows: list[dict[str, Any]], path: Path) -> bool:
     if not units:
         return False
     seeds = _pick(rows, "gap_seeds")
-    fig, (left, right) = _figure(11, 1.6 + 0.45 * (len(units) + len(seeds)), 2)
+    fig, (left, right) = figure(11, 1.6 + 0.45 * (len(units) + len(seeds)), 1, 2, fit=True)
     entries = [(f"{r['experiment']} · {r['split']}", r, "o", "C0") for r in units]
     entries += [(f"{r['experiment']} · {r['split']} (seeds)", r, "D", "C3") for r in seeds]
     for k, (_label, r, marker, color) in enumerate(entries):
@@ -130,7 +123,7 @@ def gaps(rows: list[dict[str, Any]], path: Path) -> bool:
     right.set_title("per-document differences")
     if colors:
         right.legend(fontsize=8)
-    fig.savefig(path)
+    save(fig, path)
     return True
 
 
@@ -140,7 +133,7 @@ def gap_vs_size(rows: list[dict[str, Any]], path: Path) -> bool:
     if not units:
         return False
     seeds = [r for r in _pick(rows, "gap_seeds", split="val") if r.get("x")]
-    fig, (ax,) = _figure(6.5, 4.2)
+    fig, (ax,) = figure(6.5, 4.2)
     colors = _colors(r["series"] for r in units)
     for kind, color in colors.items():
         for group, marker, size in ((units, "o", 5), (seeds, "D", 8)):
@@ -161,7 +154,7 @@ def gap_vs_size(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.set_title("gap against model size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path)
+    save(fig, path)
     return True
 
 
@@ -174,7 +167,7 @@ def attention(rows: list[dict[str, Any]], path: Path) -> bool:
     if not points:
         return False
     colors = _colors(r["experiment"] for r in points)
-    fig, axes = _figure(11, 4.2, 2)
+    fig, axes = figure(11, 4.2, 1, 2)
     for ax, stat, unit in zip(axes, ("entropy", "distance"), ("nats", "tokens back"),
                               strict=True):
         for exp, color in colors.items():
@@ -192,7 +185,7 @@ def attention(rows: list[dict[str, Any]], path: Path) -> bool:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.savefig(path)
+    save(fig, path)
     return True
 
 

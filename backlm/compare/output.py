@@ -22,6 +22,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from backlm.atomic import atomic_folder
+from backlm.render import table
 
 if TYPE_CHECKING:
     from backlm.compare.gather import Comparison, Member
@@ -133,8 +134,7 @@ def _f(value: Any, digits: int = 4, signed: bool = False) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows), ""]
+    return [*table(header, rows), ""]
 
 
 def _hours(seconds: Any) -> str:

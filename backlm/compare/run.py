@@ -15,10 +15,11 @@ t-interval over the per-seed gaps (:mod:`backlm.compare.stats`). The result is w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backlm.callbacks import Progress
 from backlm.compare import stats
 from backlm.compare.gather import (
     ORDERS,
@@ -37,7 +38,6 @@ from backlm.experiment.folder import Experiment, find
 
 DEFAULT_FOLDER = "comparisons"
 MAX_NAME = 100
-Progress = Callable[[str, int, int], None]
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backlm.atomic import atomic_path
+from backlm.callbacks import Progress
 from backlm.data.corpus import _remove_stale_partials, _swap_into_place
 from backlm.data.pydocs_chat import build_default_chat
 from backlm.errors import UserError
@@ -46,8 +47,6 @@ _FETCH_HINT = ("run `backlm data prepare --chat`, or `backlm data import --chat 
                "--dataset NAME`, or `backlm data download --task smoltalk`")
 
 Messages = list[dict[str, str]]
-Progress = Callable[[str, int, int], None]
-
 
 # --- reading ----------------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ final name; files already in place are skipped, so a rerun continues or grows th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backlm.callbacks import Progress
 from backlm.data.datasets import DATASETS
 from backlm.data.download import _check_url, download_file
 from backlm.errors import UserError
@@ -44,7 +44,7 @@ def download_chat(
     directory: Path,
     shards: int = DEFAULT_CHAT_SHARDS,
     base_url: str | None = None,
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: Progress | None = None,
     *,
     retries: int = 5,
     backoff: float = 1.0,

@@ -20,16 +20,15 @@ import site
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from backlm.atomic import swap_folder
+from backlm.callbacks import Progress
 from backlm.data.docstrings import PARSE_ERRORS, file_docstrings
 from backlm.errors import UserError
 from backlm.paths import check_writable
-
-Progress = Callable[[str, int, int], None]
 
 MAX_FILE_BYTES = 4 * 1024 * 1024  # larger .py files are generated tables, not prose
 VAL_PER_MILLE = 10  # ~1% of documents go to val
@@ -280,8 +279,7 @@ def _build(
     report("tokenizer", 1, 1)
     # The train split is tokenized once, into the token cache the loader reads (its count
     # comes from there); the small held-out splits are only counted.
-    ensure_tokens(paths["train"], tokenizer, max(1, workers),
-                  lambda done, total: report("cache", done, total))
+    ensure_tokens(paths["train"], tokenizer, max(1, workers), report)
     summary.splits["train"].tokens = cached_tokens(paths["train"], tokenizer) or 0
     del splits["train"]
     total, done = sum(len(t) for t in splits.values()), 0
@@ -331,10 +329,9 @@ def _cache_existing(dataset_dir: Path, summary: PrepareSummary, workers: int,
     tokenizer = existing_tokenizer(dataset_dir)
     if tokenizer is None:
         return
-    report = progress or (lambda stage, done, total: None)
     try:
         written, notes = ensure_tokens(sorted(dataset_dir.glob("train_*.parquet")), tokenizer,
-                                       max(1, workers), lambda d, t: report("cache", d, t))
+                                       max(1, workers), progress)
     except UserError as exc:  # a damaged shard: training will say so; the summary stands
         summary.notes.append(f"token cache not written: {exc}")
         return

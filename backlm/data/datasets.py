@@ -13,11 +13,11 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from backlm.atomic import fsync_dir, write_json
+from backlm.callbacks import Progress
 from backlm.data.download import DownloadCancelled, _check_url, download_file
 from backlm.data.shards import SPLITS, open_shard, shard_name
 from backlm.errors import UserError
@@ -123,7 +123,7 @@ def download_dataset(
     base_url: str | None = None,
     val_shards: int = 1,
     workers: int = 2,
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: Progress | None = None,
     *,
     retries: int = 5,
     backoff: float = 1.0,
@@ -300,7 +300,7 @@ def download_task(
     task: str,
     tasks_dir: Path,
     base_url: str | None = None,
-    progress: Callable[[str, int, int | None], None] | None = None,
+    progress: Progress | None = None,
     *,
     retries: int = 5,
     backoff: float = 1.0,

@@ -19,13 +19,13 @@ import json
 import random
 import re
 import tokenize
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from backlm.callbacks import Progress
 from backlm.data import corpus
 from backlm.data.docstrings import documented, normalise_newlines
 
-Progress = Callable[[str, int, int], None]
 Messages = list[dict[str, str]]
 
 MAX_CONVERSATIONS = 20_000  # keeps the default build well under a minute on two cores

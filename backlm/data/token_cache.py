@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from backlm.atomic import atomic_path
+from backlm.callbacks import Progress
 from backlm.data.shards import open_shard, read_row_group
 from backlm.errors import UserError
 
@@ -38,8 +39,6 @@ MAGIC = b"BLMTOKS\n"
 FORMAT_VERSION = 1
 LAZY_MAX_BYTES = 64 * 1024 * 1024  # train shards above this are tokenized on the fly instead
 _ENCODE_DOCS = 8192  # documents per tokenizer call while writing
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,8 @@ def open_all(shards: Sequence[Path], files: Sequence[pq.ParquetFile],
 def ensure_tokens(shards: Sequence[str | Path], tokenizer: Any, threads: int = 2,
                   progress: Progress | None = None) -> tuple[int, list[str]]:
     """Write the cache of every shard that lacks a valid one: (files written, one line per
-    unusable file that was replaced). Nothing happens for a tokenizer without fingerprint."""
+    unusable file that was replaced), each shard told to ``progress`` as ``cache``. Nothing
+    happens for a tokenizer without fingerprint."""
     if tokenizer_fingerprint(tokenizer) is None:
         return 0, []
     written, notes = 0, []
@@ -227,7 +227,7 @@ def ensure_tokens(shards: Sequence[str | Path], tokenizer: Any, threads: int = 2
             if note:
                 notes.append(note.replace("ignoring", "rebuilt", 1))
         if progress:
-            progress(i + 1, len(shards))
+            progress("cache", i + 1, len(shards))
     return written, notes
 
 

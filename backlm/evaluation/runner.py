@@ -15,19 +15,18 @@ direction to ``experiments/<id>/evaluations/<phase>/<direction>/<task>.json``::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backlm.atomic import write_json
+from backlm.callbacks import Progress
 from backlm.direction import Direction
 from backlm.errors import UserError
 from backlm.evaluation import tasks as T
 from backlm.experiment import Experiment
 
-# progress(label, done, total): label names the task and direction being evaluated
-Progress = Callable[[str, int, int], None]
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
@@ -135,9 +134,9 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
     report = EvalReport(exp, loaded.phase, loaded.step, loaded.direction, orders, notes=notes)
     for task in tasks:
         for order in orders:
-            label = f"{task} · {order}"
-            tick = None if progress is None else (lambda d, n, lb=label: progress(lb, d, n))
-            records, summary = _evaluate(loaded, task, order, examples[task], options, tick)
+            # one bar per task and order
+            records, summary = _evaluate(loaded, task, order, examples[task], options, progress,
+                                         f"{task} · {order}")
             report.results.append(_write(report, task, order, summary, records))
     report.logged = log_to_research_log(report)
     return report
@@ -164,15 +163,15 @@ def lm_results(exp: Experiment, options: EvalOptions) -> dict[str, dict[str, Any
 
 
 def _evaluate(loaded: Any, task: str, order: str, examples: Any, options: EvalOptions,
-              tick: Any) -> tuple[list[dict], dict[str, Any]]:
+              progress: Progress | None, label: str) -> tuple[list[dict], dict[str, Any]]:
     from backlm.evaluation import scoring
 
     if task == T.LM_TASK:
         return _lm(loaded, examples, order, options)
     if task in T.MULTIPLE_CHOICE:
-        return scoring.evaluate_choice_task(loaded, examples, order, tick)
+        return scoring.evaluate_choice_task(loaded, examples, order, progress, label)
     return scoring.evaluate_generation_task(loaded, examples, order, options.max_new_tokens,
-                                            tick)
+                                            progress, label)
 
 
 def _batch_size(exp: Experiment) -> int:

@@ -30,13 +30,12 @@ The written tokens are turned back into reading order before anything is compare
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from backlm.callbacks import Progress
 from backlm.direction import Direction, encode_for, model_order, prefix_length
 from backlm.evaluation.tasks import ChoiceExample, GenExample, extract_answer, numbers_in, token_f1
-
-Progress = Callable[[int, int], None]
 
 
 def sequence_logprobs(model: Any, seqs: Sequence[Sequence[int]],
@@ -94,8 +93,10 @@ def _argmax(values: Sequence[float]) -> int:
 
 
 def evaluate_choice_task(loaded: Any, examples: Sequence[ChoiceExample], order: Direction | str,
-                         progress: Progress | None = None) -> tuple[list[dict], dict[str, Any]]:
-    """Per-example records and the summary (acc, acc_norm) of a multiple-choice task."""
+                         progress: Progress | None = None, label: str = "examples",
+                         ) -> tuple[list[dict], dict[str, Any]]:
+    """Per-example records and the summary (acc, acc_norm) of a multiple-choice task; each
+    example scored is told to ``progress`` under ``label``."""
     byte_lengths = loaded.tokenizer.token_byte_lengths()
     records = []
     for i, ex in enumerate(examples):
@@ -106,7 +107,7 @@ def evaluate_choice_task(loaded: Any, examples: Sequence[ChoiceExample], order: 
                         "correct_norm": pred_norm == ex.answer, "logprobs": logps,
                         "per_byte": norms})
         if progress is not None:
-            progress(i + 1, len(examples))
+            progress(label, i + 1, len(examples))
     n = len(records)
     acc = sum(r["correct"] for r in records) / max(n, 1)
     summary = {"n": n, "metric": "acc", "score": acc, "acc": acc,
@@ -137,8 +138,9 @@ def generate_written(loaded: Any, given: Sequence[int], order: Direction | str,
 
 def evaluate_generation_task(loaded: Any, examples: Sequence[GenExample], order: Direction | str,
                              max_new_tokens: int, progress: Progress | None = None,
-                             ) -> tuple[list[dict], dict[str, Any]]:
-    """Per-example records and the summary of a generation task (see the module docstring)."""
+                             label: str = "examples") -> tuple[list[dict], dict[str, Any]]:
+    """Per-example records and the summary of a generation task (see the module docstring);
+    each example written is told to ``progress`` under ``label``."""
     order = Direction.parse(order)
     tok = loaded.tokenizer
     forward = order is Direction.FORWARD
@@ -159,7 +161,7 @@ def evaluate_generation_task(loaded: Any, examples: Sequence[GenExample], order:
             record["answer_mentioned"] = ex.final in numbers_in(output)
         records.append(record)
         if progress is not None:
-            progress(i + 1, len(examples))
+            progress(label, i + 1, len(examples))
     n = len(records)
     f1 = sum(r["token_f1"] for r in records) / max(n, 1)
     summary: dict[str, Any] = {"n": n, "metric": "token_f1", "score": f1, "token_f1": f1,

@@ -11,12 +11,12 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backlm import atomic
+from backlm.callbacks import Progress
 from backlm.direction import Direction
 from backlm.errors import UserError
 from backlm.fivecat.samples import build_probes, split_files
@@ -165,9 +165,9 @@ def held_out_splits(data_dir: Path) -> tuple[list[str], list[str]]:
 
 def run_fivecat(model, tokenizer, direction: Direction | str, data_dir: Path,
                 spec: FivecatSpec, autocast=contextlib.nullcontext,
-                progress: Callable[[int, int], None] | None = None) -> FivecatResult:
-    """Run the five gates on ``model`` (eval mode) as a ``direction`` model;
-    ``progress(done, total)`` is told after each probe is measured."""
+                progress: Progress | None = None) -> FivecatResult:
+    """Run the five gates on ``model`` (eval mode) as a ``direction`` model; ``progress`` is
+    told after each probe is measured (as ``5CAT probes``)."""
     from backlm.fivecat.gates import generalisation, measure
 
     t0 = time.perf_counter()
@@ -179,7 +179,7 @@ def run_fivecat(model, tokenizer, direction: Direction | str, data_dir: Path,
     for probe in probes:
         figs.append(measure(model, probe, spec.samples, autocast))
         if progress is not None:
-            progress(len(figs), len(probes))
+            progress("5CAT probes", len(figs), len(probes))
     gens = [generalisation(a, b, spec.samples) for a in figs for b in figs
             if a.split == "val" and b.split == splits[1] and a.marker == b.marker]
     judged = [f for f in figs if f.split in ("val", "ood")]

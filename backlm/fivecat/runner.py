@@ -4,10 +4,10 @@ its headline figures to the research log."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backlm.callbacks import Progress
 from backlm.errors import UserError
 from backlm.experiment import Experiment
 from backlm.fivecat.engine import FivecatResult, held_out_splits, run_fivecat, save_result
@@ -39,7 +39,7 @@ class FivecatReport:
 
 
 def check(ref: str, root: Path, options: FivecatOptions,
-          progress: Callable[[int, int], None] | None = None) -> FivecatReport:
+          progress: Progress | None = None) -> FivecatReport:
     """Run 5CAT on an experiment's checkpoint (id, tag or path) and save the result."""
     from backlm.direction import Direction
     from backlm.experiment import find

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from backlm.render import table
+
 # The first paragraph of a card, per direction: which way the model reads, how to prompt it.
 LEAD = {
     "forward": (
@@ -276,8 +278,4 @@ def _num(value: Any) -> str:
 
 
 def _table(head: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
-    # a pipe splits a table cell even inside a code span (`<|bos|>`) unless escaped
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
-              for row in rows]
-    return "\n".join(lines)
+    return "\n".join(table(head, rows))

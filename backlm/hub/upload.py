@@ -72,8 +72,9 @@ class UploadResult:
         return self.plan.staging
 
 
-# progress(event, result): "staged" once the folder is written, "pushing" before the push.
-Progress = Callable[[str, UploadResult], None]
+# on_event(event, result): "staged" once the folder is written, "pushing" before the push
+# (events, not a count: nothing here knows how far a push has got).
+OnEvent = Callable[[str, UploadResult], None]
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -152,7 +153,7 @@ def plan_upload(req: UploadRequest) -> UploadPlan:
     return UploadPlan(spec, staging, req.private, req.dry_run, token)
 
 
-def upload(req: UploadRequest, progress: Progress | None = None) -> UploadResult:
+def upload(req: UploadRequest, on_event: OnEvent | None = None) -> UploadResult:
     """Check, stage and (unless a dry run) push. The staged folder replaces an earlier one
     only once the push succeeded (or for a dry run); a push is then recorded."""
     from backlm.hub.client import push_folder
@@ -164,11 +165,11 @@ def upload(req: UploadRequest, progress: Progress | None = None) -> UploadResult
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         result = UploadResult(plan, write_folder(spec, tmp))
-        if progress is not None:
-            progress("staged", result)
+        if on_event is not None:
+            on_event("staged", result)
         if not plan.dry_run:
-            if progress is not None:
-                progress("pushing", result)
+            if on_event is not None:
+                on_event("pushing", result)
             message = f"backlm upload: {spec.exp.id} step {spec.step} ({spec.direction})"
             assert plan.token is not None  # plan_upload refuses a push without one
             result.url, result.commit = push_folder(

@@ -1,4 +1,4 @@
-"""The research report's figures (PNG, matplotlib's Agg canvas, no pyplot state).
+"""The research report's figures (PNG, drawn under :mod:`backlm.render`'s figure policy).
 
 Every function draws one figure from plain numbers and returns whether it drew one: a figure
 is written only when it has finite data to show, so no figure of a report is ever empty. A
@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backlm.render import PANEL, TITLE, figure, save
+
 # One series: (label, xs, ys).
 Series = tuple[str, Sequence[float], Sequence[float]]
 # One panel: (title, x label, y label, series, horizontal reference line or None).
 Panel = tuple[str, str, str, list[Series], float | None]
-
-DPI = 100
-PANEL_SIZE = (4.6, 3.3)  # inches
 
 
 def _finite(series: Series) -> Series:
@@ -34,7 +33,6 @@ def draw_panels(path: Path, panels: Sequence[Panel], title: str = "",
     """Panels of line plots side by side (wrapping after ``columns``); panels and series
     without finite points are dropped, and nothing is written when none is left. A log axis
     is used only where every value on it is positive."""
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     kept = []
@@ -46,13 +44,8 @@ def draw_panels(path: Path, panels: Sequence[Panel], title: str = "",
         return False
     cols = min(len(kept), columns or len(kept))
     rows = math.ceil(len(kept) / cols)
-    width, height = PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows + (0.35 if title else 0)
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    # fixed margins in inches: matplotlib's layout engines cost a second full draw
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height,
-                        top=1 - (0.35 + (0.35 if title else 0)) / height, wspace=0.3,
-                        hspace=0.5)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = figure(PANEL[0] * cols, PANEL[1] * rows + (TITLE if title else 0), rows, cols,
+                       title=title)
     for ax, (name, xlabel, ylabel, series, ref) in zip(axes, kept, strict=False):
         for label, xs, ys in series:
             ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=4, linewidth=1.5,
@@ -73,10 +66,7 @@ def draw_panels(path: Path, panels: Sequence[Panel], title: str = "",
             ax.legend(fontsize=8)
     for ax in axes[len(kept):]:
         ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    save(fig, path)
     return True
 
 
@@ -120,7 +110,6 @@ def gate_history(path: Path, gates: dict[str, tuple[str, list[Series], float | N
 def head_maps(path: Path, maps: dict[str, Any], title: str) -> bool:
     """One heat map per statistic: layers down, heads across, each cell labelled."""
     import numpy as np
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     kept = {k: np.asarray(v, dtype=float) for k, v in maps.items()
@@ -128,11 +117,9 @@ def head_maps(path: Path, maps: dict[str, Any], title: str) -> bool:
     if not kept:
         return False
     layers, heads = next(iter(kept.values())).shape
-    width = max(PANEL_SIZE[0], 0.5 * heads + 1.6) * len(kept)
-    fig = Figure(figsize=(width, max(PANEL_SIZE[1], 0.35 * layers + 1.4)), dpi=DPI,
-                 layout="constrained")
-    for ax, (name, grid) in zip(fig.subplots(1, len(kept), squeeze=False)[0], kept.items(),
-                                strict=True):
+    fig, axes = figure(max(PANEL[0], 0.5 * heads + 1.6) * len(kept),
+                       max(PANEL[1], 0.35 * layers + 1.4), 1, len(kept), title=title, fit=True)
+    for ax, (name, grid) in zip(axes, kept.items(), strict=True):
         image = ax.imshow(grid, aspect="auto", cmap="viridis")
         fig.colorbar(image, ax=ax)
         if layers * heads <= 256:  # labels stay legible
@@ -144,7 +131,5 @@ def head_maps(path: Path, maps: dict[str, Any], title: str) -> bool:
         ax.set_title(name)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-    fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    save(fig, path)
     return True

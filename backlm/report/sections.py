@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backlm import render
 from backlm.errors import UserError
 from backlm.evaluation.tasks import LM_TASK
 from backlm.experiment.folder import Experiment
@@ -86,13 +87,9 @@ def fmt(value: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A Markdown table (pipes in cells escaped), followed by a blank line."""
-    def cell(v: Any) -> str:
-        return fmt(v).replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return out + [""]
+    """A Markdown table of :func:`fmt` cells (:func:`backlm.render.table`), then a blank
+    line."""
+    return render.table(headers, [[fmt(v) for v in row] for row in rows]) + [""]
 
 
 def plural(n: int, word: str) -> str:

@@ -6,6 +6,9 @@ Members are named ``<prefix>-<phase>`` (prefix: ``--id``, else ``chain_<directio
 command's ``--set`` keys that are not the model's shape (the shape is inherited), and starts
 from its parent's best checkpoint (latest when none is recorded). A finished member is skipped,
 an unfinished one resumed, a missing one created.
+
+:func:`train_phases` is what ``backlm train`` runs: a chain of one phase is a plain run (new,
+or resumed), on the processes the machine gives.
 """
 
 from __future__ import annotations
@@ -13,17 +16,43 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backlm.config import RunConfig
 from backlm.experiment import folder as xp
 from backlm.train.plan import FINISHED
+
+if TYPE_CHECKING:
+    from backlm.train.launch import Processes
+    from backlm.train.summary import RunSummary
 
 
 def chain_prefix(cfg: RunConfig) -> str:
     """The chain's id prefix."""
     stamp = xp.new_id("chain", cfg.data.direction, cfg.model.depth)
     return xp.check_id(cfg.id or stamp)
+
+
+def train_phases(cfg: RunConfig | None, root: Path, phases: Sequence[str] = ("base",), *,
+                 processes: Processes | None = None, resume: str | None = None,
+                 max_steps: int | None = None, observers: Sequence[Any] = (),
+                 say: Callable[[str], None] = lambda _: None, explicit: Collection[str] = (),
+                 overrides: Sequence[str] = ()) -> Iterator[RunSummary]:
+    """Train ``cfg`` (or continue the experiment ``resume``, ``max_steps`` extending it), or,
+    with several ``phases``, the chain that starts from ``cfg`` (:func:`run_chain`), in this
+    process or through torchrun as ``processes`` and the machine decide; yields each run's
+    summary (a resumed run that is already over: one with ``nothing_to_do``)."""
+    from backlm.train.launch import Processes, train
+
+    plan = (processes or Processes()).plan(cfg.train.device if cfg else "auto")
+    if len(phases) > 1:
+        if cfg is None:
+            raise ValueError("a chain starts from a config")
+        yield from run_chain(cfg, root, phases, plan, observers=observers, say=say,
+                             explicit=explicit, overrides=overrides)
+        return
+    yield train(cfg, root, resume=resume, plan=plan, observers=observers, say=say,
+                explicit=explicit, max_steps=max_steps if resume else None)
 
 
 def run_chain(cfg: RunConfig, root: Path, phases: Sequence[str], plan: Any, *,

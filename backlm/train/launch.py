@@ -78,6 +78,27 @@ def plan_launch(
     return LaunchPlan(nproc_per_node, nnodes, node_rank, master_addr, master_port, explicit)
 
 
+@dataclass(frozen=True)
+class Processes:
+    """The process options of ``backlm train`` and ``branch`` as given; None processes per node:
+    one per visible GPU."""
+
+    nproc_per_node: int | None = None
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    def plan(self, device: str) -> LaunchPlan:
+        """:func:`plan_launch` on this machine: the GPUs it shows, and whether this process is
+        already one of torchrun's ranks (then it trains itself: torchrun started it)."""
+        import torch
+
+        return plan_launch(self.nproc_per_node, self.nnodes, device, torch.cuda.device_count(),
+                           "LOCAL_RANK" in os.environ, self.node_rank, self.master_addr,
+                           self.master_port)
+
+
 def torchrun_argv(plan: LaunchPlan, exp_path: Path, resume: bool, python: str = sys.executable,
                   ) -> list[str]:
     """The torchrun command line that trains ``exp_path`` on every rank (pure function)."""
@@ -205,8 +226,8 @@ def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
 
 
 def cache_tokens(exp: xp.Experiment, cfg: RunConfig, say: Callable[[str], None]) -> None:
-    """Tokenize a small dataset's train shards once into the token cache (issue 17) before
-    the loaders read them; phases without a text stream skip it."""
+    """Tokenize a small dataset's train shards once into the token cache before the loaders
+    read them; phases without a text stream skip it."""
     from backlm.data.shards import list_shards
     from backlm.data.token_cache import cache_for_training
     from backlm.tokenizer import Tokenizer

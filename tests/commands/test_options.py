@@ -32,3 +32,17 @@ def test_the_experiments_folder_defaults_to_the_environment(monkeypatch, tmp_pat
     monkeypatch.setenv("BACKLM_EXPERIMENTS", str(tmp_path / "e"))
     assert options.experiments_root(None) == tmp_path / "e"
     assert options.experiments_root(tmp_path / "x") == tmp_path / "x"
+
+
+def test_train_and_branch_options_land_in_the_config_through_one_mapping():
+    from backlm.config import RunConfig, load_config
+
+    flags = options.config_flags(direction="backward", depth=None, max_steps=5, exp_id="x",
+                                 init_lr_frac=0.5, stop_on_inversion=False)
+    assert flags == {"data": {"direction": "backward"}, "train": {"max_steps": 5}, "id": "x",
+                     "optim": {"init_lr_frac": 0.5}, "fivecat": {"stop_on_inversion": False}}
+    cfg = load_config(RunConfig)
+    for dotted in options.CONFIG_KEYS.values():  # every target is a real config key
+        node = cfg
+        for part in dotted.split("."):
+            node = getattr(node, part)

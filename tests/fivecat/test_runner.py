@@ -15,7 +15,7 @@ from backlm.fivecat.runner import FivecatOptions, check
 def test_check_saves_the_result_where_the_experiment_says(forward, home):
     ticks = []
     report = check("fwd", home / "exps", FivecatOptions(max_samples=6),
-                   progress=lambda done, total: ticks.append((done, total)))
+                   progress=lambda label, done, total: ticks.append((done, total)))
     exp = Experiment(forward)
     assert report.exp == exp and report.phase == "base" and report.checkpoint_direction == "forward"
     assert report.path == exp.fivecat_path("base", report.step)

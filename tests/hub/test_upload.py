@@ -127,7 +127,7 @@ def test_a_dry_run_stages_a_folder_that_says_how_to_use_the_model(lineage, monke
     events = []
     result = upload(UploadRequest("s1", "me/s1-chat", lineage, dry_run=True,
                                   endpoint="http://127.0.0.1:9"),
-                    progress=lambda event, r: events.append(event))
+                    on_event=lambda event, r: events.append(event))
     folder = result.folder
     assert events == ["staged"] and folder == s1.hub_staging_dir("me/s1-chat")
     assert folder == lineage / "s1" / "hub_upload" / "me--s1-chat"

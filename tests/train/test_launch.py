@@ -49,6 +49,21 @@ def test_torchrun_argv_is_pure():
     assert plan_launch(2, 1, "cpu", 0, False).distributed
 
 
+def test_processes_plan_on_this_machine(monkeypatch):
+    """The engine, not the command, asks torch for GPUs and torchrun's environment."""
+    import torch
+
+    from backlm.train.launch import Processes
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert Processes().plan("auto").nproc_per_node == 4
+    assert Processes().plan("cpu").world == 1 and not Processes().plan("cpu").distributed
+    assert Processes(2, master_port=1234).plan("cpu").master_port == 1234
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a rank torchrun started trains in itself
+    assert not Processes().plan("auto").distributed
+
+
 def test_cache_tokens_before_training(home):
     from types import SimpleNamespace
 
