@@ -68,7 +68,7 @@ def configs(prefix: str, seed: int, steps: int, overrides: Sequence[str] = ()
 def _train(cfg: Any, root: Path, observers: Sequence[Any], say: Callable[[str], None]
            ) -> tuple[str, Any]:
     """Train a member, or continue it, or keep it: (what happened, its summary)."""
-    from backlm.train.launch import train
+    from backlm.train import train
     from backlm.train.plan import FINISHED
 
     exp = xp.Experiment(Path(root) / cfg.id)

@@ -48,9 +48,9 @@ def branch(
     parent_link.json records the checkpoint, its step and sha256, and the chain from the root.
     """
     from backlm.commands.render import finish, render_summary
-    from backlm.train.branch import plan_branch
+    from backlm.train import plan_branch
+    from backlm.train import train as run_training
     from backlm.train.launch import Processes
-    from backlm.train.launch import train as run_training
     from backlm.ui import TrainDisplay
 
     root = experiments_root(experiments)

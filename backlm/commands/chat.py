@@ -33,8 +33,8 @@ def chat(
     """Chat with a model. Forward: you write the user turn, it answers. Backward: you give the
     ending (the assistant's turn), it writes what came before; the conversation grows toward
     its beginning and is shown in reading order."""
-    from backlm.experiment.loading import load_model
-    from backlm.serve.conversation import Chat, Sampling
+    from backlm.experiment import load_model
+    from backlm.serve import Chat, Sampling
 
     sampling = Sampling(temperature, top_k, max_tokens, seed).check()
     loaded = load_model(model, experiments_root(experiments), step, device or "auto")

@@ -29,7 +29,7 @@ def compare(
     """Compare experiments: curves, metrics, 5CAT, cost, the transfer matrix and the
     forward-vs-backward gap with a paired bootstrap interval (Markdown, PNGs, CSV)."""
     from backlm.commands.render import render_comparison
-    from backlm.compare.run import CompareOptions, run_compare
+    from backlm.compare import CompareOptions, run_compare
 
     options = CompareOptions(metric=metric, output=output, bootstrap=bootstrap, seed=seed,
                              device=device or "auto")

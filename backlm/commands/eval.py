@@ -32,7 +32,7 @@ def eval_(
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Evaluate a checkpoint: CE/bpb on val and OOD text and task scores, per direction."""
-    from backlm.evaluation.runner import EvalOptions, run_eval
+    from backlm.evaluation import EvalOptions, run_eval
 
     options = EvalOptions(
         directions=directions, tasks=tasks.split(",") if tasks is not None else None,

@@ -22,7 +22,7 @@ def log(
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Research log contents: groups, shapes and last values; --follow a live run."""
-    from backlm.experiment.folder import find
+    from backlm.experiment import find
     from backlm.logs.reader import log_path, summarize
 
     exp = find(experiment, experiments_root(experiments))

@@ -22,7 +22,7 @@ def ls(
     """List experiments: id, phase, direction, depth, step, val bpb, status."""
     from rich.table import Table
 
-    from backlm.experiment.folder import list_rows
+    from backlm.experiment import list_rows
 
     root = experiments_root(experiments)
     if tree:
@@ -46,7 +46,7 @@ def _render_tree(root: Path) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from backlm.experiment.tree import tree_rows
+    from backlm.experiment import tree_rows
 
     rows = tree_rows(root)
     if not rows:

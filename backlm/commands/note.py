@@ -18,8 +18,7 @@ def note(
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Append a line with the time and the experiment's latest step to notes/notes.txt."""
-    from backlm.experiment.folder import find
-    from backlm.experiment.notes import add_note
+    from backlm.experiment import add_note, find
 
     exp = find(experiment, experiments_root(experiments))
     exp.metadata()  # a note goes only into an experiment whose metadata is sound

@@ -64,7 +64,7 @@ def quickstart(
 def _compare(ids: list[str], root: Path, out: Path, bars) -> Path:
     """The comparison of the three (``backlm compare``), shown as that command shows it."""
     from backlm.commands.render import render_comparison
-    from backlm.compare.run import CompareOptions, run_compare
+    from backlm.compare import CompareOptions, run_compare
 
     result = run_compare(ids, root, CompareOptions(output=out), bars)
     bars.stop()

@@ -27,8 +27,8 @@ def render_summary(s: Any) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
-    from backlm.experiment.folder import Experiment
-    from backlm.train.summary import lineage_costs
+    from backlm.experiment import Experiment
+    from backlm.train import lineage_costs
 
     info = Experiment(Path(s.path)).training_summary() or {}
     best = info.get("best") or {}

@@ -25,7 +25,7 @@ def report(
     if experiment is None:
         _overview(root)
         return
-    from backlm.report.write import write_report
+    from backlm.report import write_report
 
     result = write_report(experiment, root)
     n = len(result.figures)
@@ -39,7 +39,7 @@ def _overview(root: Path) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from backlm.report.write import overview
+    from backlm.report import overview
 
     rows = overview(root)
     if not rows:

@@ -26,8 +26,8 @@ def score(
 
     from rich.table import Table
 
-    from backlm.evaluation.score import score_text
-    from backlm.experiment.loading import load_model
+    from backlm.evaluation import score_text
+    from backlm.experiment import load_model
 
     if text == "-":
         text = sys.stdin.read()

@@ -28,8 +28,8 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {port}")
-    from backlm.experiment.loading import load_model
-    from backlm.serve.app import serve as run
+    from backlm.experiment import load_model
+    from backlm.serve import serve as run
 
     loaded = load_model(model, experiments_root(experiments), step, device or "auto")
     _warm_up(loaded)

@@ -57,7 +57,7 @@ def train(
     from backlm.commands.render import finish, render_estimate, render_summary
     from backlm.config import RunConfig, explicit_keys, load_config
     from backlm.errors import UserError
-    from backlm.train.chain import train_phases
+    from backlm.train import train_phases
     from backlm.train.launch import Processes
     from backlm.train.phases import parse_chain
     from backlm.ui import TrainDisplay
@@ -76,7 +76,7 @@ def train(
         cfg = load_config(RunConfig, preset=config, overrides=overrides, flags=flags)
         explicit = explicit_keys(overrides, flags)
     if estimate_only:
-        from backlm.train.launch import estimate_only as run_estimate
+        from backlm.train import estimate_only as run_estimate
 
         if cfg is None:
             raise UserError("--estimate-only plans a new run; it cannot be combined with --resume")

@@ -39,8 +39,8 @@ def upload(
     README.md, a card that says first which way the model reads and how to
     prompt it. --step: a number, best, best_5cat or latest.
     """
-    from backlm.hub.upload import UploadRequest
-    from backlm.hub.upload import upload as run_upload
+    from backlm.hub import UploadRequest
+    from backlm.hub import upload as run_upload
 
     req = UploadRequest(experiment, repo, experiments_root(experiments), step=step,
                         private=private, dry_run=dry_run, token=token, endpoint=endpoint,

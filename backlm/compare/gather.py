@@ -18,7 +18,7 @@ import numpy as np
 
 from backlm.compare import stats
 from backlm.errors import UserError
-from backlm.experiment.folder import Experiment
+from backlm.experiment import Experiment
 
 ORDERS = ("forward", "backward")
 SPLITS = ("val", "ood")
@@ -243,7 +243,7 @@ def _extras(m: Member, notes: list[str]) -> None:
     """5CAT (latest result), task evaluations and cost."""
     from backlm.evaluation.tasks import KNOWN_TASKS, LM_TASK
     from backlm.experiment.folder import read_json
-    from backlm.train.summary import lineage_costs
+    from backlm.train import lineage_costs
 
     for _step, path in reversed(m.exp.fivecat_results(m.phase)):
         try:

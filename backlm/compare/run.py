@@ -34,7 +34,7 @@ from backlm.compare.gather import (
     same_documents,
 )
 from backlm.errors import UserError
-from backlm.experiment.folder import Experiment, find
+from backlm.experiment import Experiment, find
 
 DEFAULT_FOLDER = "comparisons"
 MAX_NAME = 100

@@ -19,7 +19,7 @@ from typing import Any
 from backlm import render
 from backlm.errors import UserError
 from backlm.evaluation.tasks import LM_TASK
-from backlm.experiment.folder import Experiment
+from backlm.experiment import Experiment
 from backlm.report import figures as figs
 
 MAX_LINES_PLOTTED = 6  # parameters or layers per statistics figure

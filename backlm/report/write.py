@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backlm.errors import UserError
-from backlm.experiment.folder import Experiment
+from backlm.experiment import Experiment
 from backlm.report.results import (
     evaluation_section,
     fivecat_section,
@@ -66,7 +66,7 @@ class ReportResult:
 
 def write_report(ref: str, root: Path) -> ReportResult:
     """Write ``RESEARCH_REPORT.md`` and ``figures/`` into an experiment (id, tag or path)."""
-    from backlm.experiment.folder import find
+    from backlm.experiment import find
 
     exp = find(ref, root)
     meta = exp.metadata()
@@ -189,7 +189,7 @@ def configuration(ctx: Context) -> list[str]:
 
 def lineage(ctx: Context) -> list[str]:
     from backlm.experiment.notes import latest_step
-    from backlm.train.summary import lineage_costs
+    from backlm.train import lineage_costs
 
     exp = ctx.exp
     lines = ["## Lineage", ""]
@@ -343,8 +343,7 @@ def overview(root: Path) -> list[dict[str, Any]]:
     """One row per experiment, in lineage order: id, depth in the tree, phase, direction,
     status, step, best metric, 5CAT (passed gates of the latest result) and whether a report
     exists."""
-    from backlm.experiment.folder import list_rows
-    from backlm.experiment.tree import tree_rows
+    from backlm.experiment import list_rows, tree_rows
 
     listed = {r["id"]: r for r in list_rows(root)}
     out = []
