@@ -12,7 +12,6 @@ import pytest
 from backlm import ui
 from backlm.cli import app
 from backlm.errors import UserError
-from backlm.experiment import folder
 from tests.helpers import assert_user_error, run_cli
 
 
@@ -43,7 +42,7 @@ def test_the_message_reaches_the_user_whole_and_literal(exps, monkeypatch):
     def refuse(*a, **k):
         raise UserError("bad [bold]ghost[/bold]\nsecond line")
 
-    monkeypatch.setattr(folder, "find", refuse)
+    monkeypatch.setattr("backlm.experiment.find", refuse)
     # newlines fold into the one line; brackets are text, not console markup
     assert_user_error(run_cli(["note", "x", "hi"]), "bad [bold]ghost[/bold] second line")
 
@@ -52,7 +51,7 @@ def test_an_os_error_is_one_line_naming_the_path(exps, monkeypatch):
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied", "/srv/exps/x")
 
-    monkeypatch.setattr(folder, "find", denied)
+    monkeypatch.setattr("backlm.experiment.find", denied)
     assert_user_error(run_cli(["note", "x", "hi"]), "permission denied: /srv/exps/x")
 
 
@@ -60,7 +59,7 @@ def test_a_bug_is_not_dressed_up_as_a_user_error(exps, monkeypatch):
     def bug(*a, **k):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(folder, "find", bug)
+    monkeypatch.setattr("backlm.experiment.find", bug)
     res = run_cli(["note", "x", "hi"])
     assert res.exit_code == 1 and isinstance(res.exception, ZeroDivisionError), res.output
 
