@@ -159,8 +159,8 @@ class Decoder:
     def prefill(self, prompt: list[int] | Tensor) -> Tensor:
         """Logits ``(rows, V)`` after ``prompt``: token ids, or ``(1 or rows, T)`` ids."""
         device = self.model.lm_head.weight.device
-        ids = prompt if isinstance(prompt, Tensor) else torch.tensor([prompt], dtype=torch.long)
-        ids = ids.to(device)
+        ids = (prompt.to(device) if isinstance(prompt, Tensor)
+               else torch.tensor([prompt], dtype=torch.long, device=device))
         if ids.size(0) == self.rows:
             return self._forward(ids, self.cache)
         if ids.size(0) != 1:
@@ -177,9 +177,9 @@ class Decoder:
         one row); the returned tensor may be reused by the next step."""
         if not self.fused:
             device = self.model.lm_head.weight.device
-            ids = (tokens.view(self.rows, 1) if isinstance(tokens, Tensor)
-                   else torch.tensor([[tokens]], dtype=torch.long))
-            return self._forward(ids.to(device), self.cache)
+            ids = (tokens.view(self.rows, 1).to(device) if isinstance(tokens, Tensor)
+                   else torch.tensor([[tokens]], dtype=torch.long, device=device))
+            return self._forward(ids, self.cache)
         cache = self.cache
         pos = cache.pos
         if pos >= cache.max_len:
