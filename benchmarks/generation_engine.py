@@ -257,8 +257,8 @@ def main() -> None:
     same_rollout = rollouts["old"]() == rollouts["new"]()  # also a warm-up
     same_samples = sampling_alone(tok, args, samplers["old"])[1] == sampling_alone(
         tok, args, samplers["new"])[1]
-    same_eval = greedy_eval(policy, tok, args, samplers["old"])[1] == greedy_eval(
-        tok, args, samplers["new"])[1]
+    same_eval = (greedy_eval(policy, tok, args, samplers["old"])[1]
+                 == greedy_eval(policy, tok, args, samplers["new"])[1])
     for r in range(args.rounds):
         for name in (("old", "new") if r % 2 == 0 else ("new", "old")):
             res[name]["step"].append(statistics.median(rl_steps(tok, args, samplers[name])))

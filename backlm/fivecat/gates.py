@@ -16,7 +16,7 @@ from torch import Tensor
 from backlm.direction import IGNORE_INDEX
 from backlm.fivecat.samples import Probe
 from backlm.fivecat.spec import Samples
-from backlm.model.decode import GREEDY, Decoder, decode
+from backlm.model.decode import GREEDY, Decoder, sample_steps
 
 OFFSETS = (-3, -2, -1, 0, 1, 2, 3)
 # Gate D divides by at least this teacher-forced accuracy: a model that predicts almost nothing
@@ -123,7 +123,7 @@ def rollout_vs_teacher(model, x: Tensor, top: Tensor, prefix: int, horizon: int,
             decoder.cache.pos = cut - 1
             # re-feeding x[cut-1] rewrites its own K/V unchanged
             logits = decoder.step(x[:, cut - 1])
-            made = torch.stack(list(decode(decoder, logits, horizon, GREEDY)), dim=1)
+            made = torch.stack(list(sample_steps(decoder, logits, horizon, GREEDY)), dim=1)
             ref = x[:, cut:cut + horizon]
             hits += int((made == ref).sum())
             tf_hits += int((top[:, cut - 1:cut - 1 + horizon] == ref).sum())

@@ -241,8 +241,9 @@ def generator_for(model: Any, seed: int | None) -> torch.Generator | None:
     return torch.Generator(device=model.lm_head.weight.device).manual_seed(seed)
 
 
-def decode(decoder: Decoder, logits: Tensor, max_new_tokens: int, sampling: SamplingParams,
-           generator: torch.Generator | None = None) -> Iterator[Tensor]:
+def sample_steps(decoder: Decoder, logits: Tensor, max_new_tokens: int,
+                 sampling: SamplingParams, generator: torch.Generator | None = None
+                 ) -> Iterator[Tensor]:
     """From ``logits`` ``(rows, V)``: sample a token per row, yield it ``(rows,)``, feed it, and
     so on ``max_new_tokens`` times (the last token is not fed)."""
     for i in range(max_new_tokens):
@@ -260,8 +261,9 @@ def stream(model: Any, prompt: list[int], max_new_tokens: int,
     if not prompt:
         raise ValueError("generate needs at least one prompt token (e.g. BOS)")
     decoder = Decoder(model, len(prompt) + max_new_tokens)
-    logits = decoder.prefill(prompt)
-    for tokens in decode(decoder, logits, max_new_tokens, sampling, generator_for(model, seed)):
+    steps = sample_steps(decoder, decoder.prefill(prompt), max_new_tokens, sampling,
+                         generator_for(model, seed))
+    for tokens in steps:
         yield int(tokens)
 
 
@@ -276,10 +278,11 @@ def generate(model: Any, prompt: list[int], max_new_tokens: int, *, num_samples:
         raise ValueError("generate needs at least one prompt token (e.g. BOS)")
     stops = {stop} if isinstance(stop, int) else set(stop)
     decoder = Decoder(model, len(prompt) + max_new_tokens, rows=num_samples)
-    logits = decoder.prefill(prompt)
+    steps = sample_steps(decoder, decoder.prefill(prompt), max_new_tokens, sampling,
+                         generator_for(model, seed))
     out: list[list[int]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
-    for tokens in decode(decoder, logits, max_new_tokens, sampling, generator_for(model, seed)):
+    for tokens in steps:
         for row, token in enumerate(tokens.tolist()):
             if not done[row]:
                 out[row].append(token)

@@ -15,10 +15,10 @@ from backlm.model.decode import (
     Decoder,
     SamplingParams,
     Threads,
-    decode,
     fused_usable,
     generate,
     sample,
+    sample_steps,
     stream,
 )
 from tests.model.test_gpt import greedy_uncached, make_model
@@ -142,7 +142,7 @@ def test_batched_greedy_rows_equal_batch_one_runs():
     with torch.inference_mode():
         dec = Decoder(model, 5 + 12, rows=3)
         logits = dec.prefill(torch.tensor(prompts))
-        made = torch.stack(list(decode(dec, logits, 12, GREEDY)), dim=1)
+        made = torch.stack(list(sample_steps(dec, logits, 12, GREEDY)), dim=1)
     assert made.tolist() == [greedy_uncached(model, p, 12) for p in prompts]
 
 
