@@ -16,7 +16,7 @@ from torch import Tensor
 from backlm.fivecat.samples import Probe
 from backlm.fivecat.spec import Samples
 from backlm.model import IGNORE_INDEX
-from backlm.model.gpt import KVCache
+from backlm.model.decode import GREEDY, Decoder, sample_steps
 
 OFFSETS = (-3, -2, -1, 0, 1, 2, 3)
 # Gate D divides by at least this teacher-forced accuracy: a model that predicts almost nothing
@@ -113,21 +113,19 @@ def rollout_vs_teacher(model, x: Tensor, top: Tensor, prefix: int, horizon: int,
     and writes its own tokens over the next ``horizon`` positions. Cuts run from the end
     backwards, ``horizon`` apart, so no rollout reads positions an earlier one overwrote.
     """
-    cfg, (n, length) = model.cfg, x.shape
-    cache = KVCache(cfg.depth, n, cfg.n_heads, cfg.head_dim, length)
-    with autocast():
-        model.hidden(x, cache)
+    n, length = x.shape
+    with autocast():  # the decoder picks its step for the dtype it will run in
+        decoder = Decoder(model, length, rows=n)
+        decoder.prefill(x)
     hits = tf_hits = total = 0
-    with one_cpu_thread(x.device):
+    with one_cpu_thread(x.device), autocast():
         for cut in rollout_cuts(prefix, length, horizon):
-            cache.pos = cut - 1
-            ids, made = x[:, cut - 1:cut], []
-            for _ in range(horizon):  # re-feeding x[cut-1] rewrites its own K/V unchanged
-                with autocast():
-                    ids = model.logits(model.hidden(ids, cache)).argmax(-1)
-                made.append(ids)
+            decoder.cache.pos = cut - 1
+            # re-feeding x[cut-1] rewrites its own K/V unchanged
+            logits = decoder.step(x[:, cut - 1])
+            made = torch.stack(list(sample_steps(decoder, logits, horizon, GREEDY)), dim=1)
             ref = x[:, cut:cut + horizon]
-            hits += int((torch.cat(made, dim=1) == ref).sum())
+            hits += int((made == ref).sum())
             tf_hits += int((top[:, cut - 1:cut - 1 + horizon] == ref).sum())
             total += ref.numel()
     return hits / max(total, 1), tf_hits / max(total, 1)

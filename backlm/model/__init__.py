@@ -8,7 +8,8 @@ need torch load on first use of a name (so ``backlm.direction`` can import the c
 - ``attention``: causal attention (blocked on fp32 CPU, SDPA elsewhere);
 - ``kernels``: hand-written autograd functions for the memory-bound parts;
 - ``native``: the optional fused C kernels (``_native.c``);
-- ``decode``: the KV cache and incremental decoding.
+- ``decode``: the generation engine (one sampler, one prefill copied into every row,
+  batched steps, the fused C step at batch 1).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from typing import Any
 IGNORE_INDEX = -1
 """Target value the loss ignores (``cross_entropy(..., ignore_index=IGNORE_INDEX)``)."""
 
-_NAMES = {"GPT": "gpt", "KVCache": "decode", "native": None}
+_NAMES = {"GPT": "gpt", "KVCache": "decode", "Decoder": "decode", "GREEDY": "decode",
+          "SamplingParams": "decode", "generate": "decode", "sample": "decode",
+          "sample_steps": "decode", "stream": "decode", "fused_usable": "decode",
+          "native": None}
 
-__all__ = ["GPT", "IGNORE_INDEX", "KVCache", "native"]
+__all__ = ["GPT", "GREEDY", "IGNORE_INDEX", "Decoder", "KVCache", "SamplingParams",
+           "fused_usable", "generate", "native", "sample", "sample_steps", "stream"]
 
 def __getattr__(name: str) -> Any:
     if name not in _NAMES:

@@ -1,16 +1,20 @@
-"""Batch-1 incremental decoding: the prompt through the model's KV-cache forward, then each new
-token through one fused C call when the model is fp32 on CPU (``_native.decode_step``).
+"""The generation engine every caller uses (chat, serve, RL sampling, 5CAT rollouts, GSM8K,
+training samples): one sampler, one prefill, batched decode steps.
 
-At one token per step the model is a chain of matrix–vector products, and PyTorch spends more
-time dispatching its ~70 small ops than reading the weights; the C step reads every weight
-once per token with both cores and no dispatch. Elsewhere (GPU, autocast, no C kernels) each
-step is the model's own cached forward. Both fill the same :class:`backlm.model.gpt.KVCache`.
+A prompt is prefilled once at batch 1 and its KV cache copied into as many rows as samples are
+wanted; each step then feeds every row's last token at once. At batch 1 on an fp32 CPU model
+each step is one fused C call (``_native.decode_step``): at one token per step the model is a
+chain of matrix–vector products, and PyTorch spends more time dispatching its ~70 small ops
+than reading the weights; the C step reads every weight once per token with both cores and no
+dispatch. Elsewhere (several rows, GPU, autocast, no C kernels) a step is the model's own
+cached forward. Both fill the same :class:`KVCache`. Knows no direction, tokenizer or loop.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,6 +52,54 @@ class KVCache:
             self.pos = t1
         return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
 
+    def replicate(self, rows: int) -> KVCache:
+        """A cache of ``rows`` rows, each a copy of this batch-1 cache's positions."""
+        L, _, H, T, D = self.shape
+        out = KVCache(L, rows, H, D, T)
+        if self.k is not None and self.v is not None:
+            out.k = self.k.expand(-1, rows, -1, -1, -1).contiguous()
+            out.v = self.v.expand(-1, rows, -1, -1, -1).contiguous()
+        out.pos = self.pos
+        return out
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is drawn: temperature 0 takes the argmax; otherwise the logits are
+    divided by ``temperature``, cut to the ``top_k`` likeliest, then to the smallest set whose
+    probability reaches ``top_p`` (nucleus), and sampled."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None
+           ) -> Tensor:
+    """One token id per row of ``(B, V)`` logits, as a ``(B,)`` tensor (logits are not changed)."""
+    if params.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if params.top_k is not None and params.top_k < logits.size(-1):
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p is not None and params.top_p < 1:
+        ranked, order = probs.sort(dim=-1, descending=True)
+        # drop a token once the likelier ones already hold top_p (the first is always kept)
+        ranked = ranked.masked_fill(ranked.cumsum(-1) - ranked >= params.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, ranked)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
 
 def fused_usable(model: Any) -> bool:
     """Whether the fused C step can run this model now."""
@@ -57,54 +109,77 @@ def fused_usable(model: Any) -> bool:
 
 
 class Decoder:
-    """Logits for a prompt, then for one token at a time, with keys and values cached.
+    """Logits for a prompt, then for one token per row at a time, with keys and values cached.
 
-    ``fused=None`` picks the C step when :func:`fused_usable`; ``False`` forces the model's
+    ``rows`` is the batch: a one-row prompt is prefilled once and its cache copied into every
+    row; a prompt of ``rows`` rows (equal lengths) is prefilled as it is. ``fused=None`` picks
+    the C step when the batch is one row and :func:`fused_usable`; ``False`` forces the model's
     own forward (the reference the tests compare against).
     """
 
-    def __init__(self, model: Any, max_len: int, fused: bool | None = None) -> None:
+    def __init__(self, model: Any, max_len: int, fused: bool | None = None, rows: int = 1) -> None:
         cfg = model.cfg
-        self.model, self.cfg = model, cfg
-        self.cache = KVCache(cfg.depth, 1, cfg.n_heads, cfg.head_dim, max_len)
-        self.fused = fused_usable(model) if fused is None else fused and fused_usable(model)
+        self.model, self.cfg, self.rows = model, cfg, rows
+        self.cache = KVCache(cfg.depth, rows, cfg.n_heads, cfg.head_dim, max_len)
+        usable = rows == 1 and fused_usable(model)
+        self.fused = usable if fused is None else fused and usable
         if self.fused:
-            p = model.lm_head.weight
-            shape = self.cache.shape
-            self.cache.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            self.cache.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            weights = [w for b in model.blocks
-                       for w in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
-            # the kernel reads raw pointers: keep the tensors alive as long as they are used
-            self._weights = weights
-            self.layers = torch.tensor([w.data_ptr() for w in weights], dtype=torch.int64)
-            C, inner = cfg.model_dim, cfg.n_heads * cfg.head_dim
-            self.scratch = torch.empty(C + 4 * inner + 4 * C + cfg.n_heads * max_len)
-            self.out = torch.empty(1, cfg.vocab_size)
-            self.threads = Threads(torch.get_num_threads())
-            # the pointers a step passes never change: read them once (a step is ~1 ms, and
-            # Python attribute and data_ptr lookups cost tens of microseconds); the rotary
-            # tables are grown to max_len now and kept alive here
-            model._rotary(0, max_len)
-            self._tables = (model.cos, model.sin)
-            self._row_bytes = (cfg.head_dim // 2) * model.cos.element_size()
-            self._fixed = (model.wte.weight.data_ptr(), self.layers.data_ptr(),
-                           model.lm_head.weight.data_ptr(), self.cache.k.data_ptr(),
-                           self.cache.v.data_ptr(), max_len)
-            self._sizes = (self.out.data_ptr(), self.scratch.data_ptr(), cfg.model_dim,
-                           cfg.n_heads, cfg.head_dim, cfg.depth, cfg.vocab_size,
-                           float(cfg.softcap), float(torch.finfo(torch.float32).eps))
+            self._setup_fused()
 
-    def prefill(self, tokens: list[int]) -> Tensor:
-        """Logits ``(1, V)`` after the prompt ``tokens``."""
+    def _setup_fused(self) -> None:
+        model, cfg, max_len = self.model, self.cfg, self.cache.max_len
+        p = model.lm_head.weight
+        shape = self.cache.shape
+        self.cache.k = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        self.cache.v = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        weights = [w for b in model.blocks for w in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
+        # the kernel reads raw pointers: keep the tensors alive as long as they are used
+        self._weights = weights
+        self.layers = torch.tensor([w.data_ptr() for w in weights], dtype=torch.int64)
+        C, inner = cfg.model_dim, cfg.n_heads * cfg.head_dim
+        self.scratch = torch.empty(C + 4 * inner + 4 * C + cfg.n_heads * max_len)
+        self.out = torch.empty(1, cfg.vocab_size)
+        self.threads = Threads(torch.get_num_threads())
+        # the pointers a step passes never change: read them once (a step is ~1 ms, and
+        # Python attribute and data_ptr lookups cost tens of microseconds); the rotary
+        # tables are grown to max_len now and kept alive here
+        model._rotary(0, max_len)
+        self._tables = (model.cos, model.sin)
+        self._row_bytes = (cfg.head_dim // 2) * model.cos.element_size()
+        self._fixed = (model.wte.weight.data_ptr(), self.layers.data_ptr(),
+                       model.lm_head.weight.data_ptr(), self.cache.k.data_ptr(),
+                       self.cache.v.data_ptr(), max_len)
+        self._sizes = (self.out.data_ptr(), self.scratch.data_ptr(), cfg.model_dim,
+                       cfg.n_heads, cfg.head_dim, cfg.depth, cfg.vocab_size,
+                       float(cfg.softcap), float(torch.finfo(torch.float32).eps))
+
+    def _forward(self, ids: Tensor, cache: KVCache) -> Tensor:
+        return self.model.logits(self.model.hidden(ids, cache)[:, -1])
+
+    def prefill(self, prompt: list[int] | Tensor) -> Tensor:
+        """Logits ``(rows, V)`` after ``prompt``: token ids, or ``(1 or rows, T)`` ids."""
         device = self.model.lm_head.weight.device
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
-        return self.model.logits(self.model.hidden(ids, self.cache)[:, -1])
+        ids = (prompt.to(device) if isinstance(prompt, Tensor)
+               else torch.tensor([prompt], dtype=torch.long, device=device))
+        if ids.size(0) == self.rows:
+            return self._forward(ids, self.cache)
+        if ids.size(0) != 1:
+            raise ValueError(f"a prompt of {ids.size(0)} rows for a decoder of {self.rows}")
+        if self.cache.pos:
+            raise ValueError("only the first prefill can be copied into every row")
+        one = KVCache(self.cfg.depth, 1, self.cfg.n_heads, self.cfg.head_dim, self.cache.max_len)
+        logits = self._forward(ids, one)
+        self.cache = one.replicate(self.rows)
+        return logits.expand(self.rows, -1)
 
-    def step(self, token: int) -> Tensor:
-        """Logits ``(1, V)`` after one more token (the returned tensor is reused next step)."""
+    def step(self, tokens: int | Tensor) -> Tensor:
+        """Logits ``(rows, V)`` after one more token per row (``(rows,)`` ids, or an int at
+        one row); the returned tensor may be reused by the next step."""
         if not self.fused:
-            return self.prefill([token])
+            device = self.model.lm_head.weight.device
+            ids = (tokens.view(self.rows, 1).to(device) if isinstance(tokens, Tensor)
+                   else torch.tensor([[tokens]], dtype=torch.long, device=device))
+            return self._forward(ids, self.cache)
         cache = self.cache
         pos = cache.pos
         if pos >= cache.max_len:
@@ -113,7 +188,7 @@ class Decoder:
         row = pos * self._row_bytes
         threads = self.threads.next()
         started = time.perf_counter()
-        native.lib.decode_step(token, pos, *self._fixed, cos.data_ptr() + row,
+        native.lib.decode_step(int(tokens), pos, *self._fixed, cos.data_ptr() + row,
                                sin.data_ptr() + row, *self._sizes, threads)
         self.threads.took(threads, time.perf_counter() - started)
         cache.pos = pos + 1
@@ -159,8 +234,59 @@ class Threads:
             self.probe = True
 
 
-def stepper(model: Any, prompt: list[int], max_len: int,
-            fused: bool | None = None) -> tuple[Tensor, Callable[[int], Tensor]]:
-    """The prompt's logits and the function that feeds one token and returns the next logits."""
-    decoder = Decoder(model, max_len, fused)
-    return decoder.prefill(prompt), decoder.step
+def generator_for(model: Any, seed: int | None) -> torch.Generator | None:
+    """A generator on the model's device seeded with ``seed``; None (the global RNG) without."""
+    if seed is None:
+        return None
+    return torch.Generator(device=model.lm_head.weight.device).manual_seed(seed)
+
+
+def sample_steps(decoder: Decoder, logits: Tensor, max_new_tokens: int,
+                 sampling: SamplingParams, generator: torch.Generator | None = None
+                 ) -> Iterator[Tensor]:
+    """From ``logits`` ``(rows, V)``: sample a token per row, yield it ``(rows,)``, feed it, and
+    so on ``max_new_tokens`` times (the last token is not fed)."""
+    for i in range(max_new_tokens):
+        tokens = sample(logits, sampling, generator)
+        yield tokens
+        if i + 1 < max_new_tokens:
+            logits = decoder.step(tokens)
+
+
+@torch.inference_mode()
+def stream(model: Any, prompt: list[int], max_new_tokens: int,
+           sampling: SamplingParams = GREEDY, seed: int | None = None) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` token ids after ``prompt``, one at a time (batch 1: the
+    fused C step where it applies). The caller stops reading where its turn ends."""
+    if not prompt:
+        raise ValueError("generate needs at least one prompt token (e.g. BOS)")
+    decoder = Decoder(model, len(prompt) + max_new_tokens)
+    steps = sample_steps(decoder, decoder.prefill(prompt), max_new_tokens, sampling,
+                         generator_for(model, seed))
+    for tokens in steps:
+        yield int(tokens)
+
+
+@torch.inference_mode()
+def generate(model: Any, prompt: list[int], max_new_tokens: int, *, num_samples: int = 1,
+             sampling: SamplingParams = GREEDY, seed: int | None = None,
+             stop: int | Iterable[int] = ()) -> list[list[int]]:
+    """``num_samples`` continuations of ``prompt``: one prefill, the cache copied into every
+    row, then batched steps. A row ends at a ``stop`` token (kept) or after ``max_new_tokens``;
+    decoding ends when every row has."""
+    if not prompt:
+        raise ValueError("generate needs at least one prompt token (e.g. BOS)")
+    stops = {stop} if isinstance(stop, int) else set(stop)
+    decoder = Decoder(model, len(prompt) + max_new_tokens, rows=num_samples)
+    steps = sample_steps(decoder, decoder.prefill(prompt), max_new_tokens, sampling,
+                         generator_for(model, seed))
+    out: list[list[int]] = [[] for _ in range(num_samples)]
+    done = [False] * num_samples
+    for tokens in steps:
+        for row, token in enumerate(tokens.tolist()):
+            if not done[row]:
+                out[row].append(token)
+                done[row] = token in stops
+        if all(done):
+            break
+    return out

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from backlm.config import ModelConfig
 from backlm.model import IGNORE_INDEX
 from backlm.model.attention import causal_attention
-from backlm.model.decode import KVCache, stepper
+from backlm.model.decode import KVCache, SamplingParams, stream
 from backlm.model.kernels import (
     head_loss,
     mlp,
@@ -219,7 +219,6 @@ class GPT(nn.Module):
 
     # --- generation ------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def generate(
         self,
         tokens: list[int],
@@ -227,34 +226,12 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         seed: int | None = None,
+        top_p: float | None = None,
     ) -> Iterator[int]:
         """Yield up to ``max_new_tokens`` sampled token ids after ``tokens``, one at a time.
 
-        Prefills a :class:`KVCache` with the prompt, then feeds one token per step
-        (:mod:`backlm.model.decode`: one fused C call per token for an fp32 model on CPU).
-        ``temperature`` 0 is greedy; ``seed`` makes sampling reproducible.
+        The generation engine at batch 1 (:func:`backlm.model.decode.stream`: one fused C call
+        per token for an fp32 model on CPU). ``temperature`` 0 is greedy; ``seed`` makes
+        sampling reproducible.
         """
-        if not tokens:
-            raise ValueError("generate needs at least one prompt token (e.g. BOS)")
-        device = self.lm_head.weight.device
-        rng = None
-        if seed is not None:
-            rng = torch.Generator(device=device).manual_seed(seed)
-        logits, step = stepper(self, tokens, len(tokens) + max_new_tokens)
-        for i in range(max_new_tokens):
-            nxt = sample_token(logits, temperature, top_k, rng)
-            yield nxt
-            if i + 1 < max_new_tokens:
-                logits = step(nxt)
-
-
-def sample_token(logits: Tensor, temperature: float, top_k: int | None, rng: torch.Generator | None) -> int:
-    """Sample one id from ``(1, V)`` logits; temperature 0 takes the argmax."""
-    if temperature <= 0:
-        return int(logits.argmax(dim=-1))
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=rng))
+        return stream(self, tokens, max_new_tokens, SamplingParams(temperature, top_k, top_p), seed)

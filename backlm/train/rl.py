@@ -80,35 +80,12 @@ def reward(tokenizer: Any, problem: arith.Problem, order: Direction, written: li
 
 def sample_group(model: Any, prompt: list[int], group: int, max_new: int, temperature: float,
                  stop: int, seed: int) -> list[list[int]]:
-    """``group`` samples after ``prompt`` (batched, KV cache); each ends at ``stop``
+    """``group`` samples after ``prompt`` (one prefill, batched steps); each ends at ``stop``
     (included) or after ``max_new`` tokens. ``temperature`` 0 is greedy."""
-    import torch
+    from backlm.model.decode import SamplingParams, generate
 
-    from backlm.model.gpt import KVCache
-
-    device = model.lm_head.weight.device
-    cfg = model.cfg
-    gen = torch.Generator(device=device).manual_seed(seed)
-    cache = KVCache(cfg.depth, group, cfg.n_heads, cfg.head_dim, len(prompt) + max_new)
-    ids = torch.tensor([prompt] * group, dtype=torch.long, device=device)
-    out: list[list[int]] = [[] for _ in range(group)]
-    done = [False] * group
-    with torch.no_grad():
-        for _ in range(max_new):
-            logits = model.logits(model.hidden(ids, cache)[:, -1]).float()
-            if temperature <= 0:
-                nxt = logits.argmax(dim=-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-            for i, token in enumerate(nxt.tolist()):
-                if not done[i]:
-                    out[i].append(token)
-                    done[i] = token == stop
-            if all(done):
-                break
-            ids = nxt.view(group, 1)
-    return out
+    return generate(model, prompt, max_new, num_samples=group,
+                    sampling=SamplingParams(temperature), seed=seed, stop=stop)
 
 
 def content(sample: list[int], stop: int) -> list[int]:

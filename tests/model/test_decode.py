@@ -1,6 +1,7 @@
-"""Batch-1 decoding: the fused C step gives the model's own logits at every position, in
+"""The generation engine: the fused C step gives the model's own logits at every position, in
 every shape (rows not a multiple of four, one head, past seq_len), and steps aside where it
-cannot run (C kernels off, autocast)."""
+cannot run (C kernels off, autocast); batched rows decode as batch-1 runs do; the sampler's
+top-k and top-p cut what they should; seeds reproduce; rows end at their stop token."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import torch
 
 from backlm.config import ModelConfig
 from backlm.model import native
-from backlm.model.decode import Decoder, Threads, fused_usable
+from backlm.model.decode import (
+    GREEDY,
+    Decoder,
+    SamplingParams,
+    Threads,
+    fused_usable,
+    generate,
+    sample,
+    sample_steps,
+    stream,
+)
 from tests.model.test_gpt import greedy_uncached, make_model
 
 needs_native = pytest.mark.skipif(native.native_kernels() is None,
@@ -115,3 +126,104 @@ def test_threads_settle_on_the_faster_count_and_probe_when_a_step_is_slow():
         t.took(n, 0.050 if n == 2 else 0.004)
     assert t.current == 1  # one thread is now the faster
     assert Threads(1).next() == 1 and Threads(1).counts == [1]
+
+
+# --- the engine: batched rows, one sampler, stop tokens -------------------------------------
+
+def test_batched_greedy_rows_equal_batch_one_runs():
+    model = make_model().eval()
+    prompt = [5, 17, 42, 7, 99]
+    single = greedy_uncached(model, prompt, 24)
+    assert list(stream(model, prompt, 24)) == single
+    rows = generate(model, prompt, 24, num_samples=3)
+    assert rows == [single] * 3
+    # a batch of different prompts of equal length (5CAT's rollouts): each row as if alone
+    prompts = [[5, 17, 42, 7, 99], [1, 2, 3, 4, 5], [250, 9, 9, 31, 2]]
+    with torch.inference_mode():
+        dec = Decoder(model, 5 + 12, rows=3)
+        logits = dec.prefill(torch.tensor(prompts))
+        made = torch.stack(list(sample_steps(dec, logits, 12, GREEDY)), dim=1)
+    assert made.tolist() == [greedy_uncached(model, p, 12) for p in prompts]
+
+
+def test_one_prefill_copied_into_rows_equals_prefilling_every_row():
+    model = make_model().eval()
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    with torch.inference_mode():
+        copied, per_row = Decoder(model, 16, rows=4), Decoder(model, 16, rows=4)
+        a = copied.prefill(prompt)
+        b = per_row.prefill(torch.tensor([prompt] * 4))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert copied.cache.pos == per_row.cache.pos == len(prompt)
+        torch.testing.assert_close(copied.cache.k, per_row.cache.k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(copied.cache.v, per_row.cache.v, rtol=1e-5, atol=1e-5)
+        step = torch.tensor([7, 8, 9, 10])  # the rows part ways after the prompt
+        torch.testing.assert_close(copied.step(step), per_row.step(step), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="first prefill"):
+            copied.prefill([1])
+
+
+def _draws(logits: torch.Tensor, params: SamplingParams, n: int = 4000) -> set[int]:
+    rows = logits.expand(n, -1)
+    return set(sample(rows, params, torch.Generator().manual_seed(0)).tolist())
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    assert _draws(logits, SamplingParams(1.0)) == {0, 1, 2, 3}  # all four come up uncut
+    assert _draws(logits, SamplingParams(1.0, top_p=0.75)) == {0, 1}
+    assert _draws(logits, SamplingParams(1.0, top_p=0.9)) == {0, 1, 2}
+    assert _draws(logits, SamplingParams(1.0, top_p=0.1)) == {0}  # the likeliest always stays
+    assert _draws(logits, SamplingParams(1.0, top_k=3, top_p=0.99)) == {0, 1, 2}
+    assert _draws(logits, SamplingParams(1.0, top_k=2)) == {0, 1}
+    before = logits.clone()
+    sample(logits, SamplingParams(0.7, top_k=2, top_p=0.5))
+    assert torch.equal(logits, before)  # the sampler never writes into the logits it reads
+
+
+def test_sampling_params_refuse_values_out_of_range():
+    for bad in ({"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
+    logits = torch.tensor([[0.1, 2.0, 0.3]])
+    assert sample(logits, SamplingParams(0.0, top_k=1)).tolist() == [1]  # 0: argmax
+
+
+def test_seeded_sampling_reproduces_and_rows_differ():
+    model = make_model().eval()
+    params = SamplingParams(1.0, top_k=50, top_p=0.9)
+    a = generate(model, [1, 2, 3], 12, num_samples=5, sampling=params, seed=4)
+    assert a == generate(model, [1, 2, 3], 12, num_samples=5, sampling=params, seed=4)
+    assert a != generate(model, [1, 2, 3], 12, num_samples=5, sampling=params, seed=5)
+    assert len({tuple(r) for r in a}) > 1
+    one = list(model.generate([1, 2, 3], 12, temperature=1.0, top_k=50, top_p=0.9, seed=4))
+    assert one == list(stream(model, [1, 2, 3], 12, params, seed=4))
+
+
+def test_rows_end_at_their_stop_token_and_decoding_ends_with_the_last_row(monkeypatch):
+    model = make_model().eval()
+    prompt = [5, 17, 42, 7, 99]
+    greedy = greedy_uncached(model, prompt, 20)
+    stop = greedy[3]
+    (row,) = generate(model, prompt, 20, stop=stop)
+    assert row == greedy[:greedy.index(stop) + 1]  # the stop token is kept, nothing after it
+    rows = generate(model, prompt, 20, num_samples=6, sampling=SamplingParams(2.0), seed=1,
+                    stop={11, 12, 13})
+    for r in rows:
+        ends = [i for i, t in enumerate(r) if t in {11, 12, 13}]
+        assert ends in ([], [len(r) - 1])
+        assert len(r) == 20 or ends
+    steps = []
+    real = Decoder.step
+    monkeypatch.setattr(Decoder, "step", lambda self, t: steps.append(1) or real(self, t))
+    generate(model, prompt, 20, num_samples=2, stop=greedy[1])
+    assert len(steps) == 1  # both rows stopped at their second token: no step after
+
+
+def test_generate_needs_a_prompt_and_a_row_count_that_fits():
+    model = make_model().eval()
+    with pytest.raises(ValueError, match="prompt token"):
+        generate(model, [], 3)
+    with torch.inference_mode(), pytest.raises(ValueError, match="rows"):
+        Decoder(model, 8, rows=3).prefill(torch.ones(2, 4, dtype=torch.long))
