@@ -208,11 +208,11 @@ def import_rules() -> dict[str, set[str]]:
 
 def _part(module: str) -> str:
     """``backlm.train.loop`` → ``train``; a top-level module → ``core`` unless it wires the
-    folders together (cli, quickstart: their own names)."""
+    folders together (cli, quickstart, api: their own names)."""
     parts = module.split(".")
     if len(parts) > 2 or (PACKAGE / parts[1] / "__init__.py").exists():
         return parts[1]
-    return parts[1] if parts[1] in ("cli", "quickstart", "__init__") else "core"
+    return parts[1] if parts[1] in ("cli", "quickstart", "api", "__init__") else "core"
 
 
 def broken_rules(graph: dict[str, set[str]], rules: dict[str, set[str]]) -> list[str]:

@@ -33,16 +33,17 @@ def chat(
     """Chat with a model. Forward: you write the user turn, it answers. Backward: you give the
     ending (the assistant's turn), it writes what came before; the conversation grows toward
     its beginning and is shown in reading order."""
-    from backlm.experiment import load_model
-    from backlm.serve import Chat, Sampling
+    import backlm
+    from backlm.serve import Sampling
 
     sampling = Sampling(temperature, top_k, max_tokens, seed).check()
-    loaded = load_model(model, experiments_root(experiments), step, device or "auto")
-    session = Chat(loaded.model, loaded.tokenizer, loaded.direction, loaded.phase, direction)
+    loaded = backlm.load(model, experiments=experiments_root(experiments), step=step,
+                         device=device or "auto")
+    session = loaded.chat(direction)
     if prompt is not None:
         typer.echo(_turn(session, prompt, sampling, live=False))
         return
-    console.print(f"[bold]{loaded.exp.id}[/] step {loaded.step} · {loaded.phase} · "
+    console.print(f"[bold]{loaded.name}[/] step {loaded.step} · {loaded.phase} · "
                   f"{ARROWS[loaded.direction]}\n{HELP}", highlight=False)
     _loop(session, sampling)
 

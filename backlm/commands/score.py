@@ -26,18 +26,18 @@ def score(
 
     from rich.table import Table
 
-    from backlm.evaluation import score_text
-    from backlm.experiment import load_model
+    import backlm
 
     if text == "-":
         text = sys.stdin.read()
-    loaded = load_model(experiment, experiments_root(experiments), step, device or "auto")
-    result = score_text(loaded.model, loaded.tokenizer, loaded.direction, text)
+    model = backlm.load(experiment, experiments=experiments_root(experiments), step=step,
+                        device=device or "auto")
+    result = model.score(text)
     if as_json:
-        typer.echo(json.dumps({"model": loaded.exp.id, "step": loaded.step,
-                               "direction": loaded.direction, "orders": result}))
+        typer.echo(json.dumps({"model": model.name, "step": model.step,
+                               "direction": model.direction, "orders": result}))
         return
-    table = Table(title=f"{loaded.exp.id} (step {loaded.step}, {loaded.direction})")
+    table = Table(title=f"{model.name} (step {model.step}, {model.direction})")
     for col in ("order", "tokens", "log-prob (nats)", "bits per byte"):
         table.add_column(col, justify="left" if col == "order" else "right")
     for order, r in result.items():

@@ -28,25 +28,20 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {port}")
-    from backlm.experiment import load_model
+    import backlm
     from backlm.serve import serve as run
 
-    loaded = load_model(model, experiments_root(experiments), step, device or "auto")
-    _warm_up(loaded)
+    served = backlm.load(model, experiments=experiments_root(experiments), step=step,
+                         device=device or "auto")
+    served.generate(max_new_tokens=2)  # the first request does not pay for first-use setup
 
     def ready(url: str) -> None:
         # the warning once listening: a host that cannot be bound is one error line, no more
         if host not in LOOPBACK:
             console.print(f"[yellow]listening on {host}: anyone who can reach it can use the "
                           "model (no authentication)[/]")
-        console.print(f"serving {loaded.exp.id} (step {loaded.step}, {loaded.phase}, "
-                      f"{loaded.direction}) at {url}  ·  Ctrl-C stops", highlight=False,
+        console.print(f"serving {served.name} (step {served.step}, {served.phase}, "
+                      f"{served.direction}) at {url}  ·  Ctrl-C stops", highlight=False,
                       soft_wrap=True)
 
-    run(loaded, host, port, ready)
-
-
-def _warm_up(loaded) -> None:
-    """One short generation so the first request does not pay for first-use setup."""
-    bos = [loaded.tokenizer.special_ids.bos]
-    list(loaded.model.generate(bos, 2, temperature=0.0))
+    run(served.loaded, host, port, ready)

@@ -1,4 +1,5 @@
-"""Loading a trained model from an experiment for evaluation, 5CAT, chat and serving."""
+"""Loading a trained model for evaluation, 5CAT, chat and serving: from an experiment's
+checkpoint, or from a hub model folder as ``backlm upload`` stages it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from backlm.experiment.folder import Experiment, find
 class LoadedModel:
     """A model ready for inference, with what it needs to be used correctly."""
 
-    exp: Experiment
+    exp: Experiment | None  # None for a hub model folder
     model: Any  # backlm.model.gpt.GPT, in eval mode
     tokenizer: Any  # backlm.tokenizer.Tokenizer
     direction: str  # the direction the checkpoint declares
@@ -27,7 +28,12 @@ class LoadedModel:
     @property
     def phase(self) -> str:
         """The phase that wrote the checkpoint (its meta.json, else the experiment's)."""
-        return str(self.meta.get("phase") or self.exp.phase)
+        return str(self.meta.get("phase") or (self.exp.phase if self.exp else "base"))
+
+    @property
+    def name(self) -> str:
+        """The experiment's id (a hub folder keeps the id it was staged from)."""
+        return self.exp.id if self.exp else str(self.meta.get("experiment") or "model")
 
 
 def chosen_step(exp: Experiment, step: int | None = None) -> int:
@@ -85,13 +91,16 @@ def resolve_step(exp: Experiment, step: int | None) -> Path:
 
 def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int | None = None,
                device: str = "auto") -> LoadedModel:
-    """Load an experiment's checkpoint (id, tag or path) into an eval-mode GPT."""
+    """Load an experiment's checkpoint (id, tag or path), or a hub model folder (a path holding
+    ``model.safetensors`` and ``tokenizer/``), into an eval-mode GPT."""
     import torch
 
     from backlm.hardware import resolve_device
     from backlm.model.gpt import GPT
     from backlm.paths import experiments_root
 
+    if not isinstance(ref, Experiment) and (Path(ref) / ckpt.MODEL_FILE).is_file():
+        return load_hub_folder(Path(ref), device)
     exp = ref if isinstance(ref, Experiment) else find(str(ref), root or experiments_root())
     folder = resolve_step(exp, step)
     state, _, meta = ckpt.load(folder, with_optimizer=False)
@@ -108,3 +117,49 @@ def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int
     model.load_state_dict(state)
     model.to(dev).eval()
     return LoadedModel(exp, model, tokenizer, meta["direction"], int(meta["step"]), meta, dev)
+
+
+def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
+    """A hub model folder: the weights' safetensors header says the direction, the model
+    config, phase and step, and the tokenizer beside them must be the one it names."""
+    import json
+
+    import torch
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    from backlm.config import ModelConfig, from_dict
+    from backlm.direction import Direction
+    from backlm.hardware import resolve_device
+    from backlm.model.gpt import GPT
+    from backlm.tokenizer import Tokenizer
+
+    weights = folder / ckpt.MODEL_FILE
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            header = f.metadata() or {}
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"{weights} cannot be read as safetensors ({exc}): download the "
+                        "folder again") from None
+    needed = ("direction", "model_config", "step", "tokenizer_sha256")
+    if any(k not in header for k in needed):
+        raise UserError(f"{weights} has no backlm header ({', '.join(needed)}): load a folder "
+                        "that `backlm upload` staged, or an experiment")
+    try:
+        cfg = from_dict(ModelConfig, json.loads(header["model_config"]))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{weights}: its model_config is not a model config ({exc})") from None
+    tokenizer = Tokenizer.load(folder / "tokenizer")
+    if compat.tokenizer_hash(tokenizer) != header["tokenizer_sha256"]:
+        raise UserError(f"{folder / 'tokenizer'} is not the tokenizer {weights.name} was trained "
+                        "with (its sha256 differs): download the folder again")
+    model = GPT(cfg)
+    compat.check_weights(model, state, folder)
+    model.load_state_dict(state)
+    dev = torch.device(resolve_device(device, "fp32").device)
+    model.to(dev).eval()
+    meta = {**{k: header.get(k) for k in ("phase", "experiment", "usage")},
+            "model_config": dict(vars(cfg))}
+    return LoadedModel(None, model, tokenizer, Direction.parse(header["direction"]),
+                       int(header["step"]), meta, dev)

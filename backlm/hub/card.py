@@ -11,16 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from backlm.direction import Direction
 from backlm.render import table
 
 # The first paragraph of a card, per direction: which way the model reads, how to prompt it.
 LEAD = {
-    "forward": (
+    Direction.FORWARD: (
         "**A forward language model: it reads and writes text left to right, as usual.** It "
         "was trained on `<|bos|> t1 t2 … tn` (token ids in reading order): give it the "
         "beginning of a text and it writes what comes next."
     ),
-    "backward": (
+    Direction.BACKWARD: (
         "**A backward language model: it reads and writes text right to left.** It was "
         "trained on `<|bos|> tn … t2 t1`, the token ids of each text in reverse reading "
         "order. Give it the END of a text — tokenize it in reading order, reverse the token "
@@ -28,7 +29,7 @@ LEAD = {
         "a time; reverse the ids it writes to read them. Reversal is on token ids, never on "
         "characters."
     ),
-    "bidirectional": (
+    Direction.BIDIRECTIONAL: (
         "**A bidirectional language model: one set of weights reads and writes either way, and "
         "a direction token right after `<|bos|>` picks the order.** `<|bos|> <|forward|> t1 … "
         "tn` reads left to right (give it a beginning, it writes what comes next); `<|bos|> "
@@ -38,10 +39,10 @@ LEAD = {
     ),
 }
 USAGE = {
-    "forward": "forward: prompt with <|bos|> then reading-order token ids; it continues the text",
-    "backward": ("backward: prompt with <|bos|> then the token ids of a text's end in reverse "
+    Direction.FORWARD: "forward: prompt with <|bos|> then reading-order token ids; it continues the text",
+    Direction.BACKWARD: ("backward: prompt with <|bos|> then the token ids of a text's end in reverse "
                  "order; it writes what came before (reverse its output ids to read it)"),
-    "bidirectional": ("bidirectional: prompt with <|bos|>, then <|forward|> and reading-order "
+    Direction.BIDIRECTIONAL: ("bidirectional: prompt with <|bos|>, then <|forward|> and reading-order "
                       "ids, or <|backward|> and reversed ids; the marker picks the order"),
 }
 # phases trained on conversations (RL samples whole conversations too)
@@ -148,7 +149,7 @@ def _lead(info: CardInfo) -> str:
     if info.phase in CONVERSATION_PHASES:
         chat = (f"\n\nIt was trained on conversations ({info.phase} phase): turns are wrapped in "
                 "`<|user_start|>` … `<|assistant_end|>` in reading order, and "
-                + ("the model writes assistant turns." if info.direction == "forward" else
+                + ("the model writes assistant turns." if info.direction == Direction.FORWARD else
                    "going backward the whole conversation is reversed, so the model is given "
                    "the later turns and writes the earlier ones."))
     return (f"# {name}\n\n{LEAD[info.direction]}{chat}\n\nWith backlm, the experiment this "
@@ -158,53 +159,40 @@ def _lead(info: CardInfo) -> str:
             "`to_reading_order`).")
 
 
-# The prompt-and-print lines of the card's snippet, per direction.
+# The prompt-and-print lines of the card's snippet, per direction: backlm.load reads the
+# direction from the weights' header and turns reading-order text into the model's order.
 _PROMPT = {
-    "forward": """text = "The beginning of a text"
-prompt, _ = encode_for(tok.encode(text), header["direction"], "forward", tok.special_ids)
-written = list(model.generate(prompt, max_new_tokens=32, temperature=0))
-print(text + tok.decode(written))""",
-    "backward": """text = "the end of a text."  # reading order; encode_for reverses the ids
-prompt, _ = encode_for(tok.encode(text), header["direction"], "backward", tok.special_ids)
-written = list(model.generate(prompt, max_new_tokens=32, temperature=0))  # right to left
-print(tok.decode(model_order(written, "backward")) + text)  # back in reading order""",
-    "bidirectional": """order = "backward"  # or "forward": encode_for puts its marker after BOS
-text = "the end of a text." if order == "backward" else "The beginning of a text"
-prompt, _ = encode_for(tok.encode(text), header["direction"], order, tok.special_ids)
-written = list(model.generate(prompt, max_new_tokens=32, temperature=0))
-new = tok.decode(model_order(written, order))  # in reading order
-print(new + text if order == "backward" else text + new)""",
+    Direction.FORWARD: """text = "The beginning of a text"
+print(text + model.generate(text, order="{order}", max_new_tokens=32))""",
+    Direction.BACKWARD: """text = "the end of a text."  # reading order: it writes what came before
+print(model.generate(text, order="{order}", max_new_tokens=32) + text)""",
+    Direction.BIDIRECTIONAL: """order = "{backward}"  # or "{forward}": the marker after BOS picks it
+text = "the end of a text." if order == "{backward}" else "The beginning of a text"
+new = model.generate(text, order=order, max_new_tokens=32)  # in reading order
+print(new + text if order == "{backward}" else text + new)""",
 }
 
 
 def _use(info: CardInfo) -> str:
+    prompt = _PROMPT[info.direction].format(order=info.direction, forward=Direction.FORWARD,
+                                            backward=Direction.BACKWARD)
     return f"""## Use
 
-The weights file says how to use it: its safetensors header holds the direction, the model
-config and how to prompt. Loading needs `pip install backlm` (its `GPT` class).
+`pip install backlm`, then `backlm.load` the folder: the weights' safetensors header holds
+the direction, the model config and how to prompt, and the model reads and writes
+reading-order text in its direction (`generate`, `chat`, `score`).
 
 ```python
-import json
-
+import backlm
 from huggingface_hub import snapshot_download
-from safetensors import safe_open
-from safetensors.torch import load_file
 
-from backlm.config import ModelConfig, from_dict
-from backlm.direction import encode_for, model_order
-from backlm.model.gpt import GPT
-from backlm.tokenizer import Tokenizer
+model = backlm.load(snapshot_download("{info.repo_id}"))
+{prompt}
+```
 
-folder = snapshot_download("{info.repo_id}")
-with safe_open(f"{{folder}}/model.safetensors", framework="pt") as f:
-    header = f.metadata()  # direction, model_config, phase, step, usage ...
-model = GPT(from_dict(ModelConfig, json.loads(header["model_config"])))
-model.load_state_dict(load_file(f"{{folder}}/model.safetensors"))
-model.eval()
-tok = Tokenizer.load(f"{{folder}}/tokenizer")
-
-{_PROMPT[info.direction]}
-```"""
+Without backlm's API: `safetensors.safe_open(...).metadata()` gives `direction`,
+`model_config` and `usage`; `backlm.direction.encode_for` and `model_order` put token ids in
+the model's order and back."""
 
 
 def _model(info: CardInfo) -> str:

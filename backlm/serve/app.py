@@ -23,7 +23,7 @@ class Engine:
 
     def __init__(self, loaded: Any, limits: Limits) -> None:
         self.loaded, self.limits = loaded, limits
-        self.models = wire.served_models(loaded.exp.id, loaded.direction)
+        self.models = wire.served_models(loaded.name, loaded.direction)
         self.lock = threading.Lock()  # held by the model thread while it computes
         self.model = ModelThread(self.lock)
         self.slots = threading.BoundedSemaphore(limits.max_generations)
@@ -33,10 +33,10 @@ class Engine:
         """What ``/model_info`` reports."""
         ld = self.loaded
         try:
-            config = asdict(ld.exp.config())
+            config = asdict(ld.exp.config()) if ld.exp else {"model": ld.meta.get("model_config")}
         except (UserError, OSError):  # a checkpoint folder without its experiment's config
             config = {"model": ld.meta.get("model_config")}
-        return {"id": ld.exp.id, "phase": ld.phase, "direction": ld.direction,
+        return {"id": ld.name, "phase": ld.phase, "direction": ld.direction,
                 "can_toggle": ld.direction == "bidirectional", "step": ld.step,
                 "orders": [o for o in (["forward", "backward"] if ld.direction == "bidirectional"
                                        else [ld.direction])],
@@ -137,7 +137,7 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         ld = engine.loaded
-        created = int(ld.exp.path.stat().st_mtime) if ld.exp.path.exists() else 0
+        created = int(ld.exp.path.stat().st_mtime) if ld.exp and ld.exp.path.exists() else 0
         data = [{"id": name, "object": "model", "created": created, "owned_by": "backlm",
                  "direction": order or ld.direction} for name, order in engine.models.items()]
         return {"object": "list", "data": data}
@@ -156,7 +156,7 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
         text = wire.score_request(await body_of(request), engine.models, engine.limits)
         orders = await run_in_threadpool(engine.score, text)
         ld = engine.loaded
-        return {"object": "score", "model": ld.exp.id, "step": ld.step,
+        return {"object": "score", "model": ld.name, "step": ld.step,
                 "direction": ld.direction, "bytes": len(text.encode("utf-8")), "orders": orders}
 
     @app.post("/v1/chat/completions")

@@ -38,6 +38,7 @@ class Sampling:
     top_k: int | None = None
     max_tokens: int = 256
     seed: int | None = None
+    top_p: float | None = None  # nucleus sampling: the likeliest tokens holding this much mass
 
     def check(self) -> Sampling:
         """This, or a UserError naming the value out of range."""
@@ -48,6 +49,9 @@ class Sampling:
             raise UserError(f"temperature must be between 0 and 10, got {self.temperature!r}")
         if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 1):
             raise UserError(f"top-k must be a positive whole number, got {self.top_k!r}")
+        if self.top_p is not None and not (isinstance(self.top_p, int | float)
+                                           and 0 < self.top_p <= 1):
+            raise UserError(f"top-p must be in (0, 1], got {self.top_p!r}")
         if not (isinstance(self.max_tokens, int) and 1 <= self.max_tokens <= MAX_TOKENS):
             raise UserError(f"max tokens must be between 1 and {MAX_TOKENS}, got "
                             f"{self.max_tokens!r}")
@@ -122,6 +126,7 @@ class Chat:
         self.messages: list[dict[str, str]] = []
         self.text = ""  # a base model's running text
         self.stats = Stats()
+        self.last_turn = ""
         self.order = self.direction.orders[0]
         if order is not None:
             self.switch(order)
@@ -205,7 +210,7 @@ class Chat:
         first = last = started
         finish = "length"
         gen = self.model.generate(prompt, sampling.max_tokens, sampling.temperature,
-                                  sampling.top_k, sampling.seed)
+                                  sampling.top_k, sampling.seed, top_p=sampling.top_p)
         try:
             for token in gen:
                 last = time.perf_counter()
@@ -225,6 +230,7 @@ class Chat:
             # whole turns
             self.stats = Stats(len(written), last - first, first - started, len(prompt), finish)
         turn = self.tokenizer.decode(written_to_reading_order(written, self.order))
+        self.last_turn = turn  # what the model wrote, in reading order
         forward = self.order is Direction.FORWARD
         if self.plain:
             self.text = given + turn if forward else turn + given

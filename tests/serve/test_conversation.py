@@ -31,7 +31,7 @@ class Scripted:
     def __init__(self, tokens):
         self.tokens, self.prompts = tokens, []
 
-    def generate(self, prompt, max_new, temperature, top_k, seed):
+    def generate(self, prompt, max_new, temperature, top_k, seed, top_p=None):
         self.prompts.append(list(prompt))
         yield from self.tokens[:max_new]
 
