@@ -11,7 +11,8 @@ a second): an untrained model rarely writes the stop tag, so every sample runs t
 ``rl.max_new_tokens`` — the most sampling an RL step can do. "old" is a frozen copy of the code
 before the engine (``sample_group`` as it was in ``backlm/train/rl.py``, gate D's rollout loop as
 it was in ``backlm/fivecat/gates.py``); "new" is the package as it is. An RL step is the real
-``backlm.train.rl.train_step`` with ``rl.sample_group`` swapped. Each round runs old and new
+the loop's one training step (``backlm.train.loop._train_step``) with the RL phase and
+``rl.sample_group`` swapped. Each round runs old and new
 (alternating which goes first) from the same weights; the table shows medians over rounds.
 """
 
@@ -119,7 +120,8 @@ def tokenizer():
 
 
 def rl_trainer(tok, args):
-    """What ``rl.train_step`` reads, for a fresh cpu-tiny model (seed 0) on one CPU rank."""
+    """What the loop's one training step reads with the RL phase, for a fresh cpu-tiny model
+    (seed 0) on one CPU rank."""
     import contextlib
 
     import torch
@@ -128,7 +130,7 @@ def rl_trainer(tok, args):
     from backlm.distributed import DistInfo
     from backlm.model.gpt import GPT
     from backlm.train.optim import build_optimizer
-    from backlm.train.rl import PromptStream
+    from backlm.train.rl import PromptStream, RLPhase
 
     cfg = RunConfig()
     cfg.phase, cfg.data.direction = "rl", "forward"
@@ -141,8 +143,9 @@ def rl_trainer(tok, args):
         cfg=cfg, info=SimpleNamespace(model=model, tokenizer=tok), model=model, forward=model,
         opt=build_optimizer(model, cfg.optim), dist=DistInfo(), accum=args.prompts,
         device=torch.device("cpu"), autocast=contextlib.nullcontext, mfu=lambda _: 0.0,
-        loaders=[PromptStream(cfg.train.seed, i, "forward") for i in range(args.prompts)],
-        loader_snapshot=None, rl_reference=None)
+        loaders=[PromptStream(cfg.train.seed, i, cfg.data.direction)
+                 for i in range(args.prompts)],
+        phase=RLPhase(cfg))
     return tr
 
 
@@ -164,7 +167,7 @@ class _Callbacks:
 
 def rl_steps(tok, args, sampler) -> list[float]:
     """Seconds per RL optimizer step, ``args.steps`` steps from fresh weights."""
-    from backlm.train import rl
+    from backlm.train import loop, rl
 
     tr, state, cbs = rl_trainer(tok, args), _State(), _Callbacks()
     kept, rl.sample_group = rl.sample_group, sampler
@@ -172,7 +175,7 @@ def rl_steps(tok, args, sampler) -> list[float]:
         times = []
         for _ in range(args.steps):
             t = time.perf_counter()
-            rl.train_step(tr, state, cbs)
+            loop._train_step(tr, state, cbs)
             times.append(time.perf_counter() - t)
             state.step += 1
         return times
@@ -272,7 +275,7 @@ def main() -> None:
     def med(name, key):
         return statistics.median(res[name][key])
 
-    rows = [("RL step (rl.train_step)", "step"),
+    rows = [("RL step (the one training step, RL phase)", "step"),
             (f"RL sampling: {args.prompts} prompts × {args.group} samples", "sample"),
             (f"RL held-out greedy answers: {args.eval_prompts} prompts", "eval"),
             (f"5CAT gate D rollouts ({args.fivecat_rows} rows × 128)", "rollout")]
