@@ -34,7 +34,7 @@ class Model:
     @property
     def direction(self) -> Direction:
         """The direction the checkpoint declares."""
-        return Direction.parse(self.loaded.direction)
+        return self.loaded.direction
 
     @property
     def name(self) -> str:
@@ -68,7 +68,7 @@ class Model:
         from backlm.serve import Chat
 
         return Chat(self.loaded.model, self.loaded.tokenizer, self.direction,
-                    self.loaded.phase, order)
+                    self.loaded.phase, _order(order))
 
     def generate(self, text: str = "", *, order: Direction | str | None = None,
                  max_new_tokens: int = 64, temperature: float = 0.0, top_k: int | None = None,
@@ -77,7 +77,8 @@ class Model:
         continues after it, backward writes what comes before it. Greedy by default."""
         from backlm.serve import Chat, Sampling
 
-        chat = Chat(self.loaded.model, self.loaded.tokenizer, self.direction, "base", order)
+        chat = Chat(self.loaded.model, self.loaded.tokenizer, self.direction, "base",
+                    _order(order))
         sampling = Sampling(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, seed=seed)
         for _ in chat.send(text, sampling):
@@ -89,6 +90,11 @@ class Model:
         from backlm.evaluation import score_text
 
         return score_text(self.loaded.model, self.loaded.tokenizer, self.direction, text)
+
+
+def _order(order: Direction | str | None) -> Direction | None:
+    """An order named by a caller (this API is an edge: names come in here)."""
+    return None if order is None else Direction.parse(order)
 
 
 def load(ref: str | Path, *, step: int | None = None, device: str = "auto",

@@ -15,6 +15,8 @@ bidirectional  ``BOS <|forward|> t1 … tn`` or                   every target b
 
 Every function here is pure. ``to_reading_order(encode_document(doc, d, ...), d) == doc`` for
 every direction, and the same holds for conversations. Nothing else in backlm reverses tokens.
+Functions take a :class:`Direction`; this module, the one that owns the names, also reads a
+name given to it (a hub card's snippet passes the one its weights' header holds).
 
 Masks are per position of the model-order sequence: ``mask[i]`` says whether token ``i`` counts
 as a training target when something precedes it. A document's BOS is a target inside a packed
@@ -61,18 +63,46 @@ class Direction(str, enum.Enum):
     @property
     def orders(self) -> tuple[Direction, ...]:
         """The concrete orders this direction trains on (both for bidirectional)."""
-        if self is Direction.BIDIRECTIONAL:
-            return (Direction.FORWARD, Direction.BACKWARD)
-        return (self,)
+        return ORDERS if self is Direction.BIDIRECTIONAL else (self,)
+
+    @property
+    def arrow(self) -> str:
+        """The arrow shown beside the name: → forward, ← backward, ↔ bidirectional."""
+        return {"forward": "→", "backward": "←", "bidirectional": "↔"}[self.value]
 
     @property
     def opposite(self) -> Direction:
         """The other concrete order (forward <-> backward)."""
-        if self is Direction.FORWARD:
-            return Direction.BACKWARD
-        if self is Direction.BACKWARD:
-            return Direction.FORWARD
-        raise ValueError("bidirectional has no single opposite order")
+        if self is Direction.BIDIRECTIONAL:
+            raise ValueError("bidirectional has no single opposite order")
+        return Direction.BACKWARD if self is Direction.FORWARD else Direction.FORWARD
+
+
+ORDERS = (Direction.FORWARD, Direction.BACKWARD)
+"""The two concrete orders, forward first."""
+
+NAME_PATTERN = "|".join(d.value for d in Direction)
+"""A regular-expression alternative matching any direction name (experiment tags use it)."""
+
+
+def parse_orders(text: str | Sequence[str], flag: str = "--directions") -> list[Direction]:
+    """Concrete orders from a comma list or a list of names (``forward,backward``), each once,
+    in the given order; a bidirectional, unknown or empty list names ``flag`` in its error."""
+    use = "use forward, backward or forward,backward"
+    out = []
+    for name in filter(None, (n.strip() for n in (text.split(",") if isinstance(text, str)
+                                                  else text))):
+        try:
+            order = Direction.parse(name)
+        except UserError:
+            raise UserError(f"unknown direction {name!r} in {flag}: {use}") from None
+        if order is Direction.BIDIRECTIONAL:
+            raise UserError(f"{flag} takes forward and/or backward: a bidirectional model is "
+                            "evaluated with the marker of each")
+        out.append(order)
+    if not out:
+        raise UserError(f"{flag} is empty: {use}")
+    return list(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -92,14 +122,13 @@ class SpecialIds:
         return self.forward if _concrete(order) is Direction.FORWARD else self.backward
 
 
-def _concrete(order: Direction | str) -> Direction:
-    order = Direction.parse(order)
-    if order is Direction.BIDIRECTIONAL:
+def _concrete(order: Direction) -> Direction:
+    if (order := Direction.parse(order)) is Direction.BIDIRECTIONAL:
         raise ValueError("a concrete order (forward or backward) is required here")
     return order
 
 
-def model_order(tokens: Sequence[int] | np.ndarray, order: Direction | str):
+def model_order(tokens: Sequence[int] | np.ndarray, order: Direction):
     """Put reading-order ``tokens`` into a concrete model ``order`` (its own inverse).
 
     Lists come back as lists; NumPy arrays as arrays (a reversed view, no copy).
@@ -122,17 +151,15 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def document_order(
-    direction: Direction | str, doc_index: int, seed: int = 0, mix: float = 0.5
-) -> Direction:
+def document_order(direction: Direction, doc_index: int, seed: int = 0, mix: float = 0.5
+                   ) -> Direction:
     """The concrete order of document number ``doc_index`` in a run.
 
     Forward and backward runs return their own order. Bidirectional runs draw backward with
     probability ``mix`` from a generator seeded by ``(seed, doc_index)``: the choice depends on
     the document's place in the stream, not on batching, ranks or resumes.
     """
-    direction = Direction.parse(direction)
-    if direction is not Direction.BIDIRECTIONAL:
+    if (direction := Direction.parse(direction)) is not Direction.BIDIRECTIONAL:
         return direction
     if not 0.0 <= mix <= 1.0:
         raise UserError(f"mix must be between 0 and 1, got {mix}")
@@ -144,49 +171,33 @@ def document_order(
 
 
 def encode_document(
-    tokens: Sequence[int],
-    direction: Direction | str,
-    ids: SpecialIds,
-    order: Direction | str | None = None,
+    tokens: Sequence[int], direction: Direction, ids: SpecialIds, order: Direction | None = None,
 ) -> tuple[list[int], list[bool]]:
     """Turn one reading-order document into a model-order sequence and its target mask.
 
     ``order`` picks the concrete order of a bidirectional document (see
     :func:`document_order`); it must be omitted or equal to ``direction`` otherwise.
     """
-    direction = Direction.parse(direction)
-    concrete = _resolve_order(direction, order)
-    body = model_order(tokens, concrete)
-    if direction is Direction.BIDIRECTIONAL:
-        seq = [ids.bos, ids.marker(concrete), *body]
-        mask = [True, False] + [True] * len(body)
-    else:
-        seq = [ids.bos, *body]
-        mask = [True] * (len(body) + 1)
-    return seq, mask
+    seq, mask = encode_document_array(np.asarray(tokens, dtype=np.int64), direction, ids, order)
+    return seq.tolist(), mask.tolist()
 
 
 def encode_document_array(
-    tokens: np.ndarray, direction: Direction | str, ids: SpecialIds,
-    order: Direction | str | None = None,
+    tokens: np.ndarray, direction: Direction, ids: SpecialIds, order: Direction | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`encode_document` on an int64 array, for the data loader's hot path."""
-    direction = Direction.parse(direction)
     concrete = _resolve_order(direction, order)
-    head = 2 if direction is Direction.BIDIRECTIONAL else 1
-    seq = np.empty(len(tokens) + head, dtype=np.int64)
+    head = prefix_length(direction)
+    seq, mask = np.empty(len(tokens) + head, dtype=np.int64), np.ones(len(tokens) + head, bool)
     seq[0] = ids.bos
-    if head == 2:
-        seq[1] = ids.marker(concrete)
+    if head == 2:  # the marker: given, never a target
+        seq[1], mask[1] = ids.marker(concrete), False
     seq[head:] = model_order(tokens, concrete)
-    mask = np.ones(len(seq), dtype=bool)
-    if head == 2:
-        mask[1] = False
     return seq, mask
 
 
-def encode_for(tokens: Sequence[int] | np.ndarray, model_direction: Direction | str,
-               order: Direction | str, ids: SpecialIds):
+def encode_for(tokens: Sequence[int] | np.ndarray, model_direction: Direction,
+               order: Direction, ids: SpecialIds):
     """Reading-order ``tokens`` as a model of ``model_direction`` reads them in the concrete
     ``order``: any model can be asked any order (a bidirectional one gets ``order``'s marker).
     Lists give lists (:func:`encode_document`), arrays arrays (:func:`encode_document_array`)."""
@@ -221,8 +232,8 @@ def piece_spans(length: int, capacity: int) -> list[tuple[int, int]]:
     return [(s, min(s + capacity, length)) for s in range(0, length, capacity)]
 
 
-def _resolve_order(direction: Direction, order: Direction | str | None) -> Direction:
-    if direction is Direction.BIDIRECTIONAL:
+def _resolve_order(direction: Direction, order: Direction | None) -> Direction:
+    if (direction := Direction.parse(direction)) is Direction.BIDIRECTIONAL:
         if order is None:
             raise ValueError("a bidirectional document needs a concrete order")
         return _concrete(order)
@@ -231,49 +242,46 @@ def _resolve_order(direction: Direction, order: Direction | str | None) -> Direc
     return direction
 
 
-def prefix_length(direction: Direction | str) -> int:
+def prefix_length(direction: Direction) -> int:
     """Number of non-content tokens before a document's body (BOS, and the marker)."""
     return 2 if Direction.parse(direction) is Direction.BIDIRECTIONAL else 1
 
 
-def read_order_of(seq: Sequence[int], direction: Direction | str, ids: SpecialIds) -> Direction:
+def read_order_of(seq: Sequence[int], direction: Direction, ids: SpecialIds) -> Direction:
     """The concrete order of a model-order sequence (read from its marker if bidirectional)."""
-    direction = Direction.parse(direction)
-    if direction is not Direction.BIDIRECTIONAL:
+    if (direction := Direction.parse(direction)) is not Direction.BIDIRECTIONAL:
         return direction
-    start = 1 if seq and seq[0] == ids.bos else 0
+    return Direction.FORWARD if seq[_marker_at(seq, ids)] == ids.forward else Direction.BACKWARD
+
+
+def _marker_at(seq: Sequence[int], ids: SpecialIds) -> int:
+    start = 1 if len(seq) and seq[0] == ids.bos else 0
     if len(seq) <= start or seq[start] not in (ids.forward, ids.backward):
         raise ValueError("bidirectional sequence has no direction marker after BOS")
-    return Direction.FORWARD if seq[start] == ids.forward else Direction.BACKWARD
+    return start
 
 
-def to_reading_order(
-    seq: Sequence[int], direction: Direction | str, ids: SpecialIds
-) -> list[int]:
+def to_reading_order(seq: Sequence[int], direction: Direction, ids: SpecialIds) -> list[int]:
     """Return any model-order sequence (with or without its BOS/marker) to reading order.
 
     The inverse of :func:`encode_document` and :func:`encode_conversation`: BOS and the
     direction marker are dropped, and backward bodies are reversed. A piece of a document
     comes back as its reading-order span.
     """
-    direction = Direction.parse(direction)
     concrete = read_order_of(seq, direction, ids)
-    start = 1 if seq and seq[0] == ids.bos else 0
-    if direction is Direction.BIDIRECTIONAL:
-        start += 1
-    return model_order(seq[start:], concrete)
+    bos = 1 if len(seq) and seq[0] == ids.bos else 0
+    return model_order(seq[bos + prefix_length(direction) - 1:], concrete)  # marker dropped too
 
 
-def eval_orders(direction: Direction | str) -> list[tuple[str, Direction]]:
+def eval_orders(direction: Direction) -> list[tuple[str, Direction]]:
     """What validation measures, as ``(label, concrete order)``: the run's own order (label
     ``""``), or each order of a bidirectional run (labels ``forward``, ``backward``)."""
-    direction = Direction.parse(direction)
-    if direction is Direction.BIDIRECTIONAL:
+    if (direction := Direction.parse(direction)) is Direction.BIDIRECTIONAL:
         return [(o.value, o) for o in direction.orders]
     return [("", direction)]
 
 
-def kept_window(tokens: Sequence[int], order: Direction | str, length: int) -> list[int]:
+def kept_window(tokens: Sequence[int], order: Direction, length: int) -> list[int]:
     """The reading-order part of a document that a model-order crop to ``length`` keeps.
 
     Its first ``length`` tokens going forward, its last ``length`` going backward: the window
@@ -283,15 +291,13 @@ def kept_window(tokens: Sequence[int], order: Direction | str, length: int) -> l
     return model_order(model_order(tokens, order)[: max(0, length)], order)
 
 
-def relabel(seq: Sequence[int], ids: SpecialIds, order: Direction | str) -> list[int]:
+def relabel(seq: Sequence[int], ids: SpecialIds, order: Direction) -> list[int]:
     """A bidirectional model-order sequence with its marker replaced by ``order``'s marker.
 
     Only the marker changes, so the body keeps the order it was encoded in: 5CAT uses this to
     show a model a body under the wrong marker. Relabelling with the original order undoes it.
     """
-    start = 1 if seq and seq[0] == ids.bos else 0
-    if len(seq) <= start or seq[start] not in (ids.forward, ids.backward):
-        raise ValueError("bidirectional sequence has no direction marker after BOS")
+    start = _marker_at(seq, ids)
     return [*seq[:start], ids.marker(order), *seq[start + 1:]]
 
 
@@ -317,7 +323,7 @@ class Part(enum.IntEnum):
 TRAIN_ON = ("assistant", "user", "all")
 
 
-def trained_roles(order: Direction | str, train_on: str | None = None) -> frozenset[Role]:
+def trained_roles(order: Direction, train_on: str | None = None) -> frozenset[Role]:
     """Roles whose turns carry loss: the turns the model writes in ``order``.
 
     Forward models write assistant turns; backward models by default write user turns (the
@@ -333,7 +339,7 @@ def trained_roles(order: Direction | str, train_on: str | None = None) -> frozen
 
 
 def conversation_mask(
-    roles: Sequence[int], parts: Sequence[int], order: Direction | str, train_on: str | None = None
+    roles: Sequence[int], parts: Sequence[int], order: Direction, train_on: str | None = None
 ) -> list[bool]:
     """Reading-order target mask of a conversation for a model writing in ``order``.
 
@@ -351,13 +357,8 @@ def conversation_mask(
 
 
 def encode_conversation(
-    tokens: Sequence[int],
-    roles: Sequence[int],
-    parts: Sequence[int],
-    direction: Direction | str,
-    ids: SpecialIds,
-    order: Direction | str | None = None,
-    train_on: str | None = None,
+    tokens: Sequence[int], roles: Sequence[int], parts: Sequence[int], direction: Direction,
+    ids: SpecialIds, order: Direction | None = None, train_on: str | None = None,
 ) -> tuple[list[int], list[bool]]:
     """Turn a reading-order rendered conversation (no BOS) into model order with its mask.
 
@@ -365,18 +366,17 @@ def encode_conversation(
     closing tag opens its turn; bidirectional conversations carry the (masked) marker after
     BOS, like documents.
     """
-    direction = Direction.parse(direction)
     concrete = _resolve_order(direction, order)
     mask = conversation_mask(roles, parts, concrete, train_on)
     body = model_order(tokens, concrete)
     body_mask = model_order(mask, concrete)
-    head = [ids.bos, ids.marker(concrete)] if direction is Direction.BIDIRECTIONAL else [ids.bos]
+    head = [ids.bos, ids.marker(concrete)][:prefix_length(direction)]  # BOS, and the marker
     return [*head, *body], [False] * len(head) + body_mask
 
 
 def turn_prompt(
-    context: Sequence[int], write: Role, direction: Direction | str, ids: SpecialIds,
-    order: Direction | str | None = None,
+    context: Sequence[int], write: Role, direction: Direction, ids: SpecialIds,
+    order: Direction | None = None,
 ) -> tuple[list[int], int]:
     """Model-order prompt asking for one turn of role ``write``, and the token that ends it.
 
@@ -385,9 +385,8 @@ def turn_prompt(
     what came before). The prompt ends with the tag that opens the written turn in the model's
     order; generation stops at the tag that closes it.
     """
-    direction = Direction.parse(direction)
     concrete = _resolve_order(direction, order)
-    head = [ids.bos, ids.marker(concrete)] if direction is Direction.BIDIRECTIONAL else [ids.bos]
+    head = [ids.bos, ids.marker(concrete)][:prefix_length(direction)]  # BOS, and the marker
     start, end = ((ids.user_start, ids.user_end) if write is Role.USER
                   else (ids.assistant_start, ids.assistant_end))
     if concrete is Direction.FORWARD:
@@ -395,6 +394,6 @@ def turn_prompt(
     return [*head, *model_order(list(context), concrete), end], start
 
 
-def written_to_reading_order(written: Sequence[int], order: Direction | str) -> list[int]:
+def written_to_reading_order(written: Sequence[int], order: Direction) -> list[int]:
     """A generated turn's content (stop tag excluded) in reading order."""
     return list(model_order(list(written), _concrete(order)))

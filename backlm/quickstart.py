@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from backlm.callbacks import Progress
+from backlm.direction import Direction
 from backlm.experiment import folder as xp
 
-DIRECTIONS = ("forward", "backward", "bidirectional")
+DIRECTIONS = tuple(Direction)
 # 40% of the cpu-tiny preset's steps: three models, their checks and the comparison fit in
 # ~13 minutes on 2 cores (BENCHMARKS.md "Quickstart"); evaluation and checkpoints every 40.
 STEPS = 80
@@ -44,7 +45,7 @@ class QuickstartResult:
     stopped: Any = None  # the summary of a member that did not finish (interrupted, failed)
 
 
-def member_id(prefix: str, direction: str) -> str:
+def member_id(prefix: str, direction: Direction) -> str:
     """The experiment id of one member."""
     return xp.check_id(f"{prefix}-{direction}")
 

@@ -127,13 +127,14 @@ def rl_trainer(tok, args):
     import torch
 
     from backlm.config import ModelConfig, RunConfig
+    from backlm.direction import Direction
     from backlm.distributed import DistInfo
     from backlm.model.gpt import GPT
     from backlm.train.optim import build_optimizer
     from backlm.train.rl import PromptStream, RLPhase
 
     cfg = RunConfig()
-    cfg.phase, cfg.data.direction = "rl", "forward"
+    cfg.phase, cfg.data.direction = "rl", Direction.FORWARD
     cfg.model = ModelConfig(depth=4, head_dim=64, seq_len=256, vocab_size=tok.vocab_size)
     cfg.rl.group_size, cfg.rl.prompts_per_step = args.group, args.prompts
     cfg.rl.max_new_tokens = args.max_new
@@ -187,13 +188,14 @@ def sampling_alone(tok, args, sampler) -> tuple[float, list[list[list[int]]]]:
     """Seconds to sample one group for each of ``args.prompts`` prompts, and the samples."""
     import torch
 
+    from backlm.direction import Direction
     from backlm.train import rl
 
     tr = rl_trainer(tok, args)
     out, t = [], time.perf_counter()
     for stream in tr.loaders:
         problem, order, seed = stream.next_prompt()
-        prompt, stop = rl.prompt_for(tok, problem, "forward", order)
+        prompt, stop = rl.prompt_for(tok, problem, Direction.FORWARD, order)
         with torch.no_grad():
             out.append(sampler(tr.model, prompt, args.group, args.max_new, 1.0, stop, seed))
     return time.perf_counter() - t, out
@@ -208,7 +210,7 @@ def greedy_eval(model, tok, args, sampler) -> tuple[float, list[list[int]]]:
 
     out, t = [], time.perf_counter()
     for problem in arith.problems(args.eval_prompts, rl.EVAL_SEED):
-        prompt, stop = rl.prompt_for(tok, problem, "forward", Direction.FORWARD)
+        prompt, stop = rl.prompt_for(tok, problem, Direction.FORWARD, Direction.FORWARD)
         out.append(sampler(model, prompt, 1, args.max_new, 0.0, stop, 0)[0])
     return time.perf_counter() - t, out
 

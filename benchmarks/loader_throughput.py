@@ -35,6 +35,7 @@ def main() -> None:
     from backlm.data.loader import PackedLoader
     from backlm.data.shards import iter_texts, list_shards
     from backlm.data.token_cache import ensure_tokens
+    from backlm.direction import Direction
     from backlm.hardware import cpu_model
     from backlm.paths import dataset_dir
     from backlm.tokenizer import Tokenizer
@@ -68,8 +69,7 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "pipeline" else "right")
     table.add_row("tiktoken encode_ordinary_batch only", f"{n_raw:,}", "", f"{raw:,.0f}",
                   f"{raw:,.0f}", "1.00×", "")
-    for direction, cached in itertools.product(("forward", "backward", "bidirectional"),
-                                               (False, True)):
+    for direction, cached in itertools.product(Direction, (False, True)):
         loader = PackedLoader(shards, tok, direction, batch_size=args.batch_size,
                               seq_len=args.seq_len, threads=args.threads, token_cache=cached)
         if cached and loader.cache_notes:

@@ -9,7 +9,6 @@ import typer
 from backlm.commands.options import DEVICE, EXPERIMENTS_DIR, STEP, experiments_root
 from backlm.ui import console, user_errors
 
-ARROWS = {"forward": "→ forward", "backward": "← backward", "bidirectional": "↔ bidirectional"}
 HELP = ("/forward  /backward  write the next turn forward or backward (bidirectional models)\n"
         "/show  the whole conversation in reading order   /clear  /help  /quit  /exit\n"
         "/temperature T  /topk K (0: off)")
@@ -44,7 +43,7 @@ def chat(
         typer.echo(_turn(session, prompt, sampling, live=False))
         return
     console.print(f"[bold]{loaded.name}[/] step {loaded.step} · {loaded.phase} · "
-                  f"{ARROWS[loaded.direction]}\n{HELP}", highlight=False)
+                  f"{loaded.direction.arrow} {loaded.direction}\n{HELP}", highlight=False)
     _loop(session, sampling)
 
 
@@ -53,7 +52,7 @@ def _loop(session, sampling) -> None:
 
     while True:
         try:
-            line = console.input(f"[bold]{ARROWS[session.order.value]} you>[/] ")
+            line = console.input(f"[bold]{session.order.arrow} {session.order} you>[/] ")
         except (EOFError, KeyboardInterrupt):
             console.print()
             return
@@ -77,12 +76,13 @@ def _command(session, text: str, sampling):
     """Apply one slash command; the (possibly changed) sampling settings."""
     from dataclasses import replace
 
+    from backlm.direction import Direction
     from backlm.errors import UserError
 
     name, _, arg = text.partition(" ")
     if name in ("/forward", "/backward"):
-        session.switch(name[1:])
-        console.print(f"next turns: {ARROWS[name[1:]]}")
+        session.switch(Direction.parse(name[1:]))  # the slash command's name
+        console.print(f"next turns: {session.order.arrow} {session.order}")
     elif name == "/show":
         _show(session)
     elif name == "/clear":
@@ -123,12 +123,12 @@ def _turn(session, text: str, sampling, live: bool) -> str:
     shown = ""
     if not live or not console.is_terminal:
         for piece in session.send(text, sampling):
-            shown = shown + piece.text if piece.where == "end" else piece.text + shown
+            shown = piece.place(shown)
         if live:
             console.print(shown, highlight=False, markup=False)
         return shown
     with Live(Text(""), console=console, refresh_per_second=20, transient=False) as view:
         for piece in session.send(text, sampling):
-            shown = shown + piece.text if piece.where == "end" else piece.text + shown
+            shown = piece.place(shown)
             view.update(Text(f"model: {shown}"))
     return shown

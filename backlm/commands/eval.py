@@ -15,8 +15,8 @@ def eval_(
     exp: str = EXPERIMENT,
     step: int = STEP,
     directions: str = typer.Option(
-        "forward,backward", "--directions",
-        help="Orders to evaluate in; a bidirectional model gets the matching marker."),
+        None, "--directions", help="Orders to evaluate in (default: forward,backward); a "
+        "bidirectional model gets the matching marker."),
     tasks: str = typer.Option(
         None, "--tasks",
         help="Comma list of lm, arc-easy, arc-challenge, mmlu, gsm8k (default: lm and every "
@@ -32,10 +32,12 @@ def eval_(
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Evaluate a checkpoint: CE/bpb on val and OOD text and task scores, per direction."""
+    from backlm.direction import ORDERS, parse_orders
     from backlm.evaluation import EvalOptions, run_eval
 
     options = EvalOptions(
-        directions=directions, tasks=tasks.split(",") if tasks is not None else None,
+        directions=ORDERS if directions is None else parse_orders(directions),
+        tasks=tasks.split(",") if tasks is not None else None,
         step=step, max_per_task=max_per_task, lm_tokens=lm_tokens,
         max_new_tokens=max_new_tokens, device=device or "auto",
     )

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from backlm.direction import ORDERS, Direction
 from backlm.render import figure, save
 
-ORDER_STYLE = {"forward": "-", "backward": "--"}
+ORDER_STYLE = {Direction.FORWARD: "-", Direction.BACKWARD: "--"}
 
 
 def _pick(rows: Iterable[dict[str, Any]], section: str, **match: Any) -> list[dict[str, Any]]:
@@ -43,7 +44,7 @@ def curves(rows: list[dict[str, Any]], path: Path, metric: str) -> bool:
                 order = next((o for o in ORDER_STYLE if series.endswith(f"_{o}")), None)
                 label = exp if order is None else f"{exp} · {order}"
                 ax.plot([r["x"] for r in pts], [r["y"] for r in pts], ORDER_STYLE.get(
-                    order or "forward"), color=color, marker="o" if len(pts) < 30 else None,
+                    order or Direction.FORWARD), color=color, marker="o" if len(pts) < 30 else None,
                     markersize=3, label=label)
                 drawn = True
         ax.set_title(title)
@@ -65,7 +66,7 @@ def transfer(rows: list[dict[str, Any]], path: Path) -> bool:
     if not cells:
         return False
     exps = list(dict.fromkeys(r["experiment"] for r in cells))
-    orders = ["forward", "backward"]
+    orders = list(ORDERS)  # the CSV's series names compare equal to them
     grid = np.full((len(exps), 2), np.nan)
     native = np.zeros((len(exps), 2), dtype=bool)
     for r in cells:
@@ -142,7 +143,7 @@ def gap_vs_size(rows: list[dict[str, Any]], path: Path) -> bool:
                 continue
             err = [[r["y"] - r["lo"] if r.get("lo") is not None else 0 for r in pts],
                    [r["hi"] - r["y"] if r.get("hi") is not None else 0 for r in pts]]
-            label = ("forward vs backward models" if kind == "models" else "bidirectional") + (
+            label = ("forward vs backward models" if kind == "models" else kind) + (
                 ", mean over seeds" if group is seeds else "")
             ax.errorbar([r["x"] for r in pts], [r["y"] for r in pts], yerr=err, fmt=marker,
                         markersize=size, color=color, capsize=4, label=label,

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from backlm.compare import stats
+from backlm.direction import ORDERS, Direction
 from backlm.errors import UserError
 from backlm.experiment import Experiment
 
-ORDERS = ("forward", "backward")
 SPLITS = ("val", "ood")
 
 
@@ -70,6 +70,7 @@ class Member:
 
     @property
     def direction(self) -> str:
+        """The name its metadata holds (equal to its :class:`Direction`), ``?`` if none."""
         return str(self.meta.get("direction") or "?")
 
     @property
@@ -101,7 +102,7 @@ class GapUnit:
     """A forward reading and a backward reading to set against each other."""
 
     label: str
-    kind: str  # "models" (a forward and a backward model) or "bidirectional"
+    kind: str  # "models" (a forward and a backward model) or "bidirectional" (its two orders)
     forward: Member
     backward: Member
     gaps: dict[str, Gap] = field(default_factory=dict)
@@ -187,7 +188,7 @@ def _final_best(m: Member, rows: list[dict[str, Any]], metric: str) -> None:
     m.best = (min if mode == "min" else max)(points, key=lambda p: p[1])
 
 
-def _stored_reading(exp: Experiment, phase: str, order: str) -> Reading | None:
+def _stored_reading(exp: Experiment, phase: str, order: Direction) -> Reading | None:
     """The stored lm evaluation in ``order``, if it keeps per-document sums."""
     from backlm.evaluation.tasks import LM_TASK
     from backlm.experiment.folder import read_json
@@ -301,7 +302,8 @@ def gather(exp: Experiment, rows: list[dict[str, Any]], options: CompareOptions,
             m.meta["depth"] = cfg.model.depth
     except (UserError, ValueError, TypeError, KeyError) as exc:
         notes.append(f"{m.id}: configuration unreadable ({exc}): seed and size unknown")
-    m.curves = curves(rows, options.metric, tokens_per_step, m.direction == "bidirectional")
+    m.curves = curves(rows, options.metric, tokens_per_step,
+                      m.direction == Direction.BIDIRECTIONAL)
     _final_best(m, rows, options.metric)
     if not rows:
         notes.append(f"{m.id}: no training metrics logged: no learning curves")

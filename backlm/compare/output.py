@@ -22,6 +22,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from backlm.atomic import atomic_folder
+from backlm.direction import ORDERS, Direction
 from backlm.render import table
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ def _summary(c: Comparison) -> list[str]:
     lines = [f"## Final and best {metric}, 5CAT and cost", ""]
     lines += _table(["experiment", f"final {metric} (step)", "best (step)", "5CAT",
                      "stopped by", "wall time", "GPU-hours (lineage)", "cost"], rows)
-    bidir = [m.id for m in c.members if m.direction == "bidirectional"]
+    bidir = [m.id for m in c.members if m.direction == Direction.BIDIRECTIONAL]
     if bidir:
         lines += [f"For a bidirectional model ({', '.join(bidir)}) {metric} is the mean of "
                   "its two orders; the curves show each.", ""]
@@ -198,7 +199,7 @@ def _transfer(c: Comparison, figures: dict[str, str]) -> list[str]:
         rows = []
         for m in c.members:
             cells = []
-            for order in ("forward", "backward"):
+            for order in ORDERS:
                 r = m.readings.get(order)
                 d = r.splits.get(split) if r else None
                 cells.append("—" if d is None else (f"**{d['bpb']:.4f}**" if r.native

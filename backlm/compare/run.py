@@ -22,7 +22,6 @@ from typing import Any
 from backlm.callbacks import Progress
 from backlm.compare import stats
 from backlm.compare.gather import (
-    ORDERS,
     SPLITS,
     CompareOptions,
     Comparison,
@@ -33,6 +32,7 @@ from backlm.compare.gather import (
     gather,
     same_documents,
 )
+from backlm.direction import ORDERS, Direction
 from backlm.errors import UserError
 from backlm.experiment import Experiment, find
 
@@ -74,7 +74,7 @@ def known_metrics(rows: list[dict[str, Any]]) -> set[str]:
     for r in rows:
         for k, v in r.items():
             if isinstance(v, int | float) and not isinstance(v, bool) and k != "step":
-                names |= {k, k.removesuffix("_forward").removesuffix("_backward")}
+                names |= {k, *(k.removesuffix(f"_{o}") for o in ORDERS)}
     return names
 
 
@@ -114,13 +114,14 @@ def prepare(refs: Sequence[str], root: Path, options: CompareOptions,
 def pair_units(members: Sequence[Member], notes: list[str]) -> list[GapUnit]:
     """Bidirectional models against themselves; forward models against backward models of the
     same phase and depth, equal seeds first, then the rest in id order."""
-    units = [GapUnit(f"{m.id} (its two orders)", "bidirectional", m, m)
-             for m in members if m.direction == "bidirectional"]
+    bidi, fwd, bwd = Direction.BIDIRECTIONAL, Direction.FORWARD, Direction.BACKWARD
+    units = [GapUnit(f"{m.id} (its two orders)", bidi.value, m, m)
+             for m in members if m.direction == bidi]
     keys = sorted({(m.phase, m.depth or 0) for m in members if m.direction in ORDERS})
     for phase, depth in keys:
-        fw = [m for m in members if m.direction == "forward" and (m.phase, m.depth or 0)
+        fw = [m for m in members if m.direction == fwd and (m.phase, m.depth or 0)
               == (phase, depth)]
-        bw = [m for m in members if m.direction == "backward" and (m.phase, m.depth or 0)
+        bw = [m for m in members if m.direction == bwd and (m.phase, m.depth or 0)
               == (phase, depth)]
         pairs = []
         for f in list(fw):
@@ -134,7 +135,7 @@ def pair_units(members: Sequence[Member], notes: list[str]) -> list[GapUnit]:
             notes.append(f"{f.id} and {b.id} are paired with different seeds "
                          f"({f.seed} and {b.seed})")
         for m in fw[len(bw):] + bw[len(fw):]:
-            notes.append(f"{m.id}: no {'backward' if m.direction == 'forward' else 'forward'} "
+            notes.append(f"{m.id}: no {bwd if m.direction == fwd else fwd} "
                          f"model of phase {phase}, depth {depth} to set it against")
         units += [GapUnit(f"{f.id} − {b.id}", "models", f, b) for f, b in pairs]
     return units
@@ -142,7 +143,8 @@ def pair_units(members: Sequence[Member], notes: list[str]) -> list[GapUnit]:
 
 def measure(unit: GapUnit, options: CompareOptions, notes: list[str]) -> None:
     """The unit's gap on every split both readings hold, over the same documents only."""
-    f, b = unit.forward.readings.get("forward"), unit.backward.readings.get("backward")
+    f = unit.forward.readings.get(Direction.FORWARD)
+    b = unit.backward.readings.get(Direction.BACKWARD)
     if f is None or b is None:
         notes.append(f"gap {unit.label}: a language-modelling evaluation is missing")
         return

@@ -54,7 +54,7 @@ def fit_turns(ids: list[int], roles: list[int], parts: list[int], capacity: int
 class ConversationLoader:
     """Packed (B, T) batches of conversations with the direction's loss mask, resumable."""
 
-    def __init__(self, conversations: Sequence[Any], tokenizer: Any, direction: str, *,
+    def __init__(self, conversations: Sequence[Any], tokenizer: Any, direction: Direction, *,
                  batch_size: int, seq_len: int, seed: int = 0, mix: float = 0.5, rank: int = 0,
                  world_size: int = 1, train_on: str | None = None) -> None:
         if not conversations:
@@ -62,7 +62,7 @@ class ConversationLoader:
                             "`backlm data prepare --chat` or `backlm data import --chat`")
         self.conversations = conversations
         self.tokenizer = tokenizer
-        self.direction = Direction.parse(direction)
+        self.direction = direction
         self.batch_size, self.seq_len = batch_size, seq_len
         self.seed, self.mix, self.train_on = seed, mix, train_on or None
         self.rank, self.world_size = rank, world_size
@@ -180,9 +180,9 @@ class MixedLoader:
         self.count = int(state["count"])
 
 
-def chat_windows(conversations: Sequence[Any], tokenizer: Any, direction: str, order: Direction,
-                 train_on: str | None, batch_size: int, seq_len: int, max_rows: int
-                 ) -> list[Batch]:
+def chat_windows(conversations: Sequence[Any], tokenizer: Any, direction: Direction,
+                 order: Direction, train_on: str | None, batch_size: int, seq_len: int,
+                 max_rows: int) -> list[Batch]:
     """Validation batches of held-out conversations in one concrete order: one conversation
     per row, the first ``max_rows`` that fit, the same ones in every order (only the mask
     follows the order)."""

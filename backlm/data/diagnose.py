@@ -63,7 +63,7 @@ class DecodedRow:
 class DiagnoseReport:
     """Result of :func:`diagnose`."""
 
-    direction: str
+    direction: Direction
     split: str
     rows: int
     tokens: int
@@ -82,7 +82,7 @@ class DiagnoseReport:
 def diagnose(
     dataset_dir: Path,
     tokenizer,
-    direction: Direction | str,
+    direction: Direction,
     *,
     split: str = "val",
     batches: int = 4,
@@ -101,7 +101,6 @@ def diagnose(
 
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    direction = Direction.parse(direction)
     ids = tokenizer.special_ids
 
     def packer(d: Direction) -> PackedLoader:
@@ -117,7 +116,7 @@ def diagnose(
         "same spans in every direction",
     )}
     rows, tokens, targets, orders = 0, 0, 0, []
-    bodies: list[tuple[str, list[int]]] = []  # (declared order, body in model order)
+    bodies: list[tuple[Direction, list[int]]] = []  # (declared order, body in model order)
     samples: list[DecodedRow] = []
     for _ in range(batches):
         try:
@@ -162,7 +161,7 @@ def diagnose(
                         continue
                 order = read_order_of(seg, direction, ids)
                 orders.append(order)
-                bodies.append((order.value, seg[prefix_length(direction):]))
+                bodies.append((order, seg[prefix_length(direction):]))
                 back = to_reading_order(seg, direction, ids)
                 # sliced here from the source text, not from the loader's buffers: the check
                 # must not share code with what it checks
@@ -184,7 +183,7 @@ def diagnose(
     if direction is Direction.BIDIRECTIONAL and orders:
         back_frac = sum(o is Direction.BACKWARD for o in orders) / len(orders)
     report = DiagnoseReport(
-        direction=direction.value, split=split, rows=rows, tokens=tokens,
+        direction=direction, split=split, rows=rows, tokens=tokens,
         target_fraction=targets / max(tokens, 1), backward_fraction=back_frac,
         checks=list(checks.values()), samples=samples,
     )

@@ -103,7 +103,7 @@ class PackedLoader:
         self,
         shards: Sequence[Path],
         tokenizer: TokenizerLike,
-        direction: Direction | str,
+        direction: Direction,
         *,
         batch_size: int,
         seq_len: int,
@@ -124,7 +124,7 @@ class PackedLoader:
                             f"{HEAD_SLOTS}")
         if not shards:
             raise UserError("no shards to read: run `backlm data prepare` first")
-        self.direction = Direction.parse(direction)
+        self.direction = direction
         self.tokenizer = tokenizer
         self.ids = tokenizer.special_ids
         self.batch_size, self.seq_len = batch_size, seq_len
@@ -378,8 +378,7 @@ class PackedLoader:
                             "differently; finish that run with the version that started it")
         for key in ("direction", "seed", "rank", "world_size"):
             mine = getattr(self, key)
-            mine = mine.value if isinstance(mine, Direction) else mine
-            if state.get(key) != mine:
+            if state.get(key) != mine:  # a saved direction's name equals the Direction
                 raise UserError(f"dataloader state was saved with {key}={state.get(key)!r}, "
                                 f"this run has {mine!r}")
         self._buffer, self._pieces, self._seq = [], {}, 0

@@ -1,7 +1,7 @@
 """A tiny n-gram model of reading-order text: an independent check of the data direction.
 
 Text has an arrow: a bigram model fitted on token ids in reading order (``tokenizer.encode``
-of the raw text, nothing from :mod:`backlm.direction`) gives text in reading order a much lower
+of the raw text, no transform from :mod:`backlm.direction`) gives text in reading order a much lower
 cross-entropy than the same tokens reversed. Scoring the bodies of packed rows both ways
 therefore tells which way they really read, whatever the pipeline claims: forward documents
 must read forward, backward documents backward. A pipeline bug that leaves backward data in
@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from backlm.direction import Direction  # the names only: no transform is shared
 
 # |Δ| below this many nats per token is too weak to say which way a text reads.
 MIN_DELTA = 0.05
@@ -82,7 +84,7 @@ class BigramModel:
 class DirectionSignal:
     """How the bodies of one concrete order read under the reading-order bigram."""
 
-    order: str  # the order the pipeline says these documents are in
+    order: Direction  # the order the pipeline says these documents are in
     documents: int
     tokens: int  # scored transitions
     ce_as_is: float  # nats per token, bodies as the model reads them
@@ -97,10 +99,10 @@ class DirectionSignal:
 
     @property
     def reads(self) -> str:
-        """``forward``, ``backward`` or ``inconclusive``."""
+        """The :class:`~backlm.direction.Direction` the bodies read in, or ``inconclusive``."""
         if abs(self.delta) < MIN_DELTA or self.tokens == 0:
             return "inconclusive"
-        return "forward" if self.delta > 0 else "backward"
+        return Direction.FORWARD if self.delta > 0 else Direction.BACKWARD
 
     @property
     def contradicts(self) -> bool:
@@ -108,10 +110,10 @@ class DirectionSignal:
         return self.reads not in ("inconclusive", self.order)
 
 
-def direction_signals(model: BigramModel, bodies: Iterable[tuple[str, Sequence[int]]]
+def direction_signals(model: BigramModel, bodies: Iterable[tuple[Direction, Sequence[int]]]
                       ) -> list[DirectionSignal]:
     """Score ``(declared order, body in model order)`` pairs, grouped by declared order."""
-    acc: dict[str, list[float]] = {}
+    acc: dict[Direction, list[float]] = {}
     for order, body in bodies:
         a = np.asarray(body, dtype=np.int64)
         if a.size < 2:
@@ -126,7 +128,7 @@ def direction_signals(model: BigramModel, bodies: Iterable[tuple[str, Sequence[i
         s[3] += back
         if a.size >= MIN_DOC_TOKENS:
             s[5] += 1
-            s[4] += (back > as_is) == (order == "forward")
+            s[4] += (back > as_is) == (order == Direction.FORWARD)
     return [
         DirectionSignal(order, int(d), int(n), a / max(n, 1), b / max(n, 1), int(g), int(v))
         for order, (d, n, a, b, g, v) in sorted(acc.items())

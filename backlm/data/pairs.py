@@ -22,7 +22,6 @@ from backlm.errors import UserError
 from backlm.paths import DEFAULT_DATASET, dataset_dir
 from backlm.tokenizer import TOKENIZER_FILE, Tokenizer
 
-ORDERS = (dirn.Direction.FORWARD, dirn.Direction.BACKWARD)
 _CONTENT_KEYS = ("text", "messages")
 
 
@@ -204,7 +203,7 @@ def build_records(examples: Sequence[Example], tokenizer: Tokenizer, source: str
     ids = tokenizer.special_ids
     records = []
     for ex in examples:
-        for order in ORDERS:
+        for order in dirn.ORDERS:
             if ex.is_chat:
                 seq, mask = dirn.encode_conversation(ex.ids, ex.roles, ex.parts, order, ids)
             else:
@@ -228,16 +227,18 @@ def check_pair(ex: Example, forward: dict[str, Any], backward: dict[str, Any],
     backward equal to forward reversed, the text decoded back, masks in their own order."""
     ids = tokenizer.special_ids
     fwd, bwd = forward["tokens"], backward["tokens"]
-    ok = (dirn.to_reading_order(fwd, "forward", ids) == ex.ids
-          and dirn.to_reading_order(bwd, "backward", ids) == ex.ids
-          and dirn.model_order(bwd, "backward") == fwd
+    fw, bw = dirn.ORDERS
+    ok = (dirn.to_reading_order(fwd, fw, ids) == ex.ids
+          and dirn.to_reading_order(bwd, bw, ids) == ex.ids
+          and dirn.model_order(bwd, bw) == fwd
           and tokenizer.decode(fwd) == ex.text == forward["text"] == backward["text"])
-    if ex.is_chat:
-        for record in (forward, backward):
+    for record, order in zip((forward, backward), dirn.ORDERS, strict=True):
+        ok = ok and record["direction"] == order  # each record names the order it is in
+        if ex.is_chat:
             mask = record.get("mask")
-            expected = dirn.conversation_mask(ex.roles, ex.parts, record["direction"])
+            expected = dirn.conversation_mask(ex.roles, ex.parts, order)
             ok = ok and isinstance(mask, list) and len(mask) == len(record["tokens"]) and (
-                dirn.model_order(mask, record["direction"]) == expected)
+                dirn.model_order(mask, order) == expected)
     return ok
 
 

@@ -102,7 +102,7 @@ class WindowBatch:
 
 
 def window_batches(data: HeldOut, spans: Sequence[tuple[int, int, int]],
-                   model_direction: Direction | str, order: Direction | str, ids: SpecialIds,
+                   model_direction: Direction, order: Direction, ids: SpecialIds,
                    rows: int) -> Iterator[WindowBatch]:
     """``spans`` read by a ``model_direction`` model in the concrete ``order``, ``rows`` windows
     a batch, longest first (similar lengths share a batch, so little is padding)."""
@@ -215,7 +215,7 @@ def lm_shards(data_dir: Path) -> tuple[dict[str, list[Path]], list[str]]:
     return found, notes
 
 
-def evaluate_text(loaded: Any, data: HeldOut, order: Direction | str, *,
+def evaluate_text(loaded: Any, data: HeldOut, order: Direction, *,
                   batch_size: int) -> LossSums:
     """Loss of a loaded model (:class:`backlm.experiment.loading.LoadedModel`) on ``data`` read in the
     concrete ``order``, per document too."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from backlm.atomic import write_json
 from backlm.callbacks import Progress
-from backlm.direction import Direction
+from backlm.direction import ORDERS, Direction
 from backlm.errors import UserError
 from backlm.evaluation import tasks as T
 from backlm.experiment import Experiment
@@ -34,7 +34,7 @@ DEFAULT_MAX_NEW_TOKENS = 256
 class EvalOptions:
     """What to evaluate; ``tasks`` None means lm plus every task whose data is downloaded."""
 
-    directions: Sequence[str] = ("forward", "backward")
+    directions: Sequence[Direction] = ORDERS
     tasks: Sequence[str] | None = None
     step: int | None = None
     max_per_task: int | None = None
@@ -49,7 +49,7 @@ class TaskResult:
     """One task in one evaluated direction."""
 
     task: str
-    direction: str
+    direction: Direction
     native: bool
     summary: dict[str, Any]
     path: Path
@@ -62,35 +62,16 @@ class EvalReport:
     exp: Experiment
     phase: str
     step: int
-    model_direction: str
-    directions: list[str]
+    model_direction: Direction
+    directions: list[Direction]
     results: list[TaskResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     logged: bool = False  # summaries also went to the research log
 
-    def get(self, task: str, direction: str) -> TaskResult | None:
+    def get(self, task: str, direction: Direction) -> TaskResult | None:
         """The result of ``task`` in ``direction``, if it was evaluated."""
         return next((r for r in self.results if r.task == task and r.direction == direction),
                     None)
-
-
-def parse_directions(text: str | Sequence[str]) -> list[str]:
-    """Concrete evaluated orders from a comma list (forward, backward)."""
-    names = [d.strip() for d in (text.split(",") if isinstance(text, str) else text)]
-    out = []
-    for name in (n for n in names if n):
-        try:
-            direction = Direction.parse(name)
-        except UserError:
-            raise UserError(f"unknown direction {name!r} in --directions: use forward, "
-                            "backward or forward,backward") from None
-        if direction is Direction.BIDIRECTIONAL:
-            raise UserError("--directions takes forward and/or backward: a bidirectional "
-                            "model is evaluated with the marker of each")
-        out.append(direction.value)
-    if not out:
-        raise UserError("--directions is empty: use forward, backward or forward,backward")
-    return list(dict.fromkeys(out))
 
 
 def resolve_tasks(requested: Sequence[str] | None, notes: list[str]) -> list[str]:
@@ -115,7 +96,7 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
     from backlm.experiment import find
     from backlm.experiment.loading import load_model, resolve_step
 
-    orders = parse_directions(options.directions)
+    orders = list(dict.fromkeys(options.directions))  # parsed where they came in
     for flag, value in (("--max-per-task", options.max_per_task),
                         ("--lm-tokens", options.lm_tokens), ("--max-new-tokens",
                                                              options.max_new_tokens)):
@@ -148,21 +129,21 @@ def lm_results(exp: Experiment, options: EvalOptions) -> dict[str, dict[str, Any
     from backlm.experiment import load_model
     from backlm.experiment.folder import utcnow
 
-    orders = parse_directions(options.directions)
+    orders = list(dict.fromkeys(options.directions))
     data = _held_out(exp, options.lm_tokens, [])
     loaded = load_model(exp, step=options.step, device=options.device)
     out = {}
     for order in orders:
         records, summary = _lm(loaded, data, order, options)
-        native = Direction(order) in Direction.parse(loaded.direction).orders
-        out[order] = {"experiment": exp.id, "task": T.LM_TASK, "direction": order,
+        native = order in loaded.direction.orders
+        out[order.value] = {"experiment": exp.id, "task": T.LM_TASK, "direction": order,
                       "model_direction": loaded.direction, "native": native,
                       "phase": loaded.phase, "step": loaded.step, "created": utcnow(),
                       "summary": summary, "records": records}
     return out
 
 
-def _evaluate(loaded: Any, task: str, order: str, examples: Any, options: EvalOptions,
+def _evaluate(loaded: Any, task: str, order: Direction, examples: Any, options: EvalOptions,
               progress: Progress | None, label: str) -> tuple[list[dict], dict[str, Any]]:
     from backlm.evaluation import scoring
 
@@ -194,7 +175,7 @@ def _held_out(exp: Experiment, max_tokens: int | None, notes: list[str]) -> dict
     return {split: held_out(paths, tokenizer, max_tokens) for split, paths in shards.items()}
 
 
-def _lm(loaded: Any, data: dict[str, Any], order: str,
+def _lm(loaded: Any, data: dict[str, Any], order: Direction,
         options: EvalOptions) -> tuple[list[dict], dict[str, Any]]:
     from backlm.evaluation.lm import evaluate_text, lm_record
 
@@ -209,11 +190,11 @@ def _lm(loaded: Any, data: dict[str, Any], order: str,
     return records, summary
 
 
-def _write(report: EvalReport, task: str, order: str, summary: dict[str, Any],
+def _write(report: EvalReport, task: str, order: Direction, summary: dict[str, Any],
            records: list[dict]) -> TaskResult:
     from backlm.experiment.folder import utcnow
 
-    native = Direction(order) in Direction.parse(report.model_direction).orders
+    native = order in report.model_direction.orders
     path = report.exp.evaluation_path(report.phase, order, task)
     write_json(path, {
         "experiment": report.exp.id, "task": task, "direction": order,
@@ -239,9 +220,9 @@ def direction_rows(report: EvalReport) -> list[dict[str, Any]]:
                   if (r := report.get(task, d)) is not None}
         metric = next(r.summary["metric"] for r in report.results if r.task == task)
         native = cross = gap = None
-        model = Direction.parse(report.model_direction)
-        if model is not Direction.BIDIRECTIONAL:
-            native, cross = scores.get(model.value), scores.get(model.opposite.value)
+        model = report.model_direction
+        if model != Direction.BIDIRECTIONAL:
+            native, cross = scores.get(model), scores.get(model.opposite)
             if native is not None and cross is not None:
                 gap = native - cross
         rows.append({"task": task, "metric": metric, "scores": scores, "native": native,

@@ -1,7 +1,7 @@
 """The arrow-of-time probe: the log-probability of one text in each order a model knows.
 
 The text is tokenized once, in reading order; each order scores the same tokens
-(:func:`backlm.direction.encode_document`), so bits per byte are over the same bytes. Per-token
+(:func:`backlm.direction.encode_for`), so bits per byte are over the same bytes. Per-token
 log-probabilities are returned in reading order whatever order predicted them; a bidirectional
 model's marker is given, never scored.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from backlm.direction import Direction, encode_document, model_order, prefix_length
+from backlm.direction import Direction, encode_for, model_order, prefix_length
 from backlm.errors import UserError
 
 MAX_CHARS = 100_000
 
 
-def score_text(model: Any, tokenizer: Any, direction: str, text: str) -> dict[str, Any]:
+def score_text(model: Any, tokenizer: Any, direction: Direction, text: str) -> dict[str, Any]:
     """``{order: {"logprob", "bits_per_byte", "tokens": [{"token", "logprob"}...]}}`` for each
     order of ``direction`` (natural-log probabilities; tokens in reading order)."""
     import torch
@@ -27,7 +27,6 @@ def score_text(model: Any, tokenizer: Any, direction: str, text: str) -> dict[st
     if len(text) > MAX_CHARS:
         raise UserError(f"the text has {len(text):,} characters; score at most {MAX_CHARS:,}")
     tokens = tokenizer.encode(text)
-    direction = Direction.parse(direction)
     head = prefix_length(direction)
     limit = model.cfg.seq_len + 1 - head
     if len(tokens) > limit:
@@ -37,8 +36,7 @@ def score_text(model: Any, tokenizer: Any, direction: str, text: str) -> dict[st
     nbytes = len(text.encode("utf-8"))
     out: dict[str, Any] = {}
     for order in direction.orders:
-        seq, _ = encode_document(tokens, direction, tokenizer.special_ids,
-                                 order if direction is Direction.BIDIRECTIONAL else None)
+        seq, _ = encode_for(tokens, direction, order, tokenizer.special_ids)
         ids = torch.tensor([seq], dtype=torch.long, device=device)
         with torch.no_grad():
             logp = torch.log_softmax(model.logits(model.hidden(ids[:, :-1])).float(), dim=-1)

@@ -65,16 +65,15 @@ def fit_prompt(prompt: list[int], longest_choice: int, seq_len: int, head: int) 
     return prompt[len(prompt) - budget:] if len(prompt) > budget else prompt
 
 
-def score_choices(loaded: Any, example: ChoiceExample, order: Direction | str,
+def score_choices(loaded: Any, example: ChoiceExample, order: Direction,
                   byte_lengths: Sequence[int]) -> tuple[list[float], list[float]]:
     """``(logprob, per_byte)`` per choice of ``example`` in the concrete ``order``."""
-    order = Direction.parse(order)
     tok, ids = loaded.tokenizer, loaded.tokenizer.special_ids
     choices = [tok.encode(c) for c in example.choices]
     head = prefix_length(loaded.direction)
     prompt = fit_prompt(tok.encode(example.prompt), max(len(c) for c in choices),
                         loaded.model.cfg.seq_len, head)
-    conditional = order is Direction.FORWARD
+    conditional = order == Direction.FORWARD
     seqs, masks, nbytes = [], [], []
     for choice in choices:
         seq, mask = encode_for(prompt + choice, loaded.direction, order, ids)
@@ -92,7 +91,7 @@ def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: values[i])
 
 
-def evaluate_choice_task(loaded: Any, examples: Sequence[ChoiceExample], order: Direction | str,
+def evaluate_choice_task(loaded: Any, examples: Sequence[ChoiceExample], order: Direction,
                          progress: Progress | None = None, label: str = "examples",
                          ) -> tuple[list[dict], dict[str, Any]]:
     """Per-example records and the summary (acc, acc_norm) of a multiple-choice task; each
@@ -112,12 +111,11 @@ def evaluate_choice_task(loaded: Any, examples: Sequence[ChoiceExample], order: 
     acc = sum(r["correct"] for r in records) / max(n, 1)
     summary = {"n": n, "metric": "acc", "score": acc, "acc": acc,
                "acc_norm": sum(r["correct_norm"] for r in records) / max(n, 1),
-               "scoring": "conditional" if Direction.parse(order) is Direction.FORWARD
-               else "joint"}
+               "scoring": "conditional" if order == Direction.FORWARD else "joint"}
     return records, summary
 
 
-def generate_written(loaded: Any, given: Sequence[int], order: Direction | str,
+def generate_written(loaded: Any, given: Sequence[int], order: Direction,
                      max_new_tokens: int) -> list[int]:
     """Greedily write after the ``given`` reading-order tokens in ``order``; returns what was
     written, in reading order. The prompt keeps the ``seq_len // 2`` given tokens nearest
@@ -136,14 +134,13 @@ def generate_written(loaded: Any, given: Sequence[int], order: Direction | str,
     return model_order(written, order)
 
 
-def evaluate_generation_task(loaded: Any, examples: Sequence[GenExample], order: Direction | str,
+def evaluate_generation_task(loaded: Any, examples: Sequence[GenExample], order: Direction,
                              max_new_tokens: int, progress: Progress | None = None,
                              label: str = "examples") -> tuple[list[dict], dict[str, Any]]:
     """Per-example records and the summary of a generation task (see the module docstring);
     each example written is told to ``progress`` under ``label``."""
-    order = Direction.parse(order)
     tok = loaded.tokenizer
-    forward = order is Direction.FORWARD
+    forward = order == Direction.FORWARD
     records = []
     for i, ex in enumerate(examples):
         given, reference = ex.split(order)

@@ -60,13 +60,13 @@ class GenExample:
     solution: str
     final: str
 
-    def split(self, order: Direction | str) -> tuple[str, str]:
+    def split(self, order: Direction) -> tuple[str, str]:
         """``(given, written)`` in reading order for a model writing in ``order``.
 
         Forward: given the question, the model writes the solution. Backward: given the
         ending (``#### N``), the model writes what came before it (DESIGN.md §1).
         """
-        if Direction.parse(order) is Direction.FORWARD:
+        if order == Direction.FORWARD:
             return self.beginning, self.solution
         text = self.beginning + self.solution
         cut = text.rfind(ANSWER_MARK)

@@ -254,7 +254,9 @@ _META_RESUME = {"tokens": (int, "a token count"), "loaders": (list, "the data po
 
 
 def validate_meta(meta: Any, folder: Path, resume: bool) -> dict[str, Any]:
-    """Check a checkpoint's meta.json against its schema; a UserError names the bad key."""
+    """Check a checkpoint's meta.json against its schema; a UserError names the bad key. The
+    direction comes back a :class:`~backlm.direction.Direction` (every reader of a checkpoint
+    comes through here, so none parses the name again)."""
     from backlm.config import ModelConfig, from_dict
     from backlm.direction import Direction
 
@@ -271,7 +273,7 @@ def validate_meta(meta: Any, folder: Path, resume: bool) -> dict[str, Any]:
                 kind is int and value < 0):
             raise UserError(f"{where} has an invalid {key!r}: {value!r} is not {what}; {fix}")
     try:
-        Direction.parse(meta["direction"])
+        meta["direction"] = Direction.parse(meta["direction"])
         from_dict(ModelConfig, meta["model_config"])
     except UserError as exc:
         raise UserError(f"{where}: {exc}; {fix}") from None

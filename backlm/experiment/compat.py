@@ -14,8 +14,6 @@ from backlm.experiment.checkpoint import META_FILE, MODEL_FILE, model_config, sh
 
 def check_run_config(cfg: Any, meta: dict[str, Any], folder: Path, config_path: Path) -> None:
     """The experiment's config must describe the checkpoint it resumes (shape, direction)."""
-    from backlm.direction import Direction
-
     trained = asdict(model_config(meta))
     for key, value in asdict(cfg.model).items():
         if trained.get(key) != value:
@@ -23,7 +21,7 @@ def check_run_config(cfg: Any, meta: dict[str, Any], folder: Path, config_path: 
                 f"{config_path} says model.{key}={value!r} but checkpoint {folder.name} was "
                 f"trained with model.{key}={trained.get(key)!r}: restore the config the run was "
                 "created with, or start a new run")
-    if Direction.parse(meta["direction"]).value != Direction.parse(cfg.data.direction).value:
+    if meta["direction"] is not cfg.data.direction:  # both typed when read
         raise UserError(
             f"{config_path} says data.direction={cfg.data.direction} but checkpoint "
             f"{folder.name} was trained {meta['direction']}: restore the config the run was "

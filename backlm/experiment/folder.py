@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backlm import atomic
+from backlm.direction import NAME_PATTERN, Direction
 from backlm.errors import UserError
 from backlm.experiment.lock import RunLock
 
@@ -42,7 +43,7 @@ FIVECAT = "fivecat"  # evaluations/<phase>/fivecat/: 5CAT results, one file per 
 HUB_DIR = "hub_upload"  # model folders staged for the Hugging Face Hub, and the pushes made
 
 
-def new_id(phase: str, direction: str, depth: int, now: dt.datetime | None = None) -> str:
+def new_id(phase: str, direction: Direction, depth: int, now: dt.datetime | None = None) -> str:
     """Default experiment id: ``{phase}_{direction}_d{depth}_{YYYYmmdd-HHMMSS}``."""
     now = now or dt.datetime.now()
     return f"{phase}_{direction}_d{depth}_{now:%Y%m%d-%H%M%S}"
@@ -143,11 +144,12 @@ class Experiment:
         """``evaluations/<phase>/``: everything ``eval`` and ``5cat`` wrote for a phase."""
         return self.evaluations_root / (phase or self.phase)
 
-    def evaluation_path(self, phase: str, order: str, task: str) -> Path:
+    def evaluation_path(self, phase: str, order: Direction, task: str) -> Path:
         """``evaluations/<phase>/<order>/<task>.json``: one task read in one order."""
-        return self.evaluations_dir(phase) / order / f"{task}.json"
+        return self.evaluations_dir(phase) / str(order) / f"{task}.json"
 
-    def fivecat_path(self, phase: str, step: int, declared_as: str | None = None) -> Path:
+    def fivecat_path(self, phase: str, step: int, declared_as: Direction | None = None
+                     ) -> Path:
         """``evaluations/<phase>/fivecat/step_XXXXXX.json`` (``_as-<dir>`` when judged as
         another direction than the checkpoint declares)."""
         suffix = f"_as-{declared_as}" if declared_as else ""
@@ -338,8 +340,7 @@ def all_experiments(root: Path) -> list[Experiment]:
     return sorted((e for e in exps if e.metadata_path.is_file()), key=lambda e: e.id)
 
 
-TAG_RE = re.compile(
-    r"^(?:(?P<phase>[a-z]+)_)?d(?P<depth>\d+)_(?P<direction>forward|backward|bidirectional)$")
+TAG_RE = re.compile(rf"^(?:(?P<phase>[a-z]+)_)?d(?P<depth>\d+)_(?P<direction>{NAME_PATTERN})$")
 
 
 def find(ref: str, root: Path) -> Experiment:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backlm.direction import Direction
 from backlm.errors import UserError
 from backlm.experiment import checkpoint as ckpt
 from backlm.experiment import compat
@@ -20,7 +21,7 @@ class LoadedModel:
     exp: Experiment | None  # None for a hub model folder
     model: Any  # backlm.model.gpt.GPT, in eval mode
     tokenizer: Any  # backlm.tokenizer.Tokenizer
-    direction: str  # the direction the checkpoint declares
+    direction: Direction  # the direction the checkpoint declares
     step: int
     meta: dict[str, Any]
     device: Any  # torch.device
@@ -129,7 +130,6 @@ def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
     from safetensors.torch import load_file
 
     from backlm.config import ModelConfig, from_dict
-    from backlm.direction import Direction
     from backlm.hardware import resolve_device
     from backlm.model.gpt import GPT
     from backlm.tokenizer import Tokenizer

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backlm.callbacks import Callback, LoopState
+from backlm.direction import Direction
 from backlm.distributed import broadcast_flags
 from backlm.errors import UserError
 from backlm.fivecat.engine import FivecatResult, inversion_message, run_fivecat
@@ -34,7 +35,7 @@ class FivecatCallback(Callback):
         self.pending: dict[str, Any] | None = None
         # The direction the model is judged as: the run's own, unless set to another one
         # (what a mislabeled checkpoint would claim, to see the alarm fire).
-        self.direction: str | None = None
+        self.direction: Direction | None = None
 
     def on_train_start(self, state: LoopState) -> None:
         """A resumed run keeps competing with the best score it had."""

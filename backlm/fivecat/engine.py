@@ -54,7 +54,7 @@ class GateRow:
 class FivecatResult:
     """The outcome of one 5CAT run."""
 
-    direction: str
+    direction: Direction
     rows: list[GateRow]
     probes: list[dict[str, Any]]
     generalisation: list[dict[str, Any]]
@@ -163,7 +163,7 @@ def held_out_splits(data_dir: Path) -> tuple[list[str], list[str]]:
     ]
 
 
-def run_fivecat(model, tokenizer, direction: Direction | str, data_dir: Path,
+def run_fivecat(model, tokenizer, direction: Direction, data_dir: Path,
                 spec: FivecatSpec, autocast=contextlib.nullcontext,
                 progress: Progress | None = None) -> FivecatResult:
     """Run the five gates on ``model`` (eval mode) as a ``direction`` model; ``progress`` is
@@ -171,7 +171,6 @@ def run_fivecat(model, tokenizer, direction: Direction | str, data_dir: Path,
     from backlm.fivecat.gates import generalisation, measure
 
     t0 = time.perf_counter()
-    direction = Direction.parse(direction)
     splits, warnings = held_out_splits(data_dir)
     probes, sets = build_probes(data_dir, tokenizer, direction, spec.samples,
                                 model.cfg.seq_len, splits)
@@ -186,7 +185,7 @@ def run_fivecat(model, tokenizer, direction: Direction | str, data_dir: Path,
     rows = judge(judged, gens, spec)
     probe_json = [{k: v for k, v in dataclasses.asdict(f).items()
                    if k not in ("entropy", "token_ce")} for f in figs]
-    result = FivecatResult(direction.value, rows, probe_json, gens, sets, spec, warnings)
+    result = FivecatResult(direction, rows, probe_json, gens, sets, spec, warnings)
     if result.inverted:
         result.warnings.append(inversion_message(result))
     result.seconds = time.perf_counter() - t0

@@ -137,10 +137,9 @@ def build_probe(windows_source: list[list[int]], length: int, split: str,
                  wrong if marker else None, shuffled, reversed_)
 
 
-def build_probes(data_dir: Path, tokenizer, direction: Direction | str, samples: Samples,
+def build_probes(data_dir: Path, tokenizer, direction: Direction, samples: Samples,
                  seq_len: int, splits: list[str]) -> tuple[list[Probe], dict[str, dict]]:
     """Probes of every split in ``splits`` and every marker; also what was read per split."""
-    direction = Direction.parse(direction)
     max_len = min(samples.window, seq_len - MAX_PREFIX)
     if max_len < samples.ablate_last + samples.horizon + 8:
         raise UserError(f"5CAT needs windows of at least {samples.ablate_last + samples.horizon + 8} "

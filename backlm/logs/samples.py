@@ -8,19 +8,21 @@ are comparable. Each line holds the tokens in model order and turned back into r
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backlm.callbacks import Callback, LoopState, RunInfo
 
+if TYPE_CHECKING:
+    from backlm.direction import Direction
 
-def prompts(direction: str, ids: Any) -> list[tuple[str, list[int]]]:
+
+def prompts(direction: Direction, ids: Any) -> list[tuple[str, list[int]]]:
     """``(order, prompt ids)``: BOS, or BOS + marker once per order for bidirectional."""
     from backlm.direction import Direction
 
-    d = Direction.parse(direction)
-    if d is Direction.BIDIRECTIONAL:
-        return [(o.value, [ids.bos, ids.marker(o)]) for o in d.orders]
-    return [(d.value, [ids.bos])]
+    if direction is Direction.BIDIRECTIONAL:
+        return [(o.value, [ids.bos, ids.marker(o)]) for o in direction.orders]
+    return [(direction.value, [ids.bos])]
 
 
 def generate_samples(run: RunInfo, step: int) -> list[dict[str, Any]]:

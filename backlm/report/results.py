@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from backlm.direction import ORDERS, Direction
 from backlm.experiment.folder import FIVECAT, Experiment
 from backlm.report import figures as figs
 from backlm.report.sections import Context, fmt, number, table
@@ -152,11 +153,13 @@ def evaluation_section(ctx: Context) -> list[str]:
         return lines + ctx.absent(f"No evaluations yet: run `backlm eval {ctx.exp.id}`")
     for phase in dict.fromkeys(e.get("phase", "?") for e in ctx.evals):
         evs = [e for e in ctx.evals if e.get("phase", "?") == phase]
-        model = str(evs[0].get("model_direction") or ctx.direction)
-        orders = [o for o in ("forward", "backward") if any(e["direction"] == o for e in evs)]
+        # the result files' names, parsed here where they are read
+        model = Direction.parse(evs[0].get("model_direction") or ctx.direction)
+        orders = [o for o in ORDERS if any(e["direction"] == o for e in evs)]
         report = EvalReport(ctx.exp, phase, max(e.get("step", 0) for e in evs), model, orders,
-                            [TaskResult(e["task"], e["direction"], bool(e.get("native")),
-                                        e.get("summary") or {}, Path()) for e in evs])
+                            [TaskResult(e["task"], Direction.parse(e["direction"]),
+                                        bool(e.get("native")), e.get("summary") or {}, Path())
+                             for e in evs])
         lines += [f"### Phase {phase} (model direction {model}; * marks a native order)", ""]
         lines += table(["task", "metric", *(o + (" *" if _native(evs, o) else "")
                                             for o in orders), "native", "cross",
@@ -176,7 +179,7 @@ def evaluation_section(ctx: Context) -> list[str]:
     return lines
 
 
-def _native(evs: list[dict[str, Any]], order: str) -> bool:
+def _native(evs: list[dict[str, Any]], order: Direction) -> bool:
     return any(e["direction"] == order and e.get("native") for e in evs)
 
 

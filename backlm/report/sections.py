@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backlm import render
+from backlm.direction import ORDERS, Direction
 from backlm.errors import UserError
 from backlm.evaluation.tasks import LM_TASK
 from backlm.experiment import Experiment
@@ -24,7 +25,7 @@ from backlm.report import figures as figs
 
 MAX_LINES_PLOTTED = 6  # parameters or layers per statistics figure
 VAL_FAMILIES = ("val_bpb", "val_chat_loss", "val_reward")
-ORDERS = ("", "_forward", "_backward")
+SUFFIXES = ("", *(f"_{o}" for o in ORDERS))  # a metric, then its per-order names
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Context:
 
     @property
     def direction(self) -> str:
+        """The name metadata (else the config) holds, equal to its :class:`Direction`; ``?``."""
         return str(self.meta.get("direction") or self.setting("data.direction") or "?")
 
     def setting(self, dotted: str) -> Any:
@@ -123,7 +125,7 @@ def learning_curves(ctx: Context) -> list[str]:
     val: dict[str, list[figs.Series]] = {}
     rows = []
     for family in VAL_FAMILIES:
-        for key in (family + o for o in ORDERS):
+        for key in (family + o for o in SUFFIXES):
             pts = [(r["step"], r[key]) for r in ctx.metrics if number(r.get(key))]
             if pts:
                 val.setdefault(family, []).append((key, [p[0] for p in pts], [p[1] for p in pts]))
@@ -142,7 +144,7 @@ def learning_curves(ctx: Context) -> list[str]:
                   "while writing it) and is left out.", ""]
     lines += [f"{len(ctx.metrics)} logged steps, the last at step {ctx.last_step()}."
               + (" Validation is reported per order (marker) for this bidirectional model."
-                 if ctx.direction == "bidirectional" else ""), ""]
+                 if ctx.direction == Direction.BIDIRECTIONAL else ""), ""]
     lines += table(["metric", "first", "last", "best", "best at step"], rows)
     return lines + ctx.image("learning_curves.png", "learning curves", figs.learning_curves,
                              train, val)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backlm.direction import Direction
 from backlm.errors import UserError
 from backlm.experiment import Experiment
 from backlm.report.results import (
@@ -37,12 +38,12 @@ from backlm.report.sections import (
 )
 
 HOW_IT_READS = {
-    "forward": "reads and writes text left to right (the usual order)",
-    "backward": "reads and writes text right to left: each document's tokens reversed, so "
-                "it writes what came before",
-    "bidirectional": "reads and writes either way, chosen by the marker token after BOS "
-                     "(`<|forward|>` or `<|backward|>`)",
-}
+    Direction.FORWARD: "reads and writes text left to right (the usual order)",
+    Direction.BACKWARD: "reads and writes text right to left: each document's tokens "
+                        "reversed, so it writes what came before",
+    Direction.BIDIRECTIONAL: "reads and writes either way, chosen by the marker token after "
+                             "BOS (`<|forward|>` or `<|backward|>`)",
+}  # looked up by the name the metadata holds, which equals its Direction
 KEY_SETTINGS = ("data.dataset", "data.direction", "data.mix", "model.depth", "model.width",
                 "model.head_dim", "model.seq_len", "model.vocab_size", "train.max_steps",
                 "train.total_batch_tokens", "train.device_batch_size", "train.seed",
@@ -178,7 +179,8 @@ def configuration(ctx: Context) -> list[str]:
     if not path.is_file():
         return lines + ctx.absent(f"No {path.name}: `backlm train` writes the resolved "
                                   "configuration when it creates the experiment")
-    keys = [k for k in KEY_SETTINGS if k != "data.mix" or ctx.direction == "bidirectional"]
+    keys = [k for k in KEY_SETTINGS
+            if k != "data.mix" or ctx.direction == Direction.BIDIRECTIONAL]
     rows = [(k, ctx.setting(k)) for k in keys if ctx.setting(k) is not None]
     lines += table(["setting", "value"], rows) if rows else [
         f"_{path.name} could not be read as a configuration; shown as it is below._", ""]
@@ -320,7 +322,8 @@ def reading_order_mismatches(exp: Experiment, records: list[dict[str, Any]]) -> 
     bad = 0
     for r in records:
         try:
-            ok = to_reading_order(r["model_order_ids"], r["direction"], ids) == list(
+            direction = Direction.parse(r["direction"])  # the samples file's name
+            ok = to_reading_order(r["model_order_ids"], direction, ids) == list(
                 r["reading_order_ids"])
         except (KeyError, TypeError, ValueError, UserError):
             ok = False

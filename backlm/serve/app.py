@@ -14,6 +14,7 @@ from typing import Any
 
 from backlm.errors import UserError
 from backlm.serve import wire
+from backlm.serve.conversation import position
 from backlm.serve.model_thread import Generation, ModelThread
 from backlm.serve.wire import ApiError, Limits
 
@@ -36,10 +37,11 @@ class Engine:
             config = asdict(ld.exp.config()) if ld.exp else {"model": ld.meta.get("model_config")}
         except (UserError, OSError):  # a checkpoint folder without its experiment's config
             config = {"model": ld.meta.get("model_config")}
+        orders = ld.direction.orders
         return {"id": ld.name, "phase": ld.phase, "direction": ld.direction,
-                "can_toggle": ld.direction == "bidirectional", "step": ld.step,
-                "orders": [o for o in (["forward", "backward"] if ld.direction == "bidirectional"
-                                       else [ld.direction])],
+                "can_toggle": len(orders) > 1, "step": ld.step, "orders": list(orders),
+                # where each order's turns go: the page places text by these, never by names
+                "positions": {o.value: position(o) for o in orders},
                 "models": list(self.models), "config": config, "limits": asdict(self.limits)}
 
     def chat(self, req: wire.ChatRequest) -> tuple[Any, "Generation"]:
@@ -182,7 +184,7 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
 def _assemble(parts: list[Any]) -> str:
     text = ""
     for p in parts:
-        text = text + p.text if p.where == "end" else p.text + text
+        text = p.place(text)
     return text
 
 
@@ -191,9 +193,8 @@ def _finish(session: Any, generation: Generation) -> str:
 
 
 def _extra(session: Any) -> dict[str, Any]:
-    forward = session.order.value == "forward"
     s = session.stats
-    return {"order": session.order.value, "position": "end" if forward else "start",
+    return {"order": session.order.value, "position": session.position,
             "role": session.writes, "tokens_per_sec": round(s.tokens_per_sec, 1),
             "first_token_ms": round(1000 * s.first_token_seconds, 2),
             "conversation": session.messages if not session.plain else [
@@ -204,9 +205,8 @@ async def _events(cid: str, req: wire.ChatRequest, session: Any, pieces: Generat
                   ) -> AsyncIterator[bytes]:
     """SSE chunks: the role, each piece (``backlm.position``: where it goes), the finish, the
     usage when asked, ``[DONE]``."""
-    position = {"position": "end" if session.order.value == "forward" else "start"}
     yield wire.sse(wire.chunk(cid, req.model, {"role": session.writes, "content": ""}, None,
-                            {**position, "order": session.order.value}))
+                            {"position": session.position, "order": session.order.value}))
     try:
         while (piece := await pieces.anext()) is not None:
             yield wire.sse(wire.chunk(cid, req.model, {"content": piece.text}, None,

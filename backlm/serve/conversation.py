@@ -7,7 +7,9 @@ the user turn before it, so a backward chat grows toward its beginning. A bidire
 does either, per turn (:meth:`Chat.switch`). A base model continues plain text: forward after
 it, backward before it. Prompts come from :func:`backlm.direction.turn_prompt` and
 :func:`backlm.direction.encode_document`; text streams out whole characters only
-(:class:`TextStream`), each piece marked as going at the ``end`` or the ``start``.
+(:class:`TextStream`), each piece marked as going at the ``end`` or the ``start``
+(:func:`position`, applied by :func:`place`: the one placement rule of chat, serve and the
+chat page).
 """
 
 from __future__ import annotations
@@ -90,12 +92,28 @@ class TextStream:
         return text
 
 
+def position(order: Direction) -> str:
+    """Where text written in a concrete ``order`` goes in the reading-order text: at the
+    ``end`` going forward, at the ``start`` going backward (a backward conversation grows
+    toward its beginning). The person's turn and the model's go on the same side."""
+    return "end" if order is Direction.FORWARD else "start"
+
+
+def place(where: str, existing: Any, new: Any) -> Any:
+    """``new`` put at ``where`` (a :func:`position`) of ``existing``: text, or lists of turns."""
+    return existing + new if where == "end" else new + existing
+
+
 @dataclass(frozen=True)
 class Piece:
     """Streamed text and where it goes: after the text so far (``end``) or before (``start``)."""
 
     text: str
     where: str
+
+    def place(self, shown: str) -> str:
+        """``shown`` with this piece in its place."""
+        return place(self.where, shown, self.text)
 
 
 @dataclass
@@ -118,10 +136,10 @@ class Stats:
 class Chat:
     """A conversation with one model, kept in reading order."""
 
-    def __init__(self, model: Any, tokenizer: Any, direction: str, phase: str = "sft",
-                 order: str | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, direction: Direction, phase: str = "sft",
+                 order: Direction | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.direction = Direction.parse(direction)
+        self.direction = direction
         self.plain = phase == "base"  # a base model continues text; it has no turns
         self.messages: list[dict[str, str]] = []
         self.text = ""  # a base model's running text
@@ -131,13 +149,14 @@ class Chat:
         if order is not None:
             self.switch(order)
 
-    def switch(self, order: str) -> None:
+    def switch(self, order: Direction) -> None:
         """Write the next turns in ``order`` (bidirectional models only)."""
-        wanted = Direction.parse(order)
-        if wanted is Direction.BIDIRECTIONAL or wanted not in self.direction.orders:
-            raise UserError(f"this model reads {self.direction.value} only: it cannot write "
-                            f"{wanted.value}; only a bidirectional model switches direction")
-        self.order = wanted
+        self.order = check_order(self.direction, order)
+
+    @property
+    def position(self) -> str:
+        """Where the next turn goes: ``end`` or ``start`` (see :func:`position`)."""
+        return position(self.order)
 
     def clear(self) -> None:
         """Forget the conversation."""
@@ -161,15 +180,15 @@ class Chat:
         messages = _merge_system(messages)
         if not messages:
             raise UserError("give at least one message")
-        forward = self.order is Direction.FORWARD
-        given = messages[-1] if forward else messages[0]
-        wanted = "user" if forward else "assistant"
+        at_end = self.position == "end"
+        given = messages[-1] if at_end else messages[0]
+        wanted = "user" if at_end else "assistant"
         if given["role"] != wanted:
-            where = "last" if forward else "first"
+            where = "last" if at_end else "first"
             raise UserError(f"the {where} message must be the {wanted}'s: a {self.order.value} "
                             f"model writes the {self.writes} turn "
-                            f"{'after' if forward else 'before'} it")
-        self.messages = messages[:-1] if forward else messages[1:]
+                            f"{'after' if at_end else 'before'} it")
+        self.messages = messages[:-1] if at_end else messages[1:]
         return given["content"]
 
     def _render(self, messages: list[dict[str, str]]) -> list[int]:
@@ -181,16 +200,14 @@ class Chat:
         ids = self.tokenizer.special_ids
         order = self.order if self.direction is Direction.BIDIRECTIONAL else None
         if self.plain:
-            full = self.text + text if self.order is Direction.FORWARD else text + self.text
+            full = place(self.position, self.text, text)
             seq, _ = encode_document(self.tokenizer.encode(full), self.direction, ids, order)
             return seq, None, full
-        if self.order is Direction.FORWARD:
-            messages = [*self.messages, {"role": "user", "content": text}]
-            return (*turn_prompt(self._render(messages), Role.ASSISTANT, self.direction, ids,
-                                 order), messages)
-        messages = [{"role": "assistant", "content": text}, *self.messages]
-        return (*turn_prompt(self._render(messages), Role.USER, self.direction, ids, order),
-                messages)
+        forward = self.order is Direction.FORWARD
+        mine = {"role": "user" if forward else "assistant", "content": text}
+        messages = place(self.position, self.messages, [mine])
+        return (*turn_prompt(self._render(messages), Role.ASSISTANT if forward else Role.USER,
+                             self.direction, ids, order), messages)
 
     def send(self, text: str, sampling: Sampling | None = None) -> Iterator[Piece]:
         """Give the person's ``text`` and stream the model's turn; when the stream ends the turn
@@ -203,7 +220,7 @@ class Chat:
         if context is not None and len(prompt) > context:
             raise UserError(f"the conversation is {len(prompt):,} tokens, longer than the "
                             f"model's context of {context:,}: clear it or shorten it")
-        where = "end" if self.order is Direction.FORWARD else "start"
+        where = self.position
         stream, written = TextStream(self.order), []
         specials = set(self.tokenizer.specials.values())
         started = time.perf_counter()
@@ -231,13 +248,22 @@ class Chat:
             self.stats = Stats(len(written), last - first, first - started, len(prompt), finish)
         turn = self.tokenizer.decode(written_to_reading_order(written, self.order))
         self.last_turn = turn  # what the model wrote, in reading order
-        forward = self.order is Direction.FORWARD
         if self.plain:
-            self.text = given + turn if forward else turn + given
-        elif forward:
-            self.messages = [*given, {"role": "assistant", "content": turn}]
+            self.text = place(where, given, turn)
         else:
-            self.messages = [{"role": "user", "content": turn}, *given]
+            self.messages = place(where, given, [{"role": self.writes, "content": turn}])
+
+
+def check_order(direction: Direction, order: Direction) -> Direction:
+    """``order`` if a model of ``direction`` writes in it (a bidirectional model either order,
+    the others their own), else a UserError: the one check of a requested order, for chat,
+    serve and the Python API alike."""
+    if not isinstance(order, Direction):  # a name is parsed where it comes in (flag, body)
+        raise TypeError(f"an order to write in is a Direction, got {order!r}")
+    if order not in direction.orders:  # bidirectional itself is no order to write in
+        raise UserError(f"this model reads {direction.value} only: it cannot write "
+                        f"{order.value}; only a bidirectional model switches direction")
+    return order
 
 
 def _merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:

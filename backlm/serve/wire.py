@@ -15,7 +15,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from backlm.serve.conversation import MAX_TOKENS, Sampling
+from backlm.direction import ORDERS, Direction
+from backlm.errors import UserError
+from backlm.serve.conversation import MAX_TOKENS, Sampling, check_order
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -47,12 +49,11 @@ class ApiError(Exception):
                           "code": self.code}}
 
 
-def served_models(exp_id: str, direction: str) -> dict[str, str | None]:
+def served_models(exp_id: str, direction: Direction) -> dict[str, Direction | None]:
     """Served model ids and the order each writes in (None: the model's own)."""
-    models: dict[str, str | None] = {exp_id: None}
-    if direction == "bidirectional":
-        models[f"{exp_id}@forward"] = "forward"
-        models[f"{exp_id}@backward"] = "backward"
+    models: dict[str, Direction | None] = {exp_id: None}
+    if direction == Direction.BIDIRECTIONAL:
+        models.update({f"{exp_id}@{order.value}": order for order in ORDERS})
     return models
 
 
@@ -75,7 +76,7 @@ class ChatRequest:
     """A checked ``/v1/chat/completions`` request."""
 
     model: str
-    order: str | None  # the order to write in; None: the model's own
+    order: Direction | None  # the order to write in; None: the model's own
     messages: list[dict[str, str]]
     sampling: Sampling
     stream: bool
@@ -99,7 +100,7 @@ def _number(body: dict, key: str, low: float, high: float, default: Any, whole: 
     return value
 
 
-def _model(body: dict, models: dict[str, str | None]) -> tuple[str, str | None]:
+def _model(body: dict, models: dict[str, Direction | None]) -> tuple[str, Direction | None]:
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "model is required: one of " + ", ".join(models), "model")
@@ -179,17 +180,29 @@ def _unsupported(body: dict) -> None:
                        "logprobs")
 
 
-def chat_request(body: dict[str, Any], models: dict[str, str | None], direction: str,
-                 limits: Limits) -> ChatRequest:
+def _order(body: dict, direction: Direction) -> Direction | None:
+    """The body's ``direction``: the order to write in, parsed and checked against the model."""
+    wanted = body.get("direction")
+    if wanted is None:
+        return None
+    try:
+        order = Direction.parse(wanted) if isinstance(wanted, str) else None
+    except UserError:
+        order = None
+    if order not in ORDERS:
+        raise ApiError(400, "direction must be forward or backward", "direction")
+    try:
+        return check_order(direction, order)  # the one check a chat's switch makes too
+    except UserError as exc:
+        raise ApiError(400, str(exc), "direction") from None
+
+
+def chat_request(body: dict[str, Any], models: dict[str, Direction | None],
+                 direction: Direction, limits: Limits) -> ChatRequest:
     """Check a chat completion body; raise :class:`ApiError` naming the first bad field."""
     name, order = _model(body, models)
-    wanted = body.get("direction")
+    wanted = _order(body, direction)
     if wanted is not None:
-        if wanted not in ("forward", "backward"):
-            raise ApiError(400, "direction must be forward or backward", "direction")
-        if direction != "bidirectional" and wanted != direction:
-            raise ApiError(400, f"this model reads {direction} only: direction {wanted} needs a "
-                           "bidirectional model", "direction")
         if order is not None and wanted != order:
             raise ApiError(400, f"model {name} writes {order}; direction says {wanted}",
                            "direction")

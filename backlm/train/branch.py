@@ -108,8 +108,8 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
         raise UserError(f"{exc} (the parent's {parent.config_path.name})") from None
     flags = dict(flags or {})
     cfg, explicit = _child_config(phase, parent_cfg, meta, preset, overrides, flags)
-    old, new = str(meta["direction"]), cfg.data.direction
-    if new != old and not allow_direction_change:
+    old, new = meta["direction"], cfg.data.direction  # both typed when read
+    if new is not old and not allow_direction_change:
         raise UserError(f"{parent.id} was trained {old}; training its child {new} changes the "
                         "direction: add --allow-direction-change to do it on purpose")
     cfg.id = exp_id if exp_id is not None else cfg.id if "id" in explicit else ""
@@ -132,7 +132,7 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
         "parent_id": parent.id, "parent_path": str(parent.path.resolve()),
         "checkpoint": str(folder.resolve()), "step": chosen, "weights_sha256": sha,
         "parent_phase": pmeta.get("phase"), "parent_direction": old, "direction": new,
-        "direction_change": {"from": old, "to": new} if new != old else None,
+        "direction_change": {"from": old, "to": new} if new is not old else None,
         "tokenizer_sha256": compat.tokenizer_hash(tokenizer),
         "chain": [*ancestors.get("chain", []), str(parent.path.resolve())],
         "chain_ids": [*ancestors.get("chain_ids", []), parent.id],

@@ -69,7 +69,7 @@ def eval_passes(cfg: RunConfig) -> int:
     evals = int(cfg.train.eval_at_start) + cfg.train.max_steps // cfg.train.eval_every
     if cfg.train.max_steps % cfg.train.eval_every:
         evals += 1
-    return evals * (2 if cfg.data.direction == "bidirectional" else 1)
+    return evals * len(cfg.data.direction.orders)
 
 
 def model_size(mcfg: ModelConfig) -> tuple[int, int]:

@@ -10,11 +10,14 @@ loaders, the loss of a micro-batch and the phase's own validation (rl's: :mod:`b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backlm.config import RunConfig
 from backlm.errors import UserError
 from backlm.train.step import MicroBatch, Orders, Phase, StepRun, mean_over_orders, per_order
+
+if TYPE_CHECKING:
+    from backlm.direction import Direction
 
 ORDER = ("base", "mid", "sft", "rl")
 FOLLOWS: dict[str, tuple[str, ...]] = {"mid": ("base",), "sft": ("base", "mid"), "rl": ("sft",)}
@@ -153,7 +156,7 @@ class ChatPhase(TextPhase):
                 for v in range(first, first + count)]
 
     @classmethod
-    def monitors(cls, direction: str) -> list[str]:
+    def monitors(cls, direction: Direction) -> list[str]:
         from backlm.direction import eval_orders
 
         return ["val_chat_loss", *per_order("val_chat_loss", eval_orders(direction))]
@@ -201,7 +204,7 @@ def build_loaders(cfg: RunConfig, tokenizer: Any, data_dir: Path, first: int, co
     return phase_for(cfg).loaders(tokenizer, data_dir, first, count, streams)
 
 
-def eval_monitors(phase: str, direction: str) -> list[str]:
+def eval_monitors(phase: str, direction: Direction) -> list[str]:
     """Validation metrics a phase adds to the text ones (what early stopping may watch)."""
     return phase_class(phase).monitors(direction)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backlm.config import RunConfig
+from backlm.direction import Direction
 from backlm.errors import UserError
 from backlm.experiment import folder as xp
 from backlm.paths import DEFAULT_DATASET, check_writable, dataset_dir
@@ -22,7 +23,7 @@ from backlm.paths import DEFAULT_DATASET, check_writable, dataset_dir
 FINISHED = ("finished", "early stop", "target reached")
 
 
-def monitors(direction: str, phase: str = "base") -> list[str]:
+def monitors(direction: Direction, phase: str = "base") -> list[str]:
     """The validation metrics a run of ``direction`` measures (what early stopping may watch)."""
     from backlm.direction import eval_orders
     from backlm.train.phases import eval_monitors
@@ -122,7 +123,7 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
                         f"{cfg.phase} --parent EXP`, or a chain such as --phase base,{cfg.phase}")
     if "id" in explicit and not cfg.id.strip():
         raise UserError("--id is empty: give a name, or leave --id out for the default")
-    if "data.mix" in explicit and cfg.data.direction != "bidirectional":
+    if "data.mix" in explicit and cfg.data.direction is not Direction.BIDIRECTIONAL:
         raise UserError(f"data.mix only applies to bidirectional runs; drop --set data.mix "
                         f"for a {cfg.data.direction} run")
     exp_id = xp.check_id(cfg.id or xp.new_id(cfg.phase, cfg.data.direction, cfg.model.depth))

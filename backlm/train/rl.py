@@ -36,7 +36,7 @@ EVAL_SEED = 7919  # held-out prompts: an integer seed, while training streams us
 class PromptStream:
     """The problems of one RL data stream, resumable by count."""
 
-    def __init__(self, seed: int, stream: int, direction: str, mix: float = 0.5) -> None:
+    def __init__(self, seed: int, stream: int, direction: Direction, mix: float = 0.5) -> None:
         self.seed, self.stream, self.direction, self.mix = seed, stream, direction, mix
         self.count = 0
 
@@ -58,7 +58,7 @@ class PromptStream:
         self.count = int(state["count"])
 
 
-def prompt_for(tokenizer: Any, problem: arith.Problem, direction: str, order: Direction
+def prompt_for(tokenizer: Any, problem: arith.Problem, direction: Direction, order: Direction
                ) -> tuple[list[int], int]:
     """Model-order prompt and stop token: forward is given the question and writes the
     answer; backward is given the answer and writes the question."""
@@ -66,8 +66,8 @@ def prompt_for(tokenizer: Any, problem: arith.Problem, direction: str, order: Di
         context, write = tokenizer.render_turn("user", problem.question), Role.ASSISTANT
     else:
         context, write = tokenizer.render_turn("assistant", problem.answer_text), Role.USER
-    order_arg = order if Direction.parse(direction) is Direction.BIDIRECTIONAL else None
-    return turn_prompt(context, write, direction, tokenizer.special_ids, order_arg)
+    # a one-way model's order is its direction, which turn_prompt takes as well
+    return turn_prompt(context, write, direction, tokenizer.special_ids, order)
 
 
 def reward(tokenizer: Any, problem: arith.Problem, order: Direction, written: list[int]) -> float:
@@ -190,7 +190,7 @@ class RLPhase(Phase):
                 "zero_spread": sums["zero_spread"] / (count / self.cfg.rl.group_size)}
 
     @classmethod
-    def monitors(cls, direction: str) -> list[str]:
+    def monitors(cls, direction: Direction) -> list[str]:
         from backlm.direction import eval_orders
 
         return ["val_reward", *per_order("val_reward", eval_orders(direction))]

@@ -92,7 +92,7 @@ class Phase:
         return {}
 
     @classmethod
-    def monitors(cls, direction: str) -> list[str]:
+    def monitors(cls, direction: Direction) -> list[str]:
         """Validation metrics :meth:`evaluate` adds (what early stopping may watch)."""
         return []
 

@@ -28,7 +28,7 @@ def tok() -> Tokenizer:
 
 def _loader(tok, direction, **kw):
     kw = {"batch_size": 2, "seq_len": 48, "seed": 5, **kw}
-    return ConversationLoader(CONVS, tok, direction, **kw)
+    return ConversationLoader(CONVS, tok, Direction.parse(direction), **kw)
 
 
 def _reading(tok, row, direction):
@@ -53,7 +53,7 @@ def test_the_mask_follows_the_role_the_direction_writes(tok):
     answer = tok.encode(conv[1]["content"])
     for direction, written, train_on in (("forward", answer, None), ("backward", user, None),
                                          ("backward", answer, "assistant")):
-        ld = ConversationLoader([conv], tok, direction, batch_size=1, seq_len=64,
+        ld = ConversationLoader([conv], tok, Direction.parse(direction), batch_size=1, seq_len=64,
                                 train_on=train_on)
         batch = ld.next_batch()
         targets = [int(t) for t in batch.targets[0] if t != IGNORE_INDEX]
@@ -103,10 +103,10 @@ def test_streams_split_the_conversations(tok):
 
 def test_unusable_data_is_one_user_error(tok):
     with pytest.raises(UserError, match="no conversations"):
-        ConversationLoader([], tok, "forward", batch_size=1, seq_len=32)
+        ConversationLoader([], tok, Direction.FORWARD, batch_size=1, seq_len=32)
     bad = [[{"role": "assistant", "content": "no user"}]]
     with pytest.raises(UserError, match="fits"):
-        ConversationLoader(bad, tok, "forward", batch_size=1, seq_len=32).next_batch()
+        ConversationLoader(bad, tok, Direction.FORWARD, batch_size=1, seq_len=32).next_batch()
 
 
 def test_mid_mixes_text_and_chat_by_seed(tok):
@@ -135,8 +135,8 @@ def test_mid_mixes_text_and_chat_by_seed(tok):
 
 
 def test_held_out_windows_are_the_same_conversations_in_each_order(tok):
-    fwd = chat_windows(CONVS, tok, "bidirectional", Direction.FORWARD, None, 4, 48, 6)
-    bwd = chat_windows(CONVS, tok, "bidirectional", Direction.BACKWARD, None, 4, 48, 6)
+    fwd = chat_windows(CONVS, tok, Direction.BIDIRECTIONAL, Direction.FORWARD, None, 4, 48, 6)
+    bwd = chat_windows(CONVS, tok, Direction.BIDIRECTIONAL, Direction.BACKWARD, None, 4, 48, 6)
     assert sum(len(b.inputs) for b in fwd) == sum(len(b.inputs) for b in bwd) == 6
     for a, b in zip(fwd, bwd, strict=True):
         for ra, rb in zip(a.inputs, b.inputs, strict=True):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from backlm.data.loader import PackedLoader
 from backlm.data.shards import list_shards
-from backlm.direction import to_reading_order
+from backlm.direction import Direction, to_reading_order
 from backlm.errors import UserError
 from backlm.model import IGNORE_INDEX
 
@@ -19,7 +19,8 @@ def loader(ds, tok, direction, **kw):
     kw.setdefault("seq_len", 48)
     kw.setdefault("docs_per_batch", 16)
     kw.setdefault("buffer_docs", 8)
-    return PackedLoader(list_shards(ds, kw.pop("split", "train")), tok, direction, **kw)
+    return PackedLoader(list_shards(ds, kw.pop("split", "train")), tok, Direction.parse(direction),
+                        **kw)
 
 
 def row_tokens(batch, r):
@@ -166,8 +167,8 @@ def test_row_stride_when_fewer_row_groups_than_ranks(tmp_path, byte_tok):
     write_shard(tmp_path / "train_00000.parquet", [f"document number {i}" for i in range(40)])
     texts = []
     for rank in range(2):
-        ld = PackedLoader(list_shards(tmp_path), byte_tok, "forward", batch_size=2, seq_len=32,
-                          rank=rank, world_size=2, loop=False, track=True)
+        ld = PackedLoader(list_shards(tmp_path), byte_tok, Direction.FORWARD, batch_size=2,
+                          seq_len=32, rank=rank, world_size=2, loop=False, track=True)
         for _ in ld:
             texts.append(set(ld.texts_for([k for row in ld.provenance for k, *_ in row])))
     assert len(set().union(*texts)) == 40
@@ -185,7 +186,7 @@ def test_bad_arguments(tiny_dataset, byte_tok, tmp_path):
     with pytest.raises(UserError):
         loader(tiny_dataset, byte_tok, "sideways")
     with pytest.raises(UserError):
-        PackedLoader([], byte_tok, "forward", batch_size=1, seq_len=8)
+        PackedLoader([], byte_tok, Direction.FORWARD, batch_size=1, seq_len=8)
     with pytest.raises(UserError, match="backlm data prepare"):
         list_shards(tmp_path / "nope")
     with pytest.raises(UserError, match="no train shards"):
@@ -194,7 +195,8 @@ def test_bad_arguments(tiny_dataset, byte_tok, tmp_path):
 
 def _epoch(folder, tok, direction, **kw):
     """One finite pass: per row, the pieces' (key, start, end) and reading-order tokens."""
-    ld = PackedLoader(list_shards(folder), tok, direction, loop=False, track=True, **kw)
+    ld = PackedLoader(list_shards(folder), tok, Direction.parse(direction), loop=False,
+                      track=True, **kw)
     spans, tokens = [], []
     for batch in ld:
         for row in pieces_of(batch, ld.provenance, direction, tok.special_ids):

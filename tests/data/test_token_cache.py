@@ -16,6 +16,7 @@ from backlm.data import loader as loader_module
 from backlm.data import token_cache as tc
 from backlm.data.loader import PackedLoader
 from backlm.data.shards import iter_texts, list_shards, write_shard
+from backlm.direction import Direction
 from backlm.tokenizer import Tokenizer
 from tests.conftest import ByteTokenizer, make_docs
 
@@ -62,7 +63,8 @@ def ds(tmp_path, tok) -> Path:
 
 def make(ds: Path, tok, direction: str, cached: bool, **kw) -> PackedLoader:
     kw = {"batch_size": 3, "seq_len": 40, "docs_per_batch": 16, "buffer_docs": 8, **kw}
-    return PackedLoader(list_shards(ds), tok, direction, token_cache=cached, **kw)
+    return PackedLoader(list_shards(ds), tok, Direction.parse(direction), token_cache=cached,
+                        **kw)
 
 
 def batches(ld: PackedLoader, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

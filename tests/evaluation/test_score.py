@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backlm.config import ModelConfig
-from backlm.direction import encode_document
+from backlm.direction import Direction, encode_document
 from backlm.errors import UserError
 from backlm.evaluation.score import score_text
 from backlm.model import IGNORE_INDEX
@@ -33,7 +33,7 @@ def _model(tok, seq_len=64):
 @pytest.mark.parametrize("direction", ["forward", "backward", "bidirectional"])
 def test_each_order_scores_the_same_tokens_and_matches_the_models_loss(tok, direction):
     model = _model(tok)
-    result = score_text(model, tok, direction, TEXT)
+    result = score_text(model, tok, Direction(direction), TEXT)
     expected_orders = ["forward", "backward"] if direction == "bidirectional" else [direction]
     assert list(result) == expected_orders
     tokens = tok.encode(TEXT)
@@ -56,7 +56,7 @@ def test_per_token_values_come_back_in_reading_order(tok):
     """The first reading-order token is predicted first going forward and last going backward:
     its value must sit first in both lists."""
     model = _model(tok)
-    r = score_text(model, tok, "bidirectional", TEXT)
+    r = score_text(model, tok, Direction.BIDIRECTIONAL, TEXT)
     seq, _ = encode_document(tok.encode(TEXT), "bidirectional", tok.special_ids, "backward")
     with torch.no_grad():
         logp = torch.log_softmax(model.logits(model.hidden(torch.tensor([seq[:-1]]))), -1)
@@ -69,4 +69,4 @@ def test_per_token_values_come_back_in_reading_order(tok):
 ])
 def test_bad_texts_are_user_errors(tok, text, words):
     with pytest.raises(UserError, match=words):
-        score_text(_model(tok), tok, "forward", text)
+        score_text(_model(tok), tok, Direction.FORWARD, text)

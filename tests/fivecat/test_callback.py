@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backlm.direction import Direction
 from tests.helpers import FIVECAT_TINY as TINY
 from tests.helpers import fivecat_command as fivecat
 from tests.helpers import loop_state
@@ -34,7 +35,7 @@ def _fake_run(exp: Path, model, direction: str, **fivecat_cfg):
     from backlm.tokenizer import Tokenizer
 
     cfg = RunConfig()
-    cfg.data.direction = direction
+    cfg.data.direction = Direction.parse(direction)
     cfg.log.hdf5 = False
     for k, v in fivecat_cfg.items():
         setattr(cfg.fivecat, k, v)
@@ -79,7 +80,7 @@ def mislabeled_callbacks(state) -> list:
     from backlm.fivecat.callback import FivecatCallback
 
     cb = FivecatCallback(state)
-    cb.direction = "backward"
+    cb.direction = Direction.BACKWARD
     return [cb]
 
 

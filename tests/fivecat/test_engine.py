@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from backlm.direction import Direction
 from tests.helpers import fivecat_command as fivecat
 from tests.helpers import fivecat_trained as _trained
 
@@ -41,7 +42,8 @@ def test_untrained_model_fails(home, forward):
 
     tok = Tokenizer.load(forward / "tokenizer")
     cfg = ModelConfig(depth=2, width=64, head_dim=32, seq_len=64, vocab_size=tok.vocab_size)
-    result = run_fivecat(GPT(cfg).eval(), tok, "forward", home / "home/data/stdlib", load_spec())
+    result = run_fivecat(GPT(cfg).eval(), tok, Direction.FORWARD, home / "home/data/stdlib",
+                         load_spec())
     assert not result.passed and result.passed_count <= 2
     for gate in "ABCD":
         assert not result.gate_passed(gate), gate
@@ -56,7 +58,7 @@ def test_missing_ood_falls_back_to_train_with_a_warning(home, forward):
     shutil.copytree(data / "stdlib", data / "no-ood", ignore=shutil.ignore_patterns("ood_*"))
     lm = load_model(forward, device="cpu")
     spec = load_spec().with_max_samples(8)
-    result = run_fivecat(lm.model, lm.tokenizer, "forward", data / "no-ood", spec)
+    result = run_fivecat(lm.model, lm.tokenizer, Direction.FORWARD, data / "no-ood", spec)
     assert any("no ood_*.parquet" in w and "TRAIN" in w for w in result.warnings)
     assert {r.split for r in result.rows} == {"val", "val~train"}
     assert result.sets.keys() == {"val", "train"}

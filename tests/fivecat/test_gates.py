@@ -53,7 +53,7 @@ def test_rollout_rewinding_one_kv_cache_equals_fresh_rollouts(forward):
     lm = load_model(forward, device="cpu")
     spec = load_spec().with_max_samples(6)
     data = Path(lm.exp.metadata()["data_dir"])
-    (probe,), _ = build_probes(data, lm.tokenizer, "forward", spec.samples, 64, ["val"])
+    (probe,), _ = build_probes(data, lm.tokenizer, Direction.FORWARD, spec.samples, 64, ["val"])
     x = torch.tensor(probe.declared)
     _, _, top, _ = declared_pass(lm.model, x, probe.prefix, 8, contextlib.nullcontext)
     match, tf = rollout_vs_teacher(lm.model, x, top, probe.prefix, 1, contextlib.nullcontext)

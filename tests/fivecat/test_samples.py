@@ -76,14 +76,14 @@ def test_probes_of_every_split_and_marker(tmp_path, byte_tok):
     write_shard(tmp_path / "ood_00000.parquet", docs[20:])
     assert [p.name for p in split_files(tmp_path, "val")] == ["val_00000.parquet"]
     assert split_files(tmp_path, "train") == []
-    probes, info = build_probes(tmp_path, byte_tok, "bidirectional", SAMPLES, seq_len=26,
+    probes, info = build_probes(tmp_path, byte_tok, Direction.BIDIRECTIONAL, SAMPLES, seq_len=26,
                                 splits=["val", "ood"])
     assert [(p.split, p.marker) for p in probes] == [
         ("val", "forward"), ("val", "backward"), ("ood", "forward"), ("ood", "backward")]
     assert info["val"] == {"documents": 4, "window": 24, "read": 20}  # seq_len 26 − BOS, marker
     assert all(p.rows == 4 and p.length == 26 for p in probes)
     with pytest.raises(UserError, match="5CAT needs windows of at least 14 tokens"):
-        build_probes(tmp_path, byte_tok, "forward", SAMPLES, seq_len=15, splits=["val"])
+        build_probes(tmp_path, byte_tok, Direction.FORWARD, SAMPLES, seq_len=15, splits=["val"])
 
 
 def test_reading_stops_once_enough_documents_are_long(tmp_path, byte_tok):

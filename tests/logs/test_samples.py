@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from backlm.direction import Direction
 from tests.conftest import make_docs
 from tests.helpers import loop_state
 
@@ -33,7 +34,7 @@ def test_generation_samples_round_trip_between_orders(tiny_run, direction):
     from backlm.direction import model_order
     from backlm.logs.samples import generate_samples
 
-    tiny_run.run.cfg.data.direction = direction
+    tiny_run.run.cfg.data.direction = Direction(direction)
     samples = generate_samples(tiny_run.run, 7)
     ids = tiny_run.run.tokenizer.special_ids
     orders = ["forward", "backward"] if direction == "bidirectional" else [direction]
@@ -56,7 +57,7 @@ def test_sample_file_drops_samples_past_the_resumed_step(tiny_run, tmp_path):
     from backlm.logs.samples import SampleCallback
 
     cfg = tiny_run.run.cfg
-    cfg.data.direction = "backward"
+    cfg.data.direction = Direction.BACKWARD
     cfg.log.sample_every = 2
     state = loop_state(tmp_path, cfg, tiny_run.run.model, tiny_run.run.tokenizer)
     cb = SampleCallback(state)

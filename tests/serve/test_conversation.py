@@ -40,7 +40,7 @@ def test_forward_chat_appends_and_stops_at_the_turn_end(tok):
     sid = tok.special_ids
     answer = tok.encode("The answer is 12.")
     model = Scripted([*answer, sid.assistant_end, *tok.encode("junk")])
-    chat = Chat(model, tok, "forward")
+    chat = Chat(model, tok, Direction.FORWARD)
     pieces = list(chat.send("What is 5 plus 7?", Sampling(temperature=0)))
     assert "".join(p.text for p in pieces) == "The answer is 12."
     assert {p.where for p in pieces} == {"end"}
@@ -55,7 +55,7 @@ def test_backward_chat_writes_the_earlier_turn_and_keeps_prepending(tok):
     sid = tok.special_ids
     question = tok.encode("What is 5 plus 7?")
     model = Scripted([*question[::-1], sid.user_start])
-    chat = Chat(model, tok, "backward")
+    chat = Chat(model, tok, Direction.BACKWARD)
     pieces = list(chat.send("The answer is 12."))
     assert {p.where for p in pieces} == {"start"}
     # pieces go in front of one another: joined right to left they read in order
@@ -77,25 +77,25 @@ def test_backward_chat_writes_the_earlier_turn_and_keeps_prepending(tok):
 def test_bidirectional_switches_per_turn_and_only_it_can(tok):
     sid = tok.special_ids
     model = Scripted([*tok.encode("ok"), sid.assistant_end])
-    chat = Chat(model, tok, "bidirectional")
+    chat = Chat(model, tok, Direction.BIDIRECTIONAL)
     list(chat.send("hi"))
     assert model.prompts[-1][:2] == [sid.bos, sid.forward]
-    chat.switch("backward")
+    chat.switch(Direction.BACKWARD)
     model.tokens = [*tok.encode("ih")[::-1], sid.user_start]
     list(chat.send("first"))
     assert model.prompts[-1][:2] == [sid.bos, sid.backward]
     assert [m["role"] for m in chat.messages] == ["user", "assistant", "user", "assistant"]
     assert chat.messages[1]["content"] == "first"
-    for direction in ("forward", "backward"):
+    for direction in (Direction.FORWARD, Direction.BACKWARD):
         with pytest.raises(UserError, match="only a bidirectional model"):
-            Chat(model, tok, direction).switch("backward" if direction == "forward" else
-                                               "forward")
+            Chat(model, tok, direction).switch(Direction.BACKWARD if direction == "forward" else
+                                               Direction.FORWARD)
 
 
 def test_a_base_model_continues_text_toward_the_past(tok):
     words = tok.encode(" earlier words")
     model = Scripted([*words[::-1], tok.special_ids.bos])
-    chat = Chat(model, tok, "backward", phase="base")
+    chat = Chat(model, tok, Direction.BACKWARD, phase="base")
     out = "".join(p.text for p in reversed(list(chat.send("the end."))))
     assert out == " earlier words" and chat.text == " earlier wordsthe end."
     assert model.prompts[0] == [tok.special_ids.bos, *tok.encode("the end.")[::-1]]
@@ -103,7 +103,7 @@ def test_a_base_model_continues_text_toward_the_past(tok):
 
 def test_an_abandoned_stream_keeps_the_conversation_as_it_was(tok):
     model = Scripted(tok.encode("a long answer"))
-    chat = Chat(model, tok, "forward")
+    chat = Chat(model, tok, Direction.FORWARD)
     stream = chat.send("question")
     next(stream)
     stream.close()
@@ -138,7 +138,7 @@ def test_streams_emit_whole_characters_in_both_orders(text, cut):
     {"top_k": 0}, {"top_k": -3}, {"max_tokens": 0}, {"max_tokens": 10**6},
 ])
 def test_sampling_limits(bad, tok):
-    chat = Chat(Scripted([]), tok, "forward")
+    chat = Chat(Scripted([]), tok, Direction.FORWARD)
     with pytest.raises(UserError):
         list(chat.send("hi", Sampling(**bad)))
     with pytest.raises(UserError, match="say something"):
@@ -151,8 +151,8 @@ def test_a_real_model_writes_a_turn_in_every_direction(tok, direction):
     torch.manual_seed(0)
     cfg = ModelConfig(depth=1, width=32, head_dim=16, vocab_size=tok.vocab_size, seq_len=64)
     model = GPT(cfg).eval()
-    chat = Chat(model, tok, direction)
+    chat = Chat(model, tok, Direction(direction))
     first = list(chat.send("hello", Sampling(temperature=1.0, max_tokens=8, seed=3)))
-    again = Chat(model, tok, direction)
+    again = Chat(model, tok, Direction(direction))
     assert list(again.send("hello", Sampling(temperature=1.0, max_tokens=8, seed=3))) == first
     assert len(chat.messages) == 2 and chat.stats.tokens <= 8

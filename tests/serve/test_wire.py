@@ -9,16 +9,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backlm.direction import Direction
 from backlm.serve.wire import ApiError, ChatRequest, Limits, chat_request, parse_body, score_request
 from backlm.serve.wire import served_models as served
 
 LIMITS = Limits()
-BI = served("bi1", "bidirectional")
-BACK = served("s1", "backward")
+BI = served("bi1", Direction.BIDIRECTIONAL)
+BACK = served("s1", Direction.BACKWARD)
 USER = [{"role": "user", "content": "Hello"}]
 
 
-def chat(body: dict, models=BI, direction="bidirectional", limits=LIMITS) -> ChatRequest:
+def chat(body: dict, models=BI, direction=Direction.BIDIRECTIONAL, limits=LIMITS) -> ChatRequest:
     return chat_request(body, models, direction, limits)
 
 
@@ -32,9 +33,9 @@ def refused(fn, *args) -> ApiError:
 
 
 def test_served_models():
-    assert served("bi1", "bidirectional") == {"bi1": None, "bi1@forward": "forward",
+    assert served("bi1", Direction.BIDIRECTIONAL) == {"bi1": None, "bi1@forward": "forward",
                                               "bi1@backward": "backward"}
-    assert served("s1", "backward") == {"s1": None}
+    assert served("s1", Direction.BACKWARD) == {"s1": None}
 
 
 def test_a_good_request_and_its_defaults():
@@ -147,13 +148,13 @@ def test_bad_messages_are_a_400_naming_the_message(messages, param):
 def test_limits_are_those_given():
     tight = Limits(max_messages=2, max_message_chars=5, max_tokens=8, max_temperature=1.0)
     body = {"model": "bi1", "messages": USER}
-    assert refused(chat, {**body, "messages": USER * 3}, BI, "bidirectional", tight
+    assert refused(chat, {**body, "messages": USER * 3}, BI, Direction.BIDIRECTIONAL, tight
                    ).param == "messages"
     assert refused(chat, {**body, "messages": [{"role": "user", "content": "123456"}]}, BI,
-                   "bidirectional", tight).param == "messages[0].content"
-    assert refused(chat, {**body, "max_tokens": 9}, BI, "bidirectional", tight
+                   Direction.BIDIRECTIONAL, tight).param == "messages[0].content"
+    assert refused(chat, {**body, "max_tokens": 9}, BI, Direction.BIDIRECTIONAL, tight
                    ).param == "max_tokens"
-    assert refused(chat, {**body, "temperature": 1.5}, BI, "bidirectional", tight
+    assert refused(chat, {**body, "temperature": 1.5}, BI, Direction.BIDIRECTIONAL, tight
                    ).param == "temperature"
 
 
@@ -172,8 +173,8 @@ def test_the_model_is_required_and_must_be_served():
 
 def test_direction_on_a_one_direction_model():
     body = {"model": "s1", "messages": [{"role": "assistant", "content": "end"}]}
-    assert chat({**body, "direction": "backward"}, BACK, "backward").order == "backward"
-    err = refused(chat, {**body, "direction": "forward"}, BACK, "backward")
+    assert chat({**body, "direction": "backward"}, BACK, Direction.BACKWARD).order == "backward"
+    err = refused(chat, {**body, "direction": "forward"}, BACK, Direction.BACKWARD)
     assert (err.status, err.param) == (400, "direction") and "backward only" in err.message
 
 
@@ -244,7 +245,7 @@ BODY = st.one_of(
 
 
 def checked_or_refused(raw: bytes) -> None:
-    for models, direction in ((BI, "bidirectional"), (BACK, "backward")):
+    for models, direction in ((BI, Direction.BIDIRECTIONAL), (BACK, Direction.BACKWARD)):
         try:
             body = parse_body(raw)
             req = chat_request(body, models, direction, LIMITS)

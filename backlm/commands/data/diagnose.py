@@ -9,8 +9,8 @@ from backlm.ui import console, user_errors
 
 @user_errors
 def diagnose(
-    direction: str = typer.Option("forward", "--direction", "-d",
-                                  help="forward, backward or bidirectional."),
+    direction: str = typer.Option(None, "--direction", "-d",
+                                  help="forward (the default), backward or bidirectional."),
     dataset: str = typer.Option("pydocs", "--dataset", help="Dataset folder name."),
     split: str = typer.Option("val", "--split", help="Which split to pack: train, val or ood."),
     batches: int = typer.Option(4, "--batches", min=1, help="Batches to check."),
@@ -31,7 +31,7 @@ def diagnose(
     from backlm.paths import dataset_dir
     from backlm.tokenizer import Tokenizer
 
-    direction_ = Direction.parse(direction)
+    direction_ = Direction.FORWARD if direction is None else Direction.parse(direction)
     folder = dataset_dir(dataset)
     tokenizer = Tokenizer.load(tokenizer_dir(folder))
     report = run(folder, tokenizer, direction_, split=split, batches=batches, seq_len=seq_len,
