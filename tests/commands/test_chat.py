@@ -48,8 +48,10 @@ class Terminal:
     def expect(self, pattern: str, timeout: float = 60) -> str:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if re.search(pattern, self.seen):
-                found, self.seen = self.seen, ""
+            if match := re.search(pattern, self.seen):
+                # what came after the match stays for the next expect: the banner and the
+                # prompt can arrive in one read
+                found, self.seen = self.seen[:match.end()], self.seen[match.end():]
                 return found
             ready, _, _ = select.select([self.master], [], [], 0.2)
             if ready:
