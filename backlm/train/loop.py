@@ -68,7 +68,7 @@ class TrainingRun:
         torch.manual_seed(cfg.train.seed)
         tokenizer = Tokenizer.load(exp.tokenizer_dir)
         data_dir = exp.data_dir()
-        self.streams, self.accum = plan_streams(cfg, dist.world)
+        self.streams, self.accum = plan_streams(cfg, dist.world, self.phase)
         self.loaders = self.phase.loaders(tokenizer, data_dir, dist.rank * self.accum,
                                           self.accum, self.streams)
         # validation: the same reading-order windows in every order (and every direction)
@@ -265,7 +265,7 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     tr = TrainingRun(exp, cfg, dist, phase)
     state = LoopState(tr.info)
     step, tokens, tr.evals = _restore(tr) if resume else (0, 0, {})
-    if step == 0 and cfg.phase != "base":  # a branch starts from its parent's weights
+    if step == 0 and tr.phase.from_parent:  # a branch starts from its parent's weights
         from backlm.experiment.compat import load_parent_weights
 
         load_parent_weights(exp, tr.info.model)

@@ -54,22 +54,11 @@ def parse_chain(text: str) -> list[str]:
     return phases
 
 
-def plan_streams(cfg: RunConfig, world: int) -> tuple[int, int]:
-    """``(streams, accum)``: fixed data streams per step and micro-steps per rank.
-
-    Text and conversations: ``total_batch_tokens / (device_batch_size · seq_len)`` streams of
-    rows. RL: one stream per prompt of the step (``rl.prompts_per_step``). Either way the
-    global batch does not depend on how many processes share it.
-    """
-    if cfg.phase == "rl":
-        streams, what = cfg.rl.prompts_per_step, "rl.prompts_per_step"
-    else:
-        rows = cfg.train.device_batch_size * cfg.model.seq_len
-        if cfg.train.total_batch_tokens % rows:
-            raise UserError(
-                f"train.total_batch_tokens ({cfg.train.total_batch_tokens}) must be a multiple "
-                f"of device_batch_size × seq_len ({rows})")
-        streams, what = cfg.train.total_batch_tokens // rows, "train.total_batch_tokens"
+def plan_streams(cfg: RunConfig, world: int, phase: Phase | None = None) -> tuple[int, int]:
+    """``(streams, accum)``: fixed data streams per step and micro-steps per rank, as the
+    phase counts its streams (rows of text or conversations; RL: one per prompt). Either way
+    the global batch does not depend on how many processes share it."""
+    streams, what = (phase or phase_for(cfg)).streams()
     if streams % world:
         raise UserError(f"{streams} micro-batches per step cannot be split over {world} ranks: "
                         f"change {what} or the number of processes")
@@ -96,7 +85,7 @@ def train_on(cfg: RunConfig) -> str | None:
 
 
 class TextPhase(Phase):
-    """base: next-token loss on packed rows of plain text."""
+    """base: next-token loss on packed rows of plain text, from scratch."""
 
     def loaders(self, tokenizer: Any, data_dir: Path, first: int, count: int,
                 streams: int) -> list[Any]:
@@ -130,6 +119,8 @@ class TextPhase(Phase):
 class ChatPhase(TextPhase):
     """mid (conversations mixed with text, loss on every turn) and sft (conversations only,
     loss on ``chat.train_on``); validation adds the loss on held-out conversations."""
+
+    from_parent = True  # mid and sft branch from a parent
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)

@@ -134,10 +134,15 @@ class RLPhase(Phase):
     # tokens trained on
     stats = ("reward", "reward_sq", "samples", "zero_spread", "tokens")
     record_fields = ("reward_mean", "reward_std", "zero_spread")
+    from_parent = True  # rl branches from an sft run
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.reference: Any = None  # the frozen parent for the KL penalty, built once
+
+    def streams(self) -> tuple[int, str]:
+        """One stream per prompt of the step."""
+        return self.cfg.rl.prompts_per_step, "rl.prompts_per_step"
 
     def loaders(self, tokenizer: Any, data_dir: Any, first: int, count: int,
                 streams: int) -> list[Any]:

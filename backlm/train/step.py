@@ -64,9 +64,22 @@ class Phase:
 
     stats: tuple[str, ...] = ()
     record_fields: tuple[str, ...] = ()
+    from_parent = False  # True: the first step starts from the parent's weights (a branch)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
+
+    def streams(self) -> tuple[int, str]:
+        """Data streams per step over all ranks, and the key that sets their number: by
+        default rows of ``device_batch_size × seq_len`` making up ``total_batch_tokens``."""
+        from backlm.errors import UserError
+
+        train = self.cfg.train
+        rows = train.device_batch_size * self.cfg.model.seq_len
+        if train.total_batch_tokens % rows:
+            raise UserError(f"train.total_batch_tokens ({train.total_batch_tokens}) must be a "
+                            f"multiple of device_batch_size × seq_len ({rows})")
+        return train.total_batch_tokens // rows, "train.total_batch_tokens"
 
     def loaders(self, tokenizer: Any, data_dir: Path, first: int, count: int,
                 streams: int) -> list[Any]:

@@ -4,8 +4,12 @@ micro-batch's loss, its step sums and its validation."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
+from backlm.config import RunConfig, load_config
+from backlm.errors import UserError
 from backlm.train.phases import TextPhase, phase_class
 from backlm.train.step import MicroBatch, mean_over_orders
 from tests.helpers import branch_args, metrics, run_cli, tiny_args
@@ -103,3 +107,19 @@ def test_the_per_order_mean_is_set_only_for_several_orders():
     one = {"val_x": 3.0}
     mean_over_orders(one, "val_x", [("", Direction.FORWARD)])
     assert one == {"val_x": 3.0}
+
+
+@pytest.mark.parametrize("phase, streams, from_parent", [
+    ("base", 4, False), ("mid", 4, True), ("sft", 4, True), ("rl", 3, True)])
+def test_each_phase_counts_its_streams_and_says_where_its_weights_start(phase, streams,
+                                                                       from_parent):
+    from backlm.train.phases import phase_for, plan_streams
+
+    cfg = load_config(RunConfig, overrides=["train.total_batch_tokens=256",
+                                            "train.device_batch_size=1", "model.seq_len=64",
+                                            "rl.prompts_per_step=3", f"phase={phase}"])
+    assert phase_for(cfg).streams()[0] == streams and phase_for(cfg).from_parent is from_parent
+    assert plan_streams(cfg, 1) == (streams, streams)
+    with pytest.raises(UserError, match="cannot be split over 2 ranks") if streams % 2 else (
+            contextlib.nullcontext()):
+        plan_streams(cfg, 2)
