@@ -7,11 +7,14 @@ writes reading-order text::
 
     import backlm
 
-    model = backlm.load("d20_backward")            # an experiment id, tag or folder, or a
-    print(model.generate("the end of a text."))    # hub model folder; backward writes what
-    print(model.score("some text")["orders"])      # came before
-    chat = model.chat()                            # a conversation in the model's order
-    print("".join(p.text for p in chat.send("Hi")))
+    model = backlm.load("d20_backward")   # an experiment id, tag or folder, or a hub folder
+    text = "the end of a text."
+    print(model.generate(text) + text)    # backward: it writes what came before
+    print(model.score(text))              # log-probability and bits per byte, per order
+    chat = model.chat()                   # a conversation in the model's order
+    for piece in chat.send("The answer is 12."):
+        print(piece.text, piece.where)    # where each piece goes in the reading-order turn
+    print(chat.messages)                  # the whole conversation, in reading order
 """
 
 from __future__ import annotations
