@@ -1,17 +1,9 @@
 """Token order: the one module that knows what forward, backward and bidirectional mean.
 
 Text is tokenized in reading order first; direction is applied to token ids, one document at a
-time, before packing (DESIGN.md §1):
-
-=============  ===============================================  ==============================
-direction      a document t1..tn becomes                        loss on
-=============  ===============================================  ==============================
-forward        ``BOS t1 … tn``                                  every target
-backward       ``BOS tn … t1``                                  every target
-bidirectional  ``BOS <|forward|> t1 … tn`` or                   every target but the marker
-               ``BOS <|backward|> tn … t1`` (per document,
-               backward with probability ``mix``)
-=============  ===============================================  ==============================
+time, before packing (DESIGN.md §1): forward ``BOS t1 … tn``, backward ``BOS tn … t1``,
+bidirectional ``BOS <|forward|> t1 … tn`` or ``BOS <|backward|> tn … t1`` per document
+(backward with probability ``mix``); the loss is on every target but the marker.
 
 Every function here is pure. ``to_reading_order(encode_document(doc, d, ...), d) == doc`` for
 every direction, and the same holds for conversations. Nothing else in backlm reverses tokens.
@@ -71,11 +63,15 @@ class Direction(str, enum.Enum):
         return {"forward": "→", "backward": "←", "bidirectional": "↔"}[self.value]
 
     @property
+    def writes_at(self) -> str:
+        """Where text written in this concrete order goes in reading-order text: at the ``end``
+        forward, at the ``start`` backward (a backward conversation grows toward its beginning)."""
+        return "end" if _concrete(self) is Direction.FORWARD else "start"
+
+    @property
     def opposite(self) -> Direction:
         """The other concrete order (forward <-> backward)."""
-        if self is Direction.BIDIRECTIONAL:
-            raise ValueError("bidirectional has no single opposite order")
-        return Direction.BACKWARD if self is Direction.FORWARD else Direction.FORWARD
+        return Direction.BACKWARD if _concrete(self) is Direction.FORWARD else Direction.FORWARD
 
 
 ORDERS = (Direction.FORWARD, Direction.BACKWARD)
@@ -323,14 +319,19 @@ class Part(enum.IntEnum):
 TRAIN_ON = ("assistant", "user", "all")
 
 
-def trained_roles(order: Direction, train_on: str | None = None) -> frozenset[Role]:
-    """Roles whose turns carry loss: the turns the model writes in ``order``.
+def turn_roles(order: Direction) -> tuple[Role, Role]:
+    """``(given, written)`` in a concrete ``order``: forward the person gives the user turn and
+    the model writes the assistant's; backward the person gives the ending (the assistant's
+    turn) and the model writes the user turn that came before it."""
+    forward = _concrete(order) is Direction.FORWARD
+    return (Role.USER, Role.ASSISTANT) if forward else (Role.ASSISTANT, Role.USER)
 
-    Forward models write assistant turns; backward models by default write user turns (the
-    person gives the ending, the model writes what came before). ``train_on`` overrides.
-    """
+
+def trained_roles(order: Direction, train_on: str | None = None) -> frozenset[Role]:
+    """Roles whose turns carry loss: by default the turns the model writes in ``order``
+    (:func:`turn_roles`); ``train_on`` overrides."""
     if train_on is None:
-        train_on = "assistant" if _concrete(order) is Direction.FORWARD else "user"
+        train_on = turn_roles(order)[1].name.lower()
     if train_on not in TRAIN_ON:
         raise UserError(f"unknown train_on {train_on!r}: choose one of {', '.join(TRAIN_ON)}")
     if train_on == "all":

@@ -264,3 +264,16 @@ def test_a_turn_prompt_plus_the_written_turn_is_the_conversation(conv):
         full, _ = encode_conversation(tokens[start:], roles[start:], parts[start:], "backward",
                                       IDS)
         assert prompt + written + [stop] == full
+
+
+def test_turn_roles_and_placement_follow_the_order():
+    from backlm.direction import Role, turn_roles
+
+    assert turn_roles(Direction.FORWARD) == (Role.USER, Role.ASSISTANT)
+    assert turn_roles(Direction.BACKWARD) == (Role.ASSISTANT, Role.USER)
+    assert trained_roles(Direction.BACKWARD) == {turn_roles(Direction.BACKWARD)[1]}
+    assert (Direction.FORWARD.writes_at, Direction.BACKWARD.writes_at) == ("end", "start")
+    with pytest.raises(ValueError):
+        turn_roles(Direction.BIDIRECTIONAL)
+    with pytest.raises(ValueError):
+        Direction.BIDIRECTIONAL.writes_at  # noqa: B018

@@ -253,17 +253,22 @@ def sample_steps(decoder: Decoder, logits: Tensor, max_new_tokens: int,
             logits = decoder.step(tokens)
 
 
+def _steps(model: Any, prompt: list[int], max_new_tokens: int, rows: int,
+           sampling: SamplingParams, seed: int | None) -> Iterator[Tensor]:
+    """The prompt prefilled once (copied into ``rows`` rows), then sampled steps."""
+    if not prompt:
+        raise ValueError("generate needs at least one prompt token (e.g. BOS)")
+    decoder = Decoder(model, len(prompt) + max_new_tokens, rows=rows)
+    return sample_steps(decoder, decoder.prefill(prompt), max_new_tokens, sampling,
+                        generator_for(model, seed))
+
+
 @torch.inference_mode()
 def stream(model: Any, prompt: list[int], max_new_tokens: int,
            sampling: SamplingParams = GREEDY, seed: int | None = None) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` token ids after ``prompt``, one at a time (batch 1: the
     fused C step where it applies). The caller stops reading where its turn ends."""
-    if not prompt:
-        raise ValueError("generate needs at least one prompt token (e.g. BOS)")
-    decoder = Decoder(model, len(prompt) + max_new_tokens)
-    steps = sample_steps(decoder, decoder.prefill(prompt), max_new_tokens, sampling,
-                         generator_for(model, seed))
-    for tokens in steps:
+    for tokens in _steps(model, prompt, max_new_tokens, 1, sampling, seed):
         yield int(tokens)
 
 
@@ -274,12 +279,8 @@ def generate(model: Any, prompt: list[int], max_new_tokens: int, *, num_samples:
     """``num_samples`` continuations of ``prompt``: one prefill, the cache copied into every
     row, then batched steps. A row ends at a ``stop`` token (kept) or after ``max_new_tokens``;
     decoding ends when every row has."""
-    if not prompt:
-        raise ValueError("generate needs at least one prompt token (e.g. BOS)")
     stops = {stop} if isinstance(stop, int) else set(stop)
-    decoder = Decoder(model, len(prompt) + max_new_tokens, rows=num_samples)
-    steps = sample_steps(decoder, decoder.prefill(prompt), max_new_tokens, sampling,
-                         generator_for(model, seed))
+    steps = _steps(model, prompt, max_new_tokens, num_samples, sampling, seed)
     out: list[list[int]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
     for tokens in steps:

@@ -14,7 +14,6 @@ from typing import Any
 
 from backlm.errors import UserError
 from backlm.serve import wire
-from backlm.serve.conversation import position
 from backlm.serve.model_thread import Generation, ModelThread
 from backlm.serve.wire import ApiError, Limits
 
@@ -41,7 +40,7 @@ class Engine:
         return {"id": ld.name, "phase": ld.phase, "direction": ld.direction,
                 "can_toggle": len(orders) > 1, "step": ld.step, "orders": list(orders),
                 # where each order's turns go: the page places text by these, never by names
-                "positions": {o.value: position(o) for o in orders},
+                "positions": {o.value: o.writes_at for o in orders},
                 "models": list(self.models), "config": config, "limits": asdict(self.limits)}
 
     def chat(self, req: wire.ChatRequest) -> tuple[Any, "Generation"]:

@@ -8,8 +8,8 @@ does either, per turn (:meth:`Chat.switch`). A base model continues plain text: 
 it, backward before it. Prompts come from :func:`backlm.direction.turn_prompt` and
 :func:`backlm.direction.encode_document`; text streams out whole characters only
 (:class:`TextStream`), each piece marked as going at the ``end`` or the ``start``
-(:func:`position`, applied by :func:`place`: the one placement rule of chat, serve and the
-chat page).
+(:attr:`backlm.direction.Direction.writes_at`, applied by :func:`place`: the one placement
+rule of chat, serve and the chat page).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 from backlm.direction import (
     Direction,
-    Role,
     encode_document,
     turn_prompt,
+    turn_roles,
     written_to_reading_order,
 )
 from backlm.errors import UserError
@@ -92,15 +92,9 @@ class TextStream:
         return text
 
 
-def position(order: Direction) -> str:
-    """Where text written in a concrete ``order`` goes in the reading-order text: at the
-    ``end`` going forward, at the ``start`` going backward (a backward conversation grows
-    toward its beginning). The person's turn and the model's go on the same side."""
-    return "end" if order is Direction.FORWARD else "start"
-
-
 def place(where: str, existing: Any, new: Any) -> Any:
-    """``new`` put at ``where`` (a :func:`position`) of ``existing``: text, or lists of turns."""
+    """``new`` put at ``where`` (``end`` or ``start``: :attr:`Direction.writes_at`) of
+    ``existing``: text, or lists of turns."""
     return existing + new if where == "end" else new + existing
 
 
@@ -155,8 +149,9 @@ class Chat:
 
     @property
     def position(self) -> str:
-        """Where the next turn goes: ``end`` or ``start`` (see :func:`position`)."""
-        return position(self.order)
+        """Where the next turn goes: ``end`` or ``start`` (:attr:`Direction.writes_at`; the
+        person's turn and the model's go on the same side)."""
+        return self.order.writes_at
 
     def clear(self) -> None:
         """Forget the conversation."""
@@ -167,7 +162,7 @@ class Chat:
         """The role of the turn the model writes next (``text`` for a base model)."""
         if self.plain:
             return "text"
-        return "assistant" if self.order is Direction.FORWARD else "user"
+        return turn_roles(self.order)[1].name.lower()
 
     def load(self, messages: list[dict[str, str]]) -> str:
         """Take a whole reading-order conversation (an API request) and return the person's
@@ -182,7 +177,7 @@ class Chat:
             raise UserError("give at least one message")
         at_end = self.position == "end"
         given = messages[-1] if at_end else messages[0]
-        wanted = "user" if at_end else "assistant"
+        wanted = turn_roles(self.order)[0].name.lower()
         if given["role"] != wanted:
             where = "last" if at_end else "first"
             raise UserError(f"the {where} message must be the {wanted}'s: a {self.order.value} "
@@ -203,11 +198,11 @@ class Chat:
             full = place(self.position, self.text, text)
             seq, _ = encode_document(self.tokenizer.encode(full), self.direction, ids, order)
             return seq, None, full
-        forward = self.order is Direction.FORWARD
-        mine = {"role": "user" if forward else "assistant", "content": text}
+        given, written = turn_roles(self.order)
+        mine = {"role": given.name.lower(), "content": text}
         messages = place(self.position, self.messages, [mine])
-        return (*turn_prompt(self._render(messages), Role.ASSISTANT if forward else Role.USER,
-                             self.direction, ids, order), messages)
+        return (*turn_prompt(self._render(messages), written, self.direction, ids, order),
+                messages)
 
     def send(self, text: str, sampling: Sampling | None = None) -> Iterator[Piece]:
         """Give the person's ``text`` and stream the model's turn; when the stream ends the turn

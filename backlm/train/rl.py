@@ -25,6 +25,7 @@ from backlm.direction import (
     Role,
     document_order,
     turn_prompt,
+    turn_roles,
     written_to_reading_order,
 )
 from backlm.model import IGNORE_INDEX
@@ -62,10 +63,9 @@ def prompt_for(tokenizer: Any, problem: arith.Problem, direction: Direction, ord
                ) -> tuple[list[int], int]:
     """Model-order prompt and stop token: forward is given the question and writes the
     answer; backward is given the answer and writes the question."""
-    if order is Direction.FORWARD:
-        context, write = tokenizer.render_turn("user", problem.question), Role.ASSISTANT
-    else:
-        context, write = tokenizer.render_turn("assistant", problem.answer_text), Role.USER
+    given, write = turn_roles(order)  # the question is the user's turn, the answer the other
+    text = problem.question if given is Role.USER else problem.answer_text
+    context = tokenizer.render_turn(given.name.lower(), text)
     # a one-way model's order is its direction, which turn_prompt takes as well
     return turn_prompt(context, write, direction, tokenizer.special_ids, order)
 
