@@ -97,3 +97,22 @@ def test_a_hub_folder_with_another_tokenizer_is_refused(lineage):
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="not the tokenizer"):
         backlm.load(folder)
+
+
+@pytest.mark.parametrize("break_it", ["no tokenizer", "weights a folder"])
+def test_a_hub_folder_missing_a_part_is_refused_naming_it(lineage, break_it):
+    import shutil
+
+    from backlm.hub import UploadRequest, upload
+
+    folder = upload(UploadRequest("b0", "me/b0", lineage, dry_run=True)).folder
+    if break_it == "no tokenizer":
+        shutil.rmtree(folder / "tokenizer")
+        needle = "tokenizer is not a folder"
+    else:
+        (folder / "model.safetensors").unlink()
+        (folder / "model.safetensors").mkdir()
+        needle = "model.safetensors is not a file"
+    with pytest.raises(UserError, match=needle) as err:
+        backlm.load(folder)
+    assert "\n" not in str(err.value)

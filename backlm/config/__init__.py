@@ -52,5 +52,7 @@ __all__ = [
 
 def show(preset: str | None = None, overrides: list[str] | None = None) -> list[Key]:
     """The resolved config of ``preset`` with ``overrides``, every key with its help and range
-    (what ``backlm config show`` prints)."""
-    return list(keys(load_config(RunConfig, preset, overrides)))
+    (what ``backlm config show`` prints); a value out of its range is refused as train would."""
+    cfg = load_config(RunConfig, preset, overrides)
+    check_ranges(cfg)
+    return list(keys(cfg))

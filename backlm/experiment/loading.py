@@ -100,7 +100,7 @@ def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int
     from backlm.model.gpt import GPT
     from backlm.paths import experiments_root
 
-    if not isinstance(ref, Experiment) and (Path(ref) / ckpt.MODEL_FILE).is_file():
+    if not isinstance(ref, Experiment) and (Path(ref) / ckpt.MODEL_FILE).exists():
         return load_hub_folder(Path(ref), device)
     exp = ref if isinstance(ref, Experiment) else find(str(ref), root or experiments_root())
     folder = resolve_step(exp, step)
@@ -134,7 +134,8 @@ def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
     from backlm.model.gpt import GPT
     from backlm.tokenizer import Tokenizer
 
-    weights = folder / ckpt.MODEL_FILE
+    weights, tokenizer_dir = folder / ckpt.MODEL_FILE, folder / "tokenizer"
+    _must_be(weights, "file")
     try:
         with safe_open(str(weights), framework="pt") as f:
             header = f.metadata() or {}
@@ -150,9 +151,10 @@ def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
         cfg = from_dict(ModelConfig, json.loads(header["model_config"]))
     except (ValueError, TypeError) as exc:
         raise UserError(f"{weights}: its model_config is not a model config ({exc})") from None
-    tokenizer = Tokenizer.load(folder / "tokenizer")
+    _must_be(tokenizer_dir, "folder")
+    tokenizer = Tokenizer.load(tokenizer_dir)
     if compat.tokenizer_hash(tokenizer) != header["tokenizer_sha256"]:
-        raise UserError(f"{folder / 'tokenizer'} is not the tokenizer {weights.name} was trained "
+        raise UserError(f"{tokenizer_dir} is not the tokenizer {weights.name} was trained "
                         "with (its sha256 differs): download the folder again")
     model = GPT(cfg)
     compat.check_weights(model, state, folder)
@@ -163,3 +165,9 @@ def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
             "model_config": dict(vars(cfg))}
     return LoadedModel(None, model, tokenizer, Direction.parse(header["direction"]),
                        int(header["step"]), meta, dev)
+
+
+def _must_be(path: Path, kind: str) -> None:
+    if not (path.is_file() if kind == "file" else path.is_dir()):
+        raise UserError(f"{path} is not a {kind}: a hub model folder holds the weights file and "
+                        "the tokenizer/ folder; download the whole folder again")

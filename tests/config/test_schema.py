@@ -87,3 +87,9 @@ def test_config_show_refuses_a_bad_override_in_one_line():
     res = CliRunner().invoke(app, ["config", "show", "--set", "model.nosuch=1"])
     assert res.exit_code == 2
     assert "nosuch" in res.output and "Traceback" not in res.output
+
+
+def test_config_show_refuses_a_value_out_of_range_as_train_would():
+    res = CliRunner().invoke(app, ["config", "show", "--set", "model.depth=-3"])
+    assert res.exit_code == 2
+    assert "model.depth must be at least 1" in res.output and "Traceback" not in res.output
