@@ -181,6 +181,8 @@ def finish(ax: Axes, *, xlabel: str, ylabel: str, title: str = "", x: str = "cou
     series of a single point is noted in the legend's title ("one point, at step 7"); when
     every series has its points at one x, the axis shows that x alone, centred, instead of
     fractional ticks around a lone dot."""
+    from matplotlib.ticker import ScalarFormatter
+
     if not ylabel.strip():
         raise ValueError(f"axes {title or xlabel!r}: a y label with its unit is required")
     ax.set_xlabel(xlabel)
@@ -190,6 +192,10 @@ def finish(ax: Axes, *, xlabel: str, ylabel: str, title: str = "", x: str = "cou
     ax.grid(True, alpha=0.3)
     if x != "value":
         count_axis(ax.xaxis, integer=x == "count")
+    if isinstance(ax.yaxis.get_major_formatter(), ScalarFormatter):
+        # values that differ in the fourth decimal would read "+1.132" over the axis and
+        # ticks of 0.0001: a reader wants the values themselves
+        ax.yaxis.get_major_formatter().set_useOffset(False)
     note = _single_points(ax, xlabel, fix_axis=x != "value")
     handles, _labels = ax.get_legend_handles_labels()
     handles = handles if legend and len(handles) > 1 else []
