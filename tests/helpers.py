@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -925,3 +926,41 @@ def assert_png_has_data(path: Path) -> None:
     assert seen["colours"] > 2 and seen["foreground"] > 0.01, (path, seen)
     heat_map = seen["colours"] > 100 and seen["foreground"] > 0.3
     assert seen["series_pixels"] >= 30 or heat_map, (path, seen)
+
+
+# --- figures: the policy's promises, read off the matplotlib objects ---------------------------
+
+
+def kept_figures(mp: pytest.MonkeyPatch, module) -> dict[str, Any]:
+    """Record every Figure ``module`` saves (file name -> Figure), still writing the PNG."""
+    from backlm import render
+
+    kept: dict[str, Any] = {}
+
+    def save(fig, path):
+        render.save(fig, path)
+        kept[path.name] = fig
+
+    mp.setattr(module, "save", save)
+    return kept
+
+
+def tick_labels(axis) -> list[tuple[str, Any]]:
+    """The shown major tick labels of a drawn axis with their boxes on the canvas."""
+    low, high = sorted(axis.get_view_interval())
+    at = 0 if axis.axis_name == "x" else 1
+    return [(label.get_text(), label.get_window_extent()) for label in axis.get_ticklabels()
+            if label.get_visible() and label.get_text()
+            and low <= label.get_position()[at] <= high]
+
+
+def assert_readable(fig) -> None:
+    """Every visible axes of ``fig`` has a y label, and its x tick labels do not touch."""
+    fig.canvas.draw()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        assert ax.get_ylabel().strip(), f"no y label on {ax.get_title()!r}"
+        boxes = sorted((b for _t, b in tick_labels(ax.xaxis)), key=lambda b: b.x0)
+        for a, b in zip(boxes, boxes[1:], strict=False):
+            assert a.x1 < b.x0, f"x tick labels touch on {ax.get_title()!r}"

@@ -2,7 +2,8 @@
 number is in the CSV): learning curves, the transfer matrix, the gap with its intervals and
 per-document spread, the gap against model size, and attention by layer.
 
-Figures follow :mod:`backlm.render`'s figure policy (headless, no pyplot state, one DPI)."""
+Figures follow :mod:`backlm.render`'s figure policy (headless, no pyplot state, one DPI;
+readable count ticks, a unit on every y axis, a single-point series marked and noted)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backlm.direction import ORDERS, Direction
-from backlm.render import figure, save
+from backlm.render import count_axis, figure, finish, metric_label, plot, save
 
 ORDER_STYLE = {Direction.FORWARD: "-", Direction.BACKWARD: "--"}
 
@@ -33,8 +34,9 @@ def curves(rows: list[dict[str, Any]], path: Path, metric: str) -> bool:
         return False
     colors = _colors(r["experiment"] for r in points)
     fig, (left, right) = figure(11, 4.2, 1, 2)
-    for ax, wanted, title in ((left, lambda s: s == "train_loss", "train loss"),
-                              (right, lambda s: s != "train_loss", metric)):
+    for ax, wanted, title, ylabel in (
+            (left, lambda s: s == "train_loss", "train loss", "train loss (nats/token)"),
+            (right, lambda s: s != "train_loss", metric, metric_label(metric))):
         drawn = False
         for exp, color in colors.items():
             for series in dict.fromkeys(r["series"] for r in points if r["experiment"] == exp):
@@ -43,17 +45,13 @@ def curves(rows: list[dict[str, Any]], path: Path, metric: str) -> bool:
                 pts = [r for r in points if r["experiment"] == exp and r["series"] == series]
                 order = next((o for o in ORDER_STYLE if series.endswith(f"_{o}")), None)
                 label = exp if order is None else f"{exp} · {order}"
-                ax.plot([r["x"] for r in pts], [r["y"] for r in pts], ORDER_STYLE.get(
-                    order or Direction.FORWARD), color=color, marker="o" if len(pts) < 30 else None,
-                    markersize=3, label=label)
+                plot(ax, [r["x"] for r in pts], [r["y"] for r in pts],
+                     ORDER_STYLE.get(order or Direction.FORWARD), color=color, markersize=3,
+                     label=label)
                 drawn = True
-        ax.set_title(title)
-        ax.set_xlabel("tokens seen")
-        ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=8)
-        else:
+        if not drawn:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        finish(ax, xlabel="tokens seen", ylabel=ylabel, title=title)
     save(fig, path)
     return True
 
@@ -75,8 +73,10 @@ def transfer(rows: list[dict[str, Any]], path: Path) -> bool:
         native[i, j] = "native" in r["detail"]
     fig, (ax,) = figure(5.5, 1.2 + 0.55 * len(exps), fit=True)  # names down the side
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis_r", aspect="auto")
-    fig.colorbar(image, ax=ax, label="val bits per byte")
+    fig.colorbar(image, ax=ax, label="val bits/byte")
     ax.set_xticks(range(2), [f"{o} order" for o in orders])
+    ax.set_xlabel("evaluated order")
+    ax.set_ylabel("model")
     labels = {r["experiment"]: r["detail"].split(" model")[0] for r in cells}
     ax.set_yticks(range(len(exps)), [f"{e} ({labels[e]})" for e in exps])
     finite = grid[np.isfinite(grid)]
@@ -109,7 +109,8 @@ def gaps(rows: list[dict[str, Any]], path: Path) -> bool:
     left.axvline(0, color="grey", lw=0.8)
     left.set_yticks(range(len(entries)), [e[0] for e in entries], fontsize=8)
     left.invert_yaxis()
-    left.set_xlabel("gap: forward bpb − backward bpb (95% CI)")
+    left.set_ylabel("pair · split")
+    left.set_xlabel("gap: forward − backward (bits/byte, 95% CI)")
     left.set_title("forward − backward gap")
     left.grid(axis="x", alpha=0.3)
     docs = _pick(rows, "gap_document", split="val")
@@ -119,11 +120,11 @@ def gaps(rows: list[dict[str, Any]], path: Path) -> bool:
         right.hist(values, bins=min(30, max(5, len(values) // 3)), histtype="step", lw=1.5,
                    color=color, label=exp)
     right.axvline(0, color="grey", lw=0.8)
-    right.set_xlabel("per-document bpb difference (val)")
+    right.set_xlabel("per-document gap, val (bits/byte)")
     right.set_ylabel("documents")
     right.set_title("per-document differences")
     if colors:
-        right.legend(fontsize=8)
+        right.legend(fontsize=8, framealpha=0.7)
     save(fig, path)
     return True
 
@@ -150,11 +151,9 @@ def gap_vs_size(rows: list[dict[str, Any]], path: Path) -> bool:
                         alpha=1.0 if group is seeds else 0.6)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("val gap: forward − backward bpb")
-    ax.set_title("gap against model size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    finish(ax, xlabel="parameters", ylabel="val gap: forward − backward (bits/byte)",
+           title="gap against model size", x="value")
+    count_axis(ax.xaxis)
     save(fig, path)
     return True
 
@@ -162,30 +161,24 @@ def gap_vs_size(rows: list[dict[str, Any]], path: Path) -> bool:
 def attention(rows: list[dict[str, Any]], path: Path) -> bool:
     """Attention entropy and distance against layer, one colour per experiment, the band
     spanning the heads."""
-    from matplotlib.ticker import MaxNLocator
 
     points = _pick(rows, "attention")
     if not points:
         return False
     colors = _colors(r["experiment"] for r in points)
     fig, axes = figure(11, 4.2, 1, 2)
-    for ax, stat, unit in zip(axes, ("entropy", "distance"), ("nats", "tokens back"),
-                              strict=True):
+    for ax, stat, ylabel in zip(axes, ("entropy", "distance"),
+                                ("entropy (nats)", "distance (tokens back)"), strict=True):
         for exp, color in colors.items():
             pts = sorted((r for r in points if r["experiment"] == exp and r["series"] == stat),
                          key=lambda r: r["x"])
             xs = [r["x"] for r in pts]
             direction = pts[0]["detail"].split(" model")[0] if pts else ""
-            ax.plot(xs, [r["y"] for r in pts], ORDER_STYLE.get(direction, ":"), color=color,
-                    marker="o", markersize=4, label=f"{exp} ({direction})")
+            plot(ax, xs, [r["y"] for r in pts], ORDER_STYLE.get(direction, ":"), color=color,
+                 label=f"{exp} ({direction})")
             ax.fill_between(xs, [r["lo"] for r in pts], [r["hi"] for r in pts], color=color,
                             alpha=0.15)
-        ax.set_title(f"attention {stat} by layer")
-        ax.set_xlabel("layer")
-        ax.set_ylabel(unit)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        finish(ax, xlabel="layer", ylabel=ylabel, title=f"attention {stat} by layer")
     save(fig, path)
     return True
 

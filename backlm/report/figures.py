@@ -1,8 +1,9 @@
 """The research report's figures (PNG, drawn under :mod:`backlm.render`'s figure policy).
 
 Every function draws one figure from plain numbers and returns whether it drew one: a figure
-is written only when it has finite data to show, so no figure of a report is ever empty. A
-series with a single point is drawn with markers so it is still visible.
+is written only when it has finite data to show, so no figure of a report is ever empty. Ticks,
+units and single-point series follow the policy (:func:`backlm.render.finish`): a series of one
+point is a marked point with a note, and every y axis names its unit.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backlm.render import PANEL, TITLE, figure, save
+from backlm.render import PANEL, TITLE, count_axis, figure, finish, metric_label, plot, save
 
 # One series: (label, xs, ys).
 Series = tuple[str, Sequence[float], Sequence[float]]
-# One panel: (title, x label, y label, series, horizontal reference line or None).
+# One panel: (title, x label, y label with its unit, series, horizontal reference line or
+# None); every x axis of the report counts something (steps, tokens, positions).
 Panel = tuple[str, str, str, list[Series], float | None]
 
 
@@ -32,9 +34,8 @@ def draw_panels(path: Path, panels: Sequence[Panel], title: str = "",
                 columns: int | None = None, log_x: bool = False, log_y: bool = False) -> bool:
     """Panels of line plots side by side (wrapping after ``columns``); panels and series
     without finite points are dropped, and nothing is written when none is left. A log axis
-    is used only where every value on it is positive."""
-    from matplotlib.ticker import MaxNLocator
-
+    is used only where every value on it is positive (base 2 for x: positions bucketed by
+    powers of two)."""
     kept = []
     for name, xlabel, ylabel, series, ref in panels:
         finite = [s for s in map(_finite, series) if s[1]]
@@ -48,22 +49,19 @@ def draw_panels(path: Path, panels: Sequence[Panel], title: str = "",
                        title=title)
     for ax, (name, xlabel, ylabel, series, ref) in zip(axes, kept, strict=False):
         for label, xs, ys in series:
-            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=4, linewidth=1.5,
-                    label=label)
+            plot(ax, xs, ys, linewidth=1.5, label=label)
         if ref is not None and math.isfinite(ref):
             ax.axhline(ref, color="0.35", linestyle="--", linewidth=1, label="threshold")
-        if log_x and all(x > 0 for _, xs, _ in series for x in xs):
-            ax.set_xscale("log")
+        log = log_x and all(x > 0 for _, xs, _ in series for x in xs)
+        if log:
+            ax.set_xscale("log", base=2)
         if log_y and all(y > 0 for _, _, ys in series for y in ys):
             ax.set_yscale("log")
-        if xlabel in ("step", "tokens"):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(name)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        if len(series) > 1 or ref is not None:
-            ax.legend(fontsize=8)
+            count_axis(ax.yaxis, integer=False)
+        finish(ax, xlabel=xlabel, ylabel=ylabel, title=name,
+               legend=len(series) > 1 or ref is not None)
+        if log:
+            count_axis(ax.xaxis, base=2)
     for ax in axes[len(kept):]:
         ax.set_visible(False)
     save(fig, path)
@@ -79,11 +77,11 @@ def learning_curves(path: Path, train: list[dict], val: dict[str, list[Series]])
                             [("train", steps, loss)], None)]
     with_tokens = [r for r in train if isinstance(r.get("tokens"), int | float)]
     if with_tokens:
-        panels.append(("train loss by tokens seen", "tokens", "loss (nats/token)",
+        panels.append(("train loss by tokens seen", "tokens seen", "loss (nats/token)",
                        [("train", [r["tokens"] for r in with_tokens],
                          [r["loss"] for r in with_tokens])], None))
     for family, series in val.items():
-        panels.append((family, "step", family, series, None))
+        panels.append((family, "step", metric_label(family), series, None))
     return draw_panels(path, panels, "learning curves", columns=3)
 
 
@@ -100,10 +98,12 @@ def stat_lines(path: Path, title: str, ylabel: str, series: list[Series],
     return draw_panels(path, [(title, "step", ylabel, series, None)], log_y=log_y)
 
 
-def gate_history(path: Path, gates: dict[str, tuple[str, list[Series], float | None]]) -> bool:
-    """One panel per 5CAT gate: its value over steps with the pass threshold dashed."""
-    panels: list[Panel] = [(f"{gate} {name}", "step", "value", series, threshold)
-                           for gate, (name, series, threshold) in gates.items()]
+def gate_history(path: Path,
+                 gates: dict[str, tuple[str, str, list[Series], float | None]]) -> bool:
+    """One panel per 5CAT gate (name, y label with its unit, series, threshold): its value
+    over steps with the pass threshold dashed."""
+    panels: list[Panel] = [(f"{gate} {name}", "step", ylabel, series, threshold)
+                           for gate, (name, ylabel, series, threshold) in gates.items()]
     return draw_panels(path, panels, "5CAT gates over training", columns=3)
 
 
@@ -121,7 +121,7 @@ def head_maps(path: Path, maps: dict[str, Any], title: str) -> bool:
                        max(PANEL[1], 0.35 * layers + 1.4), 1, len(kept), title=title, fit=True)
     for ax, (name, grid) in zip(axes, kept.items(), strict=True):
         image = ax.imshow(grid, aspect="auto", cmap="viridis")
-        fig.colorbar(image, ax=ax)
+        fig.colorbar(image, ax=ax, label=name)
         if layers * heads <= 256:  # labels stay legible
             for (i, j), v in np.ndenumerate(grid):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,

@@ -14,6 +14,12 @@ from backlm.report import figures as figs
 from backlm.report.sections import Context, fmt, number, table
 
 GATES = ("A", "B", "C", "D", "E")
+# Each gate's figure: its name and its y label with the unit of its worst value.
+GATE_AXES = {"A": ("offset sweep", "logp(+1) − max other (nats)"),
+             "B": ("direction margin", "order margin (relative CE)"),
+             "C": ("context ablation", "Δ logp, ablated context (nats)"),
+             "D": ("rollout", "rollout / teacher-forced (ratio)"),
+             "E": ("generalisation", "CE gap per entropy bin (relative)")}
 
 
 # --- 5CAT -----------------------------------------------------------------------------------
@@ -105,10 +111,9 @@ def fivecat_section(ctx: Context) -> list[str]:
                        [(s, h["source"], f"{fmt(h['passed'])}/5", *(h[g] for g in GATES),
                          h["score"]) for s, h in history.items()])
         th = _thresholds(latest)
-        names = {"A": "offset sweep", "B": "direction margin", "C": "context ablation",
-                 "D": "rollout", "E": "generalisation"}
-        gates = {g: (names[g], [("worst value", list(history),
-                                 [h[g] for h in history.values()])], th[g]) for g in GATES}
+        gates = {g: (*GATE_AXES[g], [("worst value", list(history),
+                                      [h[g] for h in history.values()])], th[g])
+                 for g in GATES}
         lines += ctx.image("fivecat_history.png", "5CAT gates over training",
                            figs.gate_history, gates)
     return lines

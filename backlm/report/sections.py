@@ -289,7 +289,7 @@ def dynamics_section(ctx: Context, log: LogData | str) -> list[str]:
                   f"steps ({steps[0]}–{steps[-1]}); {len(shown)} shown.", ""]
         lines += table([kind, f"{stat} first", f"{stat} last", f"{stat} max"],
                        [(x, values[x][0], values[x][-1], max(values[x])) for x in shown])
-        lines += ctx.image(name, title, figs.stat_lines, f"{title} over training", stat,
+        lines += ctx.image(name, title, figs.stat_lines, f"{title} over training", title,
                            [(x, steps, values[x]) for x in shown], log_y=True)
     return lines
 
@@ -320,8 +320,9 @@ def attention_section(ctx: Context, log: LogData | str) -> list[str]:
     panels = [(f"{title} (mean over heads)", "step", unit,
                [(f"blocks.{i}", att.steps, [float(v) for v in getattr(att, stat)[:, i]
                                             .mean(axis=1)]) for i in shown], None)
-              for stat, title, unit in (("entropy", "attention entropy", "nats"),
-                                        ("distance", "attended distance", "tokens back"))]
+              for stat, title, unit in (("entropy", "attention entropy", "entropy (nats)"),
+                                        ("distance", "attended distance",
+                                         "distance (tokens back)"))]
     lines += ctx.image("attention.png", "attention entropy and distance over training",
                        figs.draw_panels, panels, "attention over training")
     lines += ctx.image("attention_heads.png", "attention per head at the last logged step",
