@@ -99,7 +99,7 @@ def card_data(info: CardInfo) -> Any:
     results = eval_results(info)
     return ModelCardData(
         license=info.license, library_name="backlm", pipeline_tag="text-generation",
-        tags=tags, model_name=info.repo_id if results else None,
+        tags=tags, model_name=(info.repo_id or info.experiment) if results else None,
         eval_results=results or None, **extra)
 
 
@@ -240,7 +240,7 @@ With transformers alone (no backlm needed; the model's code ships in this folder
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tok = AutoTokenizer.from_pretrained("{info.source}")
+tok = AutoTokenizer.from_pretrained("{info.source}", trust_remote_code=True)  # no asking
 model = AutoModelForCausalLM.from_pretrained("{info.source}", trust_remote_code=True)
 {hf_prompt}
 ```{chat}

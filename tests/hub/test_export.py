@@ -8,6 +8,7 @@ import json
 import pytest
 
 from backlm.errors import UserError
+from backlm.experiment.folder import Experiment
 from backlm.hub.export import ExportRequest, export
 from tests.helpers import tree_snapshot
 
@@ -21,7 +22,9 @@ def test_an_export_loads_in_transformers_with_backlms_logits(lineage, tmp_path):
 
     import backlm
     from backlm.experiment.loading import load_model
+    from tests.hub.test_upload import write_results
 
+    write_results(Experiment(lineage / "s1"), 2)  # the card lists them under the experiment
     result = export(ExportRequest("s1", tmp_path / "out" / "s1", lineage, step="latest"))
     folder = result.folder
     assert folder == tmp_path / "out" / "s1" and result.spec.step == 2
@@ -44,6 +47,7 @@ def test_an_export_loads_in_transformers_with_backlms_logits(lineage, tmp_path):
     assert meta["export"]["step"] == 2 and "upload" not in meta
     card = (folder / "README.md").read_text()
     assert f'from_pretrained("{folder}"' in card and "snapshot_download" not in card
+    assert "- name: s1" in card and (folder / "evaluations/sft/backward/lm.json").is_file()
     assert backlm.load(folder).loaded.step == 2  # backlm reads the same folder
 
 
