@@ -15,12 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import DynamicCache  # transformers 4.46 and later
 from transformers.modeling_outputs import CausalLMOutputWithPast
-
-try:
-    from transformers.cache_utils import Cache, DynamicCache
-except ImportError:  # pragma: no cover - transformers without the Cache API
-    Cache = DynamicCache = None
 
 from .configuration_backlm import BacklmConfig
 
@@ -177,9 +173,9 @@ class BacklmForCausalLM(BacklmPreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if cache is not None:
             past_key_values = cache
-        if use_cache and past_key_values is None and DynamicCache is not None:
+        if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
-        elif isinstance(past_key_values, tuple | list) and DynamicCache is not None:
+        elif isinstance(past_key_values, tuple | list):  # 4.x's legacy tuples
             legacy = past_key_values
             past_key_values = DynamicCache()
             for layer, (k, v) in enumerate(legacy):
