@@ -16,6 +16,7 @@ from backlm.commands import compare as compare_cmd
 from backlm.commands import config as config_cmd
 from backlm.commands import data as data_cmd
 from backlm.commands import eval as eval_cmd
+from backlm.commands import export as export_cmd
 from backlm.commands import fivecat as fivecat_cmd
 from backlm.commands import log as log_cmd
 from backlm.commands import ls as ls_cmd
@@ -79,6 +80,7 @@ app.command("chat")(chat_cmd.chat)
 app.command("serve")(serve_cmd.serve)
 app.command("quickstart")(quickstart_cmd.quickstart)
 app.command("upload")(upload_cmd.upload)
+app.command("export")(export_cmd.export)
 app.command("compare")(compare_cmd.compare)
 app.command("report")(report_cmd.report)
 

@@ -4,9 +4,11 @@ Text is always encoded in reading order (direction is applied to ids later, DESI
 ``encode`` never produces special tokens, even for text that spells one out ("<|bos|>"):
 special ids come only from :mod:`backlm.direction` and :func:`render_conversation`.
 
-On disk a tokenizer is one JSON file, ``<dir>/tokenizer.json``: the split pattern, every
-mergeable token as base64 in rank order, and the special tokens (no pickle, so loading a
-tokenizer never runs code).
+On disk a tokenizer is one JSON file, ``<dir>/backlm_tokenizer.json``: the split pattern,
+every mergeable token as base64 in rank order, and the special tokens (no pickle, so loading a
+tokenizer never runs code). The name is backlm's own: ``tokenizer.json`` is Hugging Face's
+format (an exported folder holds one of those too, :mod:`backlm.hub.tokenizer_hf`). Folders
+written before the rename hold backlm's format under ``tokenizer.json``; they still load.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = "backlm_tokenizer.json"
+# the name backlm used before; still read when it holds backlm's format
+LEGACY_TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "backlm-bpe"
 FORMAT_VERSION = 1
 DEFAULT_VOCAB_SIZE = 8192
@@ -114,17 +118,17 @@ class Tokenizer:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Atomically write ``<directory>/tokenizer.json``; returns its path."""
+        """Atomically write ``<directory>/backlm_tokenizer.json``; returns its path."""
         path = Path(directory) / TOKENIZER_FILE
         write_json(path, self.to_dict())
         return path
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
-        """Load a tokenizer folder (or its ``tokenizer.json``); bad files raise UserError."""
+        """Load a tokenizer folder (or its file); bad files raise UserError."""
         path = Path(directory)
         if path.is_dir() or not path.suffix:
-            path = path / TOKENIZER_FILE
+            path = tokenizer_file(path) or path / TOKENIZER_FILE
         if not path.is_file():
             raise UserError(
                 f"no tokenizer at {path}: run `backlm data prepare` (or point to a dataset "
@@ -142,6 +146,8 @@ class Tokenizer:
 
     @classmethod
     def _from_dict(cls, data: Any) -> Tokenizer:
+        if isinstance(data, dict) and "model" in data and "added_tokens" in data:
+            raise ValueError(f"a Hugging Face tokenizers file, not backlm's ({TOKENIZER_FILE})")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} tokenizer file")
         if data.get("version") != FORMAT_VERSION:
@@ -271,6 +277,16 @@ class Tokenizer:
         start, end = ((sid.user_start, sid.user_end) if role == "user"
                       else (sid.assistant_start, sid.assistant_end))
         return [start, *self.encode(content), end]
+
+
+def tokenizer_file(directory: str | Path) -> Path | None:
+    """The file holding backlm's tokenizer in ``directory``: ``backlm_tokenizer.json``, else
+    ``tokenizer.json`` (the name before the rename; loading it refuses Hugging Face's format
+    by name); None if neither is there."""
+    for name in (TOKENIZER_FILE, LEGACY_TOKENIZER_FILE):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    return None
 
 
 def check_vocab_size(vocab_size: int) -> None:

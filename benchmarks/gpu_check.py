@@ -745,7 +745,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
 def dataset_vocab(home: Path) -> int | None:
     """Vocabulary of the carried dataset's tokenizer, or None when it was not prepared."""
-    return read_json(home / "data" / DATASET / "tokenizer" / "tokenizer.json").get("vocab_size")
+    folder = home / "data" / DATASET / "tokenizer"
+    # backlm_tokenizer.json since the rename; tokenizer.json in datasets prepared before it
+    name = next((n for n in ("backlm_tokenizer.json", "tokenizer.json")
+                 if (folder / n).is_file()), "backlm_tokenizer.json")
+    return read_json(folder / name).get("vocab_size")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -90,7 +90,7 @@ def test_a_hub_folder_with_another_tokenizer_is_refused(lineage):
     from backlm.hub import UploadRequest, upload
 
     folder = upload(UploadRequest("b0", "me/b0", lineage, dry_run=True)).folder
-    path = folder / "tokenizer" / "tokenizer.json"
+    path = folder / "backlm_tokenizer.json"
     data = json.loads(path.read_text())
     ranks = data["ranks"]
     ranks[0], ranks[1] = ranks[1], ranks[0]  # a different tokenizer of the same size
@@ -99,16 +99,28 @@ def test_a_hub_folder_with_another_tokenizer_is_refused(lineage):
         backlm.load(folder)
 
 
+def test_a_hub_folder_staged_before_the_tokenizer_rename_still_loads(lineage):
+    """Folders staged before: backlm's tokenizer in tokenizer/tokenizer.json, no HF files."""
+    from backlm.hub import UploadRequest, upload
+
+    folder = upload(UploadRequest("b0", "me/b0", lineage, dry_run=True)).folder
+    (folder / "tokenizer").mkdir()
+    (folder / "backlm_tokenizer.json").rename(folder / "tokenizer" / "tokenizer.json")
+    (folder / "tokenizer.json").unlink()
+    model = backlm.load(folder)
+    assert model.generate("the end.", max_new_tokens=4) == backlm.load(
+        lineage / "b0").generate("the end.", max_new_tokens=4)
+
+
 @pytest.mark.parametrize("break_it", ["no tokenizer", "weights a folder"])
 def test_a_hub_folder_missing_a_part_is_refused_naming_it(lineage, break_it):
-    import shutil
 
     from backlm.hub import UploadRequest, upload
 
     folder = upload(UploadRequest("b0", "me/b0", lineage, dry_run=True)).folder
     if break_it == "no tokenizer":
-        shutil.rmtree(folder / "tokenizer")
-        needle = "tokenizer is not a folder"
+        (folder / "backlm_tokenizer.json").unlink()
+        needle = "backlm_tokenizer.json is not a file"
     else:
         (folder / "model.safetensors").unlink()
         (folder / "model.safetensors").mkdir()

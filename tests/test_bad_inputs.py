@@ -792,7 +792,7 @@ CORRUPTIONS = {
     "tokenizer-smaller": (_swap_tokenizer("smaller"), LOADS_MODEL, "tokenizer"),
     "tokenizer-larger": (_swap_tokenizer("larger"), LOADS_MODEL, "tokenizer"),
     "tokenizer-missing": (_swap_tokenizer(None), LOADS_MODEL, "tokenizer"),
-    "tokenizer-corrupt": (lambda c, e: (e / "tokenizer" / "tokenizer.json").write_text("{oops"),
+    "tokenizer-corrupt": (lambda c, e: (e / "tokenizer" / "backlm_tokenizer.json").write_text("{oops"),
                           LOADS_MODEL, "tokenizer"),
     "log-garbage": (_h5(_garbage), (LOG,), r"\.h5"),
     "log-truncated": (_h5(lambda b: b[:len(b) // 3]), (LOG,), r"\.h5"),

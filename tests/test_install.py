@@ -109,3 +109,13 @@ def test_wheel_runs_the_presets_from_an_unrelated_folder(installed, tmp_path):
     finally:
         serve.send_signal(2)
         assert serve.wait(timeout=30) == 0
+
+
+def test_the_wheel_ships_the_remote_code_exports_copy(installed, tmp_path):
+    """backlm/hub/remote/*.py are package data: ``backlm export`` copies them into every folder."""
+    code = ("from importlib import resources; r = resources.files('backlm.hub.remote'); "
+            "print(all(r.joinpath(n).is_file() for n in "
+            "('configuration_backlm.py', 'modeling_backlm.py')), r)")
+    env = dict(os.environ, PYTHONPATH="")
+    done = run([str(installed / "bin" / "python"), "-c", code], cwd=tmp_path, env=env)
+    assert done.stdout.startswith("True") and str(installed) in done.stdout, done

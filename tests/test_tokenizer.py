@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from backlm import direction as D
 from backlm.errors import UserError
 from backlm.tokenizer import (
+    LEGACY_TOKENIZER_FILE,
     SPECIAL_TOKENS,
     TOKENIZER_FILE,
     Tokenizer,
+    tokenizer_file,
 )
 
 CORPUS = [
@@ -119,6 +121,30 @@ def test_save_load_equal(tok: Tokenizer, tmp_path: Path) -> None:
     assert loaded.special_ids == tok.special_ids
     assert loaded.encode(CORPUS[1]) == tok.encode(CORPUS[1])
     assert Tokenizer.load(path) == tok  # the file itself works too
+
+
+def test_the_file_is_named_as_backlms_own(tok: Tokenizer, tmp_path: Path) -> None:
+    assert TOKENIZER_FILE == "backlm_tokenizer.json"  # tokenizer.json is Hugging Face's
+    assert tok.save(tmp_path).name == TOKENIZER_FILE
+    assert not (tmp_path / LEGACY_TOKENIZER_FILE).exists()
+
+
+def test_a_folder_saved_under_the_old_name_still_loads(tok: Tokenizer, tmp_path: Path) -> None:
+    (tmp_path / LEGACY_TOKENIZER_FILE).write_text(json.dumps(tok.to_dict()))
+    assert tokenizer_file(tmp_path) == tmp_path / LEGACY_TOKENIZER_FILE
+    assert Tokenizer.load(tmp_path) == tok
+    tok.save(tmp_path)  # both: backlm's own name wins
+    assert tokenizer_file(tmp_path) == tmp_path / TOKENIZER_FILE
+
+
+def test_a_hugging_face_file_under_the_old_name_is_named_in_the_error(
+    tok: Tokenizer, tmp_path: Path
+) -> None:
+    from backlm.hub.tokenizer_hf import build
+
+    build(tok, ["<|bos|>"]).save(str(tmp_path / LEGACY_TOKENIZER_FILE))
+    with pytest.raises(UserError, match="Hugging Face tokenizers file, not backlm's"):
+        Tokenizer.load(tmp_path)
 
 
 @pytest.mark.parametrize(

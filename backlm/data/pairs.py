@@ -20,7 +20,7 @@ from backlm import direction as dirn
 from backlm.atomic import atomic_path
 from backlm.errors import UserError
 from backlm.paths import DEFAULT_DATASET, dataset_dir
-from backlm.tokenizer import TOKENIZER_FILE, Tokenizer
+from backlm.tokenizer import TOKENIZER_FILE, Tokenizer, tokenizer_file
 
 _CONTENT_KEYS = ("text", "messages")
 
@@ -73,17 +73,19 @@ class PairsResult:
 def load_tokenizer(tokenizer: Path | None = None, dataset: str | None = None
                    ) -> tuple[Tokenizer, str]:
     """The tokenizer of ``--tokenizer DIR`` or of a dataset (default ``pydocs``), and the
-    sha256 of its ``tokenizer.json`` bytes."""
+    sha256 of its file's bytes."""
     if tokenizer is not None and dataset is not None:
         raise UserError("pass either --tokenizer or --dataset, not both")
     if tokenizer is not None:
         path = Path(tokenizer)
-        file = path if path.suffix and not path.is_dir() else path / TOKENIZER_FILE
+        file = (path if path.suffix and not path.is_dir()
+                else tokenizer_file(path) or path / TOKENIZER_FILE)
     else:
         from backlm.data.vocab import tokenizer_dir
 
         name = dataset or DEFAULT_DATASET
-        file = tokenizer_dir(dataset_dir(name)) / TOKENIZER_FILE
+        folder = tokenizer_dir(dataset_dir(name))
+        file = tokenizer_file(folder) or folder / TOKENIZER_FILE
         if not file.is_file():
             raise UserError(f"dataset {name!r} has no tokenizer ({file} is missing): run "
                             f"`backlm data prepare` (or import the dataset) first, or pass "

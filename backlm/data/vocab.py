@@ -10,8 +10,8 @@ from backlm.data.shards import iter_texts, list_shards
 from backlm.tokenizer import (
     DEFAULT_TRAIN_CHARS,
     DEFAULT_VOCAB_SIZE,
-    TOKENIZER_FILE,
     Tokenizer,
+    tokenizer_file,
 )
 
 
@@ -23,7 +23,7 @@ def tokenizer_dir(dataset_dir: str | Path) -> Path:
 def existing_tokenizer(dataset_dir: str | Path) -> Tokenizer | None:
     """The dataset's tokenizer if it was trained already, else None (nothing is trained)."""
     directory = tokenizer_dir(dataset_dir)
-    return Tokenizer.load(directory) if (directory / TOKENIZER_FILE).is_file() else None
+    return Tokenizer.load(directory) if tokenizer_file(directory) is not None else None
 
 
 def take_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:

@@ -93,7 +93,7 @@ def resolve_step(exp: Experiment, step: int | None) -> Path:
 def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int | None = None,
                device: str = "auto") -> LoadedModel:
     """Load an experiment's checkpoint (id, tag or path), or a hub model folder (a path holding
-    ``model.safetensors`` and ``tokenizer/``), into an eval-mode GPT."""
+    ``model.safetensors`` and backlm's tokenizer), into an eval-mode GPT."""
     import torch
 
     from backlm.hardware import resolve_device
@@ -122,7 +122,11 @@ def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int
 
 def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
     """A hub model folder: the weights' safetensors header says the direction, the model
-    config, phase and step, and the tokenizer beside them must be the one it names."""
+    config, phase and step, and the tokenizer beside them must be the one it names.
+
+    backlm's tokenizer is ``backlm_tokenizer.json`` beside the weights (the folder's
+    ``tokenizer.json`` is Hugging Face's); folders staged before that hold it in
+    ``tokenizer/``."""
     import json
 
     import torch
@@ -132,9 +136,12 @@ def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
     from backlm.config import ModelConfig, from_dict
     from backlm.hardware import resolve_device
     from backlm.model.gpt import GPT
-    from backlm.tokenizer import Tokenizer
+    from backlm.tokenizer import TOKENIZER_FILE, Tokenizer
 
-    weights, tokenizer_dir = folder / ckpt.MODEL_FILE, folder / "tokenizer"
+    weights = folder / ckpt.MODEL_FILE
+    legacy = folder / "tokenizer"
+    tokenizer_dir = legacy if legacy.is_dir() and not (folder / TOKENIZER_FILE).exists() \
+        else folder
     _must_be(weights, "file")
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -151,11 +158,12 @@ def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
         cfg = from_dict(ModelConfig, json.loads(header["model_config"]))
     except (ValueError, TypeError) as exc:
         raise UserError(f"{weights}: its model_config is not a model config ({exc})") from None
-    _must_be(tokenizer_dir, "folder")
+    if tokenizer_dir == folder:
+        _must_be(folder / TOKENIZER_FILE, "file")
     tokenizer = Tokenizer.load(tokenizer_dir)
     if compat.tokenizer_hash(tokenizer) != header["tokenizer_sha256"]:
-        raise UserError(f"{tokenizer_dir} is not the tokenizer {weights.name} was trained "
-                        "with (its sha256 differs): download the folder again")
+        raise UserError(f"the tokenizer file in {tokenizer_dir} is not the tokenizer "
+                        f"{weights.name} was trained with (its sha256 differs): download the folder again")
     model = GPT(cfg)
     compat.check_weights(model, state, folder)
     model.load_state_dict(state)
@@ -170,4 +178,4 @@ def load_hub_folder(folder: Path, device: str = "auto") -> LoadedModel:
 def _must_be(path: Path, kind: str) -> None:
     if not (path.is_file() if kind == "file" else path.is_dir()):
         raise UserError(f"{path} is not a {kind}: a hub model folder holds the weights file and "
-                        "the tokenizer/ folder; download the whole folder again")
+                        "backlm's tokenizer file beside it; download the whole folder again")

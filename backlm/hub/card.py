@@ -58,7 +58,7 @@ def usage_line(direction: str) -> str:
 class CardInfo:
     """Everything the card states, gathered by :mod:`backlm.hub.upload`."""
 
-    repo_id: str
+    repo_id: str | None  # None: a local export, loaded from ``location``
     experiment: str
     direction: str
     phase: str
@@ -79,6 +79,12 @@ class CardInfo:
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # staged result files
     fivecat: dict[str, Any] | None = None
     files: list[tuple[str, int]] = field(default_factory=list)
+    location: str | None = None  # a local export's folder
+
+    @property
+    def source(self) -> str:
+        """What ``from_pretrained`` is given: the hub repo, else the folder."""
+        return self.repo_id or str(self.location)
 
 
 def card_data(info: CardInfo) -> Any:
@@ -93,7 +99,7 @@ def card_data(info: CardInfo) -> Any:
     results = eval_results(info)
     return ModelCardData(
         license=info.license, library_name="backlm", pipeline_tag="text-generation",
-        tags=tags, model_name=info.repo_id if results else None,
+        tags=tags, model_name=(info.repo_id or info.experiment) if results else None,
         eval_results=results or None, **extra)
 
 
@@ -144,7 +150,7 @@ def render(info: CardInfo) -> str:
 
 
 def _lead(info: CardInfo) -> str:
-    name = info.repo_id.split("/", 1)[1]
+    name = (info.repo_id or info.experiment).split("/")[-1]
     chat = ""
     if info.phase in CONVERSATION_PHASES:
         chat = (f"\n\nIt was trained on conversations ({info.phase} phase): turns are wrapped in "
@@ -159,8 +165,8 @@ def _lead(info: CardInfo) -> str:
             "`to_reading_order`).")
 
 
-# The prompt-and-print lines of the card's snippet, per direction: backlm.load reads the
-# direction from the weights' header and turns reading-order text into the model's order.
+# The prompt-and-print lines of the card's backlm snippet, per direction: backlm.load reads
+# the direction from the weights' header and turns reading-order text into the model's order.
 _PROMPT = {
     Direction.FORWARD: """text = "The beginning of a text"
 print(text + model.generate(text, order="{order}", max_new_tokens=32))""",
@@ -171,28 +177,88 @@ text = "the end of a text." if order == "{backward}" else "The beginning of a te
 new = model.generate(text, order=order, max_new_tokens=32)  # in reading order
 print(new + text if order == "{backward}" else text + new)""",
 }
+# The same with transformers alone: token ids put in the model's order by hand.
+_HF_PROMPT = {
+    Direction.FORWARD: """text = "The beginning of a text"
+prompt = tok(text, return_tensors="pt").input_ids  # <|bos|>, then reading-order ids
+out = model.generate(prompt, max_new_tokens=32, do_sample=False)
+print(text + tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True))""",
+    Direction.BACKWARD: """text = "the end of a text."  # reading order: it writes what came before
+ids = tok(text, add_special_tokens=False).input_ids
+prompt = torch.tensor([[tok.bos_token_id] + ids[::-1]])  # <|bos|>, then the ids REVERSED
+out = model.generate(prompt, max_new_tokens=32, do_sample=False)
+new = out[0, prompt.shape[1]:].tolist()[::-1]  # it writes backward: reverse to read
+print(tok.decode(new, skip_special_tokens=True) + text)""",
+    Direction.BIDIRECTIONAL: """order = "{backward}"  # or "{forward}": the marker after <|bos|> picks it
+text = "the end of a text." if order == "{backward}" else "The beginning of a text"
+ids = tok(text, add_special_tokens=False).input_ids
+marker = tok.convert_tokens_to_ids(f"<|{{order}}|>")
+body = ids[::-1] if order == "{backward}" else ids  # backward reads the ids reversed
+prompt = torch.tensor([[tok.bos_token_id, marker] + body])
+out = model.generate(prompt, max_new_tokens=32, do_sample=False)
+new = out[0, prompt.shape[1]:].tolist()
+if order == "{backward}":
+    print(tok.decode(new[::-1], skip_special_tokens=True) + text)
+else:
+    print(text + tok.decode(new, skip_special_tokens=True))""",
+}
+# How a chat phase's template is used in each direction (it renders in reading order).
+_CHAT = {
+    Direction.FORWARD: "`tok.apply_chat_template(messages, add_generation_prompt=True)` gives "
+    "the prompt as it is.",
+    Direction.BACKWARD: "`tok.apply_chat_template(messages, add_generation_prompt=True)` "
+    "renders in READING order (a text template cannot reverse ids), with the tag that opens "
+    "the turn the model writes right after `<|bos|>`: keep `<|bos|>` and reverse the rest, "
+    "`ids[:1] + ids[1:][::-1]`, and reverse what it writes.",
+    Direction.BIDIRECTIONAL: "`tok.apply_chat_template(messages, add_generation_prompt=True, "
+    "order=\"forward\")` gives a forward prompt as it is; with `order=\"backward\"` it "
+    "renders in READING order (a text template cannot reverse ids): keep the first two ids "
+    "(`<|bos|> <|backward|>`) and reverse the rest, `ids[:2] + ids[2:][::-1]`.",
+}
 
 
 def _use(info: CardInfo) -> str:
-    prompt = _PROMPT[info.direction].format(order=info.direction, forward=Direction.FORWARD,
-                                            backward=Direction.BACKWARD)
+    prompt, hf_prompt = (
+        table[info.direction].format(order=info.direction, forward=Direction.FORWARD,
+                                     backward=Direction.BACKWARD)
+        for table in (_PROMPT, _HF_PROMPT))
+    hub = info.repo_id is not None
+    load = (f'snapshot_download("{info.source}")' if hub else f'"{info.source}"')
+    imports = "from huggingface_hub import snapshot_download\n" if hub else ""
+    chat = ""
+    if info.phase in CONVERSATION_PHASES:
+        chat = f"\n\nFor chats, {_CHAT[info.direction]}"
+    order = ("ids in reading order" if info.direction == Direction.FORWARD else
+             "ids reversed after the head tokens for a backward order")
     return f"""## Use
 
-`pip install backlm`, then `backlm.load` the folder: the weights' safetensors header holds
-the direction, the model config and how to prompt, and the model reads and writes
-reading-order text in its direction (`generate`, `chat`, `score`).
+With transformers alone (no backlm needed; the model's code ships in this folder, hence
+`trust_remote_code=True`). `config.json` says the order in `backlm_direction`
+(`{info.direction}`: {order}); the tokenizer is a plain `tokenizers` file with backlm's ids.
+
+```python
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained("{info.source}", trust_remote_code=True)  # no asking
+model = AutoModelForCausalLM.from_pretrained("{info.source}", trust_remote_code=True)
+{hf_prompt}
+```{chat}
+
+With backlm, which reads and writes reading-order text in the model's direction (`generate`,
+`chat`, `score`). backlm is not on PyPI: install it from its source (`pip install .` in a
+clone of the backlm repository), then `backlm.load` the folder; the weights' safetensors
+header holds the direction, the model config and how to prompt.
 
 ```python
 import backlm
-from huggingface_hub import snapshot_download
-
-model = backlm.load(snapshot_download("{info.repo_id}"))
+{imports}
+model = backlm.load({load})
 {prompt}
 ```
 
-Without backlm's API: `safetensors.safe_open(...).metadata()` gives `direction`,
-`model_config` and `usage`; `backlm.direction.encode_for` and `model_order` put token ids in
-the model's order and back."""
+Without either: `safetensors.safe_open(...).metadata()` gives `direction`, `model_config` and
+`usage`."""
 
 
 def _model(info: CardInfo) -> str:

@@ -1,10 +1,13 @@
 """The hub model folder of one experiment checkpoint, as ``backlm upload`` stages it::
 
-    model.safetensors   the weights; the header's __metadata__ holds the direction, the model
-                        config (JSON), phase, step, tokenizer sha256, backlm version and how to
-                        prompt, so the file alone says how to use it
-    config.json         model config, direction, phase, special tokens
-    tokenizer/          the experiment's tokenizer
+    model.safetensors   the weights under backlm's names (``format: pt``); the header's
+                        __metadata__ holds the direction, the model config (JSON), phase, step,
+                        tokenizer sha256, backlm version and how to prompt, so the file alone
+                        says how to use it
+    backlm_tokenizer.json   the experiment's tokenizer, backlm's format
+    config.json, generation_config.json, tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json, configuration_backlm.py, modeling_backlm.py
+                        what transformers loads without backlm (:mod:`backlm.hub.hf_export`)
     metadata.json       what the experiment's metadata says of the run (no host, paths, pid or
                         command line), its lineage and training summary
     evaluations/<phase>/<order>/<task>.json        summaries of that step's evaluations
@@ -48,13 +51,14 @@ class FolderSpec:
     """What to stage: a checked checkpoint of an experiment, for one hub repo."""
 
     exp: Experiment
-    repo_id: str
+    repo_id: str | None  # None: a local export (``backlm export``), for no hub repo
     checkpoint: Path
     step: int
     meta: dict[str, Any]  # the checkpoint's meta.json, checked
     tokenizer: Any  # the experiment's tokenizer, checked against the checkpoint
     license: str
     endpoint: str  # the hub it goes to (a parent pushed there is the card's base model)
+    location: Path | None = None  # a local export's final folder (the card loads from it)
 
     @property
     def direction(self) -> str:
@@ -78,24 +82,24 @@ class Staged:
 def write_folder(spec: FolderSpec, target: Path) -> Staged:
     """Write the hub folder into ``target`` (created; it must not exist)."""
     from backlm.experiment.compat import tokenizer_hash
+    from backlm.hub import hf_export
 
     exp = spec.exp
     target.mkdir(parents=True)
     tok_sha = tokenizer_hash(spec.tokenizer)
     specials = dict(spec.tokenizer.specials)
     params = _write_weights(spec, target / ckpt.MODEL_FILE, tok_sha, specials)
-    atomic.write_json(target / "config.json", {
-        "model_type": "backlm-gpt", "library_name": "backlm", "direction": spec.direction,
-        "phase": spec.phase, "step": spec.step, **spec.meta["model_config"],
-        "special_tokens": specials, "tokenizer_sha256": tok_sha,
-        "usage": model_card.usage_line(spec.direction), "backlm_version": __version__})
-    spec.tokenizer.save(target / exp.tokenizer_dir.name)
+    hf_export.write(target, spec.tokenizer, spec.meta["direction"], spec.phase, spec.step,
+                    spec.meta["model_config"],
+                    {"special_tokens": specials, "tokenizer_sha256": tok_sha})
+    spec.tokenizer.save(target)
     link, summary = exp.parent_link() or {}, exp.training_summary() or {}
     atomic.write_json(target / exp.metadata_path.name, {
         **{k: v for k, v in exp.metadata().items() if k in METADATA_KEYS},
         "lineage": {k: link[k] for k in LINK_KEYS if k in link} or None,
         "training": {k: summary[k] for k in SUMMARY_KEYS if k in summary},
-        "upload": {"repo_id": spec.repo_id, "step": spec.step, "phase": spec.phase,
+        ("upload" if spec.repo_id else "export"): {
+                   "repo_id": spec.repo_id, "step": spec.step, "phase": spec.phase,
                    "checkpoint_sha256": spec.meta.get("model_sha256"), "staged": utcnow(),
                    "backlm_version": __version__}})
     evaluations, skipped = _stage_evaluations(spec, target)
@@ -109,7 +113,8 @@ def write_folder(spec: FolderSpec, target: Path) -> Staged:
         lineage=[e.id for e in exp.lineage()],
         parent={k: link.get(k) for k in ("parent_id", "step", "parent_phase")} if link else None,
         training={"dataset": _dataset(exp), **{k: summary.get(k) for k in SUMMARY_KEYS}},
-        evaluations=evaluations, fivecat=_stage_fivecat(spec, target), files=_listing(target))
+        evaluations=evaluations, fivecat=_stage_fivecat(spec, target), files=_listing(target),
+        location=str(spec.location) if spec.location else None)
     card = model_card.render(info)
     atomic.write_text(target / CARD, card)
     return Staged(_listing(target), card, skipped)

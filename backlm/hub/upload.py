@@ -114,10 +114,31 @@ def choose_step(exp: Experiment, step: str | None) -> tuple[Path, int]:
     return pick_checkpoint(exp, step, "upload", ("best", "best_5cat", "latest"))
 
 
+def check_checkpoint(exp: Experiment, step: str | None, verb: str
+                     ) -> tuple[Path, int, dict, object]:
+    """The checkpoint to stage (``best`` by default, ``best_5cat``, ``latest`` or a number),
+    checked whole: its folder, step, meta and the experiment's tokenizer, which must be the
+    one it was trained with. ``verb`` says what it is for in messages."""
+    from backlm.experiment import compat
+    from backlm.experiment.loading import pick_checkpoint
+
+    exp.metadata()  # a corrupt metadata.json is refused here, not halfway through staging
+    folder, step_n = pick_checkpoint(exp, step, verb, ("best", "best_5cat", "latest"))
+    meta = ckpt.validate_meta(ckpt.read_meta(folder), folder, resume=False)
+    weights = folder / ckpt.MODEL_FILE
+    if not weights.is_file():
+        raise UserError(f"checkpoint {folder} is incomplete: {ckpt.MODEL_FILE} is missing")
+    if meta.get("model_sha256") not in (None, ckpt.sha256_file(weights)):
+        raise UserError(f"checkpoint {folder} is corrupt: {ckpt.MODEL_FILE} checksum mismatch; "
+                        f"{verb} another --step")
+    tokenizer = compat.check_tokenizer(exp.tokenizer_dir, ckpt.model_config(meta).vocab_size,
+                                       meta, folder)
+    return folder, step_n, meta, tokenizer
+
+
 def plan_upload(req: UploadRequest) -> UploadPlan:
     """Check everything an upload needs, in the order a user would fix it; writes nothing and
     contacts nothing."""
-    from backlm.experiment import compat
     from backlm.paths import check_writable
 
     repo_id = check_repo_id(req.repo_id)
@@ -131,17 +152,8 @@ def plan_upload(req: UploadRequest) -> UploadPlan:
         raise UserError("no hub token: set HF_TOKEN (or pass --token) to a write token from "
                         f"{endpoint}/settings/tokens, or only stage with --dry-run")
     exp = find(req.experiment, req.root)
-    exp.metadata()  # a corrupt metadata.json is refused here, not halfway through staging
-    folder, step = choose_step(exp, req.step)
-    meta = ckpt.validate_meta(ckpt.read_meta(folder), folder, resume=False)
+    folder, step, meta, tokenizer = check_checkpoint(exp, req.step, "upload")
     weights = folder / ckpt.MODEL_FILE
-    if not weights.is_file():
-        raise UserError(f"checkpoint {folder} is incomplete: {ckpt.MODEL_FILE} is missing")
-    if meta.get("model_sha256") not in (None, ckpt.sha256_file(weights)):
-        raise UserError(f"checkpoint {folder} is corrupt: {ckpt.MODEL_FILE} checksum mismatch; "
-                        "upload another --step")
-    tokenizer = compat.check_tokenizer(exp.tokenizer_dir, ckpt.model_config(meta).vocab_size,
-                                       meta, folder)
     staging = exp.hub_staging_dir(repo_id)
     check_writable(staging.parent, "the staging folder", "make the experiment folder writable")
     needed = int(weights.stat().st_size * 1.05) + (4 << 20)

@@ -162,12 +162,12 @@ def test_parent_tokenizer_missing_or_altered(lineage):
     from tests.conftest import make_docs
 
     tok = lineage / "b0" / "tokenizer"
-    saved = (tok / "tokenizer.json").read_bytes()
-    (tok / "tokenizer.json").unlink()
+    saved = (tok / "backlm_tokenizer.json").read_bytes()
+    (tok / "backlm_tokenizer.json").unlink()
     line = refused(branch_args("sft", "b0"), lineage)
     assert "tokenizer" in line and "restore the experiment's own tokenizer/ folder" in line
     Tokenizer.train([d.upper() for d in make_docs(300, seed=5)], vocab_size=300).save(tok)
-    assert (tok / "tokenizer.json").read_bytes() != saved
+    assert (tok / "backlm_tokenizer.json").read_bytes() != saved
     line = refused(branch_args("sft", "b0"), lineage)
     assert "is not the tokenizer checkpoint step_000004 was trained with" in line
 

@@ -46,7 +46,7 @@ def test_train_writes_the_experiment_tree(home):
     assert res.exit_code == 0, res.output
     exp = home / "exps" / "bw"
     for name in ("config.yaml", "metadata.json", "parent_link.json", "metrics.jsonl",
-                 "tokenizer/tokenizer.json", "checkpoints/step_000004/model.safetensors",
+                 "tokenizer/backlm_tokenizer.json", "checkpoints/step_000004/model.safetensors",
                  "checkpoints/step_000008/meta.json", "checkpoints/step_000008/optim.safetensors"):
         assert (exp / name).exists(), name
     meta = json.loads((exp / "metadata.json").read_text())

@@ -29,7 +29,7 @@ def test_a_dry_run_shows_the_files_and_the_card_and_sends_nothing(lineage, monke
                    closed_port_url(), "--license", "apache-2.0"], env={"HF_TOKEN": ""})
     assert res.exit_code == 0, res.output
     for name in ("model.safetensors", "config.json", "metadata.json", "README.md",
-                 "tokenizer/tokenizer.json", "548,"):
+                 "backlm_tokenizer.json", "tokenizer.json", "modeling_backlm.py", "548,"):
         assert name in res.output
     assert "license: apache-2.0" in res.output and "direction:backward" in res.output
     assert "**A backward language model" in res.output and "nothing was sent" in res.output

@@ -84,7 +84,7 @@ def test_prepare_builds_dataset(fake_site: Path, topics: Path, tmp_path: Path) -
     assert any(t.startswith("Module that must never be imported") for t in everything)
     assert not (tmp_path / "imported.txt").exists()
     assert val and len(ood) == 2
-    assert (d / "tokenizer" / "tokenizer.json").is_file()
+    assert (d / "tokenizer" / "backlm_tokenizer.json").is_file()
     assert summary.splits["train"].documents == len(train)
     assert summary.splits["val"].characters == sum(map(len, val))
     assert all(s.tokens > 0 and s.shards == 1 for s in summary.splits.values())
@@ -108,7 +108,7 @@ def test_prepare_is_deterministic(fake_site: Path, topics: Path) -> None:
     b = _prepare(fake_site, topics, name="b", workers=2).path
     for split in ("train", "val", "ood"):
         assert _texts(a, split) == _texts(b, split)
-    tok = "tokenizer/tokenizer.json"
+    tok = "tokenizer/backlm_tokenizer.json"
     assert (a / tok).read_text() == (b / tok).read_text()
 
 

@@ -53,6 +53,18 @@ def test_load_model_declares_the_checkpoint_direction(trained):
     assert str(lm.device) == "cpu"
 
 
+def test_an_experiment_from_before_the_tokenizer_rename_still_loads(trained, tmp_path):
+    """Experiments (and datasets) written before keep backlm's tokenizer as tokenizer.json."""
+    import shutil
+
+    from backlm.tokenizer import LEGACY_TOKENIZER_FILE, TOKENIZER_FILE
+
+    old = Experiment(shutil.copytree(trained.path, tmp_path / "old"))
+    (old.tokenizer_dir / TOKENIZER_FILE).rename(old.tokenizer_dir / LEGACY_TOKENIZER_FILE)
+    lm, new = load_model(old, step=4, device="cpu"), load_model(trained, step=4, device="cpu")
+    assert lm.tokenizer == new.tokenizer and lm.step == 4
+
+
 def test_an_experiment_without_checkpoints_cannot_be_loaded(tmp_path):
     exp = Experiment(tmp_path / "empty")
     exp.checkpoints.mkdir(parents=True)

@@ -133,8 +133,10 @@ def test_a_dry_run_stages_a_folder_that_says_how_to_use_the_model(lineage, monke
     assert folder == lineage / "s1" / "hub_upload" / "me--s1-chat"
     names = {name for name, _ in result.staged.files}
     assert names == {"README.md", "config.json", "metadata.json", "model.safetensors",
-                     "tokenizer/tokenizer.json", "evaluations/sft/backward/lm.json",
-                     "evaluations/sft/fivecat/step_000002.json"}
+                     "backlm_tokenizer.json", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json", "generation_config.json",
+                     "configuration_backlm.py", "modeling_backlm.py",
+                     "evaluations/sft/backward/lm.json", "evaluations/sft/fivecat/step_000002.json"}
     assert result.staged.skipped == ["evaluations/sft/forward/arc-easy.json (step 102)"]
     assert not list(s1.hub_dir.glob(".*")), "no temporary folder is left"
     assert not s1.hub_uploads_path.exists(), "a dry run records no push"
@@ -153,10 +155,22 @@ def test_a_dry_run_stages_a_folder_that_says_how_to_use_the_model(lineage, monke
     assert staged.keys() == original.keys()
     assert all((staged[k] == original[k]).all() for k in staged)
 
+    assert meta["format"] == "pt"  # what transformers requires of the file
+
+    # config.json: transformers' (remote code, the real shape) and backlm's order
     config = json.loads((folder / "config.json").read_text())
-    assert config["direction"] == "backward" and config["depth"] == 2
-    assert config["special_tokens"]["<|backward|>"] == 295
-    assert Tokenizer.load(folder / "tokenizer") == Tokenizer.load(s1.tokenizer_dir)
+    assert config["backlm_direction"] == "backward" and config["depth"] == 2
+    assert config["architectures"] == ["BacklmForCausalLM"] and config["model_type"] == "backlm"
+    assert config["auto_map"] == {"AutoConfig": "configuration_backlm.BacklmConfig",
+                                  "AutoModelForCausalLM": "modeling_backlm.BacklmForCausalLM"}
+    model_config = ckpt_meta["model_config"]
+    assert config["model_dim"] == (model_config["width"] or 64 * model_config["depth"]) > 0
+    assert config["n_heads"] * config["head_dim"] == config["model_dim"]
+    assert "width" not in config and config["special_tokens"]["<|backward|>"] == 295
+    assert (config["bos_token_id"], config["eos_token_id"]) == (293, 296)  # <|user_start|>
+    assert Tokenizer.load(folder) == Tokenizer.load(s1.tokenizer_dir)
+    hf_tok = json.loads((folder / "tokenizer.json").read_text())
+    assert hf_tok["model"]["type"] == "BPE"  # a real tokenizers file, not backlm's
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["direction"] == "backward" and metadata["lineage"]["parent_id"] == "b0"
     assert not {"host", "platform", "data_dir", "command", "pid"} & metadata.keys()
@@ -182,20 +196,33 @@ def test_a_dry_run_stages_a_folder_that_says_how_to_use_the_model(lineage, monke
     lead = card.text.split("\n\n")[1]
     assert lead.startswith("**A backward language model") and "END of a text" in lead
     assert "`b0` → `s1`" in card.text and "not uploaded" in card.text
+    assert "pip install backlm" not in card.text and "not on PyPI" in card.text
+    assert "trust_remote_code=True" in card.text and "ids[::-1]" in card.text
+    assert "| width | 64 |" in card.text
 
 
-def test_the_cards_snippet_runs_on_the_staged_folder(lineage, monkeypatch):
+def test_the_cards_snippets_run_on_the_staged_folder(lineage, monkeypatch):
+    """Both: backlm's, and the transformers one that reverses ids itself (no backlm)."""
     import huggingface_hub
 
     result = upload(UploadRequest("b0", "me/b0", lineage, dry_run=True))
-    code = re.search(r"```python\n(.*?)```", result.staged.card, re.S)[1]
+    hf_code, backlm_code = re.findall(r"```python\n(.*?)```", result.staged.card, re.S)
     asked = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download",
                         lambda repo, **kw: asked.append(repo) or str(result.folder))
     printed = []
-    exec(code, {"print": printed.append})  # the card's own example
+    exec(backlm_code, {"print": printed.append})  # the card's own example
     assert asked == ["me/b0"] and printed[0].endswith("the end of a text.")
     assert len(printed[0]) > len("the end of a text."), "the model wrote what came before"
+    assert "import backlm" not in hf_code
+    hf_code = hf_code.replace('"me/b0"', repr(str(result.folder)))
+    exec(hf_code, {"print": printed.append})
+    assert printed[1].endswith("the end of a text.") and printed[1] != "the end of a text."
+    import backlm
+
+    # greedy both ways: the same text before the end
+    assert printed[1] == backlm.load(result.folder).generate(
+        "the end of a text.", order="backward", max_new_tokens=32) + "the end of a text."
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward", "bidirectional"])
@@ -215,10 +242,15 @@ def test_every_card_states_its_direction_first(direction):
         assert "<|forward|>" in lead and "<|backward|>" in lead and "marker" in lead
     assert card.data.license == "apache-2.0" and card.data.base_model == "me/parent"
     assert card.data.eval_results is None and f"{direction}-lm" in card.data.tags
-    code = re.search(r"```python\n(.*?)```", card.text, re.S)[1]
+    hf_code, code = re.findall(r"```python\n(.*?)```", card.text, re.S)
     compile(code, "snippet", "exec")
+    compile(hf_code, "transformers snippet", "exec")
     assert ('"forward"' in code) is (direction != "backward")
     assert ('"backward"' in code) is (direction != "forward")
+    # the transformers snippet reverses ids for every order but forward
+    assert ("[::-1]" in hf_code) is (direction != "forward")
+    assert "trust_remote_code=True" in hf_code and "backlm" not in hf_code.replace(
+        "me/m", "")
 
 
 # --- pushing -----------------------------------------------------------------------------------
@@ -302,5 +334,5 @@ def test_staging_replaces_an_earlier_folder_whole(lineage):
     stray.write_text("from an earlier staging")
     second = upload(UploadRequest("b0", "me/b0", lineage, dry_run=True, step="4"))
     assert second.folder == first.folder and not stray.exists()
-    assert json.loads((second.folder / "config.json").read_text())["step"] == 4
+    assert json.loads((second.folder / "config.json").read_text())["backlm_step"] == 4
     assert sorted(p.name for p in Path(second.folder).parent.iterdir()) == ["me--b0"]

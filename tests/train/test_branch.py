@@ -261,7 +261,7 @@ def test_tokenizer_missing_or_altered_is_refused(lineage):
     for name, data in saved.items():
         (tok_dir / name).write_bytes(data)
     _plan(lineage)  # restored: accepted again
-    (tok_dir / "tokenizer.json").unlink()
+    (tok_dir / "backlm_tokenizer.json").unlink()
     with pytest.raises(UserError, match="restore the experiment's own tokenizer/ folder"):
         _plan(lineage)
 

@@ -25,7 +25,7 @@ def pairs(
                                 "decoded and write nothing."),
     dataset: str = typer.Option(None, "--dataset", help="Use this dataset's tokenizer "
                                 "(default: pydocs)."),
-    tokenizer: Path = typer.Option(None, "--tokenizer", help="A folder with tokenizer.json "
+    tokenizer: Path = typer.Option(None, "--tokenizer", help="A folder with backlm_tokenizer.json "
                                    "(instead of --dataset)."),
 ) -> None:
     """Write a forward and a backward record per example, reversed at token level."""
