@@ -23,10 +23,11 @@ IGNORE_INDEX = -1
 _NAMES = {"GPT": "gpt", "KVCache": "decode", "Decoder": "decode", "GREEDY": "decode",
           "SamplingParams": "decode", "generate": "decode", "sample": "decode",
           "sample_steps": "decode", "stream": "decode", "fused_usable": "decode",
-          "native": None}
+          "decode": "decode", "scored_steps": "decode", "Step": "decode", "native": None}
 
-__all__ = ["GPT", "GREEDY", "IGNORE_INDEX", "Decoder", "KVCache", "SamplingParams",
-           "fused_usable", "generate", "native", "sample", "sample_steps", "stream"]
+__all__ = ["GPT", "GREEDY", "IGNORE_INDEX", "Decoder", "KVCache", "SamplingParams", "Step",
+           "decode", "fused_usable", "generate", "native", "sample", "sample_steps",
+           "scored_steps", "stream"]
 
 def __getattr__(name: str) -> Any:
     if name not in _NAMES:

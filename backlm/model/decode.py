@@ -67,25 +67,42 @@ class KVCache:
 class SamplingParams:
     """How the next token is drawn: temperature 0 takes the argmax; otherwise the logits are
     divided by ``temperature``, cut to the ``top_k`` likeliest, then to the smallest set whose
-    probability reaches ``top_p`` (nucleus), and sampled."""
+    probability reaches ``top_p`` (nucleus), and sampled. The presence and frequency
+    penalties (OpenAI's formula, before all of that, greedy included) lower the logit of each
+    token a row has already generated: by ``presence_penalty`` once, plus
+    ``frequency_penalty`` times the number of times it was generated."""
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the penalties change anything (the counts need not be kept otherwise)."""
+        return bool(self.presence_penalty or self.frequency_penalty)
 
 
 GREEDY = SamplingParams(temperature=0.0)
 
 
-def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None
-           ) -> Tensor:
-    """One token id per row of ``(B, V)`` logits, as a ``(B,)`` tensor (logits are not changed)."""
+def sample(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+           counts: Tensor | None = None) -> Tensor:
+    """One token id per row of ``(B, V)`` logits, as a ``(B,)`` tensor (logits are not changed);
+    ``counts`` ``(B, V)``: how often each row generated each token, for the penalties."""
+    if counts is not None and params.penalized:
+        logits = (logits - params.frequency_penalty * counts
+                  - params.presence_penalty * (counts > 0).to(logits.dtype))
     if params.temperature <= 0:
         return logits.argmax(dim=-1)
     logits = logits / params.temperature
@@ -241,16 +258,52 @@ def generator_for(model: Any, seed: int | None) -> torch.Generator | None:
     return torch.Generator(device=model.lm_head.weight.device).manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One decoding step of every row: the tokens drawn ``(rows,)`` and, when asked, each
+    token's log-probability under the model ``(rows,)`` and the ``k`` likeliest tokens with
+    theirs ``(rows, k)``. Log-probabilities are the model's own distribution (log-softmax of
+    its logits), before penalties, temperature and truncation change the draw."""
+
+    tokens: Tensor
+    logprobs: Tensor | None = None
+    top_ids: Tensor | None = None
+    top_logprobs: Tensor | None = None
+
+
+def _scored(logits: Tensor, tokens: Tensor, top: int | None) -> Step:
+    if top is None:
+        return Step(tokens)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    best = logp.topk(min(top, logp.size(-1)), dim=-1)
+    return Step(tokens, logp.gather(-1, tokens[..., None].to(logp.device))[..., 0],
+                best.indices, best.values)
+
+
+def scored_steps(decoder: Decoder, logits: Tensor, max_new_tokens: int,
+                 sampling: SamplingParams, generator: torch.Generator | None = None,
+                 top_logprobs: int | None = None) -> Iterator[Step]:
+    """From ``logits`` ``(rows, V)``: sample a token per row, yield its :class:`Step` (scored
+    with ``top_logprobs`` alternatives when not None), feed it, and so on
+    ``max_new_tokens`` times (the last token is not fed). Penalties count each row's tokens."""
+    counts = (torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+              if sampling.penalized else None)
+    for i in range(max_new_tokens):
+        tokens = sample(logits, sampling, generator, counts)
+        yield _scored(logits, tokens, top_logprobs)
+        if counts is not None:
+            counts[torch.arange(counts.size(0), device=counts.device), tokens] += 1
+        if i + 1 < max_new_tokens:
+            logits = decoder.step(tokens)
+
+
 def sample_steps(decoder: Decoder, logits: Tensor, max_new_tokens: int,
                  sampling: SamplingParams, generator: torch.Generator | None = None
                  ) -> Iterator[Tensor]:
     """From ``logits`` ``(rows, V)``: sample a token per row, yield it ``(rows,)``, feed it, and
     so on ``max_new_tokens`` times (the last token is not fed)."""
-    for i in range(max_new_tokens):
-        tokens = sample(logits, sampling, generator)
-        yield tokens
-        if i + 1 < max_new_tokens:
-            logits = decoder.step(tokens)
+    for step in scored_steps(decoder, logits, max_new_tokens, sampling, generator):
+        yield step.tokens
 
 
 def _steps(model: Any, prompt: list[int], max_new_tokens: int, rows: int,
@@ -261,6 +314,36 @@ def _steps(model: Any, prompt: list[int], max_new_tokens: int, rows: int,
     decoder = Decoder(model, len(prompt) + max_new_tokens, rows=rows)
     return sample_steps(decoder, decoder.prefill(prompt), max_new_tokens, sampling,
                         generator_for(model, seed))
+
+
+@torch.inference_mode()
+def decode(model: Any, prompt: list[int], max_new_tokens: int, *, rows: int = 1,
+           sampling: SamplingParams = GREEDY, seed: int | None = None,
+           top_logprobs: int | None = None, score_prompt: bool = False) -> Iterator[Step]:
+    """:class:`Step` after :class:`Step` of ``rows`` samples after ``prompt`` (one prefill
+    copied into every row; batch 1 takes the fused C step where it applies). With
+    ``score_prompt`` the first item scores the prompt itself: its ``tokens`` are
+    ``prompt[1:]``, one entry per position, each with its log-probability given the tokens
+    before it (and ``top_logprobs`` alternatives). The caller stops reading where it wants."""
+    if not prompt:
+        raise ValueError("decode needs at least one prompt token (e.g. BOS)")
+    decoder = Decoder(model, len(prompt) + max_new_tokens, rows=rows)
+    if score_prompt:
+        ids = torch.tensor([prompt], dtype=torch.long, device=model.lm_head.weight.device)
+        cfg, cache = model.cfg, decoder.cache
+        one = cache if rows == 1 else KVCache(cfg.depth, 1, cfg.n_heads, cfg.head_dim,
+                                              cache.max_len)
+        every = model.logits(model.hidden(ids, one))[0]  # (T, V): every position's next token
+        yield _scored(every[:-1], ids[0, 1:], 0 if top_logprobs is None else top_logprobs)
+        if max_new_tokens <= 0:
+            return
+        if rows > 1:
+            decoder.cache = one.replicate(rows)
+        logits = every[-1:].expand(rows, -1)
+    else:
+        logits = decoder.prefill(prompt)
+    yield from scored_steps(decoder, logits, max_new_tokens, sampling,
+                            generator_for(model, seed), top_logprobs)
 
 
 @torch.inference_mode()

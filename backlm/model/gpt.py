@@ -11,6 +11,7 @@ the hand-written autograd functions of :mod:`backlm.model.kernels`, as does CPU 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from backlm.config import ModelConfig
 from backlm.model import IGNORE_INDEX
 from backlm.model.attention import causal_attention
-from backlm.model.decode import KVCache, SamplingParams, stream
+from backlm.model.decode import KVCache, SamplingParams, Step, decode, stream
 from backlm.model.kernels import (
     head_loss,
     mlp,
@@ -235,3 +236,8 @@ class GPT(nn.Module):
         sampling reproducible.
         """
         return stream(self, tokens, max_new_tokens, SamplingParams(temperature, top_k, top_p), seed)
+
+    def decode(self, tokens: list[int], max_new_tokens: int, **options: Any) -> Iterator[Step]:
+        """The generation engine's :func:`backlm.model.decode.decode` on this model: batched
+        rows, per-token log-probabilities, the prompt scored (``options`` are its keywords)."""
+        return decode(self, tokens, max_new_tokens, **options)

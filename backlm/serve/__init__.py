@@ -2,7 +2,8 @@
 
 - ``conversation``: the conversation engine (turns written in the model's direction);
 - ``model_thread``: every generation on one model thread, in arrival order;
-- ``wire``: the OpenAI-compatible request and response shapes;
+- ``wire``: the OpenAI-compatible request and response shapes; ``replies``: replies decoded
+  together, cut at stop strings; ``completions``: ``/v1/completions`` and log-probabilities;
 - ``app``: the FastAPI app and its runner; ``web/``: the chat page.
 """
 

@@ -55,16 +55,36 @@ class Engine:
             text = session.load(req.messages)
         except UserError as exc:
             raise ApiError(400, str(exc), "messages") from None
+        return session, self._generation(session.send(text, req.sampling, req.n, req.stop,
+                                                      req.logprobs), "messages")
+
+    def _generation(self, pieces: Any, param: str) -> Generation:
         if not self.slots.acquire(blocking=False):
             raise ApiError(429, "the server is busy: too many generations at once, retry soon",
                            kind="rate_limit_error", code="busy")
-        generation = Generation(session.send(text, req.sampling), self.model, self.stopping,
-                                self.slots.release)
+        generation = Generation(pieces, self.model, self.stopping, self.slots.release)
         try:
             generation.start()
         except UserError as exc:
-            raise ApiError(400, str(exc), "messages") from None
-        return session, generation
+            raise ApiError(400, str(exc), param) from None
+        return generation
+
+    def complete(self, req: Any) -> tuple[Any, Generation]:
+        """A text completion run and the stream of its pieces (close it to free its slot)."""
+        from backlm.serve.completions import Run
+
+        run = Run(self.loaded, req)
+        return run, self._generation(run.pieces(), "prompt")
+
+    def tokenize(self, text: str) -> list[int]:
+        """``text``'s ids; a special token's spelling is that token (as vLLM's /tokenize)."""
+        import re
+
+        tok = self.loaded.tokenizer
+        names = sorted(tok.specials, key=len, reverse=True)
+        parts = re.split("(" + "|".join(map(re.escape, names)) + ")", text)
+        return [t for i, part in enumerate(parts) if part
+                for t in ([tok.specials[part]] if i % 2 else tok.encode(part))]
 
     def score(self, text: str) -> dict[str, Any]:
         from backlm.evaluation import score_text
@@ -169,26 +189,68 @@ def create_app(loaded: Any, limits: Limits | None = None) -> Any:
         if req.stream:
             return ClosingStream(_events(cid, req, session, pieces), pieces)
         try:
-            parts = await run_in_threadpool(list, pieces)
+            await run_in_threadpool(list, pieces)
         finally:
             pieces.close()
-        text = _assemble(parts)
-        return wire.completion(cid, req.model, session.writes, text, _finish(session, pieces),
-                              _extra(session), session.stats.prompt_tokens,
-                              session.stats.tokens)
+        from backlm.serve.completions import chat_logprobs
+
+        replies = session.replies
+        choices = [{"index": i, "message": {"role": session.writes, "content": r.text},
+                    "finish_reason": _finish(r, pieces),
+                    "logprobs": None if req.logprobs is None else chat_logprobs(
+                        engine.loaded.tokenizer, replies.reading_logprobs(i))}
+                   for i, r in enumerate(replies.rows)]
+        return wire.completion(cid, req.model, choices, _extra(session),
+                               session.stats.prompt_tokens, session.stats.tokens)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        from backlm.serve import completions as text
+
+        req = text.completion_request(await body_of(request), engine.models, engine.loaded,
+                                      engine.limits)
+        run, pieces = await run_in_threadpool(engine.complete, req)
+        cid = text.new_id()
+        if req.options.stream:
+            return ClosingStream(text.events(cid, run, pieces), pieces)
+        try:
+            await run_in_threadpool(list, pieces)
+        finally:
+            pieces.close()
+        return text.response(cid, run, pieces.cut)
+
+    # the tokenizer routes of vLLM's server, which lm-evaluation-harness's remote tokenizer reads
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        ld = engine.loaded
+        return {"tokenizer_class": "backlm", "bos_token": "<|bos|>", "eos_token": "<|bos|>",
+                "pad_token": None, "model_max_length": ld.model.cfg.seq_len,
+                "chat_template": None, "direction": ld.direction}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        body = await body_of(request)
+        text = body.get("prompt")
+        if not isinstance(text, str):
+            raise ApiError(400, "prompt must be a string", "prompt")
+        ids = engine.tokenize(wire._unicode(text, "prompt"))
+        return {"tokens": ids, "count": len(ids),
+                "max_model_len": engine.loaded.model.cfg.seq_len}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, str]:
+        ids = (await body_of(request)).get("tokens")
+        tok = engine.loaded.tokenizer
+        if not (isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                              and 0 <= t < tok.vocab_size for t in ids)):
+            raise ApiError(400, "tokens must be a list of token ids", "tokens")
+        return {"prompt": tok.decode(ids)}
 
     return app
 
 
-def _assemble(parts: list[Any]) -> str:
-    text = ""
-    for p in parts:
-        text = p.place(text)
-    return text
-
-
-def _finish(session: Any, generation: Generation) -> str:
-    return "length" if generation.cut else session.stats.finish  # cut short by a shutdown
+def _finish(reply: Any, generation: Generation) -> str:
+    return "length" if generation.cut else reply.finish or "length"  # cut short by a shutdown
 
 
 def _extra(session: Any) -> dict[str, Any]:
@@ -202,20 +264,35 @@ def _extra(session: Any) -> dict[str, Any]:
 
 async def _events(cid: str, req: wire.ChatRequest, session: Any, pieces: Generation
                   ) -> AsyncIterator[bytes]:
-    """SSE chunks: the role, each piece (``backlm.position``: where it goes), the finish, the
-    usage when asked, ``[DONE]``."""
-    yield wire.sse(wire.chunk(cid, req.model, {"role": session.writes, "content": ""}, None,
-                            {"position": session.position, "order": session.order.value}))
+    """SSE chunks per choice: the role, the text, the finish; the usage when asked; ``[DONE]``.
+
+    By default every delta goes after the ones before it (``backlm.position`` ``end``), so a
+    client that appends deltas reads the reply: forward pieces as they come, a backward
+    reply (written toward its beginning, so no piece is final before the last) whole at its
+    end. ``"backlm": {"stream_mode": "prepend"}`` streams backward pieces as they come, each to
+    go before the text so far (``backlm.position`` ``start``), as the chat page shows them."""
+    prepend = req.stream_mode == "prepend"
+    hold = session.position == "start" and not prepend
+    for i in range(req.n):
+        yield wire.sse(wire.chunk(cid, req.model, {"role": session.writes, "content": ""}, None,
+                                {"position": session.position if prepend else "end",
+                                 "order": session.order.value}, i))
     try:
         while (piece := await pieces.anext()) is not None:
-            yield wire.sse(wire.chunk(cid, req.model, {"content": piece.text}, None,
-                                    {"position": piece.where}))
+            if not hold:
+                yield wire.sse(wire.chunk(cid, req.model, {"content": piece.text}, None,
+                                        {"position": piece.where}, piece.row))
     except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band
         yield wire.sse(ApiError(500, f"generation failed: {type(exc).__name__}",
                                kind="server_error").body())
         yield wire.sse("[DONE]")
         return
-    yield wire.sse(wire.chunk(cid, req.model, {}, _finish(session, pieces), _extra(session)))
+    for i, reply in enumerate(session.replies.rows):
+        if hold and reply.text:
+            yield wire.sse(wire.chunk(cid, req.model, {"content": reply.text}, None,
+                                    {"position": "end"}, i))
+        yield wire.sse(wire.chunk(cid, req.model, {}, _finish(reply, pieces), _extra(session),
+                                i))
     if req.include_usage:
         done = wire.chunk(cid, req.model, {}, None)
         done["choices"] = []

@@ -14,9 +14,8 @@ rule of chat, serve and the chat page).
 
 from __future__ import annotations
 
-import codecs
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +24,11 @@ from backlm.direction import (
     encode_document,
     turn_prompt,
     turn_roles,
-    written_to_reading_order,
 )
 from backlm.errors import UserError
+from backlm.serve.replies import Piece, Replies, TextStream, place
+
+__all__ = ["Chat", "Piece", "Sampling", "Stats", "TextStream", "check_order", "place"]
 
 MAX_TOKENS = 4096
 
@@ -41,6 +42,15 @@ class Sampling:
     max_tokens: int = 256
     seed: int | None = None
     top_p: float | None = None  # nucleus sampling: the likeliest tokens holding this much mass
+    presence_penalty: float = 0.0  # OpenAI's penalties on tokens already written, -2..2
+    frequency_penalty: float = 0.0
+
+    def params(self) -> Any:
+        """The engine's :class:`backlm.model.decode.SamplingParams` for this."""
+        from backlm.model.decode import SamplingParams
+
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.presence_penalty,
+                              self.frequency_penalty)
 
     def check(self) -> Sampling:
         """This, or a UserError naming the value out of range."""
@@ -54,60 +64,15 @@ class Sampling:
         if self.top_p is not None and not (isinstance(self.top_p, int | float)
                                            and 0 < self.top_p <= 1):
             raise UserError(f"top-p must be in (0, 1], got {self.top_p!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and -2 <= value <= 2):
+                raise UserError(f"{name.replace('_', ' ')} must be between -2 and 2, got "
+                                f"{value!r}")
         if not (isinstance(self.max_tokens, int) and 1 <= self.max_tokens <= MAX_TOKENS):
             raise UserError(f"max tokens must be between 1 and {MAX_TOKENS}, got "
                             f"{self.max_tokens!r}")
         return self
-
-
-class TextStream:
-    """Token bytes arriving in model order turned into whole characters.
-
-    Forward, bytes arrive in reading order: an incremental UTF-8 decoder holds back a split
-    character. Backward, each token comes before the text already shown: its bytes go in front
-    of what is held, and only what starts at a character's first byte is released.
-    """
-
-    def __init__(self, order: Direction) -> None:
-        self.backward = order is Direction.BACKWARD
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.held = b""
-
-    def push(self, data: bytes) -> str:
-        """The text that ``data`` completes ('' while a character is still split)."""
-        if not self.backward:
-            return self.decoder.decode(data)
-        self.held = data + self.held
-        start = next((i for i, b in enumerate(self.held) if b & 0xC0 != 0x80), None)
-        if start is None:
-            return ""
-        text, self.held = self.held[start:].decode("utf-8", errors="replace"), self.held[:start]
-        return text
-
-    def flush(self) -> str:
-        """Whatever is still held (a broken character shows as U+FFFD)."""
-        if not self.backward:
-            return self.decoder.decode(b"", final=True)
-        text, self.held = self.held.decode("utf-8", errors="replace"), b""
-        return text
-
-
-def place(where: str, existing: Any, new: Any) -> Any:
-    """``new`` put at ``where`` (``end`` or ``start``: :attr:`Direction.writes_at`) of
-    ``existing``: text, or lists of turns."""
-    return existing + new if where == "end" else new + existing
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Streamed text and where it goes: after the text so far (``end``) or before (``start``)."""
-
-    text: str
-    where: str
-
-    def place(self, shown: str) -> str:
-        """``shown`` with this piece in its place."""
-        return place(self.where, shown, self.text)
 
 
 @dataclass
@@ -139,6 +104,7 @@ class Chat:
         self.text = ""  # a base model's running text
         self.stats = Stats()
         self.last_turn = ""
+        self.replies: Any = None  # the last turn's replies (backlm.serve.replies.Replies)
         self.order = self.direction.orders[0]
         if order is not None:
             self.switch(order)
@@ -204,45 +170,47 @@ class Chat:
         return (*turn_prompt(self._render(messages), written, self.direction, ids, order),
                 messages)
 
-    def send(self, text: str, sampling: Sampling | None = None) -> Iterator[Piece]:
+    def send(self, text: str, sampling: Sampling | None = None, n: int = 1,
+             stop: Sequence[str] = (), logprobs: int | None = None) -> Iterator[Piece]:
         """Give the person's ``text`` and stream the model's turn; when the stream ends the turn
-        is in :attr:`messages` (or :attr:`text`) in reading order."""
+        is in :attr:`messages` (or :attr:`text`) in reading order. ``n`` replies are decoded
+        together (row 0's is the one the conversation keeps; all are in :attr:`replies`),
+        each cut at its first ``stop`` string in reading order
+        (:mod:`backlm.serve.replies`), with ``logprobs`` alternatives per token when not
+        None."""
         sampling = (sampling or Sampling()).check()
         if not isinstance(text, str) or (not text.strip() and not self.plain):
             raise UserError("say something: an empty turn gives the model nothing to answer")
-        prompt, stop, given = self._prompt(text)
+        prompt, stop_id, given = self._prompt(text)
         context = getattr(getattr(self.model, "cfg", None), "seq_len", None)
         if context is not None and len(prompt) > context:
             raise UserError(f"the conversation is {len(prompt):,} tokens, longer than the "
                             f"model's context of {context:,}: clear it or shorten it")
         where = self.position
-        stream, written = TextStream(self.order), []
-        specials = set(self.tokenizer.specials.values())
+        ends = {*self.tokenizer.specials.values(), *([] if stop_id is None else [stop_id])}
+        replies = Replies(self.tokenizer, self.order, n, ends, stop, logprobs is not None)
+        self.replies = replies
         started = time.perf_counter()
         first = last = started
-        finish = "length"
-        gen = self.model.generate(prompt, sampling.max_tokens, sampling.temperature,
-                                  sampling.top_k, sampling.seed, top_p=sampling.top_p)
+        steps = self.model.decode(prompt, sampling.max_tokens, rows=n, sampling=sampling.params(),
+                                  seed=sampling.seed, top_logprobs=logprobs)
         try:
-            for token in gen:
+            for step in steps:
                 last = time.perf_counter()
-                if not written:
+                if first == started:
                     first = last
-                if token == stop or token in specials:  # the turn (or the document) ends here
-                    finish = "stop"
+                yield from replies.push(step)
+                if replies.done:
                     break
-                written.append(token)
-                piece = stream.push(self.tokenizer.ranks[token])
-                if piece:
-                    yield Piece(piece, where)
-            tail = stream.flush()
-            if tail:
-                yield Piece(tail, where)
+            yield from replies.end()
         finally:  # a turn cut short still reports what it wrote; the conversation keeps only
             # whole turns
-            self.stats = Stats(len(written), last - first, first - started, len(prompt), finish)
-        turn = self.tokenizer.decode(written_to_reading_order(written, self.order))
-        self.last_turn = turn  # what the model wrote, in reading order
+            steps.close()
+            written = sum(len(r.tokens) for r in replies.rows)
+            self.stats = Stats(written, last - first, first - started, len(prompt),
+                               replies.rows[0].finish or "length")
+        turn = replies.rows[0].text  # what the model wrote, in reading order
+        self.last_turn = turn
         if self.plain:
             self.text = place(where, given, turn)
         else:

@@ -32,6 +32,8 @@ class Limits:
     max_tokens: int = MAX_TOKENS
     max_temperature: float = 2.0  # OpenAI's range
     max_generations: int = 32  # concurrent generations; more get 429
+    max_n: int = 8  # replies decoded together for one prompt
+    max_prompts: int = 64  # prompts in one /v1/completions request
 
 
 class ApiError(Exception):
@@ -81,6 +83,10 @@ class ChatRequest:
     sampling: Sampling
     stream: bool
     include_usage: bool
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # alternatives per token; None: no log-probabilities
+    stream_mode: str = "append"  # append: deltas a client joins; prepend: backlm.position
 
 
 def _number(body: dict, key: str, low: float, high: float, default: Any, whole: bool) -> Any:
@@ -161,23 +167,88 @@ def _messages(body: dict, limits: Limits) -> list[dict[str, str]]:
 
 def _unsupported(body: dict) -> None:
     """Options the models cannot honour are refused, not silently ignored."""
-    def other_than(key: str, value: Any) -> bool:  # bools are not numbers here (True == 1)
-        given = body.get(key)
-        return given is not None and (isinstance(given, bool) or given != value)
-
-    if other_than("n", 1):
-        raise ApiError(400, "n must be 1: one choice per request", "n")
-    if other_than("top_p", 1):
-        raise ApiError(400, "top_p sampling is not supported: use top_k", "top_p")
-    for key in ("presence_penalty", "frequency_penalty"):
-        if body.get(key, 0) not in (0, 0.0, None):
-            raise ApiError(400, f"{key} is not supported", key)
-    for key in ("stop", "tools", "functions", "logit_bias", "response_format"):
+    for key in ("tools", "functions", "logit_bias", "response_format"):
         if body.get(key) not in (None, [], {}):
             raise ApiError(400, f"{key} is not supported by backlm models", key)
-    if body.get("logprobs") is not None and body.get("logprobs") is not False:
-        raise ApiError(400, "logprobs are not returned by chat completions: use /v1/score",
+
+
+STOP_STRINGS, STOP_CHARS = 4, 256  # OpenAI's count
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    """``stop``: a string or a list of up to four non-empty strings."""
+    value = body.get("stop")
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else value
+    if (not isinstance(values, list) or len(values) > STOP_STRINGS
+            or not all(isinstance(v, str) and 0 < len(v) <= STOP_CHARS for v in values)):
+        raise ApiError(400, f"stop must be a string or a list of at most {STOP_STRINGS} "
+                       f"non-empty strings of at most {STOP_CHARS} characters", "stop")
+    return tuple(_unicode(v, "stop") for v in values)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What chat and text completions share: sampling, replies, stop strings, the stream."""
+
+    sampling: Sampling
+    n: int
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    stream_mode: str
+
+
+def options(body: dict, limits: Limits, tokens: int) -> Options:
+    """The sampling and stream fields of a chat or text completion body (``tokens``: the
+    checked token limit)."""
+    _unsupported(body)
+    temperature = _number(body, "temperature", 0, limits.max_temperature, 1.0, False)
+    top_k = _number(body, "top_k", 1, 1 << 30, None, True)
+    top_p = _number(body, "top_p", 0, 1, None, False)
+    if top_p == 0:  # the smallest set holding no mass: the likeliest token alone
+        top_p, top_k = None, 1
+    penalties = [float(_number(body, k, -2, 2, 0.0, False))
+                 for k in ("presence_penalty", "frequency_penalty")]
+    n = _number(body, "n", 1, limits.max_n, 1, True)
+    seed = _number(body, "seed", -(1 << 63), (1 << 63) - 1, None, True)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise ApiError(400, "stream must be true or false", "stream")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise ApiError(400, "stream_options must be an object", "stream_options")
+    if not isinstance(stream_options.get("include_usage", False), bool | None):
+        raise ApiError(400, "stream_options.include_usage must be true or false",
+                       "stream_options.include_usage")
+    extension = body.get("backlm") or {}
+    mode = extension.get("stream_mode", "append") if isinstance(extension, dict) else None
+    if mode not in ("append", "prepend"):
+        raise ApiError(400, 'backlm must be an object whose stream_mode is "append" or '
+                       '"prepend"', "backlm.stream_mode")
+    seed = None if seed is None else seed % (1 << 63)  # torch seeds are non-negative
+    sampling = Sampling(float(temperature), top_k, tokens, seed,
+                        None if top_p is None else float(top_p), *penalties)
+    return Options(sampling, n, _stop(body), bool(stream),
+                   bool(stream_options.get("include_usage")), mode)
+
+
+def _top_logprobs(body: dict, stream: bool) -> int | None:
+    """Chat's ``logprobs`` (true/false) and ``top_logprobs`` (0..20, with logprobs only)."""
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, "logprobs must be true or false", "logprobs")
+    top = _number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, None, True)
+    if top is not None and not wanted:
+        raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+    if wanted and stream:
+        raise ApiError(400, "logprobs are returned without stream only: set stream to false",
                        "logprobs")
+    return (top or 0) if wanted else None
+
+
+MAX_TOP_LOGPROBS = 20
 
 
 def _order(body: dict, direction: Direction) -> Direction | None:
@@ -208,25 +279,12 @@ def chat_request(body: dict[str, Any], models: dict[str, Direction | None],
                            "direction")
         order = wanted
     messages = _messages(body, limits)
-    _unsupported(body)
     tokens = _number(body, "max_completion_tokens", 1, limits.max_tokens, None, True)
     if tokens is None:
         tokens = _number(body, "max_tokens", 1, limits.max_tokens, 256, True)
-    temperature = _number(body, "temperature", 0, limits.max_temperature, 1.0, False)
-    top_k = _number(body, "top_k", 1, 1 << 30, None, True)
-    seed = _number(body, "seed", -(1 << 63), (1 << 63) - 1, None, True)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise ApiError(400, "stream must be true or false", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise ApiError(400, "stream_options must be an object", "stream_options")
-    if not isinstance(options.get("include_usage", False), bool | None):
-        raise ApiError(400, "stream_options.include_usage must be true or false",
-                       "stream_options.include_usage")
-    seed = None if seed is None else seed % (1 << 63)  # torch seeds are non-negative
-    return ChatRequest(name, order, messages, Sampling(float(temperature), top_k, tokens, seed),
-                       bool(stream), bool(options.get("include_usage")))
+    opts = options(body, limits, tokens)
+    return ChatRequest(name, order, messages, opts.sampling, opts.stream, opts.include_usage,
+                       opts.n, opts.stop, _top_logprobs(body, opts.stream), opts.stream_mode)
 
 
 def score_request(body: dict[str, Any], models: dict[str, str | None],
@@ -253,24 +311,22 @@ def usage(prompt: int, completion: int) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
-def completion(cid: str, model: str, role: str, text: str, finish: str,
-               extra: dict[str, Any], prompt_tokens: int, tokens: int) -> dict[str, Any]:
+def completion(cid: str, model: str, choices: list[dict[str, Any]], extra: dict[str, Any],
+               prompt_tokens: int, tokens: int) -> dict[str, Any]:
     """A ``chat.completion`` object; ``extra`` goes under ``backlm`` (order, position,
     the conversation in reading order)."""
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": role, "content": text},
-                     "finish_reason": finish, "logprobs": None}],
-        "usage": usage(prompt_tokens, tokens), "backlm": extra,
+        "choices": choices, "usage": usage(prompt_tokens, tokens), "backlm": extra,
     }
 
 
 def chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None = None,
-          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+          extra: dict[str, Any] | None = None, index: int = 0) -> dict[str, Any]:
     """One ``chat.completion.chunk``; ``extra`` (e.g. where the piece goes) under ``backlm``."""
     out: dict[str, Any] = {
         "id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
-        "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+        "model": model, "choices": [{"index": index, "delta": delta, "finish_reason": finish,
                                      "logprobs": None}],
     }
     if extra:

@@ -15,6 +15,7 @@ from backlm.model.decode import (
     Decoder,
     SamplingParams,
     Threads,
+    decode,
     fused_usable,
     generate,
     sample,
@@ -227,3 +228,55 @@ def test_generate_needs_a_prompt_and_a_row_count_that_fits():
         generate(model, [], 3)
     with torch.inference_mode(), pytest.raises(ValueError, match="rows"):
         Decoder(model, 8, rows=3).prefill(torch.ones(2, 4, dtype=torch.long))
+
+
+# --- penalties, per-token log-probabilities, the prompt scored --------------------------------
+
+def test_penalties_follow_openais_formula():
+    logits = torch.tensor([[2.0, 1.9, 0.0]])
+    counts = torch.tensor([[3.0, 0.0, 1.0]])
+    # token 0: 2 - 3*0.1 - 0.5 = 1.2 < 1.9: the penalty moves the argmax
+    pick = sample(logits, SamplingParams(0.0, presence_penalty=0.5, frequency_penalty=0.1),
+                  counts=counts)
+    assert pick.tolist() == [1]
+    assert sample(logits, GREEDY, counts=counts).tolist() == [0]  # no penalty, no change
+    with pytest.raises(ValueError, match="presence_penalty"):
+        SamplingParams(presence_penalty=2.5)
+
+
+def test_a_penalised_row_never_repeats_a_token_greedily():
+    model = make_model(SHAPES[0]).eval()
+    steps = decode(model, [1, 2, 3], 40, sampling=SamplingParams(0.0, presence_penalty=2.0,
+                                                                   frequency_penalty=2.0))
+    written = [int(s.tokens) for s in steps]
+    plain = [int(s.tokens) for s in decode(model, [1, 2, 3], 40)]
+    assert len(set(plain)) < len(plain)  # the unpenalised greedy run repeats itself
+    assert len(set(written)) > len(set(plain))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_scores_the_prompt_and_each_token_like_the_plain_forward(rows):
+    model = make_model(SHAPES[0]).eval()
+    prompt = [5, 9, 2, 7, 11]
+    steps = list(decode(model, prompt, 4, rows=rows, sampling=SamplingParams(1.0), seed=3,
+                        top_logprobs=2, score_prompt=True))
+    first, made = steps[0], steps[1:]
+    full = torch.tensor([prompt])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.logits(model.hidden(full[:, :-1])), -1)[0]
+    want = logp.gather(1, full[0, 1:, None])[:, 0]
+    assert first.tokens.tolist() == prompt[1:]
+    assert torch.allclose(first.logprobs, want, atol=1e-5)
+    assert first.top_ids.shape == (len(prompt) - 1, 2)
+    assert torch.equal(first.top_logprobs[:, 0], logp.max(-1).values)
+    row = [int(s.tokens[0]) for s in made]  # row 0 rescored by a plain forward pass
+    seq = torch.tensor([prompt + row])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.logits(model.hidden(seq[:, :-1])), -1)[0]
+    again = logp[len(prompt) - 1:].gather(1, seq[0, len(prompt):, None])[:, 0]
+    got = torch.stack([s.logprobs[0] for s in made])
+    assert torch.allclose(got, again, atol=1e-4)
+    # with the same seed, scoring the prompt does not change what is drawn
+    plain = [s.tokens.tolist() for s in decode(model, prompt, 4, rows=rows,
+                                               sampling=SamplingParams(1.0), seed=3)]
+    assert plain == [s.tokens.tolist() for s in made]

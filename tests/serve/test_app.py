@@ -277,8 +277,9 @@ WRONG = {  # values each field refuses
     "stream": ["true", 1, [], {}],
     "stream_options": [[1], "x", 5, {"include_usage": "yes"}],
     "direction": ["up", 5, [], True, "bidirectional"],
-    "n": [2, 0, True, "1"], "top_p": [0.5, 0, True], "stop": ["\n", ["x"]],
-    "tools": [[{"type": "function"}]], "logprobs": [True, 1], "presence_penalty": [1],
+    "n": [9, 0, True, "1"], "top_p": [1.5, -1, True], "stop": ["", [1], ["a"] * 5],
+    "tools": [[{"type": "function"}]], "logprobs": ["yes", 1], "presence_penalty": [3],
+    "top_logprobs": [21, 3], "backlm": [{"stream_mode": "x"}, "prepend"],
 }
 
 
@@ -343,7 +344,7 @@ def fuzz_requests(n: int, seed: int = 0) -> list[tuple[str, str, dict, object]]:
             body = json.dumps({**GOOD, "messages": [{"role": "user", "content": words}]}
                               ).encode()
         else:  # empty bodies, bad routes, bad methods
-            path = rng.choice(["/v1/chat/completions", "/v1/score", "/v1/completions"])
+            path = rng.choice(["/v1/chat/completions", "/v1/score", "/v1/edits"])
             return rng.choice(["POST", "PUT", "DELETE"]), path, headers, b""
         return "POST", path, headers, body
 
@@ -412,7 +413,8 @@ def stream(url: str, body: dict, timeout: float = 60) -> list[dict | str]:
 
 def test_sixteen_streams_at_once_all_finish(urls):
     body = {"model": "bi1@backward", "temperature": 1, "max_tokens": 24,
-            "messages": [{"role": "assistant", "content": "alpha beta."}]}
+            "messages": [{"role": "assistant", "content": "alpha beta."}],
+            "backlm": {"stream_mode": "prepend"}}  # pieces as written, as the chat page asks
     with ThreadPoolExecutor(16) as pool:
         events = list(pool.map(lambda s: stream(urls["bi1"], {**body, "seed": s}), range(16)))
     texts = set()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from backlm.config import ModelConfig
 from backlm.direction import Direction, Role, turn_prompt
 from backlm.errors import UserError
+from backlm.model.decode import Step
 from backlm.model.gpt import GPT
 from backlm.serve.conversation import Chat, Sampling, TextStream
 from backlm.tokenizer import Tokenizer
@@ -31,9 +32,10 @@ class Scripted:
     def __init__(self, tokens):
         self.tokens, self.prompts = tokens, []
 
-    def generate(self, prompt, max_new, temperature, top_k, seed, top_p=None):
+    def decode(self, prompt, max_new, rows=1, **options):
         self.prompts.append(list(prompt))
-        yield from self.tokens[:max_new]
+        for token in self.tokens[:max_new]:
+            yield Step(torch.tensor([token] * rows))
 
 
 def test_forward_chat_appends_and_stops_at_the_turn_end(tok):

@@ -102,15 +102,20 @@ BAD_FIELDS = [
     ("stream_options", {"include_usage": 1}, "stream_options.include_usage"),
     ("direction", "sideways", "direction"), ("direction", ["forward"], "direction"),
     ("direction", "bidirectional", "direction"), ("direction", True, "direction"),
-    ("n", 2, "n"), ("n", 0, "n"), ("n", True, "n"), ("n", "1", "n"),
-    ("top_p", 0.5, "top_p"), ("top_p", 0, "top_p"), ("top_p", True, "top_p"),
-    ("presence_penalty", 0.5, "presence_penalty"),
-    ("frequency_penalty", -1, "frequency_penalty"),
-    ("stop", "\n", "stop"), ("stop", ["END"], "stop"),
+    ("n", 9, "n"), ("n", 0, "n"), ("n", True, "n"), ("n", "1", "n"),
+    ("top_p", 1.5, "top_p"), ("top_p", -0.1, "top_p"), ("top_p", True, "top_p"),
+    ("presence_penalty", 2.5, "presence_penalty"), ("presence_penalty", "1", "presence_penalty"),
+    ("frequency_penalty", -2.01, "frequency_penalty"),
+    ("stop", "", "stop"), ("stop", ["a", "b", "c", "d", "e"], "stop"), ("stop", [1], "stop"),
+    ("stop", "x" * 257, "stop"), ("stop", {"s": 1}, "stop"),
+    ("top_logprobs", 21, "top_logprobs"), ("top_logprobs", -1, "top_logprobs"),
+    ("top_logprobs", 3, "top_logprobs"),  # without logprobs: true
+    ("backlm", {"stream_mode": "sideways"}, "backlm.stream_mode"),
+    ("backlm", "prepend", "backlm.stream_mode"),
     ("tools", [{"type": "function", "function": {"name": "f"}}], "tools"),
     ("functions", [{"name": "f"}], "functions"), ("logit_bias", {"50": 10}, "logit_bias"),
     ("response_format", {"type": "json_object"}, "response_format"),
-    ("logprobs", True, "logprobs"), ("logprobs", 0, "logprobs"),
+    ("logprobs", "yes", "logprobs"), ("logprobs", 0, "logprobs"),
 ]
 
 
@@ -118,7 +123,23 @@ BAD_FIELDS = [
 def test_every_bad_field_is_a_400_naming_it(field, value, param):
     err = refused(chat, {"model": "bi1", "messages": USER, field: value})
     assert (err.status, err.param) == (400, param)
-    assert field in err.message or (field == "logprobs" and "logprobs" in err.message)
+    assert field in err.message or (field == "backlm" and "stream_mode" in err.message)
+
+
+def test_sampling_replies_stop_and_logprobs_are_taken():
+    req = chat({"model": "bi1", "messages": USER, "n": 3, "top_p": 0.9, "stop": "END",
+                "presence_penalty": -2, "frequency_penalty": 2, "logprobs": True,
+                "top_logprobs": 20, "backlm": {"stream_mode": "prepend"}})
+    assert (req.n, req.stop, req.logprobs, req.stream_mode) == (3, ("END",), 20, "prepend")
+    s = req.sampling
+    assert (s.top_p, s.presence_penalty, s.frequency_penalty) == (0.9, -2.0, 2.0)
+    req = chat({"model": "bi1", "messages": USER, "stop": ["a", "b"], "logprobs": True})
+    assert (req.stop, req.logprobs, req.stream_mode) == (("a", "b"), 0, "append")
+    req = chat({"model": "bi1", "messages": USER, "top_p": 0})  # the likeliest token alone
+    assert (req.sampling.top_p, req.sampling.top_k) == (None, 1)
+    assert chat({"model": "bi1", "messages": USER, "logprobs": False}).logprobs is None
+    err = refused(chat, {"model": "bi1", "messages": USER, "logprobs": True, "stream": True})
+    assert err.param == "logprobs"
 
 
 @pytest.mark.parametrize(("messages", "param"), [
