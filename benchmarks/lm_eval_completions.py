@@ -9,7 +9,7 @@ code ``backlm eval`` runs (``load_task`` → ``evaluate_choice_task``, forward: 
 score). Prints both accuracies and the largest per-choice log-likelihood gap. Nothing reaches
 the network (HF_DATASETS_OFFLINE, HF_HUB_OFFLINE).
 
-    python benchmarks/lm_eval_completions.py --model f0 [--task-dir tests/serve/lm_eval_task]
+    python benchmarks/lm_eval_completions.py --model f0 [--task-dir benchmarks/lm_eval]
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK_DIR = ROOT / "tests" / "serve" / "lm_eval_task"
-TASK = "backlm_arc_tiny"
+# the one local task both harness routes use (benchmarks/lm_eval_hf.py runs the hf model)
+TASK_DIR = ROOT / "benchmarks" / "lm_eval"
+TASK = "backlm_arc_local"
 
 
 def serve_in_thread(loaded: Any) -> tuple[str, Any]:
@@ -44,8 +45,8 @@ def serve_in_thread(loaded: Any) -> tuple[str, Any]:
     return f"http://127.0.0.1:{sock.getsockname()[1]}", server
 
 
-def harness(url: str, model: str, max_length: int, task_dir: Path) -> tuple[float, list]:
-    """The harness's accuracy and, per item (in file order), each choice's log-likelihood."""
+def harness(url: str, model: str, max_length: int, task_dir: Path) -> tuple[dict, list]:
+    """The harness's acc and acc_norm and, per item (in file order), each choice's log-likelihood."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -56,10 +57,11 @@ def harness(url: str, model: str, max_length: int, task_dir: Path) -> tuple[floa
                           log_samples=True, num_fewshot=0)
     samples = sorted(out["samples"][TASK], key=lambda s: s["doc_id"])
     lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
-    return float(out["results"][TASK]["acc,none"]), lls
+    metrics = out["results"][TASK]
+    return {"acc": float(metrics["acc,none"]), "acc_norm": float(metrics["acc_norm,none"])}, lls
 
 
-def backlm_eval(loaded: Any, task_dir: Path, home: Path) -> tuple[float, list]:
+def backlm_eval(loaded: Any, task_dir: Path, home: Path) -> tuple[dict, list]:
     """``backlm eval``'s forward multiple-choice scoring of the same items, read as ARC
     parquet from ``home/tasks/arc-easy`` (what ``backlm data download --task arc`` leaves)."""
     import pyarrow as pa
@@ -69,13 +71,14 @@ def backlm_eval(loaded: Any, task_dir: Path, home: Path) -> tuple[float, list]:
     from backlm.evaluation.scoring import evaluate_choice_task
     from backlm.evaluation.tasks import load_task
 
-    rows = [json.loads(line) for line in (task_dir / "arc_tiny.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (task_dir / "arc_local.jsonl").read_text().splitlines()
+            if line]
     folder = home / "arc-easy"
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), folder / "test-00000-of-00001.parquet")
     records, summary = evaluate_choice_task(loaded, load_task("arc-easy", root=home),
                                             Direction.FORWARD)
-    return float(summary["acc"]), [r["logprobs"] for r in records]
+    return {"acc": summary["acc"], "acc_norm": summary["acc_norm"]}, [r["logprobs"] for r in records]
 
 
 def compare(model: str, task_dir: Path = TASK_DIR) -> dict[str, Any]:
@@ -96,7 +99,7 @@ def compare(model: str, task_dir: Path = TASK_DIR) -> dict[str, Any]:
         server.should_exit = True
     gap = max(abs(a - b) for ra, rb in zip(ll_h, ll_b, strict=True)
               for a, b in zip(ra, rb, strict=True))
-    return {"model": model, "items": len(ll_b), "acc_harness": acc_h, "acc_backlm": acc_b,
+    return {"model": model, "items": len(ll_b), "harness_scores": acc_h, "backlm_scores": acc_b,
             "max_abs_loglik_gap": gap, "harness": ll_h, "backlm": ll_b}
 
 
