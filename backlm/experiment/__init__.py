@@ -5,6 +5,8 @@
 - ``provenance``: where a run came from (commit, command line, versions, host);
 - ``notes``: notes and issues, one timestamped line each;
 - ``checkpoint``: one checkpoint folder, written whole or not at all;
+- ``weights``: the one safetensors writer, deterministic, and the header that says what
+  the weights are;
 - ``compat``: whether a checkpoint agrees with what loads it;
 - ``loading``: a trained model loaded for use, with its tokenizer and direction;
 - ``tree``: the lineage forest for ``backlm ls --tree``.
