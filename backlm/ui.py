@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -128,39 +129,113 @@ def progress_bars(kind: str = "count", transient: bool = True) -> Iterator[Bars]
         bars.stop()
 
 
-class TrainDisplay(Callback):
-    """The training display: a progress bar (loss, lr, tokens/s, MFU, ETA), each validation
-    and every message of the run printed above it. Rank 0 only."""
+def duration(seconds: float) -> str:
+    """``2m31s``, ``1h04m``, ``45s``: a short duration for an ETA."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-    def __init__(self) -> None:
+
+def step_line(step: int, total: int, record: dict[str, Any], eta: float | None) -> str:
+    """One plain progress line, after nanochat's step lines::
+
+        step 00012/00200 (6.00%) | loss: 5.1234 | lrm: 0.85 | dt: 812ms | tok/sec: 10,050 |
+        mfu: 12.3% | eta: 2m31s
+
+    (one line; ``lrm`` is the schedule's multiplier of the base learning rates)."""
+    width = max(5, len(str(total)))
+    return (f"step {step:0{width}d}/{total:0{width}d} ({100 * step / max(total, 1):.2f}%) | "
+            f"loss: {record['loss']:.4f} | lrm: {record['lr_mult']:.2f} | "
+            f"dt: {record['dt'] * 1000:,.0f}ms | tok/sec: {record['tokens_per_sec']:,.0f} | "
+            f"mfu: {100 * record['mfu']:.1f}% | eta: {'?' if eta is None else duration(eta)}")
+
+
+class TrainDisplay(Callback):
+    """The training display, rank 0 only. On a terminal: a progress bar (loss, lr, tokens/s,
+    MFU, ETA), each validation and every message of the run printed above it. Without one
+    (stdout to a file, nohup, SLURM, CI), where a bar shows nothing until it ends: a plain
+    :func:`step_line` at the first step, then every ``log.print_every`` steps or
+    ``log.print_seconds`` seconds, whichever comes first, and at the last step; validations
+    and messages as plain lines. ``plain`` forces the mode (default: stdout not a terminal);
+    ``clock`` is for tests."""
+
+    def __init__(self, plain: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bars: Bars | None = None
         self.waiting: list[str] = []  # messages from before the display started
+        self.force_plain, self.clock = plain, clock
+        self.plain: _PlainLines | None = None
 
     def on_train_start(self, state: LoopState) -> None:
-        self.bars = Bars(make_progress("train", transient=False))
-        self.bars("train", state.step, state.run.cfg.train.max_steps)
+        plain = self.force_plain if self.force_plain is not None else not console.is_terminal
+        if plain:
+            self.plain = _PlainLines(state, self.clock)
+        else:
+            self.bars = Bars(make_progress("train", transient=False))
+            self.bars("train", state.step, state.run.cfg.train.max_steps)
         for text in self.waiting:
-            self.bars.print(text)
+            self._print(text)
         self.waiting = []  # one display serves a chain's or quickstart's runs in turn
 
     def on_eval(self, state: LoopState, step: int, evals: dict[str, float]) -> None:
-        if self.bars and step > 0:
-            self.bars.print(f"step {step:>6} · " + " · ".join(
+        if step > 0:
+            self._print(f"step {step:>6} · " + " · ".join(
                 f"{k} {v:.4f}" for k, v in evals.items()))
 
     def on_step_end(self, state: LoopState, step: int, record: dict[str, Any]) -> None:
-        if self.bars and step > 0:
-            self.bars("train", step, state.run.cfg.train.max_steps, stats=(
+        if step <= 0 or "loss" not in record:
+            return
+        total = state.run.cfg.train.max_steps
+        if self.plain is not None:
+            line = self.plain.line(step, total, record)
+            if line:
+                self._print(line)
+        elif self.bars:
+            self.bars("train", step, total, stats=(
                 f"loss {record['loss']:.3f} · lr×{record['lr_mult']:.2f} · "
                 f"{record['tokens_per_sec']:,.0f} tok/s · MFU {record['mfu']:.1%}"))
 
     def on_message(self, state: LoopState, text: str) -> None:
-        if self.bars:
-            self.bars.print(text)
+        if self.bars or self.plain:
+            self._print(text)
         else:
             self.waiting.append(text)
 
     def on_train_end(self, state: LoopState, status: str) -> None:
         if self.bars:
             self.bars.stop()
-        self.bars = None  # the next run's early messages wait for its own bar
+        self.bars = self.plain = None  # the next run's early messages wait for its own display
+
+    def _print(self, text: str) -> None:
+        if self.bars:
+            self.bars.print(text)
+        else:
+            console.print(text, highlight=False, markup=False, soft_wrap=True)
+            console.file.flush()  # a log file someone tails sees the line now
+
+
+class _PlainLines:
+    """When a plain progress line is due, and the ETA from the pace since the first step (whose
+    time includes start-up costs; evaluations and checkpoints since count, as they will)."""
+
+    def __init__(self, state: LoopState, clock: Callable[[], float]) -> None:
+        log = state.run.cfg.log
+        self.every, self.seconds, self.clock = log.print_every, log.print_seconds, clock
+        self.first: tuple[int, float] | None = None  # (step, time) of this session's first step
+        self.last: tuple[int, float] = (state.step, clock())
+
+    def line(self, step: int, total: int, record: dict[str, Any]) -> str | None:
+        now = self.clock()
+        if self.first is None:
+            self.first = (step, now)
+        elif not (step >= total or (self.every and step - self.last[0] >= self.every)
+                  or (self.seconds and now - self.last[1] >= self.seconds)):
+            return None
+        self.last = (step, now)
+        done = step - self.first[0]
+        per_step = (now - self.first[1]) / done if done else record.get("dt")
+        eta = per_step * (total - step) if per_step is not None else None
+        return step_line(step, total, record, eta)

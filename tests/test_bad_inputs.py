@@ -503,6 +503,8 @@ RANGE_BAD: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                             "attention_every", "sample_every", "sample_tokens")},
     "log.flush_every": (("0", "-1"), ()),
     "log.sample_temperature": (("-1", NAN), ()),
+    "log.print_every": (("-1",), ()),
+    "log.print_seconds": (("-1", NAN), ()),
     "fivecat.every": (("-1",), ()),
     "fivecat.max_samples": (("0", "-1"), FIVECAT_ON),  # its message may name the 5cat flag
     "fivecat.spec": (("nope/x.yaml",), FIVECAT_ON),

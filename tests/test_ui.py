@@ -45,7 +45,7 @@ def test_bars_make_one_bar_per_label(monkeypatch):
 def test_train_display_shows_steps_evaluations_and_messages(monkeypatch):
     console = Console(record=True, width=120, force_terminal=False)
     monkeypatch.setattr(ui, "console", console)
-    display = ui.TrainDisplay()
+    display = ui.TrainDisplay(plain=False)  # the bar (a terminal)
     state = SimpleNamespace(step=0, run=SimpleNamespace(cfg=SimpleNamespace(
         train=SimpleNamespace(max_steps=10))))
     display.on_train_start(state)
@@ -66,7 +66,7 @@ def test_one_display_for_runs_in_turn_prints_each_message_once(monkeypatch):
     of the one before it."""
     console = Console(record=True, width=120, force_terminal=False)
     monkeypatch.setattr(ui, "console", console)
-    display = ui.TrainDisplay()
+    display = ui.TrainDisplay(plain=False)
     state = SimpleNamespace(step=0, run=SimpleNamespace(cfg=SimpleNamespace(
         train=SimpleNamespace(max_steps=4))))
     for run in ("first", "second", "third"):
@@ -80,3 +80,31 @@ def test_one_display_for_runs_in_turn_prints_each_message_once(monkeypatch):
         assert text.count(f"during the {run} run") == 1, text
     lines = [x for x in text.splitlines() if "run" in x]
     assert lines.index("precision of the second run") > lines.index("during the first run")
+
+
+def test_without_a_terminal_step_lines_come_by_steps_or_seconds_whichever_first(monkeypatch):
+    console = Console(record=True, width=60, force_terminal=False)  # a log file
+    monkeypatch.setattr(ui, "console", console)
+    now = [100.0]
+    display = ui.TrainDisplay(clock=lambda: now[0])  # plain: stdout is no terminal
+    state = SimpleNamespace(step=0, run=SimpleNamespace(cfg=SimpleNamespace(
+        train=SimpleNamespace(max_steps=200),
+        log=SimpleNamespace(print_every=50, print_seconds=10.0))))
+    display.on_message(state, "precision: cpu · fp32")
+    display.on_train_start(state)
+    record = {"loss": 5.1234, "lr_mult": 1.0, "tokens_per_sec": 10050.4, "mfu": 0.123,
+              "dt": 0.812}
+    for step in range(1, 201):
+        now[0] += 3.0 if step == 1 else (0.1 if step <= 120 else 1.0)  # slower after 120
+        display.on_step_end(state, step, record)
+    display.on_train_end(state, "finished")
+    lines = console.export_text().splitlines()
+    assert lines[0] == "precision: cpu · fp32"
+    assert lines[1] == ("step 00001/00200 (0.50%) | loss: 5.1234 | lrm: 1.00 | dt: 812ms | "
+                        "tok/sec: 10,050 | mfu: 12.3% | eta: 2m42s")  # long: not wrapped
+    steps = [int(x[5:10]) for x in lines[1:]]
+    # every 50 steps while steps are fast, every 10 s once they are slow, and the last step
+    assert steps == [1, 51, 101, 129, 139, 149, 159, 169, 179, 189, 199, 200]
+    assert lines[2].endswith("eta: 15s")  # 50 steps in 5 s since the first: 149 to go
+    assert lines[-1].endswith("eta: 0s")
+    assert ui.duration(59.6) == "1m00s" and ui.duration(3725) == "1h02m"

@@ -62,7 +62,7 @@ def branch(
                           allow_direction_change=allow_direction_change, world=plan.world)
     render_branch(planned)
     summary = run_training(None, root, branch=planned, plan=plan, observers=[TrainDisplay()],
-                           say=lambda text: console.print(text, highlight=False))
+                           say=lambda text: console.print(text, highlight=False, soft_wrap=True))
     render_summary(summary)
     finish(summary)
 

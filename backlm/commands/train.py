@@ -86,8 +86,8 @@ def train(
             cfg, experiments_root(experiments), parse_chain(phase) if phase else ["base"],
             processes=Processes(nproc_per_node, nnodes, node_rank, master_addr, master_port),
             resume=resume, max_steps=max_steps, observers=[TrainDisplay()],
-            say=lambda text: console.print(text, highlight=False), explicit=explicit,
-            overrides=overrides or []):
+            say=lambda text: console.print(text, highlight=False, soft_wrap=True),
+            explicit=explicit, overrides=overrides or []):
         if summary.nothing_to_do:
             console.print(f"experiment {summary.exp_id} is already over ({summary.status} at "
                           f"step {summary.steps}): nothing to do. Extend it with `backlm train "

@@ -165,6 +165,15 @@ class LogConfig:
     sample_tokens: int = opt(48, "tokens per generation sample", **OFF_OR_MORE)
     sample_temperature: float = opt(0.8, "temperature of generation samples",
                                     check=at_least(0), need="0 (greedy) or positive")
+    # Without a terminal (a log file, nohup, SLURM, CI) no progress bar redraws: training prints
+    # a plain line instead. A GPU run's steps take about a second, a CPU test run's
+    # milliseconds: the step count keeps a fast run's log short, the seconds a slow run's lines
+    # coming.
+    print_every: int = opt(100, "without a terminal: steps between plain progress lines (the "
+                           "first and last step always print; 0: by time only)", **OFF_OR_MORE)
+    print_seconds: float = opt(10.0, "without a terminal: the most seconds between plain "
+                               "progress lines, whichever of the two comes first (0: by steps "
+                               "only)", **OFF_OR_MORE)
 
     def __post_init__(self) -> None:
         if self.wandb == "disabled":

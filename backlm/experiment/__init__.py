@@ -5,17 +5,20 @@
 - ``provenance``: where a run came from (commit, command line, versions, host);
 - ``notes``: notes and issues, one timestamped line each;
 - ``checkpoint``: one checkpoint folder, written whole or not at all;
+- ``weights``: the one safetensors writer, deterministic, and the header that says what
+  the weights are;
 - ``compat``: whether a checkpoint agrees with what loads it;
 - ``loading``: a trained model loaded for use, with its tokenizer and direction;
-- ``tree``: the lineage forest for ``backlm ls --tree``.
+- ``tree``: the rows of ``backlm ls`` (a running run at its live step) and the lineage
+  forest of ``--tree``.
 """
 
 from __future__ import annotations
 
-from backlm.experiment.folder import Experiment, all_experiments, create, find, list_rows
+from backlm.experiment.folder import Experiment, all_experiments, create, find
 from backlm.experiment.loading import LoadedModel, load_model
 from backlm.experiment.notes import add_note
-from backlm.experiment.tree import tree_rows
+from backlm.experiment.tree import list_rows, tree_rows
 
 __all__ = ["Experiment", "LoadedModel", "add_note", "all_experiments", "create", "find",
            "list_rows", "load_model", "tree_rows"]

@@ -1,4 +1,5 @@
-"""Checkpoints: ``checkpoints/step_XXXXXX/`` with model.safetensors, meta.json and the
+"""Checkpoints: ``checkpoints/step_XXXXXX/`` with model.safetensors (whose header says what
+the weights are: direction, phase, step, model config, tokenizer sha256), meta.json and the
 optimizer state (tensors in ``optim.safetensors``, structure in ``optim.json``).
 
 Nothing is unpickled on load. A checkpoint folder is written under a temporary name and renamed
@@ -15,7 +16,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -128,18 +128,22 @@ def save(folder: Path, model_state: dict[str, Any], optim_state: Any, meta: dict
          after_weights: Callable[[], None] | None = None) -> Path:
     """Write a checkpoint into ``folder`` atomically (temporary name, then rename).
 
-    ``meta`` (JSON) must hold the ``step``; the weights' sha256 is added to it. Free space is
+    ``meta`` (JSON) must hold the ``step``, ``direction`` and ``model_config`` (with
+    ``phase`` and ``tokenizer``, the weights' header carries them:
+    :func:`backlm.experiment.weights.checkpoint_header`); the weights' sha256 is added to it.
+    Saving the same state twice writes the same weights bytes. Free space is
     checked first. On any error or interrupt the temporary folder is removed, so ``folder`` is
     whole or absent; too little space, a full disk or another OSError is one UserError naming
     the checkpoint at step ``previous`` (the resume point that stays) and ``resume_with`` (the
     command that continues). ``after_weights`` runs once the weights are written (fault
     injection).
     """
-    from safetensors.torch import save_file
+    from backlm.experiment import weights as safetensors_file
 
     final = Path(folder)
     tmp = final.with_name(f".{final.name}.tmp")
     weights = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    header = safetensors_file.checkpoint_header(meta)
     tensors: dict[str, Any] = {}
     structure = _flatten_optimizer(optim_state, "opt", tensors)
     what = _Failure(final, meta.get("step"), previous, resume_with)
@@ -154,10 +158,12 @@ def save(folder: Path, model_state: dict[str, Any], optim_state: Any, meta: dict
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file(weights, str(tmp / MODEL_FILE))
+        # the header says what the weights are (a file copied out of its folder keeps it);
+        # fixed order throughout, so saving one state twice gives the same bytes
+        safetensors_file.write(tmp / MODEL_FILE, weights, header)
         if after_weights is not None:
             after_weights()
-        save_file(tensors, str(tmp / OPTIM_FILE))
+        safetensors_file.write(tmp / OPTIM_FILE, tensors, {"format": "pt"})
         atomic.write_json(tmp / OPTIM_JSON, structure)
         meta = dict(meta, model_sha256=sha256_file(tmp / MODEL_FILE))
         atomic.write_json(tmp / META_FILE, meta)
@@ -202,13 +208,9 @@ def _nbytes(tensors: dict[str, Any]) -> int:
 
 
 def _os_error(exc: BaseException) -> int | None:
-    """The errno of an OSError (0 when it has none), also inside safetensors' own error
-    ("... (os error 28)"); None for anything else."""
+    """The errno of an OSError (0 when it has none); None for anything else."""
     if isinstance(exc, OSError):
         return exc.errno or 0
-    if type(exc).__name__ == "SafetensorError":
-        found = re.search(r"os error (\d+)", str(exc))
-        return int(found.group(1)) if found else None
     return None
 
 

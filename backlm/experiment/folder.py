@@ -371,27 +371,3 @@ def find(ref: str, root: Path) -> Experiment:
             return newest[0]
     known = ", ".join(e.id for e in exps[-8:]) or "none yet"
     raise UserError(f"no experiment {ref!r} in {root} (known: {known}); see `backlm ls`")
-
-
-def list_rows(root: Path) -> list[dict[str, Any]]:
-    """One summary row per experiment for ``backlm ls`` (reads JSON only, no torch)."""
-    rows = []
-    for e in all_experiments(root):
-        try:
-            meta = e.metadata()
-        except UserError:
-            rows.append({"id": e.id, "phase": "?", "direction": "?", "depth": "?", "step": "?",
-                         "val_bpb": None, "status": "corrupt"})
-            continue
-        steps = e.checkpoint_steps()
-        status = meta.get("status", "?")
-        if status == "running" and not e.is_running():
-            status = "stopped"  # killed without a chance to say so
-        results = meta.get("results") or {}
-        rows.append({
-            "id": e.id, "phase": meta.get("phase", "?"), "direction": meta.get("direction", "?"),
-            "depth": meta.get("depth", "?"), "step": steps[-1] if steps else 0,
-            "val_bpb": results.get("val_bpb") if isinstance(results, dict) else None,
-            "status": status,
-        })
-    return rows

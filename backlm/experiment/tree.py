@@ -1,4 +1,5 @@
-"""The experiment forest for ``backlm ls --tree``: each experiment under its parent.
+"""The rows of ``backlm ls``: one per experiment (a running run at its live step), and the
+forest of ``--tree``, each experiment under its parent.
 
 Parent links are read as data, never trusted: a parent that is not under the root, a link
 that cannot be read, or links that form a cycle make the experiment a root with a note, so
@@ -12,6 +13,7 @@ from typing import Any
 
 from backlm.errors import UserError
 from backlm.experiment.folder import Experiment, all_experiments
+from backlm.experiment.notes import latest_step
 
 _BAD_LINK = object()  # a parent link that is neither null nor an object with a parent_id
 
@@ -117,3 +119,31 @@ def tree_rows(root) -> list[dict[str, Any]]:
         kids = sorted(children.get(exp_id, []), key=lambda i: (nodes[i]["_created"], i))
         stack.extend((kid, depth + 1) for kid in reversed(kids))
     return out
+
+
+def list_rows(root) -> list[dict[str, Any]]:
+    """One summary row per experiment for ``backlm ls`` (reads JSON only, no torch). The step
+    is the last checkpoint's, or for a running run the last step in metrics.jsonl (its tail
+    only: checkpoints can be far apart, the log is written every step)."""
+    rows = []
+    for e in all_experiments(root):
+        try:
+            meta = e.metadata()
+        except UserError:
+            rows.append({"id": e.id, "phase": "?", "direction": "?", "depth": "?", "step": "?",
+                         "val_bpb": None, "status": "corrupt"})
+            continue
+        status = meta.get("status", "?")
+        running = status == "running" and e.is_running()
+        if status == "running" and not running:
+            status = "stopped"  # killed without a chance to say so
+        steps = e.checkpoint_steps()
+        results = meta.get("results") or {}
+        rows.append({
+            "id": e.id, "phase": meta.get("phase", "?"), "direction": meta.get("direction", "?"),
+            "depth": meta.get("depth", "?"),
+            "step": latest_step(e) if running else (steps[-1] if steps else 0),
+            "val_bpb": results.get("val_bpb") if isinstance(results, dict) else None,
+            "status": status,
+        })
+    return rows

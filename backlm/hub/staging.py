@@ -122,18 +122,20 @@ def write_folder(spec: FolderSpec, target: Path) -> Staged:
 
 def _write_weights(spec: FolderSpec, path: Path, tok_sha: str, specials: dict) -> int:
     """Re-write the checkpoint's tensors with a header that says how to use them; the number
-    of parameters."""
-    from safetensors.torch import load_file, save_file
+    of parameters. The bytes depend only on the checkpoint (fixed key and tensor order), so
+    staging it again gives the same file and a re-push uploads no weights."""
+    from safetensors.torch import load_file
+
+    from backlm.experiment import weights
 
     tensors = load_file(str(spec.checkpoint / ckpt.MODEL_FILE))
     header = {
-        "format": "pt", "direction": spec.direction, "phase": spec.phase,
-        "step": str(spec.step), "model_config": json.dumps(spec.meta["model_config"]),
-        "special_tokens": json.dumps(specials), "tokenizer_sha256": tok_sha,
-        "backlm_version": __version__, "usage": model_card.usage_line(spec.direction),
+        **weights.checkpoint_header({**spec.meta, "phase": spec.phase, "step": spec.step,
+                                     "tokenizer": {"sha256": tok_sha}}),
+        "special_tokens": json.dumps(specials), "usage": model_card.usage_line(spec.direction),
         "experiment": spec.exp.id, "checkpoint_sha256": str(spec.meta.get("model_sha256")),
     }
-    save_file(tensors, str(path), metadata=header)
+    weights.write(path, tensors, header)
     return sum(t.numel() for t in tensors.values())
 
 

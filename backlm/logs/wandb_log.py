@@ -1,7 +1,9 @@
 """The light live view: Weights & Biases, offline unless an API key is configured.
 
 wandb must never fail a run: an import error, an init error or a log error prints one warning
-and logging goes on without it. Its files go to ``<experiment>/wandb/``.
+and logging goes on without it. Its files go to ``<experiment>/wandb/``, one folder per
+session (``offline-run-<time>-<id>`` offline), which ``wandb sync <experiment>/wandb/offline-run-*``
+uploads later.
 """
 
 from __future__ import annotations
@@ -97,11 +99,26 @@ def open_wandb(run: RunInfo, warn: Callable[[str], None]) -> MetricLogger:
             project=run.cfg.log.wandb_project, name=run.exp.id, id=run.exp.id,
             dir=str(run.exp.path), config=to_dict(run.cfg), mode=mode, resume="allow",
             settings=wandb.Settings(silent=True, console="off", save_code=False),
+            **run_labels(run),
         )
     except Exception as exc:  # never fail a run for the live view (ImportError included)
         warn(f"warning: wandb unavailable ({_short(exc)}); training goes on without it")
         return NullLogger()
     return WandbLogger(wb_run, warn)
+
+
+def run_labels(run: RunInfo) -> dict[str, Any]:
+    """How a run is found among others in wandb: tags ``direction:…``, ``phase:…``,
+    ``depth:…``; ``group``, the lineage's root experiment (a base run and every phase branched
+    from it side by side); ``job_type``, the phase."""
+    cfg = run.cfg
+    link = run.exp.parent_link() or {}
+    chain = link.get("chain_ids")
+    # the ids the branch recorded, root first: the root's folder may be gone or elsewhere
+    root = chain[0] if isinstance(chain, list) and chain and isinstance(chain[0], str) \
+        else run.exp.id
+    return {"tags": [f"direction:{cfg.data.direction}", f"phase:{cfg.phase}",
+                     f"depth:{cfg.model.depth}"], "group": root, "job_type": cfg.phase}
 
 
 def _short(exc: BaseException) -> str:

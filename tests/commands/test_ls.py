@@ -56,3 +56,26 @@ def test_tree_indents_children_under_parents(tmp_path, monkeypatch):
 def test_tree_of_an_empty_folder(tmp_path):
     res = run_cli(["ls", "--experiments-dir", str(tmp_path), "--tree"])
     assert res.exit_code == 0 and "no experiments in" in res.output
+
+
+def test_a_running_run_shows_its_live_step_and_a_finished_one_its_checkpoint(exps, monkeypatch):
+    """e1: checkpoint at step 8, metrics.jsonl to step 12 (its last line torn mid-write)."""
+    from backlm.atomic import write_json
+    from backlm.experiment.folder import Experiment
+
+    monkeypatch.setenv("COLUMNS", "160")
+
+    def row():
+        res = run_cli(["ls", "--experiments-dir", str(exps)])
+        assert res.exit_code == 0, res.output
+        return next(x for x in res.output.splitlines() if "e1" in x)
+
+    lock = Experiment(exps / "e1").lock().acquire()  # this live process is the run
+    try:
+        assert " 12 " in row() and "running" in row()  # the live step, not checkpoint 8
+    finally:
+        lock.release()
+    assert " 8 " in row() and "stopped" in row()  # killed: its resume point
+    write_json(exps / "e1" / "metadata.json", {"id": "e1", "phase": "base",
+                                               "status": "finished"})
+    assert " 8 " in row() and "finished" in row()

@@ -173,3 +173,31 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(home, m
     assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
     assert not (home / "exps" / "again").exists()
     assert run_cli(tiny_args("--direction", "forward", "--id", "again", steps=4)).exit_code == 0
+
+
+def test_with_stdout_to_a_file_training_prints_plain_step_lines_from_the_first_step(home):
+    """nohup, SLURM, CI: no terminal, so no bar; plain lines at the first step, every
+    log.print_every steps and at the last, each with the run's figures."""
+    import re
+    import subprocess
+    import sys
+
+    log = home / "train.log"
+    args = tiny_args("--direction", "backward", "--id", "batch", "--set", "log.print_every=3",
+                     "--set", "log.print_seconds=0")
+    with open(log, "w") as out:
+        res = subprocess.run([sys.executable, "-m", "backlm.cli", *args], stdout=out,
+                             stderr=subprocess.PIPE, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = log.read_text().splitlines()
+    step_line = re.compile(r"^step (\d{5})/00008 \(\d+\.\d\d%\) \| loss: \d+\.\d{4} \| lrm: "
+                           r"\d\.\d\d \| dt: [\d,]+ms \| tok/sec: [\d,]+ \| mfu: \d+\.\d% \| "
+                           r"eta: (\d+s|\d+m\d\ds|\?)$")
+    steps = [int(m[1]) for m in map(step_line.match, lines) if m]
+    assert steps == [1, 4, 7, 8], log.read_text()
+    assert any(x.startswith("precision: ") for x in lines), log.read_text()  # messages too
+    assert lines.index(next(x for x in lines if x.startswith("step 00001/"))) < lines.index(
+        next(x for x in lines if x.startswith("step      4 · val_loss")))
+    assert "\x1b[" not in log.read_text()  # no terminal control codes in a log file
+    assert any(x.startswith("tokenized ") and x.endswith("/tokens") for x in lines), \
+        log.read_text()  # a line longer than 80 characters is not wrapped

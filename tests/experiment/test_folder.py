@@ -133,10 +133,12 @@ def test_ids_must_be_folder_names(tmp_path):
 def test_list_rows_marks_dead_runs_and_corrupt_folders(tmp_path):
     make(tmp_path, "dead", status="running")
     make(tmp_path, "broken").metadata_path.write_text("{")
-    rows = {r["id"]: r for r in xp.list_rows(tmp_path)}
+    from backlm.experiment import list_rows
+
+    rows = {r["id"]: r for r in list_rows(tmp_path)}
     assert rows["dead"]["status"] == "stopped"  # no live lock holder
     assert rows["broken"]["status"] == "corrupt"
-    assert xp.list_rows(tmp_path / "nowhere") == []
+    assert list_rows(tmp_path / "nowhere") == []
 
 
 def test_fivecat_results_are_listed_by_step_without_other_judgements(tmp_path):

@@ -336,3 +336,17 @@ def test_staging_replaces_an_earlier_folder_whole(lineage):
     assert second.folder == first.folder and not stray.exists()
     assert json.loads((second.folder / "config.json").read_text())["backlm_step"] == 4
     assert sorted(p.name for p in Path(second.folder).parent.iterdir()) == ["me--b0"]
+
+
+def test_staging_a_checkpoint_twice_gives_the_same_weights_bytes(lineage):
+    """A re-push must not upload the weights again: their sha256 depends on the checkpoint
+    alone (safetensors' own writer orders the header map differently on every call)."""
+    from backlm.experiment.checkpoint import sha256_file
+
+    first = upload(UploadRequest("b0", "me/b0", lineage, dry_run=True, step="4"))
+    sha = sha256_file(first.folder / "model.safetensors")
+    second = upload(UploadRequest("b0", "me/b0", lineage, dry_run=True, step="4"))
+    assert sha256_file(second.folder / "model.safetensors") == sha
+    meta = header((second.folder / "model.safetensors").read_bytes())["__metadata__"]
+    assert list(meta)[:7] == ["format", "direction", "phase", "step", "model_config",
+                              "tokenizer_sha256", "backlm_version"]

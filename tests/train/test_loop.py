@@ -145,18 +145,17 @@ def test_a_second_ctrl_c_during_its_save_keeps_the_previous_checkpoint(home):
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_continues(home, monkeypatch):
     import errno
 
-    import safetensors.torch
-
     from backlm.experiment import checkpoint as ckpt
+    from backlm.experiment import weights
 
-    real = safetensors.torch.save_file
+    real = weights.write
 
-    def full_at_step_8(tensors, path, *args, **kw):
-        if "step_000008" in path and path.endswith(ckpt.OPTIM_FILE):
+    def full_at_step_8(path, *args, **kw):
+        if ".step_000008.tmp" in str(path) and str(path).endswith(ckpt.OPTIM_FILE):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, path, *args, **kw)
+        return real(path, *args, **kw)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full_at_step_8)
+    monkeypatch.setattr(weights, "write", full_at_step_8)
     res = run_cli(tiny_args("--direction", "forward", "--id", "full", steps=12))
     assert res.exit_code == 2, res.output
     exp = home / "exps" / "full"
@@ -169,7 +168,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_continues(home, monk
     _no_partial_files(exp)
     assert ckpt.load(exp / "checkpoints" / "step_000004")[2]["step"] == 4  # checksum verified
     assert json.loads((exp / "metadata.json").read_text())["status"] == "failed"
-    monkeypatch.setattr(safetensors.torch, "save_file", real)  # space freed
+    monkeypatch.setattr(weights, "write", real)  # space freed
     # and a SIGKILL in mid-write had left these:
     (exp / "checkpoints" / ".step_000008.tmp").mkdir()
     (exp / ".metadata.json.k1ll.tmp").write_text("{")

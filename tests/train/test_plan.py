@@ -28,7 +28,8 @@ BAD = {
     "cost.usd_per_gpu_hour": -2.0, "cost.assumed_mfu": 0.0, "phase": "sideways",
     "log.sample_temperature": -1.0, "optim.init_lr_frac": 0.0, "log.per_token_every": -1,
     "log.per_token_rows": -1, "log.stats_every": -1, "log.attention_every": -1,
-    "log.sample_every": -1, "log.sample_tokens": -1, "log.flush_every": 0, "chat.train_on": "nobody",
+    "log.sample_every": -1, "log.sample_tokens": -1, "log.flush_every": 0, "log.print_every": -1,
+    "log.print_seconds": -1.0, "chat.train_on": "nobody",
     "chat.text_frac": 1.5, "rl.prompts_per_step": 0, "rl.group_size": 1, "rl.max_new_tokens": 0,
     "rl.temperature": 0.0, "rl.kl_coef": -0.1, "rl.eval_prompts": 0,
 }
