@@ -104,7 +104,7 @@ def load(ref: str | Path, *, step: int | None = None, device: str = "auto",
          experiments: Path | None = None) -> Model:
     """A trained model: an experiment (id, tag such as ``d20_backward``, or folder; ``step``
     default the best, else the latest checkpoint) or a hub model folder as ``backlm upload``
-    writes it (``model.safetensors`` + ``tokenizer/``)."""
+    writes it (``model.safetensors`` + ``backlm_tokenizer.json``)."""
     from backlm.experiment import load_model
 
     return Model(load_model(ref, experiments, step, device))

@@ -65,6 +65,12 @@ def test_the_remote_code_imports_only_torch_and_transformers():
         assert roots <= {"__future__", "torch", "transformers"}, (name, roots)
 
 
+def test_a_derived_width_is_written_as_the_width_the_model_has(tok):
+    config = hf_export.config_json(tok, Direction.FORWARD, "base", 3,
+                                   {**MODEL, "width": 0, "depth": 3}, {})
+    assert config["model_dim"] == config["backlm_model_config"]["width"] == 192
+
+
 def test_config_says_shape_order_and_remote_code(tok, tmp_path):
     write_folder(tok, tmp_path / "m", "backward", phase="sft")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
