@@ -14,6 +14,7 @@ import torch
 from backlm import __version__
 from backlm.experiment import checkpoint as ckpt
 from backlm.experiment import weights
+from tests.experiment.test_checkpoint import _model_and_optimizer
 
 # Reads a safetensors file with safetensors itself, in a fresh interpreter (nothing of backlm
 # imported): its header, and each tensor's dtype, shape and the sha256 of its bytes.
@@ -41,15 +42,6 @@ def read_elsewhere(path) -> dict:
 def fingerprint(t: torch.Tensor) -> list:
     raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     return [str(t.dtype), list(t.shape), hashlib.sha256(raw).hexdigest()]
-
-
-def _model_and_optimizer():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.randn(3, 4)).sum().backward()
-    opt.step()
-    return model, opt
 
 
 META = {"step": 7, "phase": "sft", "direction": "backward", "tokens": 64, "loaders": [{}],
