@@ -63,16 +63,15 @@ def train(
     from backlm.ui import TrainDisplay
 
     cfg, explicit = None, set()
+    flags = config_flags(direction=direction, depth=depth, max_steps=max_steps,
+                         device=device, seed=seed, wandb=wandb,
+                         stop_on_inversion=stop_on_inversion, exp_id=exp_id,
+                         description=description)
     if resume is not None:
-        _refuse_changes(resume, {
-            "--direction": direction, "--depth": depth, "--config": config, "--set": overrides,
-            "--id": exp_id, "--description": description, "--device": device, "--seed": seed,
-            "--wandb": wandb, "--stop-on-inversion": stop_on_inversion, "--phase": phase})
+        # the other options must say what the run already is (checked by the engine)
+        _refuse_changes(resume, {"--config": config, "--id": exp_id,
+                                 "--description": description, "--phase": phase})
     else:
-        flags = config_flags(direction=direction, depth=depth, max_steps=max_steps,
-                             device=device, seed=seed, wandb=wandb,
-                             stop_on_inversion=stop_on_inversion, exp_id=exp_id,
-                             description=description)
         cfg = load_config(RunConfig, preset=config, overrides=overrides, flags=flags)
         explicit = explicit_keys(overrides, flags)
     if estimate_only:
@@ -87,7 +86,7 @@ def train(
             processes=Processes(nproc_per_node, nnodes, node_rank, master_addr, master_port),
             resume=resume, max_steps=max_steps, observers=[TrainDisplay()],
             say=lambda text: console.print(text, highlight=False, soft_wrap=True),
-            explicit=explicit, overrides=overrides or []):
+            explicit=explicit, overrides=overrides or [], flags=flags):
         if summary.nothing_to_do:
             console.print(f"experiment {summary.exp_id} is already over ({summary.status} at "
                           f"step {summary.steps}): nothing to do. Extend it with `backlm train "
@@ -99,7 +98,7 @@ def train(
 
 
 def _refuse_changes(resume: str, given: dict[str, object]) -> None:
-    """--resume continues an experiment as configured: only --max-steps may come with it."""
+    """--resume continues an experiment as configured: these options cannot come with it."""
     from backlm.errors import UserError
 
     if not resume.strip():
@@ -107,5 +106,5 @@ def _refuse_changes(resume: str, given: dict[str, object]) -> None:
     flag = next((flag for flag, value in given.items() if value is not None), None)
     if flag is not None:
         raise UserError(f"--resume continues an experiment as it was configured; {flag} "
-                        "cannot change it (only --max-steps can): drop it, or start a new run "
-                        "with --id")
+                        "cannot come with it (only --max-steps can change it): drop it, or "
+                        "start a new run with --id")

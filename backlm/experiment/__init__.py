@@ -8,6 +8,7 @@
 - ``weights``: the one safetensors writer, deterministic, and the header that says what
   the weights are;
 - ``compat``: whether a checkpoint agrees with what loads it;
+- ``identity``: whether an existing experiment or stored result is the one asked for;
 - ``loading``: a trained model loaded for use, with its tokenizer and direction;
 - ``tree``: the rows of ``backlm ls`` (a running run at its live step) and the lineage
   forest of ``--tree``.
@@ -16,9 +17,10 @@
 from __future__ import annotations
 
 from backlm.experiment.folder import Experiment, all_experiments, create, find
+from backlm.experiment.identity import Difference, differs, run_identity
 from backlm.experiment.loading import LoadedModel, load_model
 from backlm.experiment.notes import add_note
 from backlm.experiment.tree import list_rows, tree_rows
 
-__all__ = ["Experiment", "LoadedModel", "add_note", "all_experiments", "create", "find",
-           "list_rows", "load_model", "tree_rows"]
+__all__ = ["Difference", "Experiment", "LoadedModel", "add_note", "all_experiments", "create",
+           "differs", "find", "list_rows", "load_model", "run_identity", "tree_rows"]

@@ -56,7 +56,7 @@ def choose_checkpoint(parent: xp.Experiment, step: str | None) -> tuple[Path, in
     return pick_checkpoint(parent, step, "branch from")
 
 
-def _child_config(phase: str, parent_cfg: RunConfig, meta: dict[str, Any], preset: str | None,
+def child_config(phase: str, parent_cfg: RunConfig, meta: dict[str, Any], preset: str | None,
                   overrides: list[str] | None, flags: dict[str, Any]) -> tuple[RunConfig, set]:
     """The child's config and the keys the user set explicitly."""
     user = deep_merge(parse_overrides(overrides), flags)
@@ -107,7 +107,7 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
     except UserError as exc:
         raise UserError(f"{exc} (the parent's {parent.config_path.name})") from None
     flags = dict(flags or {})
-    cfg, explicit = _child_config(phase, parent_cfg, meta, preset, overrides, flags)
+    cfg, explicit = child_config(phase, parent_cfg, meta, preset, overrides, flags)
     old, new = meta["direction"], cfg.data.direction  # both typed when read
     if new is not old and not allow_direction_change:
         raise UserError(f"{parent.id} was trained {old}; training its child {new} changes the "
@@ -123,7 +123,7 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
     if (Path(root) / exp_id).exists():
         raise UserError(f"experiment {exp_id} already exists in {root}: choose another --id "
                         "(siblings never share a folder)")
-    prepare = _check_chat_data(cfg) if phase in CHAT_PHASES else False
+    prepare = check_chat_data(cfg) if phase in CHAT_PHASES else False
     if phase in CHAT_PHASES and not prepare:
         check_chat_fits(cfg, tokenizer)
     warning = check_device(cfg, world)
@@ -154,7 +154,7 @@ def _shape(m: Any) -> str:
             f"seq {m.seq_len}")
 
 
-def _check_chat_data(cfg: RunConfig) -> bool:
+def check_chat_data(cfg: RunConfig) -> bool:
     """Whether the default chat data must be built first (another chat dataset must exist)."""
     from backlm.data.chat import CHAT_DATASET
     from backlm.paths import check_writable, dataset_dir

@@ -24,7 +24,14 @@ from backlm.errors import UserError
 from backlm.experiment import folder as xp
 from backlm.experiment import provenance
 from backlm.paths import dataset_dir
-from backlm.train.plan import NewRun, Resume, check_config, plan_new_run, plan_resume
+from backlm.train.plan import (
+    NewRun,
+    Resume,
+    check_config,
+    check_resume_asked,
+    plan_new_run,
+    plan_resume,
+)
 
 if TYPE_CHECKING:
     from backlm.callbacks import Callback
@@ -176,7 +183,8 @@ def _discard_failed(exp: xp.Experiment) -> None:
 def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
           plan: LaunchPlan | None = None, observers: Sequence[Callback] = (),
           say: Callable[[str], None] = _quiet, explicit: Collection[str] = (),
-          max_steps: int | None = None, branch: Branch | None = None) -> RunSummary:
+          max_steps: int | None = None, branch: Branch | None = None,
+          asked: tuple[Sequence[str], dict] | None = None) -> RunSummary:
     """Create (or, with ``resume``, continue) an experiment and train it.
 
     Everything is validated first (:mod:`backlm.train.plan`); a new run that fails before its first
@@ -187,6 +195,7 @@ def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
     in-process loop; torchrun's rank 0 makes its own display. ``say`` tells the user about work
     before training (e.g. preparing the default data). ``branch`` (a validated
     :class:`backlm.train.branch.Branch`) creates a child experiment instead of a base run.
+    ``asked`` (a resume's ``--set`` overrides and nested flags) must match the run's config.
     """
     from backlm.train import loop
     from backlm.train.summary import summary_from_files
@@ -194,6 +203,8 @@ def train(cfg: RunConfig | None, root: Path, *, resume: str | None = None,
     plan = plan or LaunchPlan()
     if resume:
         state = plan_resume(resume, root, max_steps)
+        if asked is not None:
+            check_resume_asked(state, *asked)
         exp, cfg = state.exp, state.cfg
         if state.finished:
             return dataclasses.replace(summary_from_files(exp), nothing_to_do=True)

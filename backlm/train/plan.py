@@ -9,9 +9,10 @@ agree with each other). Nothing here writes; :mod:`backlm.train.launch` acts on 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backlm.config import RunConfig
 from backlm.direction import Direction
@@ -204,3 +205,26 @@ def plan_resume(ref: str, root: Path, max_steps: int | None = None) -> Resume:
         if max_steps != cfg.train.max_steps:
             extend_to = max_steps
     return Resume(exp, cfg, step, status, extend_to)
+
+
+def check_resume_asked(resume: Resume, overrides: Sequence[str],
+                       flags: Mapping[str, Any]) -> None:
+    """A resume's options (``--set`` overrides, nested flags) must say what the run already is:
+    the first config key they change (:func:`backlm.experiment.identity.differs`; only
+    ``train.max_steps``, the extension, may differ) is refused, named, before anything is
+    written."""
+    from backlm.config import RunConfig, deep_merge, from_dict, parse_overrides, to_dict
+    from backlm.experiment.identity import differs, run_identity
+
+    if not overrides and not flags:
+        return
+    merged = deep_merge(deep_merge(to_dict(resume.cfg), parse_overrides(list(overrides))),
+                        dict(flags))
+    asked = from_dict(RunConfig, merged)
+    existing = run_identity(resume.cfg, every_key=True, known_parent=False)
+    diff = differs(existing, run_identity(asked, every_key=True, known_parent=False),
+                   ignore=("train.max_steps",))
+    if diff is not None:
+        raise UserError(f"--resume continues {resume.exp.id} as it was configured, but the "
+                        f"options change it: {diff}; drop the option (only --max-steps can "
+                        "change), or start a new run with another --id")

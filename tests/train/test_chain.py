@@ -103,26 +103,126 @@ def test_chain_member_ids(exps):
     assert chain_prefix(cfg).startswith("chain_backward_d3_")
 
 
-def test_chain_trains_each_member_from_the_one_before(exps):
-    res = run_cli(tiny_args("--direction", "backward", "--phase", "base,sft", *PHASE_BASE,
-                            *BRANCH_FAST, "--set", "train.max_steps=1", "--id", "q", steps=1))
+def q_args(*extra: str, direction: str = "backward") -> list[str]:
+    """The tiny one-step chain ``q``: a backward base and its sft child."""
+    return tiny_args("--direction", direction, "--phase", "base,sft", *PHASE_BASE, *BRANCH_FAST,
+                     "--set", "train.max_steps=1", "--id", "q", *extra, steps=1)
+
+
+@pytest.fixture(scope="module")
+def q_chain(phase_world, tmp_path_factory):
+    """The chain ``q`` trained once for the module (its tests copy it): its folder."""
+    from tests.helpers import use_world
+
+    root = tmp_path_factory.mktemp("q_chain") / "exps"
+    with pytest.MonkeyPatch.context() as mp:
+        use_world(mp, phase_world, root)
+        mp.setenv("COLUMNS", "200")
+        res = run_cli(q_args())
     assert res.exit_code == 0, res.output
-    sft = xp.Experiment(exps / "q-sft")
-    assert sorted(p.name for p in exps.iterdir()) == ["q-base", "q-sft"]
+    return root
+
+
+@pytest.fixture
+def q_copy(q_chain, exps):
+    """A copy of the trained chain ``q`` in this test's experiments folder."""
+    from tests.helpers import copy_experiments
+
+    return copy_experiments(q_chain, exps)
+
+
+def test_chain_trains_each_member_from_the_one_before(q_chain):
+    sft = xp.Experiment(q_chain / "q-sft")
+    assert sorted(p.name for p in q_chain.iterdir()) == ["q-base", "q-sft"]
     assert sft.metadata()["status"] == "finished" and sft.metadata()["phase"] == "sft"
     assert sft.parent_link()["parent_id"] == "q-base" and sft.parent_link()["step"] == 1
-    assert sorted(losses(exps / "q-sft")) == [1]
+    assert sorted(losses(q_chain / "q-sft")) == [1]
 
 
-def test_finished_members_are_skipped(exps):
-    make_child(exps, "ch-base")
-    make_child(exps, "ch-sft", parent="ch-base")
-    before = tree_snapshot(exps)
-    res = run_cli(chain_args("base,sft", "--id", "ch"))
+def test_finished_members_are_skipped(q_copy):
+    before = tree_snapshot(q_copy)
+    res = run_cli(q_args())
     assert res.exit_code == 0, res.output
-    assert "chain: ch-base already finished, skipped" in res.output
-    assert "chain: ch-sft already finished, skipped" in res.output
-    assert tree_snapshot(exps) == before
+    assert "chain: q-base already finished, skipped" in res.output
+    assert "chain: q-sft already finished, skipped" in res.output
+    assert tree_snapshot(q_copy) == before
+
+
+@pytest.mark.parametrize(("extra", "member", "field", "existing", "asked"), [
+    (("--direction", "forward"), "q-base", "direction", "backward", "forward"),
+    (("--seed", "7"), "q-base", "train.seed", "42", "7"),
+    (("--set", "model.depth=3"), "q-base", "model.depth", "2", "3"),
+    (("--set", "data.dataset=other"), "q-base", "data.dataset", "tiny", "other"),
+    # a key only the child reads: the base matches, the sft member does not
+    (("--set", "chat.text_frac=0.25"), "q-sft", "chat.text_frac", "0.5", "0.25"),
+])
+def test_a_member_that_is_not_the_one_asked_for_is_refused(q_copy, extra, member, field,
+                                                          existing, asked):
+    if extra[0] == "--direction":
+        args = q_args(direction=extra[1])
+    else:
+        args = q_args(*extra)
+    before = tree_snapshot(q_copy)
+    assert_user_error(run_cli(args), f"{member} exists but is not the member",
+                      f"{field}={existing} in the existing experiment", f"{field}={asked} asked",
+                      "another --id")
+    assert tree_snapshot(q_copy) == before
+
+
+def test_a_parent_step_the_chain_would_not_branch_from_is_another_member(q_copy):
+    from backlm.atomic import write_json
+
+    link = xp.Experiment(q_copy / "q-sft").parent_link()
+    write_json(q_copy / "q-sft" / "parent_link.json", dict(link, step=3))
+    assert_user_error(run_cli(q_args()), "q-sft exists",
+                      "parent_step=3 in the existing experiment", "parent_step=1 asked")
+
+
+@pytest.mark.parametrize(("given", "field"), [
+    (("--set", "train.seed=7"), "train.seed=42 in the existing experiment, train.seed=7 asked"),
+    (("--set", "optim.matrix_lr=0.5"), "optim.matrix_lr"),
+    (("--direction", "forward"), "direction=backward in the existing experiment"),
+    (("--depth", "5"), "model.depth=2 in the existing experiment, model.depth=5 asked"),
+    (("--device", "cuda"), "train.device"),
+])
+def test_a_resume_with_options_that_change_the_run_names_the_field(q_copy, given, field):
+    before = tree_snapshot(q_copy)
+    assert_user_error(run_cli(["train", "--resume", "q-base", *given]),
+                      "--resume continues q-base", field, "another --id")
+    assert tree_snapshot(q_copy) == before
+
+
+def test_a_resume_with_options_the_run_already_has_goes_on(q_copy):
+    before = tree_snapshot(q_copy)
+    res = run_cli(["train", "--resume", "q-base", "--set", "train.seed=42", "--direction",
+                   "backward", "--set", "model.depth=2"])
+    assert res.exit_code == 0, res.output
+    assert "already over" in res.output
+    assert tree_snapshot(q_copy) == before
+
+
+def listing(*roots):
+    """Every path below ``roots`` with its size and modification time (ns)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for root in roots for p in sorted([root, *root.rglob("*")])}
+
+
+@pytest.mark.parametrize(("phases", "sets", "words"), [
+    ("base,mid", ("--set", "chat.dataset=nochat"), "chat dataset 'nochat' has no train shards"),
+    ("base,mid,sft", ("--set", "chat.dataset=nochat"), "chat dataset 'nochat'"),
+    ("base,sft", ("--set", "chat.dataset=nochat"), "chat dataset 'nochat'"),
+    ("base,mid", ("--set", "chat.text_frac=2"), "chat.text_frac must be between 0 and 1"),
+])
+def test_a_chain_is_validated_whole_before_its_first_member_trains(exps, phase_world, phases,
+                                                                   sets, words):
+    home = phase_world / "home"
+    exps.mkdir()
+    before = listing(home, exps)
+    res = run_cli(tiny_args("--direction", "backward", "--phase", phases, *PHASE_BASE,
+                            "--set", "train.max_steps=1", *sets, "--id", "m", steps=1))
+    assert_user_error(res, words)
+    assert listing(home, exps) == before
+    assert not any(exps.iterdir())
 
 
 @pytest.mark.parametrize(("phases", "words"), [
