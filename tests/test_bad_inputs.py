@@ -828,7 +828,7 @@ def test_commands_refuse_corrupted_experiment_files(case, command, corruption, n
 
 
 @pytest.mark.parametrize("flags", [
-    ("--wandb", "off"), ("--device", "cpu"), ("--seed", "3"), ("--depth", "3"),
+    ("--wandb", "offline"), ("--device", "cuda"), ("--seed", "3"), ("--depth", "3"),
     ("--set", "x=1"), ("--set", "model.depth=3"), ("--config", "cpu-tiny"),
     ("--direction", "backward"), ("--id", "other"), ("--stop-on-inversion",),
     ("--estimate-only",),

@@ -218,9 +218,12 @@ def check_resume_asked(resume: Resume, overrides: Sequence[str],
 
     if not overrides and not flags:
         return
-    merged = deep_merge(deep_merge(to_dict(resume.cfg), parse_overrides(list(overrides))),
-                        dict(flags))
-    asked = from_dict(RunConfig, merged)
+    try:
+        merged = deep_merge(deep_merge(to_dict(resume.cfg), parse_overrides(list(overrides))),
+                            dict(flags))
+        asked = from_dict(RunConfig, merged)
+    except UserError as exc:
+        raise UserError(f"--resume {resume.exp.id}: {exc}") from None
     existing = run_identity(resume.cfg, every_key=True, known_parent=False)
     diff = differs(existing, run_identity(asked, every_key=True, known_parent=False),
                    ignore=("train.max_steps",))
