@@ -28,6 +28,7 @@ from backlm.atomic import atomic_path
 from backlm.callbacks import Progress
 from backlm.data.corpus import _remove_stale_partials, _swap_into_place
 from backlm.data.pydocs_chat import build_default_chat
+from backlm.data.shards import require_kind
 from backlm.errors import FILE_FIX, UserError, check_text, jsonl_records
 from backlm.paths import check_writable
 
@@ -268,6 +269,8 @@ def prepare_chat(
     non-empty folder is left alone (``existed``) unless ``force``."""
     folder = Path(folder)
     _check_target(folder)
+    # even with force: rebuilding would replace a text dataset with conversations
+    require_kind(folder, "chat", "`backlm data prepare --chat`")
     if folder.is_dir() and any(folder.iterdir()) and not force:
         return existing_summary(folder)
     started = time.monotonic()

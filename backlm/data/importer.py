@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backlm.atomic import fsync_dir
-from backlm.data.shards import SHARD_CHARS, SPLITS, ShardWriter
+from backlm.data.shards import SHARD_CHARS, SPLITS, ShardWriter, require_kind
 from backlm.errors import (
     FILE_FIX,
     UserError,
@@ -73,6 +73,7 @@ def import_files(
     dataset_dir = Path(dataset_dir)
     files, skipped = collect_files(paths)
     check_writable(dataset_dir, "the dataset folder", "set BACKLM_HOME to a writable folder")
+    require_kind(dataset_dir, "text", "`backlm data import` (text)")
     starts, has_val = _start_indices(dataset_dir, append)
     summary = ImportSummary(dataset_dir, len(files), skipped, appended=append)
     staging = None
