@@ -33,8 +33,10 @@ def chat(
     ending (the assistant's turn), it writes what came before; the conversation grows toward
     its beginning and is shown in reading order."""
     import backlm
+    from backlm.errors import check_argument
     from backlm.serve import Sampling
 
+    check_argument(prompt, "--prompt")
     sampling = Sampling(temperature, top_k, max_tokens, seed).check()
     loaded = backlm.load(model, experiments=experiments_root(experiments), step=step,
                          device=device or "auto")
@@ -48,16 +50,14 @@ def chat(
 
 
 def _loop(session, sampling) -> None:
-    from backlm.errors import UserError
+    from backlm.errors import UserError, check_text
 
     while True:
         try:
-            line = console.input(f"[bold]{session.order.arrow} {session.order} you>[/] ")
-        except (EOFError, KeyboardInterrupt):
-            console.print()
-            return
-        text = line.strip()
-        try:
+            line = _read_line(session)
+            if line is None:
+                return
+            text = check_text(line, "the chat line", os_bytes=True).strip()
             if text in ("/quit", "/exit"):
                 return
             if text.startswith("/"):
@@ -70,6 +70,20 @@ def _loop(session, sampling) -> None:
             console.print(f"[red]{exc}[/]", highlight=False)
         except KeyboardInterrupt:
             console.print("\n[dim](turn stopped; the conversation is as it was)[/]")
+
+
+def _read_line(session) -> str | None:
+    """The next line typed, or None when the input ends; a line that is not UTF-8 is a
+    UserError through the text boundary."""
+    from backlm.errors import text_from_bytes
+
+    try:
+        return console.input(f"[bold]{session.order.arrow} {session.order} you>[/] ")
+    except (EOFError, KeyboardInterrupt):
+        console.print()
+        return None
+    except UnicodeDecodeError as exc:  # a strict-UTF-8 stdin read bytes that are not UTF-8
+        return text_from_bytes(bytes(exc.object), "the chat line")
 
 
 def _command(session, text: str, sampling):

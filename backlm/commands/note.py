@@ -18,8 +18,10 @@ def note(
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Append a line with the time and the experiment's latest step to notes/notes.txt."""
+    from backlm.errors import check_argument
     from backlm.experiment import add_note, find
 
+    check_argument(text, "TEXT")
     exp = find(experiment, experiments_root(experiments))
     exp.metadata()  # a note goes only into an experiment whose metadata is sound
     path, line = add_note(exp, text, issue)

@@ -39,11 +39,16 @@ CONFIG_KEYS = {
 
 def config_flags(**given: Any) -> dict[str, Any]:
     """The flags layer of :func:`backlm.config.load_config` (a nested dict) from options given
-    by their parameter names (:data:`CONFIG_KEYS`); None is an option not given."""
+    by their parameter names (:data:`CONFIG_KEYS`); None is an option not given. Text values
+    pass the text boundary first (:func:`backlm.errors.check_argument`)."""
+    from backlm.errors import check_argument
+
     flags: dict[str, Any] = {}
     for name, value in given.items():
         if value is None:
             continue
+        if isinstance(value, str):
+            check_argument(value, "--id" if name == "exp_id" else f"--{name.replace('_', '-')}")
         *sections, key = CONFIG_KEYS[name].split(".")
         node = flags
         for section in sections:

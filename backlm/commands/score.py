@@ -27,9 +27,14 @@ def score(
     from rich.table import Table
 
     import backlm
+    from backlm.errors import check_argument, check_text, text_from_bytes
 
     if text == "-":
-        text = sys.stdin.read()
+        stdin = getattr(sys.stdin, "buffer", None)
+        text = (text_from_bytes(stdin.read(), "stdin") if stdin is not None
+                else check_text(sys.stdin.read(), "stdin", os_bytes=True))
+    else:
+        check_argument(text, "TEXT")
     model = backlm.load(experiment, experiments=experiments_root(experiments), step=step,
                         device=device or "auto")
     result = model.score(text)

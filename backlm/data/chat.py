@@ -28,7 +28,8 @@ from backlm.atomic import atomic_path
 from backlm.callbacks import Progress
 from backlm.data.corpus import _remove_stale_partials, _swap_into_place
 from backlm.data.pydocs_chat import build_default_chat
-from backlm.errors import UserError
+from backlm.data.shards import require_kind
+from backlm.errors import FILE_FIX, UserError, check_text, jsonl_records
 from backlm.paths import check_writable
 
 __all__ = [
@@ -134,6 +135,7 @@ def check_conversation(messages, where: str) -> Messages:
                             f"not {type(content).__name__}")
         if not content.strip():
             raise UserError(f"{where}: message {i} ({role}) has empty content")
+        check_text(content, where, FILE_FIX, field=f"message {i} content")
         turns.append({"role": role, "content": content})
     if turns[0]["role"] == "system":
         system = turns.pop(0)
@@ -151,31 +153,11 @@ def check_conversation(messages, where: str) -> Messages:
 
 def read_messages_jsonl(path: Path) -> list[Messages]:
     """Every conversation of a messages JSONL file (one ``{"messages": [...]}`` per line, blank
-    lines skipped), validated with :func:`check_conversation`. The first bad line raises
-    :class:`UserError` naming the file, its 1-based line number and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such file: {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, as some editors write
-        data = data[3:]
+    lines skipped), read through the text boundary (:func:`backlm.errors.jsonl_records`) and
+    validated with :func:`check_conversation`. The first bad line raises :class:`UserError`
+    naming ``file:line`` and the fix."""
     conversations = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        where = f"{path} line {number}"
-        if not raw.strip():
-            continue
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"{where}: not UTF-8 text; convert the file to UTF-8") from None
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            msg = str(exc).splitlines()[0]
-            raise UserError(f"{where}: not valid JSON ({msg}); {JSONL_SHAPE}") from None
+    for where, record in jsonl_records(path, JSONL_SHAPE):
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}; "
                             f"{JSONL_SHAPE}")
@@ -287,6 +269,8 @@ def prepare_chat(
     non-empty folder is left alone (``existed``) unless ``force``."""
     folder = Path(folder)
     _check_target(folder)
+    # even with force: rebuilding would replace a text dataset with conversations
+    require_kind(folder, "chat", "`backlm data prepare --chat`")
     if folder.is_dir() and any(folder.iterdir()) and not force:
         return existing_summary(folder)
     started = time.monotonic()

@@ -210,6 +210,7 @@ def prepare_corpus(
     end, so an interrupted run leaves no half-built dataset. An existing (non-empty) dataset
     is left alone unless ``force``.
     """
+    from backlm.data.shards import require_kind
     from backlm.tokenizer import check_vocab_size
 
     check_vocab_size(vocab_size)  # fail now, not after a minute of reading files
@@ -218,6 +219,7 @@ def prepare_corpus(
     _remove_stale_partials(dataset_dir)
     if dataset_dir.exists() and not dataset_dir.is_dir():
         raise UserError(f"{dataset_dir} exists and is not a folder: remove it or pick another name")
+    require_kind(dataset_dir, "text", "`backlm data prepare`")
     if dataset_dir.is_dir() and any(dataset_dir.iterdir()) and not force:
         summary = _existing_summary(dataset_dir)
         _cache_existing(dataset_dir, summary, workers, progress)

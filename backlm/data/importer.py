@@ -9,7 +9,6 @@ without error: a bad file leaves the dataset folder exactly as it was.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -22,8 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backlm.atomic import fsync_dir
-from backlm.data.shards import SHARD_CHARS, SPLITS, ShardWriter
-from backlm.errors import UserError
+from backlm.data.shards import SHARD_CHARS, SPLITS, ShardWriter, require_kind
+from backlm.errors import (
+    FILE_FIX,
+    UserError,
+    check_text,
+    jsonl_records,
+    text_from_bytes,
+)
 from backlm.paths import check_writable
 
 EXTENSIONS = (".txt", ".jsonl", ".parquet")
@@ -68,6 +73,7 @@ def import_files(
     dataset_dir = Path(dataset_dir)
     files, skipped = collect_files(paths)
     check_writable(dataset_dir, "the dataset folder", "set BACKLM_HOME to a writable folder")
+    require_kind(dataset_dir, "text", "`backlm data import` (text)")
     starts, has_val = _start_indices(dataset_dir, append)
     summary = ImportSummary(dataset_dir, len(files), skipped, appended=append)
     staging = None
@@ -152,12 +158,10 @@ def iter_documents(path: Path, text_field: str = "text", split_paragraphs: bool 
 
 def _txt_documents(path: Path, split_paragraphs: bool) -> Iterator[str]:
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); "
-                        "convert it to UTF-8") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    text = check_text(text_from_bytes(data, str(path), FILE_FIX), str(path), FILE_FIX)
     parts = _PARAGRAPH_BREAK.split(text) if split_paragraphs else [text]
     for part in parts:
         if part.strip():
@@ -165,30 +169,13 @@ def _txt_documents(path: Path, split_paragraphs: bool) -> Iterator[str]:
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            text = _jsonl_text(raw, f"{path}:{lineno}", text_field)
-            if text.strip():
-                yield text
+    for where, record in jsonl_records(path, "each line must be one JSON object"):
+        text = _jsonl_text(record, where, text_field)
+        if text.strip():
+            yield text
 
 
-def _jsonl_text(raw: bytes, where: str, text_field: str) -> str:
-    try:
-        line = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{where}: not UTF-8 text; convert the file to UTF-8") from None
-    if not line.strip():
-        return ""
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        msg = getattr(exc, "msg", str(exc))
-        raise UserError(f"{where}: not valid JSON ({msg}); each line must be one JSON object"
-                        ) from None
+def _jsonl_text(record: object, where: str, text_field: str) -> str:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object with a {text_field!r} field, "
                         f"got {type(record).__name__}")
@@ -220,15 +207,23 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
         if not _is_text(schema.field(text_field).type):
             raise UserError(f"{path}: column {text_field!r} must hold strings, "
                             f"not {schema.field(text_field).type}")
+        done = 0
         for i in range(pf.num_row_groups):
             try:
                 column = pf.read_row_group(i, columns=[text_field]).column(text_field)
             except (OSError, pa.ArrowException) as exc:
                 raise UserError(f"cannot read row group {i} of {path} "
                                 f"({_first_line(exc)}); the file is corrupt") from None
-            for text in column.to_pylist():
+            try:
+                texts = column.to_pylist()
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path} row group {i}: column {text_field!r} is not valid "
+                                f"UTF-8 ({exc.reason}): {FILE_FIX}") from None
+            for row, text in enumerate(texts, done + 1):
                 if text and text.strip():
-                    yield text
+                    yield check_text(text, f"{path} row {row}", FILE_FIX,
+                                     field=text_field)
+            done += len(column)
 
 
 def _is_text(kind: pa.DataType) -> bool:

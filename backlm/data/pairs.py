@@ -18,7 +18,7 @@ from typing import Any
 
 from backlm import direction as dirn
 from backlm.atomic import atomic_path
-from backlm.errors import UserError
+from backlm.errors import UserError, jsonl_records
 from backlm.paths import DEFAULT_DATASET, dataset_dir
 from backlm.tokenizer import TOKENIZER_FILE, Tokenizer, tokenizer_file
 
@@ -121,15 +121,9 @@ def check_paths(in_path: Path, out_path: Path, source: str) -> None:
 def read_examples(path: Path, tokenizer: Tokenizer) -> list[Example]:
     """Every example of a JSONL file, tokenized in reading order; the first bad line is a
     UserError naming ``path:line``. Blank lines are skipped; an empty file is refused."""
-    try:
-        raw_lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     pending: list[tuple[int, dict[str, Any]]] = []
-    for lineno, raw in enumerate(raw_lines, 1):
-        record = _parse_line(raw, f"{path}:{lineno}")
-        if record is not None:
-            pending.append((lineno, record))
+    for where, value in jsonl_records(path, "each line must be one JSON object"):
+        pending.append((int(where.rpartition(":")[2]), _check_record(value, where)))
     if not pending:
         raise UserError(f"{path} has no examples: each line must be a JSON object with a "
                         "'text' string or a 'messages' list")
@@ -149,18 +143,7 @@ def read_examples(path: Path, tokenizer: Tokenizer) -> list[Example]:
     return examples
 
 
-def _parse_line(raw: bytes, where: str) -> dict[str, Any] | None:
-    try:
-        line = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{where}: not UTF-8 text; convert the file to UTF-8") from None
-    if not line.strip():
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        raise UserError(f"{where}: not valid JSON ({getattr(exc, 'msg', exc)}); each line "
-                        "must be one JSON object") from None
+def _check_record(record: Any, where: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object with 'text' or 'messages', got "
                         f"{type(record).__name__}")
@@ -175,25 +158,12 @@ def _parse_line(raw: bytes, where: str) -> dict[str, Any] | None:
             raise UserError(f"{where}: 'text' must be a string, got {type(text).__name__}")
         if not text:
             raise UserError(f"{where}: 'text' is empty; remove the line")
-        _check_unicode(text, where, "'text'")
     else:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
             raise UserError(f"{where}: 'messages' must be a non-empty list of "
                             "{'role', 'content'} objects")
-        for i, msg in enumerate(messages):
-            if isinstance(msg, dict) and isinstance(msg.get("content"), str):
-                _check_unicode(msg["content"], where, f"message {i}")
     return record
-
-
-def _check_unicode(text: str, where: str, what: str) -> None:
-    # JSON can spell lone surrogates ("\ud800"); they are not text and do not tokenize back.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UserError(f"{where}: {what} holds a lone surrogate at character {exc.start} "
-                        "(not valid Unicode); fix the line") from None
 
 
 # --- building and checking ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Parquet shards with a ``text`` column: the on-disk layout of every dataset.
+"""Parquet shards with a ``text`` column: the on-disk layout of every dataset, and the kind
+(text or chat) a dataset folder's shards record.
 
 A dataset is a folder ``$BACKLM_HOME/data/<name>/`` holding ``{split}_{index:05d}.parquet``
 files (splits: ``train``, ``val``, ``ood``) and a ``tokenizer/`` folder. Shards are written
@@ -132,3 +133,39 @@ def iter_texts(path: str | Path) -> Iterator[str]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- a dataset's kind -------------------------------------------------------------------------
+# The shards record it: a text dataset's have a ``text`` column, a chat dataset's a ``messages``
+# column. Read from the first shard's schema (parquet metadata, no rows), so every folder,
+# whatever wrote it and however old, says what it is and no second record can disagree.
+
+KINDS = {"text": "text", "messages": "chat"}
+
+
+def dataset_kind(folder: Path) -> str | None:
+    """``"text"`` or ``"chat"`` for a dataset folder with shards; None when it has none (or
+    its first shard's columns say neither)."""
+    for path in sorted(Path(folder).glob("*_*.parquet")):
+        if path.name.split("_")[0] not in SPLITS:
+            continue
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, pa.ArrowException):
+            return None  # an unreadable shard is refused where it is read, naming the file
+        return next((KINDS[n] for n in ("messages", "text") if n in names), None)
+    return None
+
+
+def require_kind(folder: Path, want: str, what: str) -> None:
+    """Refuse (:class:`UserError`, one line naming the kind found) a dataset folder whose
+    shards are of another kind than ``want``; ``what`` says who needs it (``--dataset``,
+    ``chat.dataset``). A folder without shards passes: whoever reads it says what is missing."""
+    kind = dataset_kind(folder)
+    if kind is None or kind == want:
+        return
+    column = {"text": "text", "chat": "messages"}[kind]
+    example = "pydocs-chat" if want == "chat" else "pydocs"
+    raise UserError(f"dataset {Path(folder).name!r} is a {kind} dataset (its shards have a "
+                    f"{column} column), but {what} needs a {want} dataset: name a {want} "
+                    f"dataset (e.g. {example}) or a new one")

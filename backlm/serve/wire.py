@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backlm.direction import ORDERS, Direction
-from backlm.errors import UserError
+from backlm.errors import UserError, check_text, text_from_bytes
 from backlm.serve.conversation import MAX_TOKENS, Sampling, check_order
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -60,13 +60,19 @@ def served_models(exp_id: str, direction: Direction) -> dict[str, Direction | No
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """The JSON object in a request body (NaN and Infinity are not JSON and are refused)."""
+    """The JSON object in a request body: UTF-8 through the text boundary
+    (:func:`backlm.errors.text_from_bytes`), then JSON (NaN and Infinity are not JSON and are
+    refused). Each text field is checked where it is read (:func:`_unicode`)."""
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        body = json.loads(raw, parse_constant=constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        text = text_from_bytes(raw, "the request body", "send UTF-8 JSON")
+    except UserError as exc:
+        raise ApiError(400, str(exc)) from None
+    try:
+        body = json.loads(text, parse_constant=constant)
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -135,14 +141,13 @@ def _content(value: Any, i: int, limits: Limits) -> str:
 
 
 def _unicode(text: str, param: str) -> str:
-    """``text``, refused when it holds a lone surrogate (JSON's ``"\\ud800"``): such text cannot
-    be encoded as UTF-8, neither for the tokenizer nor in the response that echoes it."""
+    """``text`` through the text boundary (:func:`backlm.errors.check_text`): refused when it
+    holds a lone surrogate (JSON's ``"\\ud800"``), which cannot be encoded as UTF-8, neither
+    for the tokenizer nor in the response that echoes it."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(400, f"{param} is not valid Unicode (a lone surrogate escape)",
-                       param) from None
-    return text
+        return check_text(text, param, "send valid Unicode text")
+    except UserError as exc:
+        raise ApiError(400, str(exc), param) from None
 
 
 def _messages(body: dict, limits: Limits) -> list[dict[str, str]]:

@@ -123,6 +123,7 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
     if (Path(root) / exp_id).exists():
         raise UserError(f"experiment {exp_id} already exists in {root}: choose another --id "
                         "(siblings never share a folder)")
+    check_text_data(cfg, phase)
     prepare = check_chat_data(cfg) if phase in CHAT_PHASES else False
     if phase in CHAT_PHASES and not prepare:
         check_chat_fits(cfg, tokenizer)
@@ -154,13 +155,24 @@ def _shape(m: Any) -> str:
             f"seq {m.seq_len}")
 
 
+def check_text_data(cfg: RunConfig, phase: str) -> None:
+    """A phase that reads text (base; mid mixes it in) refuses a chat dataset as data.dataset."""
+    from backlm.data.shards import require_kind
+    from backlm.paths import dataset_dir
+
+    if phase in ("base", "mid"):
+        require_kind(dataset_dir(cfg.data.dataset), "text", f"data.dataset (a {phase} run)")
+
+
 def check_chat_data(cfg: RunConfig) -> bool:
     """Whether the default chat data must be built first (another chat dataset must exist)."""
     from backlm.data.chat import CHAT_DATASET
+    from backlm.data.shards import require_kind
     from backlm.paths import check_writable, dataset_dir
 
     folder = dataset_dir(cfg.chat.dataset)
     if any(folder.glob("train_*.parquet")):
+        require_kind(folder, "chat", f"chat.dataset (a {cfg.phase} run)")
         return False
     if cfg.chat.dataset != CHAT_DATASET:
         raise UserError(f"chat dataset {cfg.chat.dataset!r} has no train shards in {folder}: "

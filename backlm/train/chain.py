@@ -154,7 +154,7 @@ def plan_chain(cfg: RunConfig, root: Path, prefix: str, phases: Sequence[str],
     from backlm.experiment.compat import tokenizer_hash
     from backlm.experiment.identity import differs, run_identity
     from backlm.paths import dataset_dir
-    from backlm.train.branch import check_chat_data, choose_checkpoint
+    from backlm.train.branch import check_chat_data, check_text_data, choose_checkpoint
     from backlm.train.phases import CHAT_PHASES, check_chat_fits
     from backlm.train.plan import check_config, check_device, plan_new_run
 
@@ -193,6 +193,7 @@ def plan_chain(cfg: RunConfig, root: Path, prefix: str, phases: Sequence[str],
             plan_new_run(copy_of(member), root, world, explicit)
         else:
             check_config(member, world)
+            check_text_data(member, phase)
             ready = phase not in CHAT_PHASES or not check_chat_data(member)
             if phase in CHAT_PHASES and ready and tokenizer is not None:
                 check_chat_fits(member, tokenizer)

@@ -114,6 +114,7 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
     value the run would not use (a vocabulary the dataset's tokenizer replaces, a mix a
     one-direction run ignores) is refused rather than dropped.
     """
+    from backlm.data.shards import require_kind
     from backlm.data.vocab import existing_tokenizer
 
     check_config(cfg, world)
@@ -141,6 +142,8 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
     if prepare:
         check_writable(folder, "the data folder (BACKLM_HOME)",
                        "set BACKLM_HOME to a writable folder")
+    if not prepare:
+        require_kind(folder, "text", "data.dataset (a base run)")
     tokenizer = None if prepare else existing_tokenizer(folder)
     if tokenizer is not None and tokenizer.vocab_size != cfg.model.vocab_size:
         if "model.vocab_size" in explicit:

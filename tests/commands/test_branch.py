@@ -134,6 +134,8 @@ def test_bad_inputs_are_refused_with_one_line(lineage, phase_world):
         (["sft", "b0", "--direction", "forward"], "add --allow-direction-change"),
         (["sft", "b0", "--set", "model.depth=3"], "model.depth cannot be set on a branch"),
         (["sft", "b0", "--set", "chat.dataset=nope"], "chat dataset 'nope' has no train shards"),
+        (["sft", "b0", "--set", "chat.dataset=tiny"], "dataset 'tiny' is a text dataset"),
+        (["mid", "b0", "--set", "data.dataset=tinychat"], "dataset 'tinychat' is a chat dataset"),
         (["sft", "b0", "--id", ""], "--id is empty"),
         (["sft", "b0", "--id", "b0"], "experiment b0 already exists"),
         (["sft", "b0", "--init-lr-frac", "0"], "init_lr_frac"),

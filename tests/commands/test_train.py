@@ -202,3 +202,12 @@ def test_with_stdout_to_a_file_training_prints_plain_step_lines_from_the_first_s
     assert "\x1b[" not in log.read_text()  # no terminal control codes in a log file
     assert any(x.startswith("tokenized ") and x.endswith("/tokens") for x in lines), \
         log.read_text()  # a line longer than 80 characters is not wrapped
+
+
+def test_a_base_run_refuses_a_chat_dataset(home):
+    from tests.helpers import tiny_chat
+
+    tiny_chat(home)
+    res = run_cli([*tiny_args("--id", "bad"), "--set", "data.dataset=tinychat"])
+    assert_user_error(res, "dataset 'tinychat' is a chat dataset", "data.dataset (a base run)")
+    assert not (home / "exps" / "bad").exists()

@@ -71,8 +71,8 @@ def test_check_conversation_merges_system_and_drops_extra_keys() -> None:
     ([{"role": "system", "content": "s"}], "followed by a user message"),
 ])
 def test_check_conversation_rejects(messages, fragment: str) -> None:
-    with pytest.raises(UserError, match="^chats.jsonl line 7: ") as err:
-        check_conversation(messages, "chats.jsonl line 7")
+    with pytest.raises(UserError, match="^chats.jsonl:7: ") as err:
+        check_conversation(messages, "chats.jsonl:7")
     assert fragment in str(err.value)
 
 
@@ -90,7 +90,8 @@ def test_read_messages_jsonl_skips_blank_lines(tmp_path: Path) -> None:
     (b'{"text": "hi"}', 'no "messages" key (keys: text)'),
     (b'{"messages": [{"role": "user", "content": 5}]}', "message 1 content must be a string"),
     (b'{"messages": [{"role": "assistant", "content": "a"}]}', "should be user"),
-    (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', "not UTF-8"),
+    (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', "not valid UTF-8 (byte 0xe9"),
+    (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "lone surrogate \\ud800"),
 ])
 def test_read_messages_jsonl_names_the_line(tmp_path: Path, bad: bytes, fragment: str) -> None:
     path = tmp_path / "chats.jsonl"
@@ -99,7 +100,7 @@ def test_read_messages_jsonl_names_the_line(tmp_path: Path, bad: bytes, fragment
     with pytest.raises(UserError) as err:
         read_messages_jsonl(path)
     message = str(err.value)
-    assert message.startswith(f"{path} line 3: ") and fragment in message
+    assert message.startswith(f"{path}:3: ") and fragment in message
     assert "\n" not in message
 
 
@@ -308,7 +309,7 @@ def test_import_chat_bad_line_anywhere_writes_nothing(tmp_path: Path) -> None:
     good = write_jsonl(tmp_path / "good.jsonl", [{"messages": _msgs("q", "a")}] * 3)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": _msgs("q", "a")},
                                                {"messages": [{"role": "user", "content": None}]}])
-    with pytest.raises(UserError, match=r"bad\.jsonl line 2: message 1 content must be a string"):
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: message 1 content must be a string"):
         import_chat([good, bad], tmp_path / "data" / "out")
     text = tmp_path / "text.parquet"
     pq.write_table(pa.table({"text": ["x"]}), text)

@@ -135,7 +135,7 @@ def test_bad_json_line_names_file_and_line(tmp_path, existing):
         ("nofield.jsonl", b'{"text": "a"}\n{"body": "b"}\n', r"nofield\.jsonl:2: no 'text' field"),
         ("list.jsonl", b'["text"]\n', r"list\.jsonl:1: expected a JSON object"),
         ("number.jsonl", b'{"text": 3}\n', r"number\.jsonl:1: field 'text' must be a string"),
-        ("latin.txt", "caf\u00e9".encode("latin-1"), r"latin\.txt is not UTF-8"),
+        ("latin.txt", "caf\u00e9".encode("latin-1"), r"latin\.txt: not valid UTF-8 \(byte 0xe9 at position 3\)"),
         ("random.parquet", os.urandom(300), r"cannot read .*random\.parquet as parquet"),
         ("empty.parquet", b"", r"cannot read .*empty\.parquet as parquet"),
         ("doc.csv", b"text\nhello\n", r"unsupported file type '\.csv'"),

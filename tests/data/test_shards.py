@@ -92,3 +92,23 @@ def test_bad_shards_are_user_errors(tmp_path, make, message):
     make(path)
     with pytest.raises(UserError, match=message):
         list(iter_texts(path))
+
+
+def test_a_dataset_kind_is_read_from_its_shards(tmp_path):
+    from backlm.data.chat import write_chat_shard
+    from backlm.data.shards import dataset_kind, require_kind
+
+    text, chat, empty = tmp_path / "text", tmp_path / "chat", tmp_path / "empty"
+    shards.write_shard(text / "val_00000.parquet", ["a"])  # old folders: any split says it
+    write_chat_shard(chat / "train_00000.parquet",
+                     [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]])
+    empty.mkdir()
+    assert [dataset_kind(f) for f in (text, chat, empty, tmp_path / "nope")] == [
+        "text", "chat", None, None]
+    require_kind(text, "text", "x")
+    require_kind(empty, "chat", "x")  # no shards: whoever reads it says what is missing
+    with pytest.raises(UserError, match=r"^dataset 'chat' is a chat dataset .* but a base run "
+                                        r"needs a text dataset"):
+        require_kind(chat, "text", "a base run")
+    with pytest.raises(UserError, match="'text' is a text dataset"):
+        require_kind(text, "chat", "chat.dataset")

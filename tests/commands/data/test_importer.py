@@ -94,10 +94,10 @@ def test_cli_import_chat(tmp_path, home):
 
 
 @pytest.mark.parametrize(("line", "expected"), [
-    ("not json", "line 2: not valid JSON"),
-    ('{"messages": [{"role": "robot", "content": "x"}]}', "line 2: message 1 has role 'robot'"),
+    ("not json", ":2: not valid JSON"),
+    ('{"messages": [{"role": "robot", "content": "x"}]}', ":2: message 1 has role 'robot'"),
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',
-     "line 2: turn 2 is user but should be assistant"),
+     ":2: turn 2 is user but should be assistant"),
 ])
 def test_cli_import_chat_bad_line_is_one_line(tmp_path, home, line, expected):
     import json

@@ -65,3 +65,26 @@ def test_cli_prepare_chat(fake_site: Path, monkeypatch: pytest.MonkeyPatch) -> N
     bad = runner.invoke(app, ["data", "prepare", "--chat", "--dataset", "other", "--workers", "1"])
     assert_user_error(bad, "too little documented")
     assert not dataset_dir("other").exists()
+
+
+@pytest.mark.parametrize("args, shard, words", [
+    # the hostile tester's case: pydocs is text, yet --chat reported 45,840 "conversations"
+    (["--chat", "--dataset", "pydocs"], "text", "dataset 'pydocs' is a text dataset"),
+    (["--chat", "--dataset", "pydocs", "--force"], "text", "is a text dataset"),
+    (["--dataset", "pydocs"], "chat", "dataset 'pydocs' is a chat dataset"),
+])
+def test_prepare_refuses_a_dataset_of_the_other_kind(tmp_path: Path, args, shard, words) -> None:
+    from backlm.data.chat import write_chat_shard
+    from backlm.data.shards import write_shard
+    from backlm.paths import dataset_dir
+    from tests.helpers import run_cli
+
+    folder = dataset_dir("pydocs")
+    if shard == "text":
+        write_shard(folder / "train_00000.parquet", ["a document", "another one"])
+    else:
+        write_chat_shard(folder / "train_00000.parquet",
+                         [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]])
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    assert_user_error(run_cli(["data", "prepare", *args]), words, "pydocs")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
