@@ -37,10 +37,18 @@ CONFIG_KEYS = {
 }
 
 
-def config_flags(**given: Any) -> dict[str, Any]:
-    """The flags layer of :func:`backlm.config.load_config` (a nested dict) from options given
-    by their parameter names (:data:`CONFIG_KEYS`); None is an option not given."""
-    flags: dict[str, Any] = {}
+# How an option is spelled where it differs from its parameter name.
+FLAG_NAMES = {"exp_id": "--id"}
+
+
+def config_flags(**given: Any) -> Any:
+    """The flags layer of :func:`backlm.config.load_config` (a :class:`backlm.config.Flags`:
+    a nested dict, and how each option was given, so that a ``--set`` it would replace is
+    refused naming it) from options given by their parameter names (:data:`CONFIG_KEYS`);
+    None is an option not given."""
+    from backlm.config import Flags
+
+    flags = Flags()
     for name, value in given.items():
         if value is None:
             continue
@@ -49,4 +57,9 @@ def config_flags(**given: Any) -> dict[str, Any]:
         for section in sections:
             node = node.setdefault(section, {})
         node[key] = value
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if isinstance(value, bool):  # a --x/--no-x switch
+            flags.labels[CONFIG_KEYS[name]] = flag if value else flag.replace("--", "--no-", 1)
+        else:
+            flags.labels[CONFIG_KEYS[name]] = f"{flag} {value}"
     return flags

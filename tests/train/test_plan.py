@@ -96,7 +96,8 @@ def test_plan_new_run_writes_nothing_and_refuses_overrides_it_would_drop(home):
     with pytest.raises(UserError, match="300-token tokenizer"):
         plan_new_run(cfg, root, explicit={"model.vocab_size"})
     with pytest.raises(UserError, match="data.mix only applies"):
-        plan_new_run(_cfg(), root, explicit={"data.mix"})
+        plan_new_run(_cfg("data.mix=0.3"), root, explicit={"data.mix"})
+    plan_new_run(_cfg("data.mix=0.5"), root, explicit={"data.mix"})  # the default: no harm
     new = plan_new_run(cfg, root, explicit=set())  # a preset's size yields to the data's
     assert cfg.model.vocab_size == 300 and not new.prepare_data
     assert _tree(home) == before
