@@ -63,3 +63,15 @@ def config_flags(**given: Any) -> Any:
         else:
             flags.labels[CONFIG_KEYS[name]] = f"{flag} {value}"
     return flags
+
+
+def refuse_unused(why: str, given: dict[str, tuple[Any, Any]]) -> None:
+    """Refuse the first option of ``given`` (flag -> (value, default); None: not given) that
+    has a value other than its default although the command would not read it; ``why`` ends
+    the line (e.g. "with --chat: a chat dataset has no tokenizer of its own")."""
+    from backlm.errors import UserError
+
+    for flag, (value, default) in given.items():
+        if value is not None and value != default:
+            shown = flag if value is True else f"{flag} {value}"
+            raise UserError(f"{shown} has no effect {why}; drop it")
