@@ -40,7 +40,8 @@ def download(
 
     chat = task is not None and is_chat_source(task.strip().lower())
     if task is not None:
-        refuse_unused(f"with --task {task}: it fetches that set, not NAME's shards",
+        refuse_unused(f"with --task {task}: it fetches that set alone (NAME, --val-shards and "
+                      "--workers are for NAME's shards)",
                       {"NAME": (name, "fineweb-edu"), "--val-shards": (val_shards, 1),
                        "--workers": (workers, 2)})
     if task is not None and not chat:
