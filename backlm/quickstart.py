@@ -53,14 +53,22 @@ def member_id(prefix: str, direction: Direction) -> str:
 def configs(prefix: str, seed: int, steps: int, overrides: Sequence[str] = ()
             ) -> dict[str, Any]:
     """Each member's resolved config (cpu-tiny, the quickstart's settings, then
-    ``overrides``), validated before anything is written."""
-    from backlm.config import RunConfig, load_config
+    ``overrides``), validated before anything is written. A ``--set`` that the quickstart
+    would replace (a member's direction, id, seed or steps) is refused naming what wins."""
+    from backlm.config import Flags, RunConfig, load_config
 
+    labels = {"id": f"quickstart's member ids ({prefix}-<direction>, from --prefix)",
+              "train.seed": f"--seed {seed}", "train.max_steps": f"--steps {steps}"}
+    fixes = {"data.direction": "drop the --set", "id": "drop the --set (use --prefix)",
+             "train.seed": "drop the --set (use --seed)",
+             "train.max_steps": "drop the --set (use --steps)"}
     out = {}
     for direction in DIRECTIONS:
-        flags = {"id": member_id(prefix, direction),
-                 "data": {"direction": direction},
-                 "train": {"seed": seed, "max_steps": steps}}
+        flags = Flags({"id": member_id(prefix, direction), "data": {"direction": direction},
+                       "train": {"seed": seed, "max_steps": steps}}, labels, fixes)
+        flags.labels["data.direction"] = (f"quickstart's per-member direction ({direction} "
+                                          f"for {member_id(prefix, direction)}; each member "
+                                          "trains its own)")
         out[direction] = load_config(RunConfig, preset="cpu-tiny",
                                      overrides=[*SETTINGS, *overrides], flags=flags)
     return out

@@ -308,8 +308,8 @@ LOG_FAST = ["--set", "train.save_every=4", "--set", "log.flush_every=2",
 def train_logged(exp_id: str, *extra: str, steps: int = 6, direction: str = "forward",
                  wandb: str = "off"):
     """Train a tiny model with the research log written at short cadences."""
-    res = run_cli(tiny_args("--direction", direction, "--id", exp_id, "--wandb", wandb,
-                            *LOG_FAST, *extra, steps=steps))
+    res = run_cli(tiny_args("--direction", direction, "--id", exp_id, "--set",
+                            f"log.wandb={wandb}", *LOG_FAST, *extra, steps=steps))
     assert res.exit_code == 0, res.output
     return res
 

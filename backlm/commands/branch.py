@@ -59,7 +59,8 @@ def branch(
     plan = Processes(nproc_per_node).plan(device or "auto")
     planned = plan_branch(phase, parent, root, step=step, exp_id=exp_id, preset=config,
                           overrides=overrides, flags=flags,
-                          allow_direction_change=allow_direction_change, world=plan.world)
+                          allow_direction_change=allow_direction_change, world=plan.world,
+                          given_for=(phase.strip().lower(),))
     render_branch(planned)
     summary = run_training(None, root, branch=planned, plan=plan, observers=[TrainDisplay()],
                            say=lambda text: console.print(text, highlight=False, soft_wrap=True))

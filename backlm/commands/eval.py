@@ -32,9 +32,21 @@ def eval_(
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
     """Evaluate a checkpoint: CE/bpb on val and OOD text and task scores, per direction."""
+    from backlm.commands.options import refuse_unused
     from backlm.direction import ORDERS, parse_orders
     from backlm.evaluation import EvalOptions, run_eval
 
+    listed = {t.strip().lower() for t in tasks.split(",")} if tasks is not None else None
+    if listed is not None:  # an option none of the listed tasks reads is refused, not ignored
+        why = f"with --tasks {tasks}"
+        if "lm" not in listed:
+            refuse_unused(f"{why}: only the lm task reads it", {"--lm-tokens": (lm_tokens, None)})
+        if "gsm8k" not in listed:
+            refuse_unused(f"{why}: only gsm8k generates",
+                          {"--max-new-tokens": (max_new_tokens, 256)})
+        if listed <= {"lm"}:
+            refuse_unused(f"{why}: lm reads documents, not examples",
+                          {"--max-per-task": (max_per_task, None)})
     options = EvalOptions(
         directions=ORDERS if directions is None else parse_orders(directions),
         tasks=tasks.split(",") if tasks is not None else None,

@@ -37,13 +37,20 @@ CONFIG_KEYS = {
 }
 
 
-def config_flags(**given: Any) -> dict[str, Any]:
-    """The flags layer of :func:`backlm.config.load_config` (a nested dict) from options given
-    by their parameter names (:data:`CONFIG_KEYS`); None is an option not given. Text values
-    pass the text boundary first (:func:`backlm.errors.check_argument`)."""
+# How an option is spelled where it differs from its parameter name.
+FLAG_NAMES = {"exp_id": "--id"}
+
+
+def config_flags(**given: Any) -> Any:
+    """The flags layer of :func:`backlm.config.load_config` (a :class:`backlm.config.Flags`:
+    a nested dict, and how each option was given, so that a ``--set`` it would replace is
+    refused naming it) from options given by their parameter names (:data:`CONFIG_KEYS`);
+    None is an option not given. Text values pass the text boundary first
+    (:func:`backlm.errors.check_argument`)."""
+    from backlm.config import Flags
     from backlm.errors import check_argument
 
-    flags: dict[str, Any] = {}
+    flags = Flags()
     for name, value in given.items():
         if value is None:
             continue
@@ -54,4 +61,21 @@ def config_flags(**given: Any) -> dict[str, Any]:
         for section in sections:
             node = node.setdefault(section, {})
         node[key] = value
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if isinstance(value, bool):  # a --x/--no-x switch
+            flags.labels[CONFIG_KEYS[name]] = flag if value else flag.replace("--", "--no-", 1)
+        else:
+            flags.labels[CONFIG_KEYS[name]] = f"{flag} {value}"
     return flags
+
+
+def refuse_unused(why: str, given: dict[str, tuple[Any, Any]]) -> None:
+    """Refuse the first option of ``given`` (flag -> (value, default); None: not given) that
+    has a value other than its default although the command would not read it; ``why`` ends
+    the line (e.g. "with --chat: a chat dataset has no tokenizer of its own")."""
+    from backlm.errors import UserError
+
+    for flag, (value, default) in given.items():
+        if value is not None and value != default:
+            shown = flag if value is True else f"{flag} {value}"
+            raise UserError(f"{shown} has no effect {why}; drop it")

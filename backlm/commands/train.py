@@ -55,38 +55,32 @@ def train(
 ) -> None:
     """Train a model; with several GPUs (or --nproc-per-node N) it spawns torchrun."""
     from backlm.commands.render import finish, render_estimate, render_summary
-    from backlm.config import RunConfig, explicit_keys, load_config
-    from backlm.errors import UserError
+    from backlm.train import estimate_only as run_estimate
     from backlm.train import train_phases
     from backlm.train.launch import Processes
-    from backlm.train.phases import parse_chain
+    from backlm.train.plan import plan_train
     from backlm.ui import TrainDisplay
 
-    cfg, explicit = None, set()
-    flags = config_flags(direction=direction, depth=depth, max_steps=max_steps,
-                         device=device, seed=seed, wandb=wandb,
-                         stop_on_inversion=stop_on_inversion, exp_id=exp_id,
-                         description=description)
-    if resume is not None:
-        # the other options must say what the run already is (checked by the engine)
-        _refuse_changes(resume, {"--config": config, "--id": exp_id,
-                                 "--description": description, "--phase": phase})
-    else:
-        cfg = load_config(RunConfig, preset=config, overrides=overrides, flags=flags)
-        explicit = explicit_keys(overrides, flags)
+    root = experiments_root(experiments)
+    processes = Processes(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    flags = config_flags(direction=direction, depth=depth, max_steps=max_steps, device=device,
+                         seed=seed, wandb=wandb, stop_on_inversion=stop_on_inversion,
+                         exp_id=exp_id, description=description)
+    # with --resume, the other options must say what the run already is (the engine checks
+    # them against the experiment); these four cannot come with it at all
+    plan = plan_train(
+        root, preset=config, overrides=overrides or [], phase=phase, resume=resume,
+        flags=flags, resume_changes={"--config": config, "--id": exp_id,
+                                     "--description": description, "--phase": phase},
+        processes=processes, estimate=estimate_only)
     if estimate_only:
-        from backlm.train import estimate_only as run_estimate
-
-        if cfg is None:
-            raise UserError("--estimate-only plans a new run; it cannot be combined with --resume")
-        render_estimate(run_estimate(cfg), cfg)
+        render_estimate(run_estimate(plan), plan.cfg)
         return
     for summary in train_phases(
-            cfg, experiments_root(experiments), parse_chain(phase) if phase else ["base"],
-            processes=Processes(nproc_per_node, nnodes, node_rank, master_addr, master_port),
-            resume=resume, max_steps=max_steps, observers=[TrainDisplay()],
+            plan.cfg, root, plan.phases, processes=processes, resume=resume,
+            max_steps=max_steps, observers=[TrainDisplay()],
             say=lambda text: console.print(text, highlight=False, soft_wrap=True),
-            explicit=explicit, overrides=overrides or [], flags=flags):
+            explicit=plan.explicit, overrides=overrides or [], flags=flags):
         if summary.nothing_to_do:
             console.print(f"experiment {summary.exp_id} is already over ({summary.status} at "
                           f"step {summary.steps}): nothing to do. Extend it with `backlm train "
@@ -95,16 +89,3 @@ def train(
             return
         render_summary(summary)
         finish(summary)
-
-
-def _refuse_changes(resume: str, given: dict[str, object]) -> None:
-    """--resume continues an experiment as configured: these options cannot come with it."""
-    from backlm.errors import UserError
-
-    if not resume.strip():
-        raise UserError("--resume needs an experiment id, tag or path (see `backlm ls`)")
-    flag = next((flag for flag, value in given.items() if value is not None), None)
-    if flag is not None:
-        raise UserError(f"--resume continues an experiment as it was configured; {flag} "
-                        "cannot come with it (only --max-steps can change it): drop it, or "
-                        "start a new run with --id")

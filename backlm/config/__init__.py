@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from backlm.config.load import (
     CONFIG_DIR,
+    Flags,
     deep_merge,
     explicit_keys,
     flatten,
@@ -21,6 +22,7 @@ from backlm.config.load import (
     read_yaml,
     to_dict,
     to_yaml,
+    user_layer,
 )
 from backlm.config.schema import (
     PHASES,
@@ -42,11 +44,11 @@ from backlm.config.schema import (
 )
 
 __all__ = [
-    "CONFIG_DIR", "PHASES", "WANDB_MODES", "ChatConfig", "CostConfig", "DataConfig",
+    "CONFIG_DIR", "PHASES", "Flags", "WANDB_MODES", "ChatConfig", "CostConfig", "DataConfig",
     "EarlyStopConfig", "FivecatConfig", "Key", "LogConfig", "ModelConfig", "OptimConfig",
     "RLConfig", "RunConfig", "TrainConfig", "check_ranges", "deep_merge", "explicit_keys",
     "flatten", "from_dict", "keys", "load_config", "parse_overrides", "preset_path",
-    "read_yaml", "show", "to_dict", "to_yaml",
+    "read_yaml", "show", "to_dict", "to_yaml", "user_layer",
 ]
 
 

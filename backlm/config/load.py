@@ -2,7 +2,9 @@
 coerced into the typed dataclasses of :mod:`backlm.config.schema`.
 
 Precedence: dataclass defaults < preset YAML (``--config``) < ``--set`` overrides < explicit
-flags. Unknown keys and values of the wrong type raise :class:`UserError`.
+flags. Unknown keys and values of the wrong type raise :class:`UserError`. The user's two
+layers never override each other in silence: :func:`user_layer` is the one place where a
+``--set`` value that a flag would replace is refused, naming the winner.
 """
 
 from __future__ import annotations
@@ -69,7 +71,13 @@ _BOOL_WORDS = {"true": True, "on": True, "yes": True, "y": True,
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Turn ``["a.b=3", "c=x"]`` into a nested dict; values are parsed as YAML scalars."""
+    return _parse_overrides(items)[0]
+
+
+def _parse_overrides(items: list[str] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The nested dict of ``items`` and, by dotted key, the item that gave each value."""
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -90,7 +98,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise UserError(f"--set key {key!r} conflicts with another override")
         node[parts[-1]] = value
-    return out
+        given[".".join(p.strip() for p in parts)] = item.strip()
+    return out, given
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any], path: str = "") -> dict[str, Any]:
@@ -199,18 +208,65 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+class Flags(dict):
+    """The flags layer: a nested dict of config values, and how each was given (by dotted key,
+    e.g. ``{"data.direction": "--direction forward"}``) so that a ``--set`` it would replace is
+    refused naming it; ``fixes`` says, by key, what to do instead (default: give one)."""
+
+    def __init__(self, values: dict[str, Any] | None = None,
+                 labels: dict[str, str] | None = None,
+                 fixes: dict[str, str] | None = None) -> None:
+        super().__init__(values or {})
+        self.labels = dict(labels or {})
+        self.fixes = dict(fixes or {})
+
+
+def user_layer(overrides: list[str] | None, flags: dict[str, Any] | None = None,
+               cls: type = RunConfig) -> dict[str, Any]:
+    """What the user gave: ``--set`` overrides with ``flags`` over them (a nested dict).
+
+    The one place where the two meet: a key a ``--set`` gives and a flag gives too (or a rule
+    a :class:`Flags` names, e.g. quickstart's per-member direction) must get the same value
+    (compared as ``cls`` types it); otherwise it is refused naming both, since one of them
+    would be dropped in silence."""
+    sets, given = _parse_overrides(overrides)  # a key set again: the last --set is the value
+    labels = getattr(flags, "labels", {})
+    fixes = getattr(flags, "fixes", {})
+    for key, value in flatten(dict(flags or {})).items():
+        if key in given and _typed(cls, key, given[key]) != _typed(cls, key, value, False):
+            winner = labels.get(key, f"the option for {key}")
+            raise UserError(f"--set {given[key]} conflicts with {winner}: "
+                            f"{fixes.get(key, 'give one')}")
+    return deep_merge(sets, dict(flags or {}))
+
+
+def _typed(cls: type, key: str, value: Any, item: bool = True) -> Any:
+    """``key``'s value as ``cls`` types it, from a ``--set`` item (``item``) or a flag's value,
+    so that two spellings of one value (``5`` and ``5.0``) count as the same."""
+    if item:
+        value = flatten(parse_overrides([value])).get(key)
+    tp: Any = cls
+    for part in key.split("."):
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            return value  # an unknown key: from_dict names it
+        tp = hints[part]
+    return _coerce(tp, value, key)
+
+
 def load_config(
     cls: type[T] = RunConfig,  # type: ignore[assignment]
     preset: str | None = None,
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
 ) -> T:
-    """Resolve a config: defaults < preset YAML < ``--set`` overrides < flags (nested dict)."""
+    """Resolve a config: defaults < preset YAML < ``--set`` overrides < flags (nested dict; a
+    :class:`Flags` names them); a ``--set`` that a flag or another ``--set`` would replace with
+    another value is refused (:func:`user_layer`)."""
     data: dict[str, Any] = {}
     if preset:
         data = read_yaml(preset_path(preset))
-    data = deep_merge(data, parse_overrides(overrides))
-    data = deep_merge(data, flags or {})
+    data = deep_merge(data, user_layer(overrides, flags, cls))
     return from_dict(cls, data)
 
 

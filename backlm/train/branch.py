@@ -21,10 +21,10 @@ from backlm.config import (
     deep_merge,
     flatten,
     from_dict,
-    parse_overrides,
     preset_path,
     read_yaml,
     to_dict,
+    user_layer,
 )
 from backlm.errors import UserError
 from backlm.experiment import checkpoint as ckpt
@@ -58,8 +58,10 @@ def choose_checkpoint(parent: xp.Experiment, step: str | None) -> tuple[Path, in
 
 def child_config(phase: str, parent_cfg: RunConfig, meta: dict[str, Any], preset: str | None,
                   overrides: list[str] | None, flags: dict[str, Any]) -> tuple[RunConfig, set]:
-    """The child's config and the keys the user set explicitly."""
-    user = deep_merge(parse_overrides(overrides), flags)
+    """The child's config and the keys the user set explicitly (``--config`` counts: a
+    direction or description it gives is the child's; a shape, phase or id, which the branch
+    takes elsewhere, is refused)."""
+    user = user_layer(overrides, flags)  # a --set that a flag would replace is refused
     explicit = set(flatten(user))
     shaped = sorted(k for k in explicit if k.startswith("model."))
     if shaped:
@@ -67,7 +69,10 @@ def child_config(phase: str, parent_cfg: RunConfig, meta: dict[str, Any], preset
                         "the parent checkpoint; branch from another parent, or train a new base")
     data = deep_merge(to_dict(parent_cfg), read_yaml(PHASE_DEFAULTS).get(phase) or {})
     if preset:
-        data = deep_merge(data, read_yaml(preset_path(preset)))
+        given = read_yaml(preset_path(preset))
+        _refuse_replaced(preset, given, phase)
+        user = deep_merge(given, user)
+        explicit |= set(flatten(given))
     data = deep_merge(data, user)
     data.update(phase=phase, model=dict(meta["model_config"]),
                 description=user.get("description", ""))
@@ -76,12 +81,31 @@ def child_config(phase: str, parent_cfg: RunConfig, meta: dict[str, Any], preset
     return from_dict(RunConfig, data), explicit
 
 
+def _refuse_replaced(preset: str, given: dict[str, Any], phase: str) -> None:
+    """A ``--config`` key a branch would replace: the model's shape (the parent
+    checkpoint's), the phase (the command's), the id (``--id``)."""
+    for key, value in flatten(given).items():
+        if key.startswith("model."):
+            raise UserError(f"--config {preset} sets {key}, but a branch takes the model's shape "
+                            "from the parent checkpoint: drop it from the file")
+        if key == "phase" and str(value).strip().lower() != phase:
+            raise UserError(f"--config {preset} sets phase: {value}, but this branch trains "
+                            f"{phase}: drop it from the file")
+        if key == "id" and value not in (None, ""):
+            raise UserError(f"--config {preset} sets id: {value}; a branch takes its id from "
+                            "--id: drop it from the file")
+
+
 def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = None,
                 exp_id: str | None = None, preset: str | None = None,
                 overrides: list[str] | None = None, flags: dict[str, Any] | None = None,
-                allow_direction_change: bool = False, world: int = 1) -> Branch:
+                allow_direction_change: bool = False, world: int = 1,
+                given_for: tuple[str, ...] = ()) -> Branch:
     """Validate a branch completely (nothing is written): parent, phase order, checkpoint,
-    weights hash, tokenizer, direction change, the child's config, device, id and data."""
+    weights hash, tokenizer, direction change, the child's config, device, id and data.
+    ``given_for``: the phases the ``--set`` values are for (``backlm branch``: the child's
+    own), so a chat or rl key none of them reads is refused; a chain's member passes none,
+    since its ``--set`` serves every member."""
     from backlm.paths import check_writable
     from backlm.train.plan import check_config, check_device
 
@@ -106,8 +130,7 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
         parent_cfg = parent.config()
     except UserError as exc:
         raise UserError(f"{exc} (the parent's {parent.config_path.name})") from None
-    flags = dict(flags or {})
-    cfg, explicit = child_config(phase, parent_cfg, meta, preset, overrides, flags)
+    cfg, explicit = child_config(phase, parent_cfg, meta, preset, overrides, flags or {})
     old, new = meta["direction"], cfg.data.direction  # both typed when read
     if new is not old and not allow_direction_change:
         raise UserError(f"{parent.id} was trained {old}; training its child {new} changes the "
@@ -116,6 +139,7 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
     if exp_id is not None and not exp_id.strip():
         raise UserError("--id is empty: give a name, or leave --id out for the default")
     check_config(cfg, world)
+    _check_used(cfg, explicit, given_for, phase, parent_cfg, meta, preset)
     exp_id = xp.check_id(cfg.id or xp.new_id(phase, new, model_cfg.depth))
     cfg.id = exp_id
     check_writable(Path(root), "the experiments folder",
@@ -148,6 +172,16 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
                if before.get(k) != v and k not in ("id", "description", "phase")]
     return Branch(parent, folder, chosen, cfg, link, inherited, changed, prepare,
                   [warning] if warning else [])
+
+
+def _check_used(cfg: RunConfig, explicit: set[str], given_for: tuple[str, ...], phase: str,
+                parent_cfg: RunConfig, meta: dict[str, Any], preset: str | None) -> None:
+    """Refuse a value the child would not read (data.mix for a one-direction child; a chat or
+    rl key the phases of ``given_for`` do not read), unless it is the child's value anyway."""
+    from backlm.train.plan import check_used
+
+    baseline, _ = child_config(phase, parent_cfg, meta, None, None, {})
+    check_used(cfg, explicit, given_for, baseline)
 
 
 def _shape(m: Any) -> str:

@@ -23,11 +23,10 @@ from backlm.config import RunConfig, to_yaml
 from backlm.errors import UserError
 from backlm.experiment import folder as xp
 from backlm.experiment import provenance
-from backlm.paths import dataset_dir
 from backlm.train.plan import (
     NewRun,
     Resume,
-    check_config,
+    TrainPlan,
     check_resume_asked,
     plan_new_run,
     plan_resume,
@@ -252,14 +251,11 @@ def cache_tokens(exp: xp.Experiment, cfg: RunConfig, say: Callable[[str], None])
     cache_for_training(shards, tokenizer, cfg.data.tokenizer_threads, say)
 
 
-def estimate_only(cfg: RunConfig):
-    """Estimate ``cfg`` without creating anything (uses the dataset's tokenizer if present)."""
-    from backlm.data.vocab import existing_tokenizer
+def estimate_only(plan: TrainPlan):
+    """Estimate a run :func:`backlm.train.plan.plan_train` planned (with ``estimate=True``: it
+    refused what the run refuses, and the model's vocabulary is the dataset tokenizer's when
+    there is one) without creating anything."""
     from backlm.train.cost import estimate, target_gpu
 
-    check_config(cfg)
-    tokenizer = existing_tokenizer(dataset_dir(cfg.data.dataset))
-    if tokenizer is not None:
-        cfg.model.vocab_size = tokenizer.vocab_size
-    name, gpus, peak = target_gpu(cfg)
-    return estimate(cfg, name, gpus, peak)
+    name, gpus, peak = target_gpu(plan.cfg)
+    return estimate(plan.cfg, name, gpus, peak)

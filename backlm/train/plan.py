@@ -9,6 +9,7 @@ agree with each other). Nothing here writes; :mod:`backlm.train.launch` acts on 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,12 +108,13 @@ class NewRun:
 
 
 def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
-                 explicit: Collection[str] = ()) -> NewRun:
+                 explicit: Collection[str] = (), memory: bool = True) -> NewRun:
     """Validate a new run completely before anything is written.
 
     ``explicit`` names the keys the user set on the command line (``--set``, flags): such a
     value the run would not use (a vocabulary the dataset's tokenizer replaces, a mix a
-    one-direction run ignores) is refused rather than dropped.
+    one-direction run ignores) is refused rather than dropped. ``memory=False`` (an estimate,
+    which reports the fit instead) does not refuse a run that does not fit the device.
     """
     from backlm.data.shards import require_kind
     from backlm.data.vocab import existing_tokenizer
@@ -125,9 +127,7 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
                         f"{cfg.phase} --parent EXP`, or a chain such as --phase base,{cfg.phase}")
     if "id" in explicit and not cfg.id.strip():
         raise UserError("--id is empty: give a name, or leave --id out for the default")
-    if "data.mix" in explicit and cfg.data.direction is not Direction.BIDIRECTIONAL:
-        raise UserError(f"data.mix only applies to bidirectional runs; drop --set data.mix "
-                        f"for a {cfg.data.direction} run")
+    check_used(cfg, explicit)
     exp_id = xp.check_id(cfg.id or xp.new_id(cfg.phase, cfg.data.direction, cfg.model.depth))
     check_writable(Path(root), "the experiments folder",
                    "choose another with --experiments-dir or BACKLM_EXPERIMENTS")
@@ -152,7 +152,7 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
                 f"{tokenizer.vocab_size}-token tokenizer, which the model must use: drop the "
                 f"override (or set model.vocab_size={tokenizer.vocab_size})")
         cfg.model.vocab_size = tokenizer.vocab_size  # a preset's size yields to the data's
-    warning = check_device(cfg, world)
+    warning = check_device(cfg, world) if memory else None
     return NewRun(exp_id, folder, prepare, (warning,) if warning else ())
 
 
@@ -234,3 +234,94 @@ def check_resume_asked(resume: Resume, overrides: Sequence[str],
         raise UserError(f"--resume continues {resume.exp.id} as it was configured, but the "
                         f"options change it: {diff}; drop the option (only --max-steps can "
                         "change), or start a new run with another --id")
+
+
+# Keys only some phases read: the key (or its section) -> those phases.
+PHASE_KEYS = {"chat.dataset": ("mid", "sft"), "chat.train_on": ("sft",),
+              "chat.text_frac": ("mid",), "rl": ("rl",)}
+
+
+def check_used(cfg: RunConfig, explicit: Collection[str], phases: Collection[str] = (),
+               baseline: RunConfig | None = None) -> None:
+    """Refuse a value the user gave (``explicit`` keys) that the run would not read: data.mix
+    for a one-direction run; with ``phases`` (the runs the values are for, e.g. a chain's), a
+    chat or rl key none of them reads. A value equal to the one the run has anyway
+    (``baseline``'s, default the schema's) is no harm and passes."""
+    from backlm.config import flatten, to_dict
+    from backlm.train.phases import article
+
+    have = flatten(to_dict(cfg))
+    default = flatten(to_dict(baseline or RunConfig()))
+    for key in sorted(explicit):
+        if key not in have or have[key] == default.get(key):
+            continue
+        if key == "data.mix" and cfg.data.direction is not Direction.BIDIRECTIONAL:
+            raise UserError(f"data.mix only applies to bidirectional runs; drop --set "
+                            f"data.mix={have[key]} for a {cfg.data.direction} run")
+        readers = PHASE_KEYS.get(key) or PHASE_KEYS.get(key.split(".")[0])
+        if phases and readers and not set(readers) & set(phases):
+            runs = " or ".join(readers)
+            what = (f"{article(next(iter(phases)))} {next(iter(phases))} run" if len(phases) == 1
+                    else f"the chain {','.join(phases)}")
+            raise UserError(f"{key} only applies to {runs} runs; drop --set {key}={have[key]} "
+                            f"for {what}")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """A validated ``backlm train`` (nothing written): what ``--estimate-only`` reports and
+    the run trains."""
+
+    cfg: RunConfig | None  # None: --resume (the experiment's own config)
+    phases: tuple[str, ...]
+    explicit: frozenset[str]  # dotted keys given on the command line
+    launch: Any  # backlm.train.launch.LaunchPlan
+    new: NewRun | None = None  # the new base run (None: --resume, or a chain's base exists)
+
+
+def plan_train(root: Path, *, preset: str | None = None, overrides: Sequence[str] = (),
+               flags: dict[str, Any] | None = None, phase: str | None = None,
+               resume: str | None = None, resume_changes: dict[str, object] | None = None,
+               processes: Any, estimate: bool = False) -> TrainPlan:
+    """The one planning pass of ``backlm train``: the config (a ``--set`` that a flag would
+    replace refused, :func:`backlm.config.user_layer`), ``--phase``, the process layout, the
+    values the run would not use, and the new run itself (:func:`plan_new_run`). The real run
+    and ``--estimate-only`` both go through it, so they refuse the same things (the estimate
+    reports a run too large for the device's memory instead of refusing it).
+    ``processes`` (a :class:`backlm.train.launch.Processes`) plans the process layout;
+    ``resume_changes``: options given with ``--resume`` (name -> value, None: not given)."""
+    from backlm.config import Flags, explicit_keys, load_config
+    from backlm.train.phases import parse_chain
+
+    if resume is not None:
+        _refuse_resume_changes(resume, resume_changes or {})
+        if estimate:
+            raise UserError("--estimate-only plans a new run; it cannot be combined with "
+                            "--resume")
+        return TrainPlan(None, ("base",), frozenset(), processes.plan("auto"))
+    phases = tuple(parse_chain(phase)) if phase is not None else ("base",)
+    flags = Flags(flags, getattr(flags, "labels", None), getattr(flags, "fixes", None))
+    if phase is not None:  # every chain starts with a base run
+        flags["phase"], flags.labels["phase"] = "base", f"--phase {phase}"
+    cfg = load_config(RunConfig, preset, list(overrides), flags)
+    explicit = frozenset(explicit_keys(list(overrides), flags))
+    launch = processes.plan(cfg.train.device)
+    check_used(cfg, explicit, phases)
+    base = f"{cfg.id}-base" if cfg.id and len(phases) > 1 else cfg.id
+    if len(phases) > 1 and cfg.id and (Path(root) / base).exists():
+        check_config(cfg, launch.world)  # the chain continues: its members are checked then
+        return TrainPlan(cfg, phases, explicit, launch)
+    new = plan_new_run(dataclasses.replace(cfg, id=base), root, launch.world, explicit,
+                       memory=not estimate)
+    return TrainPlan(cfg, phases, explicit, launch, new)
+
+
+def _refuse_resume_changes(resume: str, given: dict[str, object]) -> None:
+    """--resume continues an experiment as configured: only --max-steps may come with it."""
+    if not resume.strip():
+        raise UserError("--resume needs an experiment id, tag or path (see `backlm ls`)")
+    flag = next((flag for flag, value in given.items() if value is not None), None)
+    if flag is not None:
+        raise UserError(f"--resume continues an experiment as it was configured; {flag} "
+                        "cannot change it (only --max-steps can): drop it, or start a new run "
+                        "with --id")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import assert_user_error, run_cli, tiny_args
+from tests.helpers import assert_user_error, run_cli
 
 
 def test_log_user_errors(home):
@@ -15,4 +15,4 @@ def test_log_user_errors(home):
     assert_user_error(run_cli(["log", "bare"]), "has no research log base.h5")
     (exp / "base.h5").write_bytes(b"not an hdf5 file at all")
     assert_user_error(run_cli(["log", "bare"]), "corrupt")
-    assert_user_error(run_cli(tiny_args("--wandb", "sideways")), "unknown wandb mode")
+    assert_user_error(run_cli(["train", "--wandb", "sideways"]), "unknown wandb mode")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 from backlm.cli import app
 from backlm.commands import options
+from backlm.errors import UserError
+from tests.helpers import assert_user_error, run_cli
 
 SHARED = {"--experiments-dir": options.EXPERIMENTS_DIR, "--device": options.DEVICE,
           "--step": options.STEP}
@@ -46,3 +50,32 @@ def test_train_and_branch_options_land_in_the_config_through_one_mapping():
         node = cfg
         for part in dotted.split("."):
             node = getattr(node, part)
+
+
+@pytest.mark.parametrize("args,names", [
+    (["data", "prepare", "--chat", "--vocab-size", "4000"], ("--vocab-size 4000", "--chat")),
+    (["data", "import", "--chat", "x.jsonl", "--text-field", "t"], ("--text-field t", "--chat")),
+    (["data", "import", "--chat", "x.jsonl", "--split-paragraphs"],
+     ("--split-paragraphs", "--chat")),
+    (["data", "import", "--chat", "x.jsonl", "--append"], ("--append", "--chat")),
+    (["data", "download", "--task", "arc", "--shards", "3"], ("--shards 3", "--task arc")),
+    (["data", "download", "other", "--task", "smoltalk"], ("NAME other", "--task smoltalk")),
+    (["data", "download", "--task", "smoltalk", "--workers", "3"], ("--workers 3", "smoltalk")),
+    (["data", "diagnose", "--mix", "0.3"], ("--mix 0.3", "forward", "bidirectional")),
+    (["data", "diagnose", "-d", "backward", "--mix", "0.3"], ("--mix 0.3", "backward")),
+    (["eval", "x", "--tasks", "lm", "--max-new-tokens", "9"], ("--max-new-tokens 9", "gsm8k")),
+    (["eval", "x", "--tasks", "arc-easy", "--lm-tokens", "9"], ("--lm-tokens 9", "lm task")),
+    (["eval", "x", "--tasks", "lm", "--max-per-task", "9"], ("--max-per-task 9", "--tasks lm")),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_an_option_the_chosen_mode_does_not_read_is_refused(tmp_path, monkeypatch, args, names):
+    monkeypatch.setenv("BACKLM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BACKLM_EXPERIMENTS", str(tmp_path / "exps"))
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(run_cli(args), *names)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_an_unread_option_at_its_default_passes():
+    options.refuse_unused("never", {"--a": (None, 1), "--b": (2, 2), "--c": (False, False)})
+    with pytest.raises(UserError, match="--b 3 has no effect never; drop it"):
+        options.refuse_unused("never", {"--b": (3, 2)})

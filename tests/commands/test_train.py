@@ -72,7 +72,7 @@ def test_train_writes_the_experiment_tree(home):
     (["--config", "nope"], "unknown config preset"),
     (["--set", "train.bogus=1"], "unknown config key"),
     (["--set", "train.eval_every=abc"], "expects int"),
-    (["--depth", "0"], "depth must be at least 1"),
+    (["--set", "model.depth=0"], "depth must be at least 1"),
     (["--direction", "sideways"], "unknown direction"),
     (["--set", "train.total_batch_tokens=100"], "multiple of"),
 ])

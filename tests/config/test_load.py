@@ -53,3 +53,20 @@ def test_presets_resolve_by_name_and_path():
         preset_path("d99")
     for name in ("cpu-tiny", "d12", "d20", "d26"):
         load_config(RunConfig, preset=name)  # every shipped preset is valid
+
+
+def test_a_set_that_a_flag_replaces_is_refused_naming_the_flag_and_an_equal_one_passes():
+    from backlm.config import Flags, user_layer
+
+    flags = Flags({"train": {"max_steps": 10}, "data": {"direction": "forward"}},
+                  {"train.max_steps": "--max-steps 10"}, {"data.direction": "drop it"})
+    assert user_layer(["train.max_steps=10.0", "data.direction=forward"], flags) == {
+        "train": {"max_steps": 10}, "data": {"direction": "forward"}}
+    with pytest.raises(UserError, match=r"^--set train.max_steps=5 conflicts with --max-steps "
+                                        r"10: give one$"):
+        user_layer(["train.max_steps=5"], flags)
+    with pytest.raises(UserError, match="--set data.direction=backward conflicts with the option "
+                                        "for data.direction: drop it"):
+        load_config(RunConfig, overrides=["data.direction=backward"], flags=flags)
+    # a key set twice by --set: the last one is the value (no flag in between)
+    assert load_config(RunConfig, overrides=["train.seed=1", "train.seed=2"]).train.seed == 2

@@ -154,7 +154,7 @@ def test_finished_members_are_skipped(q_copy):
     (("--set", "model.depth=3"), "q-base", "model.depth", "2", "3"),
     (("--set", "data.dataset=other"), "q-base", "data.dataset", "tiny", "other"),
     # a key only the child reads: the base matches, the sft member does not
-    (("--set", "chat.text_frac=0.25"), "q-sft", "chat.text_frac", "0.5", "0.25"),
+    (("--set", "chat.train_on=all"), "q-sft", "chat.train_on", "", "all"),
 ])
 def test_a_member_that_is_not_the_one_asked_for_is_refused(q_copy, extra, member, field,
                                                           existing, asked):

@@ -8,8 +8,8 @@ import pytest
 
 from backlm.config import RunConfig, keys, load_config
 from backlm.errors import UserError
-from backlm.train.plan import check_config, monitors, plan_new_run
-from tests.helpers import TINY
+from backlm.train.plan import check_config, monitors, plan_new_run, plan_train
+from tests.helpers import TINY, assert_user_error, branch_args, run_cli, tiny_args, tree_snapshot
 
 # A value that breaks each range a config field declares (no range without a case here).
 BAD = {
@@ -96,7 +96,8 @@ def test_plan_new_run_writes_nothing_and_refuses_overrides_it_would_drop(home):
     with pytest.raises(UserError, match="300-token tokenizer"):
         plan_new_run(cfg, root, explicit={"model.vocab_size"})
     with pytest.raises(UserError, match="data.mix only applies"):
-        plan_new_run(_cfg(), root, explicit={"data.mix"})
+        plan_new_run(_cfg("data.mix=0.3"), root, explicit={"data.mix"})
+    plan_new_run(_cfg("data.mix=0.5"), root, explicit={"data.mix"})  # the default: no harm
     new = plan_new_run(cfg, root, explicit=set())  # a preset's size yields to the data's
     assert cfg.model.vocab_size == 300 and not new.prepare_data
     assert _tree(home) == before
@@ -145,3 +146,130 @@ def test_memory_refuses_on_cpu_and_warns_on_gpu_when_only_activations_exceed(mon
     monkeypatch.setattr(hardware, "available_memory", lambda device: state - 1)
     with pytest.raises(UserError, match="GiB is free"):
         check_device(cfg)
+
+
+# --- one planning pass: the run and --estimate-only refuse the same; no value dropped ---------
+
+def _t(*args: str, steps: int = 8, **kw):
+    """A train case: the tiny run (``--max-steps steps``, forward, id ``v``) plus ``args``."""
+    return pytest.param(tiny_args("--direction", "forward", "--id", "v", *args, steps=steps),
+                        **kw)
+
+
+# (arguments, fragments the one line must name)
+TRAIN_REFUSED = [
+    _t("--set", "data.direction=backward", id="set-direction-vs-flag"),
+    _t("--set", "train.max_steps=5", steps=10, id="set-max-steps-vs-flag"),
+    _t("--set", "train.seed=3", "--seed", "4", id="set-seed-vs-flag"),
+    _t("--set", "id=w", id="set-id-vs-flag"),
+    _t("--set", "description=a", "--description", "b", id="set-description-vs-flag"),
+    _t("--set", "fivecat.stop_on_inversion=true", "--no-stop-on-inversion", id="set-vs-switch"),
+    _t("--set", "log.wandb=offline", "--wandb", "off", id="set-wandb-vs-flag"),
+    _t("--device", "auto", id="set-device-vs-flag"),  # tiny sets train.device=cpu
+    _t("--set", "phase=sft", "--phase", "base", id="set-phase-vs-flag"),
+    _t("--set", "data.mix=0.3", id="mix-for-forward"),
+    _t("--set", "chat.dataset=x", id="chat-for-base"),
+    _t("--set", "rl.group_size=2", "--phase", "base,sft", id="rl-for-chain-without-rl"),
+    _t("--set", "chat.text_frac=0.2", "--phase", "base,sft", id="text-frac-for-sft-chain"),
+    _t("--phase", "", id="phase-empty"),
+    _t("--phase", "  ", id="phase-blank"),
+    _t("--phase", "bogus", id="phase-unknown"),
+    _t("--set", "model.vocab_size=500", id="vocab-the-tokenizer-replaces"),
+    _t("--nproc-per-node", "0", id="nproc-0"),
+    _t("--set", "model.depth=0", id="depth-0"),
+    _t("--set", "early_stop.monitor=val_chat_loss", id="monitor-not-measured"),
+]
+NAMES = {  # case id -> what the line must name
+    "set-direction-vs-flag": ("--set data.direction=backward", "--direction forward",
+                              "give one"),
+    "set-max-steps-vs-flag": ("--set train.max_steps=5", "--max-steps 10"),
+    "set-seed-vs-flag": ("--set train.seed=3", "--seed 4"),
+    "set-id-vs-flag": ("--set id=w", "--id v"),
+    "set-description-vs-flag": ("--set description=a", "--description b"),
+    "set-vs-switch": ("--set fivecat.stop_on_inversion=true", "--no-stop-on-inversion"),
+    "set-wandb-vs-flag": ("--set log.wandb=offline", "--wandb off"),
+    "set-device-vs-flag": ("--set train.device=cpu", "--device auto"),
+    "set-phase-vs-flag": ("--set phase=sft", "--phase base"),
+    "mix-for-forward": ("data.mix=0.3", "bidirectional", "forward"),
+    "chat-for-base": ("chat.dataset=x", "mid or sft", "base run"),
+    "rl-for-chain-without-rl": ("rl.group_size=2", "rl runs", "base,sft"),
+    "text-frac-for-sft-chain": ("chat.text_frac=0.2", "mid runs", "base,sft"),
+    "phase-empty": ("--phase ''", "base, mid, sft, rl"),
+    "phase-blank": ("--phase '  '", "base, mid, sft, rl"),
+    "phase-unknown": ("bogus", "base, mid, sft, rl"),
+    "vocab-the-tokenizer-replaces": ("model.vocab_size=500", "300-token tokenizer"),
+    "nproc-0": ("--nproc-per-node",),
+    "depth-0": ("depth",),
+    "monitor-not-measured": ("val_chat_loss", "val_bpb"),
+}
+
+
+@pytest.mark.parametrize("args", TRAIN_REFUSED)
+def test_train_and_its_estimate_refuse_the_same_line_and_write_nothing(home, request, args):
+    names = NAMES[request.node.callspec.id]
+    before = tree_snapshot(home)
+    line = assert_user_error(run_cli(args), *names)
+    assert assert_user_error(run_cli([*args, "--estimate-only"]), *names) == line
+    assert tree_snapshot(home) == before and not (home / "exps").exists()
+
+
+@pytest.mark.parametrize("args", [
+    _t("--set", "data.direction=forward", id="same-direction"),
+    _t("--set", "train.max_steps=8.0", id="same-steps-other-spelling"),
+    _t("--set", "data.mix=0.5", id="mix-default-for-forward"),
+    _t("--set", "chat.dataset=pydocs-chat", id="chat-default-for-base"),
+    _t("--set", "chat.dataset=x", "--phase", "base,sft", id="chat-for-chain-with-sft"),
+])
+def test_an_equal_value_given_twice_or_a_default_passes(home, args):
+    res = run_cli([*args, "--estimate-only"])
+    assert res.exit_code == 0, res.output
+
+
+def test_plan_train_is_the_pass_both_take(home):
+    from backlm.config import Flags
+    from backlm.train.launch import Processes
+
+    plan = plan_train(home / "exps", overrides=TINY, phase="base,sft", processes=Processes(),
+                      flags=Flags({"data": {"direction": "backward"}}))
+    assert plan.phases == ("base", "sft") and plan.cfg.model.vocab_size == 300
+    assert plan.new is not None and "data.direction" in plan.explicit
+    assert not (home / "exps").exists()
+
+
+BRANCH_REFUSED = [  # from the phase world's backward base b0 (arguments, fragments)
+    (("--set", "data.mix=0.3"), ("data.mix=0.3", "bidirectional", "backward")),
+    (("--set", "train.max_steps=5"), ("--set train.max_steps=5", "--max-steps 2")),
+    (("--set", "data.direction=forward", "--direction", "backward"),
+     ("--set data.direction=forward", "--direction backward")),
+    (("--set", "optim.init_lr_frac=0.3", "--init-lr-frac", "0.5"),
+     ("--set optim.init_lr_frac=0.3", "--init-lr-frac 0.5")),
+    (("--set", "rl.group_size=2"), ("rl.group_size=2", "rl runs", "an sft run")),
+    (("--set", "chat.text_frac=0.2"), ("chat.text_frac=0.2", "mid runs", "an sft run")),
+    (("--config", "CONFIG"), ("model.depth", "parent checkpoint")),
+]
+
+
+@pytest.mark.parametrize("args,names", BRANCH_REFUSED,
+                         ids=[" ".join(a) for a, _ in BRANCH_REFUSED])
+def test_branch_refuses_a_value_it_would_drop_and_writes_nothing(lineage, tmp_path, args,
+                                                                  names):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("model:\n  depth: 3\n")
+    args = tuple(str(yaml_file) if a == "CONFIG" else a for a in args)
+    before = tree_snapshot(lineage)
+    assert_user_error(run_cli(branch_args("sft", "b0", "--id", "c", *args)), *names)
+    assert tree_snapshot(lineage) == before
+
+
+@pytest.mark.parametrize("args,names", [
+    (("--set", "data.direction=backward"), ("--set data.direction=backward",
+                                            "quickstart's per-member direction")),
+    (("--set", "data.direction=forward"), ("per-member direction", "backward")),
+    (("--set", "train.seed=3"), ("--set train.seed=3", "--seed 0")),
+    (("--set", "train.max_steps=5", "--steps", "6"), ("--set train.max_steps=5", "--steps 6")),
+    (("--set", "id=x"), ("--set id=x", "--prefix")),
+])
+def test_quickstart_refuses_a_set_its_members_replace(home, args, names):
+    before = tree_snapshot(home)
+    assert_user_error(run_cli(["quickstart", *args]), *names)
+    assert tree_snapshot(home) == before

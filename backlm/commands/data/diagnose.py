@@ -25,6 +25,7 @@ def diagnose(
     from rich.table import Table
     from rich.text import Text
 
+    from backlm.commands.options import refuse_unused
     from backlm.data.diagnose import diagnose as run
     from backlm.data.vocab import tokenizer_dir
     from backlm.direction import Direction
@@ -32,6 +33,9 @@ def diagnose(
     from backlm.tokenizer import Tokenizer
 
     direction_ = Direction.FORWARD if direction is None else Direction.parse(direction)
+    if direction_ is not Direction.BIDIRECTIONAL:
+        refuse_unused(f"for {direction_} rows: --mix only applies to bidirectional ones",
+                      {"--mix": (mix, 0.5)})
     folder = dataset_dir(dataset)
     tokenizer = Tokenizer.load(tokenizer_dir(folder))
     report = run(folder, tokenizer, direction_, split=split, batches=batches, seq_len=seq_len,

@@ -33,11 +33,21 @@ def download(
     ),
 ) -> None:
     """Download shards of a public dataset (resumable; rerun to continue or to grow it)."""
+    from backlm.commands.options import refuse_unused
     from backlm.data.chat_download import is_chat_source
     from backlm.data.datasets import download_dataset
     from backlm.paths import dataset_dir
 
-    if task is not None and is_chat_source(task.strip().lower()):
+    chat = task is not None and is_chat_source(task.strip().lower())
+    if task is not None:
+        refuse_unused(f"with --task {task}: it fetches that set alone (NAME, --val-shards and "
+                      "--workers are for NAME's shards)",
+                      {"NAME": (name, "fineweb-edu"), "--val-shards": (val_shards, 1),
+                       "--workers": (workers, 2)})
+    if task is not None and not chat:
+        refuse_unused(f"with --task {task}: an evaluation set is fetched whole into the tasks "
+                      "folder", {"--shards": (shards, None), "--dataset": (dataset, None)})
+    if chat:
         _download_chat(task.strip().lower(), dataset, shards, base_url)
         return
     if task is not None:

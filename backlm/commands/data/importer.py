@@ -42,6 +42,12 @@ def import_(
     from backlm.paths import dataset_dir
 
     if chat:
+        from backlm.commands.options import refuse_unused
+
+        refuse_unused("with --chat: conversations are read whole from their messages field, "
+                      "into a new chat dataset", {"--append": (append, False),
+                      "--split-paragraphs": (split_paragraphs, False),
+                      "--text-field": (text_field, "text")})
         _import_chat(paths, "imported-chat" if dataset is None else dataset,
                      0.02 if val_fraction is None else val_fraction)
         return

@@ -29,7 +29,9 @@ def prepare(
     dataset: str | None = typer.Option(
         None, help="Dataset name (folder under $BACKLM_HOME/data); default pydocs, or "
         "pydocs-chat with --chat."),
-    vocab_size: int = typer.Option(8192, help="Tokenizer vocabulary, special tokens included."),
+    vocab_size: int | None = typer.Option(
+        None, help="Tokenizer vocabulary, special tokens included (default 8192; not with "
+        "--chat)."),
     workers: int = typer.Option(2, min=1, help="Processes reading source files."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the dataset exists."),
     chat: bool = typer.Option(
@@ -37,12 +39,16 @@ def prepare(
         "functions, classes and modules answered from their docstrings, plus arithmetic."),
 ) -> None:
     """Build train/val/ood shards and a tokenizer from the local Python's docstrings."""
+    from backlm.commands.options import refuse_unused
     from backlm.data.corpus import prepare_corpus
     from backlm.paths import dataset_dir
 
     if chat:
+        refuse_unused("with --chat: a chat dataset has no tokenizer of its own (mid and SFT "
+                      "runs use their parent's)", {"--vocab-size": (vocab_size, 8192)})
         _prepare_chat(dataset, workers, force)
         return
+    vocab_size = 8192 if vocab_size is None else vocab_size
     dataset = "pydocs" if dataset is None else dataset
     target = dataset_dir(dataset)
     with progress_bars() as bars:
