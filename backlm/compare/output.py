@@ -205,7 +205,7 @@ def _transfer(c: Comparison, figures: dict[str, str]) -> list[str]:
                 r = m.readings.get(order)
                 d = r.splits.get(split) if r else None
                 bpb = "—" if d is None else _f(d["bpb"])
-                cells.append(f"**{bpb}**" if r.native and bpb != "—" else bpb)
+                cells.append(f"**{bpb}**" if bpb != "—" and r.native else bpb)
             if any(cell != "—" for cell in cells):
                 steps = sorted({r.step for r in m.readings.values()})
                 sources = sorted({r.source for r in m.readings.values()})
