@@ -77,8 +77,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Atomically write ``obj`` as indented JSON; a missing (NaN) or infinite number is
+    written as null, never as the ``NaN`` token JSON does not have."""
+    from backlm.missing import json_ready
+
+    text = json.dumps(json_ready(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    write_text(path, text + "\n")
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from backlm.callbacks import Callback, LoopState
 from backlm.errors import UserError
+from backlm.missing import shown
 
 console = Console()
 err_console = Console(stderr=True)
@@ -183,7 +184,7 @@ class TrainDisplay(Callback):
     def on_eval(self, state: LoopState, step: int, evals: dict[str, float]) -> None:
         if step > 0:
             self._print(f"step {step:>6} · " + " · ".join(
-                f"{k} {v:.4f}" for k, v in evals.items()))
+                f"{k} {shown(v)}" for k, v in evals.items()))
 
     def on_step_end(self, state: LoopState, step: int, record: dict[str, Any]) -> None:
         if step <= 0 or "loss" not in record:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from backlm.commands.options import DEVICE, EXPERIMENT, EXPERIMENTS_DIR, STEP, experiments_root
+from backlm.missing import is_missing
 from backlm.ui import console, progress_bars, user_errors
 
 
@@ -59,7 +60,7 @@ def eval_(
 
 
 def _fmt(value, signed: bool = False) -> str:
-    if value is None:
+    if is_missing(value):
         return "-"
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 

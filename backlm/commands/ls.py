@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from backlm.commands.options import EXPERIMENTS_DIR, experiments_root
+from backlm.missing import shown
 from backlm.ui import console, user_errors
 
 INDENT = "   "  # under the parent's id, past its "└─ "
@@ -36,7 +37,7 @@ def ls(
     for col in ("id", "phase", "direction", "depth", "step", "val bpb", "status"):
         table.add_column(col, justify="right" if col in ("depth", "step", "val bpb") else "left")
     for r in rows:
-        bpb = f"{r['val_bpb']:.4f}" if isinstance(r["val_bpb"], float) else "-"
+        bpb = shown(r["val_bpb"])
         table.add_row(r["id"], r["phase"], r["direction"], str(r["depth"]), str(r["step"]), bpb,
                       r["status"])
     console.print(table)

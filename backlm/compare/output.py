@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from backlm.atomic import atomic_folder
 from backlm.direction import ORDERS, Direction
+from backlm.missing import is_missing
 from backlm.render import table
 
 if TYPE_CHECKING:
@@ -109,8 +110,9 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: "" if r.get(k) is None else (repr(r[k]) if isinstance(r[k], float)
-                                                           else r[k]) for k in COLUMNS})
+        # a missing number (None or NaN) is a blank cell, never "nan"
+        writer.writerow({k: "" if r.get(k) is None or r[k] != r[k] else
+                         (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in COLUMNS})
     return buf.getvalue()
 
 
@@ -129,7 +131,7 @@ def write(c: Comparison) -> None:
 
 
 def _f(value: Any, digits: int = 4, signed: bool = False) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if is_missing(value):
         return "—"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
@@ -186,7 +188,7 @@ def _summary(c: Comparison) -> list[str]:
 
 
 def _point(point: tuple[int, float] | None) -> str:
-    return "—" if point is None else f"{point[1]:.4f} ({point[0]})"
+    return "—" if point is None or is_missing(point[1]) else f"{point[1]:.4f} ({point[0]})"
 
 
 def _transfer(c: Comparison, figures: dict[str, str]) -> list[str]:
@@ -202,8 +204,8 @@ def _transfer(c: Comparison, figures: dict[str, str]) -> list[str]:
             for order in ORDERS:
                 r = m.readings.get(order)
                 d = r.splits.get(split) if r else None
-                cells.append("—" if d is None else (f"**{d['bpb']:.4f}**" if r.native
-                                                     else f"{d['bpb']:.4f}"))
+                bpb = "—" if d is None else _f(d["bpb"])
+                cells.append(f"**{bpb}**" if bpb != "—" and r.native else bpb)
             if any(cell != "—" for cell in cells):
                 steps = sorted({r.step for r in m.readings.values()})
                 sources = sorted({r.source for r in m.readings.values()})

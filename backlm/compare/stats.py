@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from backlm.missing import mean_or_missing
+
 LN2 = math.log(2)
 # Student t, 97.5 % quantile, by degrees of freedom (beyond 30: a Cornish-Fisher expansion)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -63,7 +65,7 @@ def t_quantile(df: int) -> float:
 def bpb(nats: np.ndarray, nbytes: np.ndarray) -> float:
     """Bits per byte of documents: summed nats over summed bytes."""
     total = float(np.sum(nbytes))
-    return float(np.sum(nats)) / (LN2 * total) if total > 0 else math.nan
+    return mean_or_missing(float(np.sum(nats)) / LN2, total)
 
 
 def doc_bpb(nats: np.ndarray, nbytes: np.ndarray) -> np.ndarray:

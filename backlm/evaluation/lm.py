@@ -39,6 +39,7 @@ from backlm.direction import (
     model_order,
     piece_spans,
 )
+from backlm.missing import mean_or_missing
 from backlm.model import IGNORE_INDEX
 
 
@@ -140,12 +141,12 @@ class LossSums:
     @property
     def loss(self) -> float:
         """Mean cross-entropy in nats per text token."""
-        return self.nats / max(self.tokens, 1)
+        return mean_or_missing(self.nats, self.tokens)
 
     @property
     def bpb(self) -> float:
         """Bits per UTF-8 byte of text."""
-        return self.nats / (math.log(2) * max(self.bytes, 1))
+        return mean_or_missing(self.nats / math.log(2), self.bytes)
 
     def by_position(self) -> list[dict[str, Any]]:
         """Mean loss per position bucket (only buckets that hold tokens)."""

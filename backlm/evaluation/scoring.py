@@ -30,12 +30,14 @@ The written tokens are turned back into reading order before anything is compare
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from backlm.callbacks import Progress
 from backlm.direction import Direction, encode_for, model_order, prefix_length
 from backlm.evaluation.tasks import ChoiceExample, GenExample, extract_answer, numbers_in, token_f1
+from backlm.missing import is_missing, mean_or_missing
 
 
 def sequence_logprobs(model: Any, seqs: Sequence[Sequence[int]],
@@ -84,11 +86,12 @@ def score_choices(loaded: Any, example: ChoiceExample, order: Direction,
         masks.append(mask)
         nbytes.append(sum(byte_lengths[t] for t, m in zip(seq, mask, strict=True) if m))
     logps = sequence_logprobs(loaded.model, seqs, masks, loaded.device, ids.bos)
-    return logps, [lp / max(n, 1) for lp, n in zip(logps, nbytes, strict=True)]
+    return logps, [mean_or_missing(lp, n) for lp, n in zip(logps, nbytes, strict=True)]
 
 
 def _argmax(values: Sequence[float]) -> int:
-    return max(range(len(values)), key=lambda i: values[i])
+    # a choice without bytes has no per-byte score: it never wins (NaN would compare oddly)
+    return max(range(len(values)), key=lambda i: -math.inf if is_missing(values[i]) else values[i])
 
 
 def evaluate_choice_task(loaded: Any, examples: Sequence[ChoiceExample], order: Direction,
@@ -108,9 +111,9 @@ def evaluate_choice_task(loaded: Any, examples: Sequence[ChoiceExample], order: 
         if progress is not None:
             progress(label, i + 1, len(examples))
     n = len(records)
-    acc = sum(r["correct"] for r in records) / max(n, 1)
+    acc = mean_or_missing(sum(r["correct"] for r in records), n)
     summary = {"n": n, "metric": "acc", "score": acc, "acc": acc,
-               "acc_norm": sum(r["correct_norm"] for r in records) / max(n, 1),
+               "acc_norm": mean_or_missing(sum(r["correct_norm"] for r in records), n),
                "scoring": "conditional" if order == Direction.FORWARD else "joint"}
     return records, summary
 
@@ -160,9 +163,9 @@ def evaluate_generation_task(loaded: Any, examples: Sequence[GenExample], order:
         if progress is not None:
             progress(label, i + 1, len(examples))
     n = len(records)
-    f1 = sum(r["token_f1"] for r in records) / max(n, 1)
+    f1 = mean_or_missing(sum(r["token_f1"] for r in records), n)
     summary: dict[str, Any] = {"n": n, "metric": "token_f1", "score": f1, "token_f1": f1,
                                "max_new_tokens": max_new_tokens}
     key = "exact_match" if forward else "answer_mentioned"
-    summary[key] = sum(r[key] for r in records) / max(n, 1)
+    summary[key] = mean_or_missing(sum(r[key] for r in records), n)
     return records, summary

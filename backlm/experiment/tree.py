@@ -14,6 +14,7 @@ from typing import Any
 from backlm.errors import UserError
 from backlm.experiment.folder import Experiment, all_experiments
 from backlm.experiment.notes import latest_step
+from backlm.missing import is_missing
 
 _BAD_LINK = object()  # a parent link that is neither null nor an object with a parent_id
 
@@ -37,13 +38,13 @@ def _best(exp: Experiment, results: dict[str, Any]) -> str | None:
     record = exp.best("val") or {}
     metric = record.get("monitor") or record.get("metric")
     value = record.get("value")
-    if isinstance(metric, str) and isinstance(value, (int, float)):
+    if isinstance(metric, str) and not is_missing(value):
         step = record.get("step")
         return f"{metric} {value:.4f}" + (f" @ step {step}" if isinstance(step, int) else "")
     # no best record: the final value of the phase's own metric (RL: the reward), else bpb
     for name in ("val_reward", "val_chat_loss", "val_bpb"):
         value = results.get(name)
-        if isinstance(value, (int, float)):
+        if not is_missing(value):
             return f"{name} {value:.4f} (final)"
     return None
 

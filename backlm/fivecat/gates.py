@@ -15,6 +15,7 @@ from torch import Tensor
 
 from backlm.fivecat.samples import Probe
 from backlm.fivecat.spec import Samples
+from backlm.missing import MISSING, mean_or_missing
 from backlm.model import IGNORE_INDEX
 from backlm.model.decode import GREEDY, Decoder, sample_steps
 
@@ -92,7 +93,7 @@ def declared_pass(model, x: Tensor, first: int, chunk: int, autocast
             idx = xc[:, pos[:, None] + ks[None, :]]  # (n, P, 7) token ids at each offset
             offsets += logp[:, pos].gather(-1, idx).sum((0, 1)).double().cpu()
         del logits, logp
-    return torch.cat(ce), torch.cat(ent), torch.cat(top), offsets / max(1, n * len(pos))
+    return torch.cat(ce), torch.cat(ent), torch.cat(top), offsets / (n * len(pos)) if n * len(pos) else offsets * MISSING
 
 
 def rollout_cuts(prefix: int, length: int, horizon: int) -> list[int]:
@@ -128,7 +129,7 @@ def rollout_vs_teacher(model, x: Tensor, top: Tensor, prefix: int, horizon: int,
             hits += int((made == ref).sum())
             tf_hits += int((top[:, cut - 1:cut - 1 + horizon] == ref).sum())
             total += ref.numel()
-    return hits / max(total, 1), tf_hits / max(total, 1)
+    return mean_or_missing(hits, total), mean_or_missing(tf_hits, total)
 
 
 @contextlib.contextmanager
@@ -147,7 +148,7 @@ def one_cpu_thread(device: torch.device):
 
 
 def _mean(values: Tensor, mask: Tensor) -> float:
-    return float((values * mask).sum() / mask.sum().clamp(min=1))
+    return mean_or_missing(float((values * mask).sum()), float(mask.sum()))
 
 
 @torch.no_grad()

@@ -71,6 +71,7 @@ import numpy as np
 from backlm.errors import UserError
 from backlm.logs.base import MetricLogger
 from backlm.logs.h5_file import LIBVER, append_rows, open_reader, rebuild, resumed_at
+from backlm.missing import is_missing
 
 if TYPE_CHECKING:
     from backlm.experiment import Experiment
@@ -176,8 +177,10 @@ class Hdf5Logger(MetricLogger):
                     self._buf[f"{group}/{name}/{stat}"].append(value)
 
     def add_eval(self, kind: str, step: int, values: dict[str, float]) -> None:
-        """Buffer one ``/eval`` row per value."""
+        """Buffer one ``/eval`` row per measured value (a missing one gets no row)."""
         for name, value in values.items():
+            if is_missing(value):
+                continue
             self._row("eval", step, kind=_bytes(kind, KIND_LEN), name=_bytes(name, NAME_LEN),
                       value=float(value))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from backlm import atomic
 from backlm.logs.base import MetricLogger
+from backlm.missing import json_ready
 
 
 class JsonlLogger(MetricLogger):
@@ -20,7 +21,8 @@ class JsonlLogger(MetricLogger):
         self._f = open(self.path, "a", encoding="utf-8")
 
     def log(self, step: int, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps({"step": step, **record}) + "\n")
+        line = json.dumps(json_ready({"step": step, **record}), allow_nan=False)
+        self._f.write(line + "\n")
         self._f.flush()  # cheap, and a killed run keeps every finished step
 
     def flush(self) -> None:

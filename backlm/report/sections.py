@@ -21,6 +21,7 @@ from backlm.direction import ORDERS, Direction
 from backlm.errors import UserError
 from backlm.evaluation.tasks import LM_TASK
 from backlm.experiment import Experiment
+from backlm.missing import is_missing
 from backlm.report import figures as figs
 
 MAX_LINES_PLOTTED = 6  # parameters or layers per statistics figure
@@ -76,8 +77,8 @@ class Context:
 
 
 def fmt(value: Any) -> str:
-    """A table cell: numbers to 4 significant digits, None as '-'."""
-    if value is None:
+    """A table cell: numbers to 4 significant digits, a missing one (None, NaN) as '-'."""
+    if value is None or (isinstance(value, float) and is_missing(value)):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"

@@ -3,7 +3,9 @@
 Conventions follow Lightning's ``EarlyStopping``: ``monitor`` names a validation metric,
 ``mode`` says whether lower or higher is better, ``patience`` counts evaluations without an
 improvement of at least ``min_delta``, ``stopping_threshold`` stops once the metric is good
-enough, ``divergence_threshold`` once it is hopeless, and a non-finite value stops the run.
+enough, ``divergence_threshold`` once it is hopeless, and an infinite value stops the run. A
+missing value (NaN: the mean of nothing, :mod:`backlm.missing`) is skipped: never a best,
+never a wait; a diverged model is caught by its training loss, checked every step.
 
 The best evaluation always gets a checkpoint and ``checkpoints/best.json``; with
 ``restore_best`` the run ends by loading those weights, so the experiment's final model is the
@@ -17,6 +19,7 @@ from typing import Any
 
 from backlm.callbacks import Callback, LoopState
 from backlm.errors import UserError
+from backlm.missing import is_missing
 
 STOP_REASONS = ("max steps", "early stop", "target reached", "diverged", "interrupted",
                 "direction inverted")
@@ -41,7 +44,8 @@ class BestTracker(Callback):
 
     def on_train_start(self, state: LoopState) -> None:
         prior = state.run.exp.best("val")
-        if prior and prior.get("monitor") == self.es.monitor and prior.get("step", 0) <= state.step:
+        if prior and prior.get("monitor") == self.es.monitor and prior.get("step", 0) <= state.step \
+                and not is_missing(prior.get("value")):
             self.best, self.best_step = float(prior["value"]), int(prior["step"])
             self.best_evals = dict(prior.get("evals") or {})
             self.wait = int(prior.get("wait", 0))
@@ -52,6 +56,8 @@ class BestTracker(Callback):
             raise UserError(f"early_stop.monitor {self.es.monitor!r} is not measured; "
                             f"choose one of {known}")
         value = float(evals[self.es.monitor])
+        if is_missing(value):
+            return  # nothing was measured: neither a best nor a wait (the loop warned once)
         if not math.isfinite(value):
             if self.es.stop_on_nonfinite:
                 state.stop_reason = "diverged"
@@ -131,7 +137,7 @@ class Convergence(Callback):
         if "loss" in record and math.isfinite(record["loss"]):
             self.losses = (self.losses + [record["loss"]])[-self.window:]
             self.grad_norms = (self.grad_norms + [record["grad_norm"]])[-self.window:]
-        if "val_loss" not in record:
+        if is_missing(record.get("val_loss")):
             return
         record["loss_slope"] = slope(self.losses)
         record["grad_norm_slope"] = slope(self.grad_norms)

@@ -33,6 +33,7 @@ from backlm.errors import UserError
 from backlm.experiment import checkpoint as ckpt
 from backlm.experiment import compat
 from backlm.experiment.folder import Experiment, utcnow
+from backlm.missing import mean_or_missing
 from backlm.train.phases import phase_for, plan_streams
 from backlm.train.step import Phase, mean_over_orders
 from backlm.train.summary import RunSummary, write_training_summary
@@ -95,6 +96,7 @@ class TrainingRun:
                             phase_scalars=self.phase.scalars())
         self.last_saved: int | None = None
         self.evals: dict[str, float] = {}  # the latest validation
+        self.warned_missing: set[str] = set()  # validation metrics already warned as missing
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast when the run computes in bf16, else nothing."""
@@ -138,8 +140,8 @@ def evaluate(tr: TrainingRun, orders: list[tuple[str, Direction]]) -> dict[str, 
         nats, nbytes, ntok = all_reduce_mean([sums.nats, sums.bytes, sums.tokens], dist,
                                              tr.device)
         suffix = "" if name == "" else f"_{name}"
-        out[f"val_loss{suffix}"] = nats / max(ntok, 1)
-        out[f"val_bpb{suffix}"] = nats / (math.log(2) * max(nbytes, 1))
+        out[f"val_loss{suffix}"] = mean_or_missing(nats, ntok)
+        out[f"val_bpb{suffix}"] = mean_or_missing(nats / math.log(2), nbytes)
     mean_over_orders(out, "val_loss", orders)
     mean_over_orders(out, "val_bpb", orders)
     out.update(tr.phase.evaluate(tr, orders))
@@ -294,6 +296,7 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
         cbs.on_train_start(state)
         if state.step == 0 and cfg.train.eval_at_start:
             tr.evals = evaluate(tr, orders)
+            _warn_missing(tr, state)
             first_bpb = tr.evals["val_bpb"]
             cbs.on_eval(state, 0, tr.evals)
             cbs.on_step_end(state, 0, dict(tr.evals))
@@ -355,6 +358,7 @@ def _loop(tr: TrainingRun, state: LoopState, cbs: Callback,
             state.stop_reason = "diverged"
         elif step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
             tr.evals = evaluate(tr, orders)
+            _warn_missing(tr, state)
             record.update(tr.evals)
             cbs.on_eval(state, step, tr.evals)
         cbs.on_step_end(state, step, record)
@@ -363,6 +367,17 @@ def _loop(tr: TrainingRun, state: LoopState, cbs: Callback,
         if (state.save_requested or step % cfg.train.save_every == 0
                 or step == cfg.train.max_steps or state.stop_reason):
             _checkpoint(tr, state, cbs)
+
+
+def _warn_missing(tr: TrainingRun, state: LoopState) -> None:
+    """One warning line per run for the validation metrics measured over nothing."""
+    from backlm.missing import is_missing
+
+    new = [k for k, v in tr.evals.items() if is_missing(v) and k not in tr.warned_missing]
+    if new:
+        tr.warned_missing.update(new)
+        state.say(f"warning: {', '.join(new)} measured over nothing (no held-out token or "
+                  "example was scored): recorded as missing, never as 0 or a best value")
 
 
 def _since_start() -> float:

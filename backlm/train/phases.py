@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from backlm.config import RunConfig
 from backlm.errors import UserError
+from backlm.missing import mean_or_missing
 from backlm.train.step import MicroBatch, Orders, Phase, StepRun, mean_over_orders, per_order
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class ChatPhase(TextPhase):
                                    cfg.model.seq_len, rows)
             sums = score(run.info.model, batches, run.token_bytes, run.device, run.autocast())
             nats, ntok = all_reduce_mean([sums.nats, sums.tokens], dist, run.device)
-            out["val_chat_loss" + (f"_{name}" if name else "")] = nats / max(ntok, 1e-9)
+            out["val_chat_loss" + (f"_{name}" if name else "")] = mean_or_missing(nats, ntok)
         mean_over_orders(out, "val_chat_loss", orders)
         return out
 
@@ -202,20 +203,28 @@ def eval_monitors(phase: str, direction: Direction) -> list[str]:
 
 def check_chat_fits(cfg: RunConfig, tokenizer: Any, sample: int = 500) -> None:
     """Refuse, before anything is written, a chat dataset none of whose first ``sample``
-    conversations fits a row as whole user/assistant pairs."""
+    training conversations fits a row as whole user/assistant pairs, or none of whose
+    validation conversations does (validation would score no token: no val_chat_loss)."""
     from backlm.data.chat import chat_shards, read_conversations
     from backlm.data.convloader import fit_turns
     from backlm.direction import body_capacity
 
-    conversations = read_conversations(chat_shards(chat_dir(cfg), "train")[0])[:sample]
-    for conversation in conversations:
+    def fits(conversation: Any) -> bool:
         try:
             rendered = tokenizer.render_conversation(conversation)
         except UserError:
-            continue
-        if fit_turns(*map(list, rendered), body_capacity(cfg.model.seq_len)):
-            return
-    raise UserError(f"no conversation of the chat dataset {cfg.chat.dataset!r} (first "
-                    f"{len(conversations)} tried) fits a {cfg.model.seq_len}-token row as whole "
-                    "user/assistant pairs: use shorter conversations or a parent with a longer "
-                    "model.seq_len")
+            return False
+        return bool(fit_turns(*map(list, rendered), body_capacity(cfg.model.seq_len)))
+
+    conversations = read_conversations(chat_shards(chat_dir(cfg), "train")[0])[:sample]
+    if not any(fits(c) for c in conversations):
+        raise UserError(f"no conversation of the chat dataset {cfg.chat.dataset!r} (first "
+                        f"{len(conversations)} tried) fits a {cfg.model.seq_len}-token row as "
+                        "whole user/assistant pairs: use shorter conversations or a parent with "
+                        "a longer model.seq_len")
+    held_out = [c for path in chat_shards(chat_dir(cfg), "val") for c in read_conversations(path)]
+    if not any(fits(c) for c in held_out):
+        raise UserError(f"no validation conversation of the chat dataset {cfg.chat.dataset!r} "
+                        f"({len(held_out)}) fits a {cfg.model.seq_len}-token row, so "
+                        "val_chat_loss would be measured over no token: add shorter val "
+                        "conversations or use a parent with a longer model.seq_len")

@@ -28,6 +28,7 @@ from backlm.direction import (
     turn_roles,
     written_to_reading_order,
 )
+from backlm.missing import mean_or_missing
 from backlm.model import IGNORE_INDEX
 from backlm.train.step import MicroBatch, Orders, Phase, StepRun, mean_over_orders, per_order
 
@@ -189,10 +190,12 @@ class RLPhase(Phase):
 
     def record(self, sums: dict[str, float]) -> dict[str, float]:
         count = sums["samples"]
-        r_mean = sums["reward"] / count
+        r_mean = mean_or_missing(sums["reward"], count)
+        var = mean_or_missing(sums["reward_sq"], count) - r_mean ** 2
+        groups = count / self.cfg.rl.group_size
         return {"reward_mean": r_mean,
-                "reward_std": math.sqrt(max(0.0, sums["reward_sq"] / count - r_mean ** 2)),
-                "zero_spread": sums["zero_spread"] / (count / self.cfg.rl.group_size)}
+                "reward_std": math.sqrt(max(var, 0.0)),  # var first: max keeps a NaN
+                "zero_spread": mean_or_missing(sums["zero_spread"], groups)}
 
     @classmethod
     def monitors(cls, direction: Direction) -> list[str]:
@@ -218,7 +221,7 @@ class RLPhase(Phase):
                 total += reward(tok, problem, order, content(sample, stop))
             (mean_sum,) = all_reduce_mean([total], dist, run.device)
             out[f"val_reward_{name}" if name else "val_reward"] = \
-                mean_sum * dist.world / len(problems)
+                mean_or_missing(mean_sum * dist.world, len(problems))
         mean_over_orders(out, "val_reward", orders)
         return out
 

@@ -259,3 +259,49 @@ def test_rl_resumes_exactly(lineage):
     for step in (3, 4):
         for key in ("loss", "reward_mean", "reward_std", "zero_spread"):
             assert pick[1][step][key] == pytest.approx(pick[0][step][key], rel=1e-5, abs=1e-7)
+
+
+def _chat_with_long_val(phase_world, tmp_path, monkeypatch, name: str = "shortval"):
+    import shutil
+
+    from backlm.data.chat import write_chat_shard
+
+    home = shutil.copytree(phase_world / "home", tmp_path / "home")
+    monkeypatch.setenv("BACKLM_HOME", str(home))
+    short = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]] * 8
+    long = [[{"role": "user", "content": "alpha beta gamma " * 40},
+             {"role": "assistant", "content": "delta " * 40}]] * 4
+    write_chat_shard(home / "data" / name / "train_00000.parquet", short)
+    write_chat_shard(home / "data" / name / "val_00000.parquet", long)
+    return name
+
+
+def test_validation_that_fits_no_row_is_refused_before_the_run(lineage, phase_world, tmp_path,
+                                                                monkeypatch):
+    """No held-out conversation fits the context: val_chat_loss would be a mean over no
+    token, so the plan refuses the branch (one line, exit 2, nothing written)."""
+    name = _chat_with_long_val(phase_world, tmp_path, monkeypatch)
+    line = refused(branch_args("sft", "b0", "--id", "noval", "--set", f"chat.dataset={name}"),
+                   lineage)
+    assert "no validation conversation" in line and "val_chat_loss" in line
+
+
+@pytest.mark.slow
+def test_validation_over_no_token_is_missing_never_zero_or_best(lineage, phase_world, tmp_path,
+                                                                 monkeypatch):
+    """Past the plan (its check skipped), a run whose validation scores no token records
+    val_chat_loss as missing: null in the log, no best.json, one warning, no 0.0000 shown."""
+    from backlm.train import branch
+
+    monkeypatch.setattr(branch, "check_chat_fits", lambda cfg, tokenizer: None)
+    name = _chat_with_long_val(phase_world, tmp_path, monkeypatch)
+    res = run_cli(branch_args("sft", "b0", "--id", "noval", "--set", f"chat.dataset={name}",
+                              steps=2))
+    assert res.exit_code == 0, res.output
+    warnings = [x for x in res.output.splitlines() if "measured over nothing" in x]
+    assert len(warnings) == 1 and "val_chat_loss" in warnings[0]
+    assert all(m.get("val_chat_loss") is None for m in metrics(lineage / "noval"))
+    assert xp.Experiment(lineage / "noval").best("val") is None
+    tree = run_cli(["ls", "--tree"])
+    row = _row(tree.output, "noval")
+    assert "0.0000" not in row and "nan" not in row.lower()

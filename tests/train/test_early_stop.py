@@ -42,7 +42,7 @@ def test_thresholds_and_nonfinite(tmp_path):
     run = fake_run(tmp_path, divergence_threshold=5.0)
     assert feed(BestTracker(run), run, [3.0, 6.0]) == 2 and run.stop_reason == "diverged"
     run = fake_run(tmp_path)
-    assert feed(BestTracker(run), run, [3.0, math.nan]) == 2 and run.stop_reason == "diverged"
+    assert feed(BestTracker(run), run, [3.0, math.inf]) == 2 and run.stop_reason == "diverged"
     run = fake_run(tmp_path, mode="max", patience=1)
     t = BestTracker(run)
     assert feed(t, run, [0.1, 0.5, 0.4]) == 4 and t.best_step == 2
