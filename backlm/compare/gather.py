@@ -188,16 +188,40 @@ def _final_best(m: Member, rows: list[dict[str, Any]], metric: str) -> None:
     m.best = (min if mode == "min" else max)(points, key=lambda p: p[1])
 
 
-def _stored_reading(exp: Experiment, phase: str, order: Direction) -> Reading | None:
-    """The stored lm evaluation in ``order``, if it keeps per-document sums."""
+def _wanted_checkpoint(exp: Experiment) -> dict[str, Any]:
+    """What a stored evaluation must have been made of to stand for the model compare loads:
+    that checkpoint's step and, where its meta has one, its weights' sha256 (a run extended,
+    or a checkpoint rewritten, since the evaluation makes the file stale)."""
+    from backlm.experiment import checkpoint as ckpt
+    from backlm.experiment.loading import chosen_step
+
+    try:
+        step = chosen_step(exp)
+        sha = ckpt.read_meta(exp.checkpoint_dir(step)).get("model_sha256")
+    except (UserError, OSError, ValueError, AttributeError):
+        return {}
+    return {"step": step, **({"model_sha256": sha} if sha else {})}
+
+
+def _stored_reading(exp: Experiment, phase: str, order: Direction,
+                    wanted: dict[str, Any]) -> Reading | None:
+    """The stored lm evaluation in ``order``, if it keeps per-document sums and was made of
+    the ``wanted`` checkpoint (:func:`backlm.experiment.identity.differs`; a file from before
+    sha256s were recorded is checked on its step alone; an experiment whose checkpoint cannot
+    be read keeps its stored files, which are all there is of it)."""
     from backlm.evaluation.tasks import LM_TASK
     from backlm.experiment.folder import read_json
+    from backlm.experiment.identity import differs
 
     path = exp.evaluation_path(phase, order, LM_TASK)
     if not path.is_file():
         return None
     try:
         data = read_json(path)
+        asked = {k: v for k, v in wanted.items()
+                 if k != "model_sha256" or data.get("model_sha256") is not None}
+        if differs(data, asked) is not None:
+            return None
         return _reading(data, "stored")
     except (UserError, KeyError, TypeError, ValueError):
         return None
@@ -224,7 +248,8 @@ def readings(m: Member, options: CompareOptions, notes: list[str]) -> None:
     computed now (both, so one model's two readings always cover the same documents)."""
     from backlm.evaluation.runner import EvalOptions, lm_results
 
-    stored = {o: _stored_reading(m.exp, m.phase, o) for o in ORDERS}
+    wanted = _wanted_checkpoint(m.exp)
+    stored = {o: _stored_reading(m.exp, m.phase, o, wanted) for o in ORDERS}
     steps = {r.step for r in stored.values() if r is not None}
     if all(stored.values()) and len(steps) == 1 and same_documents(list(stored.values())):
         m.readings = {o: r for o, r in stored.items() if r is not None}

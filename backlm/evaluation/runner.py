@@ -67,6 +67,7 @@ class EvalReport:
     results: list[TaskResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     logged: bool = False  # summaries also went to the research log
+    model_sha256: str | None = None  # the checkpoint's weights, so a reader can tell a stale file
 
     def get(self, task: str, direction: Direction) -> TaskResult | None:
         """The result of ``task`` in ``direction``, if it was evaluated."""
@@ -112,7 +113,8 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
     if T.LM_TASK in tasks:
         examples[T.LM_TASK] = _held_out(exp, options.lm_tokens, notes)
     loaded = load_model(exp, step=options.step, device=options.device)
-    report = EvalReport(exp, loaded.phase, loaded.step, loaded.direction, orders, notes=notes)
+    report = EvalReport(exp, loaded.phase, loaded.step, loaded.direction, orders, notes=notes,
+                        model_sha256=loaded.meta.get("model_sha256"))
     for task in tasks:
         for order in orders:
             # one bar per task and order
@@ -138,7 +140,8 @@ def lm_results(exp: Experiment, options: EvalOptions) -> dict[str, dict[str, Any
         native = order in loaded.direction.orders
         out[order.value] = {"experiment": exp.id, "task": T.LM_TASK, "direction": order,
                       "model_direction": loaded.direction, "native": native,
-                      "phase": loaded.phase, "step": loaded.step, "created": utcnow(),
+                      "phase": loaded.phase, "step": loaded.step,
+                      "model_sha256": loaded.meta.get("model_sha256"), "created": utcnow(),
                       "summary": summary, "records": records}
     return out
 
@@ -199,7 +202,8 @@ def _write(report: EvalReport, task: str, order: Direction, summary: dict[str, A
     write_json(path, {
         "experiment": report.exp.id, "task": task, "direction": order,
         "model_direction": report.model_direction, "native": native, "phase": report.phase,
-        "step": report.step, "created": utcnow(), "summary": summary, "records": records,
+        "step": report.step, "model_sha256": report.model_sha256, "created": utcnow(),
+        "summary": summary, "records": records,
     })
     return TaskResult(task, order, native, summary, path)
 

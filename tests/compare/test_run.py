@@ -188,6 +188,16 @@ def test_the_computed_evaluation_is_what_backlm_eval_stores(compared, compare_wo
     assert {r.source for m in again.members for r in m.readings.values()} == {"stored"}
     assert again.units[0].gaps["val"].interval.value == pytest.approx(
         compared.result.units[1].gaps["val"].interval.value, abs=1e-5)
+    # a stored file of another step, or of other weights, is stale: it is recomputed
+    b0 = Experiment(exps / "b0")
+    for field, value in (("step", 10_000), ("model_sha256", "0" * 64)):
+        path = b0.evaluation_path("base", "forward", "lm")
+        data = json.loads(path.read_text())
+        data[field] = value
+        path.write_text(json.dumps(data))
+        with pytest.raises(AssertionError, match="recomputed"):
+            run_compare(["f0", "b0"], exps, CompareOptions(output=tmp_path / field, bootstrap=50))
+        write_stored(b0, compared.result.members[1])
 
 
 def test_seeds_and_depths_give_seed_intervals_and_the_gap_against_size(tmp_path):
