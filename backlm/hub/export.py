@@ -8,6 +8,7 @@ and renamed into place whole, so an export that fails leaves nothing.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,13 +64,18 @@ def plan_export(req: ExportRequest) -> tuple[FolderSpec, Path]:
 
 def export(req: ExportRequest) -> ExportResult:
     """Check, then write the model folder at ``req.out`` whole (or nothing)."""
+    from backlm import atomic
+
     spec, out = plan_export(req)
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = atomic.temp_folder(out)  # a fresh name: nothing beside OUT is touched
     try:
         staged = write_folder(spec, tmp)
-        tmp.rename(out)
+        atomic.mark_owned(tmp, "backlm export")
+        os.rename(tmp, out)  # OUT was checked absent; a folder made since is not replaced
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write the export folder {out}: {exc.strerror or exc}; free "
+                        "some space or export elsewhere") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from backlm.atomic import write_json
+from backlm.atomic import OWNED, write_json
 from backlm.compare import stats
 from backlm.compare.output import CSV, MARKDOWN
 from backlm.compare.run import CompareOptions, run_compare
@@ -63,7 +63,7 @@ def compared(compare_world, phase_world, tmp_path_factory):
 def test_forward_backward_and_bidirectional_side_by_side(compared):
     out, rows, md = compared.out, compared.rows, compared.md
     assert sorted(p.name for p in out.iterdir()) == [
-        MARKDOWN, "attention.png", CSV, "curves.png", "gap.png", "transfer.png"]
+        OWNED, MARKDOWN, "attention.png", CSV, "curves.png", "gap.png", "transfer.png"]
     for section in ("## Experiments", "## Learning curves", "## Final and best val_bpb",
                     "### Tasks", "## Cross-direction transfer",
                     "## Forward − backward gap on the same documents", "## Notes"):
