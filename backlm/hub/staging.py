@@ -87,12 +87,12 @@ def is_old_folder(folder: Path) -> bool:
     from backlm.hub.hf_export import HF_FILES
     from backlm.tokenizer import TOKENIZER_FILE
 
-    names = {ckpt.MODEL_FILE, TOKENIZER_FILE, CARD, Experiment(folder).metadata_path.name,
-             *HF_FILES}
+    layout = Experiment(folder)  # the same names the staged folder copies from an experiment
+    names = {ckpt.MODEL_FILE, TOKENIZER_FILE, CARD, layout.metadata_path.name, *HF_FILES}
     entries = list(folder.iterdir())
     return (folder / ckpt.MODEL_FILE).is_file() and all(
         not p.is_symlink() and ((p.is_file() and p.name in names)
-                                or (p.is_dir() and p.name == "evaluations")) for p in entries)
+                                or (p.is_dir() and p == layout.evaluations_root)) for p in entries)
 
 
 def write_folder(spec: FolderSpec, target: Path) -> Staged:
