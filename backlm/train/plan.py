@@ -135,8 +135,10 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
     folder = dataset_dir(cfg.data.dataset)
     prepare = not any(folder.glob("train_*.parquet"))
     if prepare and cfg.data.dataset != DEFAULT_DATASET:
-        raise UserError(f"dataset {cfg.data.dataset!r} has no train shards in {folder}: fetch it "
-                        "with `backlm data download` or `backlm data import`")
+        name = cfg.data.dataset  # the commands name it: without --dataset they fill another
+        raise UserError(f"dataset {name!r} has no train shards in {folder}: import your text "
+                        f"with `backlm data import FILE... --dataset {name}` or fetch a web "
+                        f"sample with `backlm data download --dataset {name}`")
     if prepare:
         check_writable(folder, "the data folder (BACKLM_HOME)",
                        "set BACKLM_HOME to a writable folder")
