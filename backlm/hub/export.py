@@ -52,8 +52,8 @@ def plan_export(req: ExportRequest) -> tuple[FolderSpec, Path]:
                         f"{', '.join(FORMATS)} (a transformers model folder)")
     out = Path(req.out).expanduser().absolute()
     if out.exists() or out.is_symlink():
-        raise UserError(f"{out} already exists: export into a new folder (remove it first, or "
-                        "give another path)")
+        raise UserError(f"{out} already exists: export into a new folder (move it away, or "
+                        "give another path); an export never replaces a folder")
     exp = find(req.experiment, req.root)
     folder, step, meta, tokenizer = check_checkpoint(exp, req.step, "export")
     check_writable(out.parent, "the export folder's parent", "export elsewhere")

@@ -81,16 +81,17 @@ class Staged:
 
 def is_old_folder(folder: Path) -> bool:
     """Whether ``folder`` is a model folder an older backlm staged or exported (before the
-    ownership marker, :data:`backlm.atomic.OWNED`): the weights and only the files
-    :func:`write_folder` writes, by name."""
+    ownership marker, :data:`backlm.atomic.OWNED`): the weights, tokenizer, card and metadata,
+    and only files :func:`write_folder` writes, by name."""
     from backlm.experiment.folder import Experiment
     from backlm.hub.hf_export import HF_FILES
     from backlm.tokenizer import TOKENIZER_FILE
 
     layout = Experiment(folder)  # the same names the staged folder copies from an experiment
-    names = {ckpt.MODEL_FILE, TOKENIZER_FILE, CARD, layout.metadata_path.name, *HF_FILES}
+    needed = {ckpt.MODEL_FILE, TOKENIZER_FILE, CARD, layout.metadata_path.name}
+    names = {*needed, *HF_FILES}
     entries = list(folder.iterdir())
-    return (folder / ckpt.MODEL_FILE).is_file() and all(
+    return needed <= {p.name for p in entries} and all(
         not p.is_symlink() and ((p.is_file() and p.name in names)
                                 or (p.is_dir() and p == layout.evaluations_root)) for p in entries)
 
