@@ -286,3 +286,26 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
         run_compare(["fw", "bw"], root, CompareOptions(output=out, bootstrap=10))
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temporary left
     assert (out / MARKDOWN).read_text() == before  # the earlier comparison stands
+
+
+def test_a_full_disk_while_writing_names_the_output_not_the_temporary_folder(tmp_path,
+                                                                            monkeypatch):
+    import errno
+
+    import backlm.compare.figures as figures
+    from backlm.errors import UserError
+
+    root = tmp_path / "exps"
+    fake_experiment(root, "fw", "forward", 2, 1)
+    fake_experiment(root, "bw", "backward", 2, 1)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[1] / "curves.png"))
+
+    monkeypatch.setattr(figures, "draw", full)
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as exc:
+        run_compare(["fw", "bw"], root, CompareOptions(output=out, bootstrap=10))
+    assert str(exc.value) == (f"cannot write the comparison to {out}: No space left on device; "
+                              "free some space or choose another --output")
+    assert [p.name for p in tmp_path.iterdir()] == ["exps"]  # nothing left behind
