@@ -1,7 +1,10 @@
 """Atomic file writes: write to a temporary name beside the target, fsync, rename.
 
 A reader never sees a half-written file, and an interrupted write leaves the old file (or
-nothing) in place.
+nothing) in place. Whole folders go the same way, and backlm replaces or removes only a folder
+it made itself: every such folder holds :data:`OWNED`, a small file saying what wrote it
+(:func:`mark_owned`), and :func:`check_replaceable` refuses any other (a user's folder, a
+file) with one line naming the path and the fix. The single place that decides this.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 SUFFIX = ".tmp"  # temporary names: ".<name>.<random>.tmp" beside the target
+OWNED = ".backlm-owned"  # in every folder backlm may later replace or remove
+# Recognises a folder an older backlm made before it wrote OWNED (None: no such folders).
+Legacy = Callable[[Path], bool]
 
 
 @contextlib.contextmanager
@@ -85,22 +91,95 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, text + "\n")
 
 
-@contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary folder beside ``path``; on success it replaces ``path`` (an
-    earlier folder there is moved aside first and removed after), so a reader sees the old
-    folder or the new one whole. On any exception the temporary folder is removed."""
-    import shutil
+# --- folders backlm owns -----------------------------------------------------------------------
+
+
+def mark_owned(folder: str | os.PathLike, what: str) -> None:
+    """Write :data:`OWNED` into ``folder`` (made by backlm): ``what`` made it, and when."""
+    import datetime as dt
+
+    from backlm import __version__
+
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_json(Path(folder) / OWNED, {"created_by": what, "backlm": __version__,
+                                      "created": stamp})
+
+
+def is_owned(folder: str | os.PathLike, legacy: Legacy | None = None) -> bool:
+    """Whether backlm may replace or remove the folder ``folder``: it holds :data:`OWNED`, is
+    empty (nothing in it to lose), or ``legacy`` recognises it as an older backlm's."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / OWNED).is_file() or not any(folder.iterdir()):
+        return True
+    return bool(legacy is not None and legacy(folder))
+
+
+def check_replaceable(path: str | os.PathLike, what: str,
+                      legacy: Legacy | None = None) -> None:
+    """Raise :class:`~backlm.errors.UserError` unless ``path`` is absent or a folder backlm
+    owns (:func:`is_owned`); checked before any work, and again just before a swap."""
+    from backlm.errors import UserError
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent))
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise UserError(f"{what} {path} exists and is not a folder backlm made: move it away "
+                        "or choose another path")
+    if not is_owned(path, legacy):
+        raise UserError(f"{what} {path} holds files backlm did not write (no {OWNED}): move "
+                        "them away or choose another path; backlm replaces only its own folders")
+
+
+def temp_folder(beside: str | os.PathLike) -> Path:
+    """A new hidden folder beside ``beside`` (same filesystem, so a rename moves it), with a
+    name no one else uses, and a plain mkdir's mode."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=SUFFIX, dir=beside.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+    return tmp
+
+
+def replace_owned(new: str | os.PathLike, path: str | os.PathLike, what: str,
+                  legacy: Legacy | None = None) -> None:
+    """Put the folder ``new`` at ``path`` whole, marked as backlm's; a folder already there is
+    replaced only when backlm owns it (else a UserError, and ``path`` is left as it is)."""
+    new, path = Path(new), Path(path)
+    check_replaceable(path, what, legacy)
+    if not (new / OWNED).is_file():
+        mark_owned(new, what)
+    swap_folder(new, path, path.with_name(f"{new.name}.old"))
+
+
+def remove_owned(path: str | os.PathLike, what: str, legacy: Legacy | None = None) -> None:
+    """Remove the folder ``path`` if backlm owns it; any other is refused (a UserError)."""
+    import shutil
+
+    path = Path(path)
+    check_replaceable(path, what, legacy)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, what: str = "backlm",
+                  legacy: Legacy | None = None) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``path``; on success it replaces ``path`` (an
+    earlier folder there is moved aside first and removed after), so a reader sees the old
+    folder or the new one whole. A ``path`` backlm does not own is refused before anything is
+    written (:func:`check_replaceable`). On any exception the temporary folder is removed."""
+    import shutil
+
+    path = Path(path)
+    check_replaceable(path, what, legacy)
+    tmp = temp_folder(path)
     try:
         yield tmp
-        swap_folder(tmp, path, path.with_name(f"{tmp.name}.old"))
+        replace_owned(tmp, path, what, legacy)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -119,6 +119,7 @@ def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,
 
     cfgs = configs(prefix, seed, steps, overrides)
     ids = [cfg.id for cfg in cfgs.values()]
+    _check_outputs(root, ids, comparison_dir(root, prefix) if compare is not None else None)
     result = QuickstartResult(ids)
     for direction, cfg in cfgs.items():
         stage = Stage(f"train {direction} ({cfg.id})")
@@ -144,6 +145,20 @@ def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,
             say("[bold]quickstart · comparing the three[/]")
             result.comparison, stage.status = compare(ids, out), "done"
     return result
+
+
+def _check_outputs(root: Path, ids: Sequence[str], out: Path | None) -> None:
+    """Before any training: every member's folder is new or a backlm experiment (continued),
+    and the comparison folder one compare may replace; a user's folder is never touched."""
+    from backlm.compare.output import MARKDOWN
+    from backlm.compare.run import check_output
+
+    for exp_id in ids:
+        exp = xp.Experiment(Path(root) / exp_id)
+        if exp.path.exists() and not exp.metadata_path.is_file():
+            xp.check_free_id(root, exp_id, "choose another --prefix")
+    if out is not None:
+        check_output(out, MARKDOWN)
 
 
 def comparison_dir(root: Path, prefix: str) -> Path:

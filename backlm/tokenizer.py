@@ -140,8 +140,9 @@ class Tokenizer:
         except (OSError, ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
-                f"tokenizer file {path} is unreadable ({reason}): rebuild it with "
-                "`backlm data prepare --force`"
+                f"tokenizer file {path} is unreadable ({reason}): restore it from a copy, or, "
+                "for a dataset's tokenizer, delete it and the next `backlm train` on that "
+                "dataset trains a new one"
             ) from None
 
     @classmethod

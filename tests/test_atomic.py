@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from backlm import atomic
+from backlm.errors import UserError
 
 
 def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -93,14 +94,15 @@ def test_a_folder_appears_whole_and_replaces_the_old_one(tmp_path):
         assert tmp.parent == target.parent and tmp.name.startswith(".out.")
         (tmp / "a.txt").write_text("1")
         assert not target.exists()
-    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [atomic.OWNED, "a.txt"]
     (tmp_path / "plain").mkdir()
     modes = {stat.S_IMODE(p.stat().st_mode) for p in (target, tmp_path / "plain")}
     assert len(modes) == 1  # a plain mkdir's mode, not mkdtemp's 0700
     (tmp_path / "plain").rmdir()
     with atomic.atomic_folder(target) as tmp:
         (tmp / "b.txt").write_text("2")
-    assert [p.name for p in target.iterdir()] == ["b.txt"]  # the old folder is gone whole
+    # the old folder is gone whole
+    assert sorted(p.name for p in target.iterdir()) == [atomic.OWNED, "b.txt"]
     assert [p.name for p in target.parent.iterdir()] == ["out"]
 
 
@@ -124,3 +126,27 @@ def test_a_failed_folder_write_leaves_the_old_folder(tmp_path, monkeypatch):
         (tmp / "a.txt").write_text("new")
     assert (target / "a.txt").read_text() == "old"  # moved back into place
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_only_a_folder_backlm_owns_is_replaced_or_removed(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    before = sorted(mine.iterdir())
+    with pytest.raises(UserError, match=f"{mine}.*move them away or choose another path"):
+        with atomic.atomic_folder(mine, "output folder"):
+            raise AssertionError("refused before anything is written")
+    with pytest.raises(UserError, match="not a folder backlm made"):
+        atomic.remove_owned(mine / "notes.txt", "output")
+    new = atomic.temp_folder(mine)
+    with pytest.raises(UserError):
+        atomic.replace_owned(new, mine, "output")
+    assert sorted(mine.iterdir()) == before and (mine / "notes.txt").read_text() == "keep me"
+    # an empty folder has nothing to lose; a marked one, or one legacy recognises, is backlm's
+    (tmp_path / "empty").mkdir()
+    atomic.replace_owned(new, tmp_path / "empty", "output")
+    assert json.loads((tmp_path / "empty" / atomic.OWNED).read_text())["created_by"] == "output"
+    atomic.remove_owned(tmp_path / "empty", "output")
+    assert atomic.is_owned(mine, legacy=lambda p: (p / "notes.txt").is_file())
+    assert not (tmp_path / "empty").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]

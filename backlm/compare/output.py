@@ -19,10 +19,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backlm.atomic import atomic_folder
 from backlm.direction import ORDERS, Direction
+from backlm.errors import UserError
 from backlm.missing import is_missing
 from backlm.render import table
 
@@ -116,15 +118,27 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def old_comparison(folder: Path) -> bool:
+    """Whether ``folder`` is a comparison an older backlm wrote (before the ownership marker):
+    the Markdown, the CSV and PNG figures, nothing else."""
+    return (folder / MARKDOWN).is_file() and all(
+        p.is_file() and not p.is_symlink() and (p.name in (MARKDOWN, CSV) or p.suffix == ".png")
+        for p in folder.iterdir())
+
+
 def write(c: Comparison) -> None:
     """The comparison folder, whole: figures, CSV, then the Markdown that shows them."""
     from backlm.compare.figures import draw
 
     rows = csv_rows(c)
-    with atomic_folder(c.output) as tmp:
-        figures = draw(rows, tmp, c.options.metric, c.spans_depths)
-        (tmp / CSV).write_text(to_csv(rows), encoding="utf-8")
-        (tmp / MARKDOWN).write_text(markdown(c, figures), encoding="utf-8")
+    try:
+        with atomic_folder(c.output, "output folder", old_comparison) as tmp:
+            figures = draw(rows, tmp, c.options.metric, c.spans_depths)
+            (tmp / CSV).write_text(to_csv(rows), encoding="utf-8")
+            (tmp / MARKDOWN).write_text(markdown(c, figures), encoding="utf-8")
+    except OSError as exc:  # name the user's folder, not the temporary one beside it
+        raise UserError(f"cannot write the comparison to {c.output}: {exc.strerror or exc}; "
+                        "free some space or choose another --output") from None
 
 
 # --- Markdown ---------------------------------------------------------------------------------

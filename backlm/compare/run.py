@@ -55,17 +55,23 @@ def default_output(ids: Sequence[str]) -> Path:
 
 
 def check_output(out: Path, marker: str) -> None:
-    """An output folder compare may write: new, empty, or an earlier comparison (holding
-    ``marker``); never a file or below one."""
+    """An output folder compare may write, checked before anything is evaluated: new, empty,
+    or an earlier comparison (holding backlm's marker, or an older backlm's:
+    :func:`~backlm.compare.output.old_comparison`); never a file, below one, or a folder
+    compare cannot write. ``marker``: kept for callers; the check names the files itself."""
+    from backlm.atomic import check_replaceable
+    from backlm.compare.output import old_comparison
+    from backlm.paths import check_writable
+
+    out = Path(out)
     if out.is_file():
-        raise UserError(f"output {out} is a file: choose a folder with --output")
+        raise UserError(f"output {out} is a file: move it away or choose a folder with --output")
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise UserError(f"output {out} cannot be created: {blocker} is a file; choose another "
                         "--output")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
-        raise UserError(f"output folder {out} holds other files: choose a new or empty folder "
-                        "(compare replaces only an earlier comparison)")
+    check_replaceable(out, "output folder", old_comparison)
+    check_writable(out.parent, "the output folder's parent", "choose another --output")
 
 
 def known_metrics(rows: list[dict[str, Any]]) -> set[str]:

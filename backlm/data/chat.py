@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from backlm.atomic import atomic_path
 from backlm.callbacks import Progress
-from backlm.data.corpus import _remove_stale_partials, _swap_into_place
+from backlm.data.corpus import _remove_stale_partials, _swap_into_place, check_rebuildable
 from backlm.data.pydocs_chat import build_default_chat
 from backlm.data.shards import require_kind
 from backlm.errors import FILE_FIX, UserError, check_text, jsonl_records
@@ -273,6 +273,7 @@ def prepare_chat(
     require_kind(folder, "chat", "`backlm data prepare --chat`")
     if folder.is_dir() and any(folder.iterdir()) and not force:
         return existing_summary(folder)
+    check_rebuildable(folder)
     started = time.monotonic()
     chats = build_default_chat(roots=roots, max_docs=max_docs, workers=workers,
                                progress=progress)

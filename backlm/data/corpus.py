@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from backlm.atomic import swap_folder
+from backlm.atomic import check_replaceable, mark_owned, swap_folder
 from backlm.callbacks import Progress
 from backlm.data.docstrings import PARSE_ERRORS, file_docstrings
 from backlm.errors import UserError
@@ -224,6 +224,7 @@ def prepare_corpus(
         summary = _existing_summary(dataset_dir)
         _cache_existing(dataset_dir, summary, workers, progress)
         return summary
+    check_rebuildable(dataset_dir)
     t0 = time.monotonic()
     tmp = dataset_dir.parent / f".{dataset_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -343,7 +344,30 @@ def _cache_existing(dataset_dir: Path, summary: PrepareSummary, workers: int,
                              f"{dataset_dir / TOKENS_DIR}")
 
 
+DATASET = "the dataset folder"  # what made it, in its marker and in messages
+
+
+def is_old_dataset(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset an older backlm wrote (before the ownership marker):
+    parquet shards, the prepare summary, the tokenizer and token cache folders, nothing else."""
+    from backlm.data.token_cache import TOKENS_DIR
+    from backlm.data.vocab import tokenizer_dir
+
+    dirs = {tokenizer_dir(folder).name, TOKENS_DIR}
+    return all(not p.is_symlink() and (
+        (p.is_file() and (p.suffix == ".parquet" or p.name == SUMMARY_FILE))
+        or (p.is_dir() and p.name in dirs)) for p in folder.iterdir())
+
+
+def check_rebuildable(folder: Path) -> None:
+    """Before a ``--force`` rebuild does any work: ``folder`` is absent or a dataset backlm
+    made (a user's folder is never replaced)."""
+    check_replaceable(folder, DATASET, is_old_dataset)
+
+
 def _swap_into_place(tmp: Path, final: Path) -> None:
+    mark_owned(tmp, DATASET)
+    check_rebuildable(final)  # again, just before the swap
     # the pid in the name lets a later prepare restore it if this process dies mid-swap
     swap_folder(tmp, final, final.parent / f".{final.name}.old-{os.getpid()}")
 

@@ -124,7 +124,7 @@ def restore_rng_state(state: dict[str, Any], cuda: bool) -> None:
 
 
 def save(folder: Path, model_state: dict[str, Any], optim_state: Any, meta: dict[str, Any],
-         *, previous: int | None = None, resume_with: str = "",
+         *, previous: int | None = None, resume_with: str = "", fresh: bool = False,
          after_weights: Callable[[], None] | None = None) -> Path:
     """Write a checkpoint into ``folder`` atomically (temporary name, then rename).
 
@@ -135,8 +135,9 @@ def save(folder: Path, model_state: dict[str, Any], optim_state: Any, meta: dict
     checked first. On any error or interrupt the temporary folder is removed, so ``folder`` is
     whole or absent; too little space, a full disk or another OSError is one UserError naming
     the checkpoint at step ``previous`` (the resume point that stays) and ``resume_with`` (the
-    command that continues). ``after_weights`` runs once the weights are written (fault
-    injection).
+    command that continues); ``fresh``: the first checkpoint of a new experiment, which the
+    caller removes on failure, so the advice is to run the same command again, not to resume.
+    ``after_weights`` runs once the weights are written (fault injection).
     """
     from backlm.experiment import weights as safetensors_file
 
@@ -146,7 +147,7 @@ def save(folder: Path, model_state: dict[str, Any], optim_state: Any, meta: dict
     header = safetensors_file.checkpoint_header(meta)
     tensors: dict[str, Any] = {}
     structure = _flatten_optimizer(optim_state, "opt", tensors)
-    what = _Failure(final, meta.get("step"), previous, resume_with)
+    what = _Failure(final, meta.get("step"), previous, resume_with, fresh)
     final.parent.mkdir(parents=True, exist_ok=True)
     needed = _nbytes(weights) + _nbytes(tensors)
     needed += int(needed * MARGIN_FRACTION) + MARGIN_BYTES
@@ -217,15 +218,22 @@ def _os_error(exc: BaseException) -> int | None:
 class _Failure:
     """The words of a failed save: which step, where, what stays, what to do."""
 
-    def __init__(self, final: Path, step: Any, previous: int | None, resume_with: str) -> None:
+    def __init__(self, final: Path, step: Any, previous: int | None, resume_with: str,
+                 fresh: bool = False) -> None:
         self.final, self.step, self.previous, self.resume_with = final, step, previous, resume_with
+        self.fresh = fresh
 
     def kept(self) -> str:
+        if self.fresh:
+            return (f"the new experiment {self.final.parent.parent.name} has no checkpoint yet, "
+                    "so it is removed")
         if self.previous is None:
             return "no earlier checkpoint exists, so a resume starts from step 0"
         return f"the checkpoint at step {self.previous} is still the resume point"
 
     def fix(self, first: str) -> str:
+        if self.fresh:
+            return f"{first} and run the same command again (there is nothing to resume)"
         return f"{first} and resume with `{self.resume_with}`" if self.resume_with else first
 
     def message(self, code: int, exc: BaseException) -> str:

@@ -73,7 +73,9 @@ def check_tokenizer(tokenizer_dir: Path, vocab_size: int, meta: dict[str, Any] |
     try:
         tokenizer = Tokenizer.load(tokenizer_dir)
     except UserError as exc:
-        raise UserError(f"{exc}; {fix}") from None
+        # the loader's own advice ends its message after the last ": " and is for a dataset's
+        # tokenizer; an experiment's must be its own, so only this fix is given
+        raise UserError(f"{str(exc).rsplit(': ', 1)[0]}: {fix}") from None
     where = f"checkpoint {folder.name}" if folder is not None else "the model"
     if tokenizer.vocab_size != vocab_size:
         raise UserError(f"{tokenizer_dir} has {tokenizer.vocab_size} tokens but {where} has a "

@@ -62,6 +62,20 @@ def check_id(exp_id: str) -> str:
     return exp_id
 
 
+def check_free_id(root: Path, exp_id: str, fix: str = "choose another --id",
+                  resume: bool = True) -> None:
+    """Refuse an id whose folder exists: an experiment (``resume``: say how to continue it) or
+    a folder backlm did not make, which is never touched (move it away, or ``fix``)."""
+    exp = Experiment(Path(root) / exp_id)
+    if not exp.path.exists() and not exp.path.is_symlink():
+        return
+    if exp.metadata_path.is_file():
+        also = f" or continue it with `backlm train --resume {exp_id}`" if resume else ""
+        raise UserError(f"experiment {exp_id} already exists in {root}: {fix}{also}")
+    raise UserError(f"{exp.path} exists and is not a backlm experiment (no "
+                    f"{exp.metadata_path.name}): move it away or {fix}")
+
+
 def utcnow() -> str:
     """Current UTC time, ISO 8601."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -293,13 +307,13 @@ def create(
     """Create a new experiment folder; an existing id is a UserError (use --resume)."""
     check_id(exp_id)
     exp = Experiment(Path(root) / exp_id)
-    if exp.path.exists():
-        raise UserError(
-            f"experiment {exp_id} already exists in {root}: choose another --id or "
-            f"continue it with `backlm train --resume {exp_id}`"
-        )
-    tmp = Experiment(Path(root) / f".{exp_id}.creating")
-    shutil.rmtree(tmp.path, ignore_errors=True)
+    check_free_id(root, exp_id)
+    try:
+        # a fresh name of its own: nothing already in the experiments folder is touched
+        tmp = Experiment(atomic.temp_folder(exp.path))
+    except OSError as exc:
+        raise UserError(f"cannot create experiment {exp_id} in {root}: "
+                        f"{exc.strerror or exc}; choose a writable --experiments-dir") from None
     try:
         tmp.checkpoints.mkdir(parents=True)
         tmp.notes_dir.mkdir()
@@ -335,7 +349,7 @@ def all_experiments(root: Path) -> list[Experiment]:
             raise UserError(f"experiments folder {root} cannot exist: {blocker} is a file; "
                             "point --experiments-dir (or BACKLM_EXPERIMENTS) at a folder")
         return []
-    # hidden folders are creations in progress (``.<id>.creating``), not experiments
+    # hidden folders are creations in progress (``.<id>.<random>.tmp``), not experiments
     exps = (Experiment(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return sorted((e for e in exps if e.metadata_path.is_file()), key=lambda e: e.id)
 

@@ -8,6 +8,7 @@ and renamed into place whole, so an export that fails leaves nothing.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,8 @@ def plan_export(req: ExportRequest) -> tuple[FolderSpec, Path]:
                         f"{', '.join(FORMATS)} (a transformers model folder)")
     out = Path(req.out).expanduser().absolute()
     if out.exists() or out.is_symlink():
-        raise UserError(f"{out} already exists: export into a new folder (remove it first, or "
-                        "give another path)")
+        raise UserError(f"{out} already exists: export into a new folder (move it away, or "
+                        "give another path); an export never replaces a folder")
     exp = find(req.experiment, req.root)
     folder, step, meta, tokenizer = check_checkpoint(exp, req.step, "export")
     check_writable(out.parent, "the export folder's parent", "export elsewhere")
@@ -63,13 +64,18 @@ def plan_export(req: ExportRequest) -> tuple[FolderSpec, Path]:
 
 def export(req: ExportRequest) -> ExportResult:
     """Check, then write the model folder at ``req.out`` whole (or nothing)."""
+    from backlm import atomic
+
     spec, out = plan_export(req)
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = atomic.temp_folder(out)  # a fresh name: nothing beside OUT is touched
     try:
         staged = write_folder(spec, tmp)
-        tmp.rename(out)
+        atomic.mark_owned(tmp, "backlm export")
+        os.rename(tmp, out)  # OUT was checked absent; a folder made since is not replaced
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write the export folder {out}: {exc.strerror or exc}; free "
+                        "some space or export elsewhere") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

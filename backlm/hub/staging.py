@@ -79,13 +79,32 @@ class Staged:
     skipped: list[str]
 
 
+def is_old_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a model folder an older backlm staged or exported (before the
+    ownership marker, :data:`backlm.atomic.OWNED`): the weights, tokenizer, card and metadata,
+    and only files :func:`write_folder` writes, by name."""
+    from backlm.experiment.folder import Experiment
+    from backlm.hub.hf_export import HF_FILES
+    from backlm.tokenizer import TOKENIZER_FILE
+
+    layout = Experiment(folder)  # the same names the staged folder copies from an experiment
+    needed = {ckpt.MODEL_FILE, TOKENIZER_FILE, CARD, layout.metadata_path.name}
+    names = {*needed, *HF_FILES}
+    entries = list(folder.iterdir())
+    return needed <= {p.name for p in entries} and all(
+        not p.is_symlink() and ((p.is_file() and p.name in names)
+                                or (p.is_dir() and p == layout.evaluations_root)) for p in entries)
+
+
 def write_folder(spec: FolderSpec, target: Path) -> Staged:
-    """Write the hub folder into ``target`` (created; it must not exist)."""
+    """Write the hub folder into ``target`` (created, or an empty folder made for it)."""
     from backlm.experiment.compat import tokenizer_hash
     from backlm.hub import hf_export
 
     exp = spec.exp
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)
+    if any(target.iterdir()):
+        raise FileExistsError(f"{target} is not empty")
     tok_sha = tokenizer_hash(spec.tokenizer)
     specials = dict(spec.tokenizer.specials)
     params = _write_weights(spec, target / ckpt.MODEL_FILE, tok_sha, specials)

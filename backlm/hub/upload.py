@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backlm.atomic import swap_folder
+from backlm import atomic
 from backlm.errors import UserError
 from backlm.experiment import checkpoint as ckpt
 from backlm.experiment.folder import Experiment, find, utcnow
-from backlm.hub.staging import FolderSpec, Staged, write_folder
+from backlm.hub.staging import FolderSpec, Staged, is_old_folder, write_folder
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Hub rules (huggingface_hub.utils.validate_repo_id): letters, digits, '_', '-', '.'; each part
@@ -30,6 +30,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 _PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 REPO_RE = re.compile(rf"^({_PART})/({_PART})$")
 LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+STAGING = "the hub staging folder"  # what made it, in its marker and in messages
 
 
 @dataclass
@@ -155,6 +156,7 @@ def plan_upload(req: UploadRequest) -> UploadPlan:
     folder, step, meta, tokenizer = check_checkpoint(exp, req.step, "upload")
     weights = folder / ckpt.MODEL_FILE
     staging = exp.hub_staging_dir(repo_id)
+    atomic.check_replaceable(staging, STAGING, is_old_folder)
     check_writable(staging.parent, "the staging folder", "make the experiment folder writable")
     needed = int(weights.stat().st_size * 1.05) + (4 << 20)
     free = shutil.disk_usage(exp.path).free
@@ -172,11 +174,15 @@ def upload(req: UploadRequest, on_event: OnEvent | None = None) -> UploadResult:
 
     plan = plan_upload(req)
     spec = plan.spec
-    tmp = plan.staging.with_name(f".{plan.staging.name}.tmp")
     had_hub_dir = plan.staging.parent.exists()
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a fresh name of its own: nothing already beside the staging folder is touched
+    tmp = atomic.temp_folder(plan.staging)
     try:
-        result = UploadResult(plan, write_folder(spec, tmp))
+        try:
+            result = UploadResult(plan, write_folder(spec, tmp))
+        except OSError as exc:  # name the user's staging folder, not the temporary one
+            raise UserError(f"cannot stage {spec.exp.id} in {plan.staging}: "
+                            f"{exc.strerror or exc}; free some space in {spec.exp.path}") from None
         if on_event is not None:
             on_event("staged", result)
         if not plan.dry_run:
@@ -187,7 +193,7 @@ def upload(req: UploadRequest, on_event: OnEvent | None = None) -> UploadResult:
             result.url, result.commit = push_folder(
                 tmp, spec.repo_id, endpoint=spec.endpoint, token=plan.token,
                 private=plan.private, message=message)
-        _replace(tmp, plan.staging)
+        atomic.replace_owned(tmp, plan.staging, STAGING, is_old_folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if not had_hub_dir:
@@ -201,10 +207,3 @@ def upload(req: UploadRequest, on_event: OnEvent | None = None) -> UploadResult:
             "direction": spec.direction, "private": plan.private, "pushed": utcnow(),
             "weights_sha256": ckpt.sha256_file(plan.staging / ckpt.MODEL_FILE)})
     return result
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    # the earlier staging is moved aside first, so a crash never leaves it half-deleted
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    swap_folder(tmp, final, old)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backlm.atomic import mark_owned
 from backlm.direction import Direction
 from backlm.errors import UserError
 from backlm.experiment import Experiment
@@ -71,6 +72,7 @@ def write_report(ref: str, root: Path) -> ReportResult:
 
     exp = find(ref, root)
     meta = exp.metadata()
+    check_outputs(exp)
     try:
         staging = exp.report_staging()
     except OSError as exc:
@@ -81,6 +83,9 @@ def write_report(ref: str, root: Path) -> ReportResult:
         text = build(ctx)
         (staging / exp.report_path.name).write_text(text, encoding="utf-8")
         _install(exp, staging)
+    except OSError as exc:  # name the report, not the staging folder it was built in
+        raise UserError(f"cannot write {exp.report_path}: {exc.strerror or exc}; free some "
+                        "space or make the experiment folder writable") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ReportResult(exp, exp.report_path, [exp.figures_dir / n for n in ctx.figures],
@@ -114,12 +119,42 @@ def build(ctx: Context) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+REPORT_TITLE = "# Research report: "  # the first line of every report backlm writes
+FIGURES = "report figures folder"  # what made the figures folder, in its marker and messages
+
+
+def _old_figures(folder: Path) -> bool:
+    # an older backlm wrote no ownership marker: its figures folder holds only PNG files
+    return all(p.is_file() and not p.is_symlink() and p.suffix == ".png"
+               for p in folder.iterdir())
+
+
+def check_outputs(exp: Experiment) -> None:
+    """Refuse, before anything is drawn, a figures folder or report file that backlm did not
+    write (a user's files there are never replaced)."""
+    from backlm.atomic import check_replaceable
+
+    check_replaceable(exp.figures_dir, FIGURES, _old_figures)
+    path = exp.report_path
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(f"{path} is not a report backlm wrote: move it away to write a report")
+    if path.is_file():
+        with open(path, "rb") as f:
+            first = f.readline(200)
+        if not first.startswith(REPORT_TITLE.encode()):
+            raise UserError(f"{path} is not a report backlm wrote (it does not start with "
+                            f"{REPORT_TITLE.strip()!r}): move it away to write a report")
+
+
 def _install(exp: Experiment, staging: Path) -> None:
     """Swap the staged report in: the old figures folder aside, the new one and the report
     file renamed into place; on a failure the old figures come back."""
     new_figures = staging / exp.figures_dir.name
     old_figures = staging / "previous-figures"
     moved = False
+    check_outputs(exp)  # again, just before the swap
+    if new_figures.exists():
+        mark_owned(new_figures, FIGURES)
     if exp.figures_dir.exists():
         os.rename(exp.figures_dir, old_figures)
         moved = True
@@ -150,7 +185,7 @@ def header(ctx: Context) -> list[str]:
     exp, meta = ctx.exp, ctx.meta
     d = ctx.direction
     state = status(exp, meta)
-    lines = [f"# Research report: {exp.id}", "",
+    lines = [f"{REPORT_TITLE}{exp.id}", "",
              f"**Direction: {d}** — the model {HOW_IT_READS.get(d, 'has an unknown direction')}.",
              ""]
     lines += table(["phase", "status", "depth", "created", "finished", "git commit"],

@@ -144,9 +144,8 @@ def plan_branch(phase: str, parent_ref: str, root: Path, *, step: str | None = N
     cfg.id = exp_id
     check_writable(Path(root), "the experiments folder",
                    "choose another with --experiments-dir or BACKLM_EXPERIMENTS")
-    if (Path(root) / exp_id).exists():
-        raise UserError(f"experiment {exp_id} already exists in {root}: choose another --id "
-                        "(siblings never share a folder)")
+    xp.check_free_id(Path(root), exp_id, "choose another --id (siblings never share a folder)",
+                     resume=False)
     check_text_data(cfg, phase)
     prepare = check_chat_data(cfg) if phase in CHAT_PHASES else False
     if phase in CHAT_PHASES and not prepare:

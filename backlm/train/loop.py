@@ -95,6 +95,7 @@ class TrainingRun:
                             is_cuda=self.dev.is_cuda, data_dir=data_dir, autocast=self.autocast,
                             phase_scalars=self.phase.scalars())
         self.last_saved: int | None = None
+        self.resumed = False  # set by run(): a new run is removed if its first save fails
         self.evals: dict[str, float] = {}  # the latest validation
         self.warned_missing: set[str] = set()  # validation metrics already warned as missing
 
@@ -164,9 +165,12 @@ def _save(tr: TrainingRun, state: LoopState) -> Path | None:
         "tokenizer": compat.tokenizer_record(tr.info.tokenizer), "saved": utcnow(),
     }
     steps = exp.checkpoint_steps()
+    # a new run that fails before its first checkpoint is removed (backlm.train.launch), so
+    # its advice is to run the command again, not to resume
     return ckpt.save(exp.checkpoint_dir(state.step), tr.info.model.state_dict(),
                      tr.opt.state_dict(), meta, previous=steps[-1] if steps else None,
                      resume_with=f"backlm train --resume {exp.id}",
+                     fresh=not steps and not tr.resumed,
                      after_weights=faults.save_hook(state.step))
 
 
@@ -265,6 +269,7 @@ def run(exp: Experiment, cfg: RunConfig, *, resume: bool = False, dist: DistInfo
     if cfg.train.device == "cpu" or not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
     tr = TrainingRun(exp, cfg, dist, phase)
+    tr.resumed = resume
     state = LoopState(tr.info)
     step, tokens, tr.evals = _restore(tr) if resume else (0, 0, {})
     if step == 0 and tr.phase.from_parent:  # a branch starts from its parent's weights

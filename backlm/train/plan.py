@@ -131,14 +131,14 @@ def plan_new_run(cfg: RunConfig, root: Path, world: int = 1,
     exp_id = xp.check_id(cfg.id or xp.new_id(cfg.phase, cfg.data.direction, cfg.model.depth))
     check_writable(Path(root), "the experiments folder",
                    "choose another with --experiments-dir or BACKLM_EXPERIMENTS")
-    if (Path(root) / exp_id).exists():
-        raise UserError(f"experiment {exp_id} already exists in {root}: choose another --id or "
-                        f"continue it with `backlm train --resume {exp_id}`")
+    xp.check_free_id(Path(root), exp_id)
     folder = dataset_dir(cfg.data.dataset)
     prepare = not any(folder.glob("train_*.parquet"))
     if prepare and cfg.data.dataset != DEFAULT_DATASET:
-        raise UserError(f"dataset {cfg.data.dataset!r} has no train shards in {folder}: fetch it "
-                        "with `backlm data download` or `backlm data import`")
+        name = cfg.data.dataset  # the commands name it: without --dataset they fill another
+        raise UserError(f"dataset {name!r} has no train shards in {folder}: import your text "
+                        f"with `backlm data import FILE... --dataset {name}` or fetch a web "
+                        f"sample with `backlm data download --dataset {name}`")
     if prepare:
         check_writable(folder, "the data folder (BACKLM_HOME)",
                        "set BACKLM_HOME to a writable folder")

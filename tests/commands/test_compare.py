@@ -17,7 +17,7 @@ def test_compare_writes_the_default_folder(compare_world, phase_world, tmp_path,
     assert res.exit_code == 0, res.output
     out = tmp_path / "comparisons" / "f0_vs_b0_vs_bi0"
     assert sorted(p.name for p in out.iterdir()) == [
-        "COMPARISON.md", "attention.png", "comparison.csv", "curves.png", "gap.png",
+        ".backlm-owned", "COMPARISON.md", "attention.png", "comparison.csv", "curves.png", "gap.png",
         "transfer.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["comparisons"]  # no temporary left
     lines = res.output.splitlines()
@@ -49,9 +49,10 @@ BAD = [
     (["compare", "f0"], "at least two experiments, got 1"),
     (["compare", "f0", "nope"], "no experiment 'nope'"),
     (["compare", "f0", "f0"], "same experiment (f0)"),
-    (["compare", "f0", "b0", "-o", "{file}"], "is a file: choose a folder with --output"),
+    (["compare", "f0", "b0", "-o", "{file}"], "is a file: move it away or choose a folder "
+                                                    "with --output"),
     (["compare", "f0", "b0", "-o", "{file}/sub"], "cannot be created"),
-    (["compare", "f0", "b0", "-o", "{busy}"], "holds other files"),
+    (["compare", "f0", "b0", "-o", "{busy}"], "holds files backlm did not write"),
     (["compare", "f0", "b0", "--metric", "val_nothing"], "no experiment logged the metric "
                                                          "'val_nothing'"),
     (["compare", "f0", "b0", "--bootstrap", "0"], "--bootstrap must be between"),

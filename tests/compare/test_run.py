@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from backlm.atomic import write_json
+from backlm.atomic import OWNED, write_json
 from backlm.compare import stats
 from backlm.compare.output import CSV, MARKDOWN
 from backlm.compare.run import CompareOptions, run_compare
@@ -63,7 +63,7 @@ def compared(compare_world, phase_world, tmp_path_factory):
 def test_forward_backward_and_bidirectional_side_by_side(compared):
     out, rows, md = compared.out, compared.rows, compared.md
     assert sorted(p.name for p in out.iterdir()) == [
-        MARKDOWN, "attention.png", CSV, "curves.png", "gap.png", "transfer.png"]
+        OWNED, MARKDOWN, "attention.png", CSV, "curves.png", "gap.png", "transfer.png"]
     for section in ("## Experiments", "## Learning curves", "## Final and best val_bpb",
                     "### Tasks", "## Cross-direction transfer",
                     "## Forward − backward gap on the same documents", "## Notes"):
@@ -296,3 +296,26 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
         run_compare(["fw", "bw"], root, CompareOptions(output=out, bootstrap=10))
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temporary left
     assert (out / MARKDOWN).read_text() == before  # the earlier comparison stands
+
+
+def test_a_full_disk_while_writing_names_the_output_not_the_temporary_folder(tmp_path,
+                                                                            monkeypatch):
+    import errno
+
+    import backlm.compare.figures as figures
+    from backlm.errors import UserError
+
+    root = tmp_path / "exps"
+    fake_experiment(root, "fw", "forward", 2, 1)
+    fake_experiment(root, "bw", "backward", 2, 1)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[1] / "curves.png"))
+
+    monkeypatch.setattr(figures, "draw", full)
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as exc:
+        run_compare(["fw", "bw"], root, CompareOptions(output=out, bootstrap=10))
+    assert str(exc.value) == (f"cannot write the comparison to {out}: No space left on device; "
+                              "free some space or choose another --output")
+    assert [p.name for p in tmp_path.iterdir()] == ["exps"]  # nothing left behind

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from backlm.atomic import OWNED
 from backlm.data import chat
 from backlm.data.chat import (
     CHAT_DATASET,
@@ -266,7 +267,7 @@ def test_prepare_chat_writes_atomically_then_leaves_it(tmp_path: Path, fake_site
                            progress=lambda s, d, t: stages.append(s))
     assert not summary.existed and summary.val >= 1 and summary.train > summary.val
     assert {"scan", "write"} <= set(stages)
-    assert sorted(p.name for p in folder.iterdir()) == ["train_00000.parquet",
+    assert sorted(p.name for p in folder.iterdir()) == [OWNED, "train_00000.parquet",
                                                         "val_00000.parquet"]
     assert [p.name for p in folder.parent.iterdir()] == [CHAT_DATASET]  # no partial folder
     train = read_conversations(folder / "train_00000.parquet")

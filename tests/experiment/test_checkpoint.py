@@ -188,6 +188,27 @@ def test_a_full_disk_is_one_user_error_and_leaves_nothing(tmp_path, monkeypatch,
     _only_the_resume_point(tmp_path)
 
 
+def test_a_full_disk_at_a_new_runs_first_checkpoint_advises_no_resume(tmp_path, monkeypatch):
+    """The caller removes a new experiment whose first save fails: nothing to resume."""
+    model, opt = _model_and_optimizer()
+    real = weights.write
+
+    def second_file_fails(path, *args, **kw):
+        if str(path).endswith(ckpt.OPTIM_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(weights, "write", second_file_fails)
+    folder = tmp_path / "e1" / "checkpoints" / "step_000001"
+    with pytest.raises(UserError) as exc:
+        ckpt.save(folder, model.state_dict(), opt.state_dict(), _meta(1),
+                  resume_with="backlm train --resume e1", fresh=True)
+    assert str(exc.value) == (
+        f"no space left on device while writing checkpoint step 1 to {folder.parent}; the new "
+        "experiment e1 has no checkpoint yet, so it is removed; free space and run the same "
+        "command again (there is nothing to resume)")
+
+
 def test_other_write_errors_and_interrupts_leave_nothing(tmp_path, monkeypatch):
     model, opt = _saved_before(tmp_path)
 

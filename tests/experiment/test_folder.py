@@ -58,7 +58,7 @@ def test_create_then_read_back(tmp_path):
     assert e.metadata()["status"] == "running"
     with pytest.raises(UserError, match="already exists"):
         make(tmp_path, "run1")
-    assert not list(tmp_path.glob(".*creating"))  # nothing half-made is left
+    assert not list(tmp_path.glob(".*"))  # nothing half-made is left
 
 
 def test_checkpoint_steps_are_the_complete_ones(tmp_path):
