@@ -964,3 +964,20 @@ def assert_readable(fig) -> None:
         boxes = sorted((b for _t, b in tick_labels(ax.xaxis)), key=lambda b: b.x0)
         for a, b in zip(boxes, boxes[1:], strict=False):
             assert a.x1 < b.x0, f"x tick labels touch on {ax.get_title()!r}"
+
+
+def fail_optimizer_write(monkeypatch) -> None:
+    """A full disk at the checkpoint's optimizer file (the weights file is written first)."""
+    import errno
+
+    from backlm.experiment import checkpoint as ckpt
+    from backlm.experiment import weights
+
+    real = weights.write
+
+    def full(path, *args, **kw):
+        if str(path).endswith(ckpt.OPTIM_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(weights, "write", full)

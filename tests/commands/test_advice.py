@@ -4,7 +4,6 @@ checks that it gets past that error."""
 
 from __future__ import annotations
 
-import errno
 import re
 
 import pytest
@@ -20,17 +19,11 @@ def suggested(line: str) -> list[str]:
 @pytest.mark.slow  # trains twice (~15 s)
 def test_a_full_disk_at_the_first_checkpoint_advises_running_the_command_again(
         home, monkeypatch):
-    from backlm.experiment import checkpoint as ckpt
     from backlm.experiment import weights
+    from tests.helpers import fail_optimizer_write
 
     real = weights.write
-
-    def full(path, *args, **kw):
-        if str(path).endswith(ckpt.OPTIM_FILE):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, *args, **kw)
-
-    monkeypatch.setattr(weights, "write", full)
+    fail_optimizer_write(monkeypatch)
     args = tiny_args("--direction", "forward", "--id", "first", steps=2)
     res = run_cli(args)
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output

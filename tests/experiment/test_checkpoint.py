@@ -16,6 +16,7 @@ import torch
 from backlm.errors import UserError
 from backlm.experiment import checkpoint as ckpt
 from backlm.experiment import compat, weights
+from tests.helpers import fail_optimizer_write
 
 
 def _model_and_optimizer():
@@ -191,14 +192,7 @@ def test_a_full_disk_is_one_user_error_and_leaves_nothing(tmp_path, monkeypatch,
 def test_a_full_disk_at_a_new_runs_first_checkpoint_advises_no_resume(tmp_path, monkeypatch):
     """The caller removes a new experiment whose first save fails: nothing to resume."""
     model, opt = _model_and_optimizer()
-    real = weights.write
-
-    def second_file_fails(path, *args, **kw):
-        if str(path).endswith(ckpt.OPTIM_FILE):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, *args, **kw)
-
-    monkeypatch.setattr(weights, "write", second_file_fails)
+    fail_optimizer_write(monkeypatch)
     folder = tmp_path / "e1" / "checkpoints" / "step_000001"
     with pytest.raises(UserError) as exc:
         ckpt.save(folder, model.state_dict(), opt.state_dict(), _meta(1),
