@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,14 +223,15 @@ class Hdf5Logger(MetricLogger):
             _OPEN.pop(str(self.path.resolve()), None)
 
     def _open(self) -> h5py.File:
-        # SWMR write mode orders what a flush writes: a kill mid-flush leaves a readable file
-        f = h5py.File(self.path, "r+", libver=LIBVER, locking=False)
-        try:
-            f.swmr_mode = True
-        except BaseException:
-            f.close()
-            raise
-        return f
+        # SWMR write mode orders what a flush writes: a kill mid-flush leaves a readable file.
+        # It is asked for in the open itself: opening "r+" and then turning swmr_mode on marks
+        # the file open for plain writing in between, and a kill there left a file no SWMR
+        # reader opens (the next run moved it aside and lost its rows).
+        from h5py._hl.files import make_fapl
+
+        fapl = make_fapl(None, LIBVER, None, None, None, locking=False)
+        flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+        return h5py.File(h5py.h5f.open(os.fsencode(self.path), flags, fapl=fapl))
 
 
 def log_eval(exp: Experiment, phase: str, kind: str, step: int,
