@@ -27,9 +27,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from backlm.direction import Direction, encode_document, prefix_length
+from backlm.direction import Direction, encode_document, model_order, prefix_length
 from backlm.serve import wire
-from backlm.serve.replies import Logprob, Piece, Replies, scored
+from backlm.serve.replies import Logprob, Piece, Replies, place, scored
 from backlm.serve.wire import MAX_TOP_LOGPROBS, ApiError, Limits, Options
 
 
@@ -138,7 +138,6 @@ class Run:
         choice's index), prompt by prompt."""
         ld, req, n = self.loaded, self.req, self.req.options.n
         sampling, where = req.options.sampling, req.order.writes_at
-        forward = req.order is Direction.FORWARD
         marker = req.order if ld.direction is Direction.BIDIRECTIONAL else None
         head = prefix_length(ld.direction)
         for p, ((ids, given_bos), text) in enumerate(zip(req.prompts, req.texts, strict=True)):
@@ -148,7 +147,7 @@ class Run:
             steps = ld.model.decode(seq, req.max_tokens, rows=n, sampling=sampling.params(),
                                     seed=sampling.seed, top_logprobs=req.logprobs,
                                     score_prompt=scored)
-            echoed = self._prompt_logprobs(next(steps), head, given_bos, forward) if scored else []
+            echoed = self._prompt_logprobs(next(steps), head, given_bos) if scored else []
             if req.echo:
                 for row in range(n):
                     yield Piece(text, where, p * n + row)
@@ -165,13 +164,11 @@ class Run:
             for row, reply in enumerate(replies.rows):
                 self.tokens += len(reply.tokens)
                 written = replies.reading_logprobs(row) if req.max_tokens else []
-                full = (text + reply.text if forward else reply.text + text) if req.echo \
-                    else reply.text
-                lps = echoed + written if forward else written + echoed
+                full = place(where, text, reply.text) if req.echo else reply.text
+                lps = place(where, echoed, written)
                 self.choices.append(Choice(full, reply.finish or "length", lps))
 
-    def _prompt_logprobs(self, step: Any, head: int, given_bos: bool, forward: bool
-                         ) -> list[Logprob]:
+    def _prompt_logprobs(self, step: Any, head: int, given_bos: bool) -> list[Logprob]:
         """The prompt's entries in reading order, from the engine's prompt-scoring step (a
         null entry has ``logprob`` None)."""
         body = [scored(step, i) for i in range(head - 1, step.tokens.size(0))]
@@ -179,7 +176,7 @@ class Run:
             body = [Logprob(self.loaded.tokenizer.bos_id, None), *body]
         elif body:
             body[0] = Logprob(body[0].token, None)
-        return body if forward else body[::-1]
+        return model_order(body, self.req.order)
 
 
 def new_id() -> str:

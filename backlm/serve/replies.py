@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backlm.direction import Direction
+from backlm.direction import Direction, model_order
 
 
 class TextStream:
@@ -214,5 +214,4 @@ class Replies:
 
     def reading_logprobs(self, i: int) -> list[Logprob]:
         """Row ``i``'s log-probabilities in reading order (backward: the model's reversed)."""
-        lps = self.rows[i].logprobs
-        return lps if self.order is Direction.FORWARD else lps[::-1]
+        return model_order(self.rows[i].logprobs, self.order)
