@@ -97,53 +97,19 @@ TARGET static inline float DFN(dss)(const float *x, int64_t n) {
 /* out[b·ldo + o] = W[o]·X[b] for W rows o in [o0, o1) and b < B; W rows are ldw apart, X
  * rows ldx. Blocks of 4 weight rows × 4 input rows: each weight row is read from memory once
  * per step (then from L1 for the other inputs), 16 independent sums hide the FMA latency.
- * Short blocks repeat a row's pointer and drop its sums. */
-#define DECODE_MM(NAME, WT, LOAD)                                                               \
-    TARGET static void DFN(NAME)(const WT *W, int64_t ldw, const WT *X, int64_t ldx,            \
-                                 float *out, int64_t ldo, int64_t o0, int64_t o1, int64_t n,      \
-                                 int64_t B) {                                                    \
-        for (int64_t o = o0; o < o1; o += 4) {                                                  \
-            int64_t m = o1 - o < 4 ? o1 - o : 4;                                                \
-            const WT *w0 = W + o * ldw, *w1 = W + (o + (m > 1)) * ldw;                          \
-            const WT *w2 = W + (o + (m > 2 ? 2 : 0)) * ldw, *w3 = W + (o + (m > 3 ? 3 : 0)) * ldw; \
-            for (int64_t b = 0; b < B; b += 4) {                                                \
-                int64_t k = B - b < 4 ? B - b : 4;                                              \
-                const WT *x0 = X + b * ldx, *x1 = X + (b + (k > 1)) * ldx;                      \
-                const WT *x2 = X + (b + (k > 2 ? 2 : 0)) * ldx;                                 \
-                const WT *x3 = X + (b + (k > 3 ? 3 : 0)) * ldx;                                 \
-                float s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;   \
-                float s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;   \
-                if (k == 1) {                                                                   \
-                    _Pragma("omp simd reduction(+ : s00, s10, s20, s30)")                       \
-                    for (int64_t j = 0; j < n; j++) {                                           \
-                        float a = LOAD(x0[j]);                                                  \
-                        s00 += LOAD(w0[j]) * a, s10 += LOAD(w1[j]) * a;                         \
-                        s20 += LOAD(w2[j]) * a, s30 += LOAD(w3[j]) * a;                         \
-                    }                                                                           \
-                } else {                                                                        \
-                    _Pragma("omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)") \
-                    for (int64_t j = 0; j < n; j++) {                                           \
-                        float a0 = LOAD(x0[j]), a1 = LOAD(x1[j]), a2 = LOAD(x2[j]);             \
-                        float a3 = LOAD(x3[j]);                                                 \
-                        float v0 = LOAD(w0[j]), v1 = LOAD(w1[j]), v2 = LOAD(w2[j]);             \
-                        float v3 = LOAD(w3[j]);                                                 \
-                        s00 += v0 * a0, s01 += v0 * a1, s02 += v0 * a2, s03 += v0 * a3;         \
-                        s10 += v1 * a0, s11 += v1 * a1, s12 += v1 * a2, s13 += v1 * a3;         \
-                        s20 += v2 * a0, s21 += v2 * a1, s22 += v2 * a2, s23 += v2 * a3;         \
-                        s30 += v3 * a0, s31 += v3 * a1, s32 += v3 * a2, s33 += v3 * a3;         \
-                    }                                                                           \
-                }                                                                               \
-                float s[4][4] = {{s00, s01, s02, s03}, {s10, s11, s12, s13},                    \
-                                 {s20, s21, s22, s23}, {s30, s31, s32, s33}};                   \
-                for (int64_t i = 0; i < m; i++)                                                 \
-                    for (int64_t c = 0; c < k; c++) out[(b + c) * ldo + o + i] = s[i][c];       \
-            }                                                                                   \
-        }                                                                                       \
-    }
+ * Short blocks repeat a row's pointer and drop its sums. _native_decode_mm.h holds the body,
+ * once for fp32 weights and once for bf16 ones converted to fp32 (the portable path). */
+#define MM_NAME mm_f32
+#define MM_T float
+#define MM_LOAD(v) (v)
+#include "_native_decode_mm.h"
+#if !DPBF16
+#define MM_NAME mm_bf16
+#define MM_T uint16_t
+#define MM_LOAD(v) DFN(bf2f)(v)
+#include "_native_decode_mm.h"
+#endif
 
-#define DECODE_ID(v) (v)
-#define DECODE_BF(v) DFN(bf2f)(v)
-DECODE_MM(mm_f32, float, DECODE_ID)
 #if DPBF16
 /* bf16 products with AVX512-BF16: 32 pairs per instruction, fp32 sums; the same blocking. */
 TARGET static inline float DFN(hsum)(__m512 v) { return _mm512_reduce_add_ps(v); }
@@ -190,8 +156,6 @@ TARGET static void DFN(mm_bf16)(const uint16_t *W, int64_t ldw, const uint16_t *
         }
     }
 }
-#else
-DECODE_MM(mm_bf16, uint16_t, DECODE_BF)
 #endif
 
 /* Any weight type: bf selects the bf16 kernel (W and X are then uint16_t). */
@@ -458,9 +422,6 @@ TARGET static int64_t DFN(decode_greedy)(const int64_t *P, int64_t token, int64_
     return made;
 }
 
-#undef DECODE_MM
-#undef DECODE_ID
-#undef DECODE_BF
 #undef DFN
 #undef DCAT
 #undef DCAT_
