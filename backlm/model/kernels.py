@@ -6,10 +6,13 @@ loss have hand-written backward passes that make as few passes over memory as po
 loss never materialises the ``(B·T, vocab)`` logits. Tests check them against plain autograd.
 
 For fp32 on CPU the elementwise work between the matmuls runs in fused C kernels
-(``backlm/native.lib.c``, built at install when a C compiler with OpenMP is present): one pass
-per op where PyTorch's ops take several; a training step is 1.11-1.16× faster
-(BENCHMARKS.md). Without them, or with ``BACKLM_NATIVE=0``, the same functions use PyTorch
-ops; tests/testnative.lib.py checks that both paths agree.
+(``backlm/model/_native.c``, built at install when a C compiler with OpenMP is present): one
+pass per op where PyTorch's ops take several; a training step is 1.11-1.16× faster
+(BENCHMARKS.md). bf16 CPU tensors (bf16 autocast training) take the bf16 twins of the same
+kernels, which read and write bf16 and compute in fp32 registers; the loss reads the chunk's
+bf16 logits directly and hands its gradient back in bf16. Without them, or with
+``BACKLM_NATIVE=0``, the same functions use PyTorch ops; tests/model/test_kernels.py and
+tests/model/test_native_bf16.py check that both paths agree.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ _native_on = os.environ.get("BACKLM_NATIVE", "1") != "0"
 def native_kernels() -> str | None:
     """The instruction set the fused C kernels run with, or None when they are off or absent.
 
-    With them, fp32 CPU work on norms, QK norm + rotary, attention softmax and the softcapped
-    loss takes one pass over memory per op instead of several (``BACKLM_NATIVE=0`` turns them
-    off; ``benchmarks/train_throughput.py --native both`` compares).
+    With them, fp32 and bf16 CPU work on norms, QK norm + rotary, attention softmax and the
+    softcapped loss takes one pass over memory per op instead of several (``BACKLM_NATIVE=0``
+    turns them off; ``benchmarks/train_throughput.py --native both`` compares).
     """
     return lib.ISA if lib is not None and _native_on else None
 
