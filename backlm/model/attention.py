@@ -1,7 +1,7 @@
 """Causal self-attention: blocked attention with saved probabilities for CPU training in fp32
-(its softmax in the fused C kernels when built) and in bf16 (only with the C kernels: bf16
-batched matmuls, softmax and its backward in the bf16 kernels, probabilities kept in bf16),
-SDPA everywhere else."""
+(its softmax in the fused C kernels when built) and, when ``BF16_BLOCKED`` is set, in bf16
+(only with the C kernels: bf16 batched matmuls, softmax and its backward in the bf16 kernels,
+probabilities kept in bf16), SDPA everywhere else."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ from backlm.model import native
 # each other and 1.2-1.4× faster than SDPA (benchmarks/attention.py, BENCHMARKS.md); smaller
 # blocks skip more of the masked triangle but make the matmuls less efficient.
 ATTENTION_BLOCK = 64
+# bf16 training through the blocked attention (with the C kernels on). Off: PyTorch's bf16
+# batched matmuls copy the blocks' strided q/k/v slices on every call, and a profiled bf16 d4
+# step (benchmarks/train_throughput.py --dtype bf16 --profile) spent more in those copies than
+# SDPA takes; the blocked path stays tested (tests/model/test_native_bf16.py) for when it wins.
+BF16_BLOCKED = False
 # Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
 # which keeps no T×T state.
 ATTENTION_SAVED_BYTES = 256 * 2**20
@@ -110,11 +115,11 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     fp32 CPU training takes :class:`_CausalAttention` (forward + backward 1.2-1.4× faster
     than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``, and so
-    does bf16 CPU training when the C kernels are on; everything else (GPU, other dtypes,
-    inference, ``torch.compile``) uses SDPA.
+    does bf16 CPU training with the C kernels on when ``BF16_BLOCKED`` is set; everything else
+    (GPU, other dtypes, inference, ``torch.compile``) uses SDPA.
     """
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    blocked = q.dtype == torch.float32 or (q.dtype == torch.bfloat16
+    blocked = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and BF16_BLOCKED
                                           and native.isa() is not None)
     # under torch.compile, inductor gets SDPA, which it knows how to lower
     if (train and q.device.type == "cpu" and blocked

@@ -119,6 +119,7 @@ def test_mlp(isa, called):
 @pytest.mark.parametrize("T", [5, 70])
 def test_causal_attention(isa, called, monkeypatch, T):
     monkeypatch.setattr(attention, "ATTENTION_BLOCK", 32)  # ragged blocks at T = 70
+    monkeypatch.setattr(attention, "BF16_BLOCKED", True)
     q, k, v = (bf16(2, 3, T, 16, scale=2, seed=i) for i in range(3))
     results = both_ways(attention.causal_attention, q, k, v)  # off: SDPA in bf16
     close_bf16(results, tol=3e-2)
