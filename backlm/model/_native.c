@@ -1,4 +1,4 @@
-/* backlm._native: fused fp32 CPU kernels for the GPT's memory-bound steps.
+/* backlm._native: fused fp32 and bf16 CPU kernels for the GPT's memory-bound steps.
  *
  * Optional: setup.py builds it when a C compiler with OpenMP is present, and backlm/kernels.py
  * falls back to the equivalent PyTorch ops when it is missing (tests compare the two). Each
@@ -35,32 +35,76 @@
 #undef SFX
 #endif
 
+/* bf16 kernels: one copy per instruction set above, plus one that rounds with AVX512-BF16's
+ * vcvtneps2bf16 (it borrows exp/tanh from the avx512 copy: a subset target, so they inline). */
+#define TARGET
+#define SFX _generic
+#define XSFX _generic
+#include "_native_bf16.h"
+#undef TARGET
+#undef SFX
+#undef XSFX
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TARGET __attribute__((target("avx2,fma")))
+#define SFX _avx2
+#define XSFX _avx2
+#include "_native_bf16.h"
+#undef TARGET
+#undef SFX
+#undef XSFX
+#define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#define SFX _avx512
+#define XSFX _avx512
+#include "_native_bf16.h"
+#undef TARGET
+#undef SFX
+#undef XSFX
+#define TARGET                                                                                  \
+    __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma")))
+#define SFX _avx512bf16
+#define XSFX _avx512
+#define BF16_NATIVE
+#include "_native_bf16.h"
+#undef TARGET
+#undef SFX
+#undef XSFX
+#undef BF16_NATIVE
+#endif
+
 /* The decoding kernels (_native_decode.h), one copy per instruction set; the AVX512-BF16 one
  * multiplies bf16 weights with _mm512_dpbf16_ps, the others convert them to fp32 first. */
 #define DPBF16 0
 #define TARGET
 #define SFX _generic
+#define XSFX _generic
 #include "_native_decode.h"
 #undef TARGET
 #undef SFX
+#undef XSFX
 #if defined(__x86_64__) && defined(__GNUC__)
 #define TARGET __attribute__((target("avx2,fma")))
 #define SFX _avx2
+#define XSFX _avx2
 #include "_native_decode.h"
 #undef TARGET
 #undef SFX
+#undef XSFX
 #define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 #define SFX _avx512
+#define XSFX _avx512
 #include "_native_decode.h"
 #undef TARGET
 #undef SFX
+#undef XSFX
 #undef DPBF16
 #define DPBF16 1
 #define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma")))
 #define SFX _avx512bf16
+#define XSFX _avx512
 #include "_native_decode.h"
 #undef TARGET
 #undef SFX
+#undef XSFX
 #endif
 #undef DPBF16
 
@@ -96,6 +140,8 @@ static void pick_decode_best(void) {
         if (pick_decode(order[i])) return;
 }
 
+#undef DPBF16
+
 /* The chosen instruction set's kernels; every copy has the generic one's signature. */
 static struct {
     const char *isa;
@@ -107,7 +153,6 @@ static struct {
     __typeof__(relu_sq_range_generic) *relu_sq;
     __typeof__(causal_softmax_rows_generic) *causal_softmax;
     __typeof__(softmax_bwd_rows_generic) *softmax_bwd;
-    __typeof__(decode_step_generic) *decode_step;
 } K;
 
 #define PICK(sfx, name)                                                                         \
@@ -121,19 +166,110 @@ static struct {
         K.relu_sq = relu_sq_range##sfx;                                                         \
         K.causal_softmax = causal_softmax_rows##sfx;                                            \
         K.softmax_bwd = softmax_bwd_rows##sfx;                                                  \
-        K.decode_step = decode_step##sfx;                                                       \
     } while (0)
 
-static void pick_isa(void) {
-    PICK(_generic, "generic");
+/* The bf16 kernels of the chosen copy (KB.isa may name a copy the fp32 table lacks). */
+static struct {
+    const char *isa;
+    __typeof__(rms_fwd_bf16_rows_generic) *rms_fwd;
+    __typeof__(rms_bwd_bf16_rows_generic) *rms_bwd;
+    __typeof__(qk_fwd_bf16_rows_generic) *qk_fwd;
+    __typeof__(qk_bwd_bf16_rows_generic) *qk_bwd;
+    __typeof__(relu_sq_bf16_range_generic) *relu_sq;
+    __typeof__(causal_softmax_bf16_rows_generic) *causal_softmax;
+    __typeof__(softmax_bwd_bf16_rows_generic) *softmax_bwd;
+    __typeof__(rowdot_bf16_rows_generic) *rowdot;
+    __typeof__(softcap_ce_bf16_rows_generic) *softcap_ce;
+    __typeof__(to_bf16_range_generic) *to_bf16;
+} KB;
+
+#define PICK_BF16(sfx, name)                                                                    \
+    do {                                                                                        \
+        KB.isa = name;                                                                          \
+        KB.rms_fwd = rms_fwd_bf16_rows##sfx;                                                    \
+        KB.rms_bwd = rms_bwd_bf16_rows##sfx;                                                    \
+        KB.qk_fwd = qk_fwd_bf16_rows##sfx;                                                      \
+        KB.qk_bwd = qk_bwd_bf16_rows##sfx;                                                      \
+        KB.relu_sq = relu_sq_bf16_range##sfx;                                                   \
+        KB.causal_softmax = causal_softmax_bf16_rows##sfx;                                      \
+        KB.softmax_bwd = softmax_bwd_bf16_rows##sfx;                                            \
+        KB.rowdot = rowdot_bf16_rows##sfx;                                                      \
+        KB.softcap_ce = softcap_ce_bf16_rows##sfx;                                              \
+        KB.to_bf16 = to_bf16_range##sfx;                                                        \
+    } while (0)
+
+/* Copies from the most capable down; which ones this CPU can run. */
+static const char *const ISAS[] = {"avx512bf16", "avx512", "avx2", "generic"};
+
+static int cpu_runs(const char *name) {
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq"))
-        PICK(_avx512, "avx512");
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        PICK(_avx2, "avx2");
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512dq");
+    if (!strcmp(name, "avx512bf16"))
+        return avx512 && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512bf16");
+    if (!strcmp(name, "avx512")) return avx512;
+    if (!strcmp(name, "avx2"))
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+    return !strcmp(name, "generic");
+}
+
+/* Point both tables at copy `name` (the fp32 kernels of avx512bf16 are the avx512 ones);
+ * 0 when done, -1 when this CPU cannot run it. */
+static int use_isa(const char *name) {
+    if (!cpu_runs(name)) return -1;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (!strcmp(name, "avx512bf16")) {
+        PICK(_avx512, "avx512");
+        PICK_BF16(_avx512bf16, "avx512bf16");
+        return 0;
+    }
+    if (!strcmp(name, "avx512")) {
+        PICK(_avx512, "avx512");
+        PICK_BF16(_avx512, "avx512");
+        return 0;
+    }
+    if (!strcmp(name, "avx2")) {
+        PICK(_avx2, "avx2");
+        PICK_BF16(_avx2, "avx2");
+        return 0;
+    }
+#endif
+    PICK(_generic, "generic");
+    PICK_BF16(_generic, "generic");
+    return 0;
+}
+
+/* The best copy this CPU runs, unless BACKLM_NATIVE_ISA names another (it must run here). */
+static int pick_isa(void) {
+    const char *want = getenv("BACKLM_NATIVE_ISA");
+    if (want && *want) {
+        for (size_t i = 0; i < sizeof ISAS / sizeof *ISAS; i++)
+            if (!strcmp(want, ISAS[i])) {
+                if (use_isa(want) == 0) return 0;
+                PyErr_Format(PyExc_ImportError,
+                             "BACKLM_NATIVE_ISA=%s: this CPU cannot run it; unset it or pick "
+                             "one of avx512bf16, avx512, avx2, generic that it can",
+                             want);
+                return -1;
+            }
+        PyErr_Format(PyExc_ImportError,
+                     "BACKLM_NATIVE_ISA=%s is not an instruction set of backlm's kernels; use "
+                     "avx512bf16, avx512, avx2 or generic",
+                     want);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof ISAS / sizeof *ISAS; i++)
+        if (use_isa(ISAS[i]) == 0) return 0;
+    return 0;
+}
+
+/* ISA names the fp32 kernels' copy, BF16_ISA the bf16 kernels' copy (set_isa updates both). */
+static int publish_isa(PyObject *m) {
+    if (PyModule_AddStringConstant(m, "ISA", K.isa) < 0) return -1;
+    return PyModule_AddStringConstant(m, "BF16_ISA", KB.isa);
 }
 
 /* Row range of thread `tid` of `n` over `rows` rows. */
@@ -282,21 +418,206 @@ static PyObject *softmax_bwd(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *decode_step(PyObject *self, PyObject *args) {
-    long long token, pos, max_len, C, H, D, L, V;
-    unsigned long long wte, layers, head, kc, vc, cosr, sinr, logits, scratch;
-    float cap, eps;
+/* ---- bf16 kernels (uint16 buffers; see _native_bf16.h) ---------------------------------- */
+
+static PyObject *set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    int known = 0;
+    for (size_t i = 0; i < sizeof ISAS / sizeof *ISAS; i++) known |= !strcmp(name, ISAS[i]);
+    if (!known)
+        return PyErr_Format(PyExc_ValueError,
+                            "unknown instruction set %s (avx512bf16, avx512, avx2, generic)", name);
+    if (use_isa(name) < 0)
+        return PyErr_Format(PyExc_ValueError, "this CPU cannot run the %s kernels", name);
+    if (publish_isa(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *supported_isas(PyObject *self, PyObject *args) {
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; out && i < sizeof ISAS / sizeof *ISAS; i++) {
+        if (!cpu_runs(ISAS[i])) continue;
+        PyObject *s = PyUnicode_FromString(ISAS[i]);
+        if (!s || PyList_Append(out, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    return out;
+}
+
+static PyObject *rms_fwd_bf16(PyObject *self, PyObject *args) {
+    unsigned long long x, y, r;
+    long long N, C;
+    float eps;
     int threads;
-    if (!PyArg_ParseTuple(args, "LLKKKKKLKKKKLLLLLffi", &token, &pos, &wte, &layers, &head, &kc,
-                          &vc, &max_len, &cosr, &sinr, &logits, &scratch, &C, &H, &D, &L, &V,
-                          &cap, &eps, &threads))
+    if (!PyArg_ParseTuple(args, "KKKLLfi", &x, &y, &r, &N, &C, &eps, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(N, r0, r1);
+        KB.rms_fwd(PTR(const uint16_t, x), PTR(uint16_t, y), PTR(float, r), r0, r1, C, eps);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *rms_bwd_bf16(PyObject *self, PyObject *args) {
+    unsigned long long g, y, r, dx;
+    long long N, C;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKLLi", &g, &y, &r, &dx, &N, &C, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(N, r0, r1);
+        KB.rms_bwd(PTR(const uint16_t, g), PTR(const uint16_t, y), PTR(const float, r),
+                   PTR(uint16_t, dx), r0, r1, C);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *qk_fwd_bf16(PyObject *self, PyObject *args) {
+    unsigned long long qkv, out, vout, r, c, s;
+    long long B, T, H, D;
+    float eps;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKKKLLLLfi", &qkv, &out, &vout, &r, &c, &s, &B, &T, &H, &D,
+                          &eps, &threads))
+        return NULL;
+    if (D > 1024) return PyErr_Format(PyExc_ValueError, "head_dim %lld > 1024", D);
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(B * T, r0, r1);
+        KB.qk_fwd(PTR(const uint16_t, qkv), PTR(uint16_t, out), PTR(uint16_t, vout),
+                  PTR(float, r), PTR(const float, c), PTR(const float, s), r0, r1, B, T, H, D, eps);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *qk_bwd_bf16(PyObject *self, PyObject *args) {
+    unsigned long long gq, gk, gv, out, r, c, s, g;
+    long long sb, sh, st, B, T, H, D;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLLKKKKKLLLLi", &gq, &gk, &gv, &sb, &sh, &st, &out, &r, &c,
+                          &s, &g, &B, &T, &H, &D, &threads))
+        return NULL;
+    if (D > 1024) return PyErr_Format(PyExc_ValueError, "head_dim %lld > 1024", D);
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(B * T, r0, r1);
+        KB.qk_bwd(PTR(const uint16_t, gq), PTR(const uint16_t, gk), PTR(const uint16_t, gv), sb,
+                  sh, st, PTR(const uint16_t, out), PTR(const float, r), PTR(const float, c),
+                  PTR(const float, s), PTR(uint16_t, g), r0, r1, B, T, H, D);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *relu_sq_bf16(PyObject *self, PyObject *args) {
+    unsigned long long u, a;
+    long long n;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKLi", &u, &a, &n, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(n, i0, i1);
+        KB.relu_sq(PTR(uint16_t, u), PTR(uint16_t, a), i0, i1);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *causal_softmax_bf16(PyObject *self, PyObject *args) {
+    unsigned long long p;
+    long long n, rows, cols, first;
+    float scale;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KLLLLfi", &p, &n, &rows, &cols, &first, &scale, &threads))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
 #pragma omp parallel num_threads(threads)
-    K.decode_step(token, pos, PTR(const float, wte), PTR(const int64_t, layers),
-                  PTR(const float, head), PTR(float, kc), PTR(float, vc), max_len,
-                  PTR(const float, cosr), PTR(const float, sinr), PTR(float, logits),
-                  PTR(float, scratch), C, H, D, L, V, cap, eps);
+    {
+        SHARE(n * rows, r0, r1);
+        KB.causal_softmax(PTR(uint16_t, p), r0, r1, rows, cols, first, scale);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *softmax_bwd_bf16(PyObject *self, PyObject *args) {
+    unsigned long long ds, p, rowdot;
+    long long n, rows, cols, first, T;
+    float scale;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLLLLfi", &ds, &p, &rowdot, &n, &rows, &cols, &first, &T,
+                          &scale, &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(n * rows, r0, r1);
+        KB.softmax_bwd(PTR(uint16_t, ds), PTR(const uint16_t, p), PTR(const float, rowdot), r0,
+                       r1, rows, cols, first, T, scale);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *rowdot_bf16(PyObject *self, PyObject *args) {
+    unsigned long long g, o, rd;
+    long long N, D;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLi", &g, &o, &rd, &N, &D, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(N, r0, r1);
+        KB.rowdot(PTR(const uint16_t, g), PTR(const uint16_t, o), PTR(float, rd), r0, r1, D);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *softcap_ce_bf16(PyObject *self, PyObject *args) {
+    unsigned long long zb, z, e, gb, y, rs, loss;
+    long long rows, V;
+    float cap;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKKKKLLfi", &zb, &z, &e, &gb, &y, &rs, &loss, &rows, &V, &cap,
+                          &threads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(rows, r0, r1);
+        KB.softcap_ce(PTR(const uint16_t, zb), PTR(float, z), PTR(float, e), PTR(uint16_t, gb),
+                      PTR(const int64_t, y), rs ? PTR(const float, rs) : NULL, PTR(float, loss),
+                      r0, r1, V, cap);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *to_bf16(PyObject *self, PyObject *args) {
+    unsigned long long x, y;
+    long long n;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKLi", &x, &y, &n, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(n, i0, i1);
+        KB.to_bf16(PTR(const float, x), PTR(uint16_t, y), i0, i1);
+    }
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -379,9 +700,6 @@ static PyMethodDef methods[] = {
     {"decode_isa", decode_isa, METH_VARARGS,
      "decode_isa(name=None) -> the decoding kernels' instruction set before; name picks one "
      "(generic, avx2, avx512, avx512bf16)"},
-    {"decode_step", decode_step, METH_VARARGS,
-     "decode_step(token, pos, wte, layers, head, kc, vc, max_len, cos_row, sin_row, logits, "
-     "scratch, C, H, D, L, V, cap, eps, threads): one batch-1 token through the model"},
     {"softcap_ce", softcap_ce, METH_VARARGS,
      "softcap_ce(z, e, y, rs, loss, rows, V, cap, threads): softcapped CE rows, in place"},
     {"rms_fwd", rms_fwd, METH_VARARGS, "rms_fwd(x, y, r, N, C, eps, threads)"},
@@ -395,18 +713,37 @@ static PyMethodDef methods[] = {
      "causal_softmax(p, n, rows, cols, first, scale, threads)"},
     {"softmax_bwd", softmax_bwd, METH_VARARGS,
      "softmax_bwd(ds, p, rowdot, n, rows, cols, first, T, scale, threads)"},
+    {"set_isa", set_isa, METH_VARARGS,
+     "set_isa(name): use the avx512bf16, avx512, avx2 or generic copy (ValueError if the CPU "
+     "cannot run it)"},
+    {"supported_isas", supported_isas, METH_NOARGS, "supported_isas(): the copies this CPU runs"},
+    {"rms_fwd_bf16", rms_fwd_bf16, METH_VARARGS, "rms_fwd_bf16(x, y, r, N, C, eps, threads)"},
+    {"rms_bwd_bf16", rms_bwd_bf16, METH_VARARGS, "rms_bwd_bf16(g, y, r, dx, N, C, threads)"},
+    {"qk_fwd_bf16", qk_fwd_bf16, METH_VARARGS,
+     "qk_fwd_bf16(qkv, out, vout, r, cos, sin, B, T, H, D, eps, threads)"},
+    {"qk_bwd_bf16", qk_bwd_bf16, METH_VARARGS,
+     "qk_bwd_bf16(gq, gk, gv, sb, sh, st, out, r, cos, sin, g, B, T, H, D, threads)"},
+    {"relu_sq_bf16", relu_sq_bf16, METH_VARARGS, "relu_sq_bf16(u, a, n, threads)"},
+    {"causal_softmax_bf16", causal_softmax_bf16, METH_VARARGS,
+     "causal_softmax_bf16(p, n, rows, cols, first, scale, threads)"},
+    {"softmax_bwd_bf16", softmax_bwd_bf16, METH_VARARGS,
+     "softmax_bwd_bf16(ds, p, rowdot, n, rows, cols, first, T, scale, threads)"},
+    {"rowdot_bf16", rowdot_bf16, METH_VARARGS, "rowdot_bf16(g, o, rd, N, D, threads)"},
+    {"softcap_ce_bf16", softcap_ce_bf16, METH_VARARGS,
+     "softcap_ce_bf16(zb, z, e, gb, y, rs, loss, rows, V, cap, threads)"},
+    {"to_bf16", to_bf16, METH_VARARGS, "to_bf16(x, y, n, threads): fp32 -> bf16 (nearest even)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
-                                    "Fused fp32 CPU kernels (see backlm/kernels.py).", -1,
+                                    "Fused fp32 and bf16 CPU kernels (see backlm/model/kernels.py).", -1,
                                     methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    pick_isa();
+    if (pick_isa() < 0) return NULL;
     pick_decode_best();
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddStringConstant(m, "ISA", K.isa) < 0) {
+    if (m && publish_isa(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -48,44 +48,11 @@ static int64_t decode_layout(const int64_t *P, int64_t B, int64_t off[8]) {
 #define DCAT(a, b) DCAT_(a, b)
 #define DFN(name) DCAT(name, SFX)
 
-TARGET static inline float DFN(bf2f)(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* fp32 → bf16, round to nearest even (as torch's .to(bfloat16)); a NaN stays a NaN. */
-TARGET static inline uint16_t DFN(f2bf)(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+/* bf2f / f2bf come from _native_bf16.h's copy of the same suffix; exp and tanh from
+ * _native_body.h's copy of suffix XSFX (the same target or a subset of it). */
+#define DX(name) DCAT(name, XSFX)
 
 TARGET static inline float DFN(rbf)(float f) { return DFN(bf2f)(DFN(f2bf)(f)); }
-
-/* e^x to ~2 ulp (Cephes' expf), branch-free so that GCC vectorises it. */
-TARGET static inline float DFN(dexp)(float x) {
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
-    float fx = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - fx * 0.693359375f + fx * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)fx + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-TARGET static inline float DFN(dtanh)(float u) { return 1.0f - 2.0f / (DFN(dexp)(2.0f * u) + 1.0f); }
 
 TARGET static inline float DFN(dss)(const float *x, int64_t n) {
     float ss = 0.0f;
@@ -239,7 +206,7 @@ TARGET static void DFN(attend)(const float *q, const void *Kc, const void *Vc, i
     for (int64_t t = 0; t <= last; t++) mx = p[t] > mx ? p[t] : mx;
 #pragma omp simd reduction(+ : sum)
     for (int64_t t = 0; t <= last; t++) {
-        p[t] = DFN(dexp)(p[t] - mx);
+        p[t] = DX(vexp)(p[t] - mx);
         sum += p[t];
     }
     float inv = 1.0f / sum;
@@ -377,7 +344,7 @@ TARGET static void DFN(decode_rows)(const int64_t *P, const int64_t *tokens, con
             for (int64_t o = r0; o < r1; o++) z[o] = DFN(rbf)(z[o]);
         if (cap > 0.0f) {
 #pragma omp simd
-            for (int64_t o = r0; o < r1; o++) z[o] = cap * DFN(dtanh)(z[o] * inv);
+            for (int64_t o = r0; o < r1; o++) z[o] = cap * DX(vtanh)(z[o] * inv);
         }
     }
 }
@@ -423,5 +390,6 @@ TARGET static int64_t DFN(decode_greedy)(const int64_t *P, int64_t token, int64_
 }
 
 #undef DFN
+#undef DX
 #undef DCAT
 #undef DCAT_

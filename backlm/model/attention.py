@@ -1,5 +1,7 @@
-"""Causal self-attention: blocked attention with saved probabilities for fp32 CPU training
-(its softmax in the fused C kernels when built), SDPA everywhere else."""
+"""Causal self-attention: blocked attention with saved probabilities for CPU training in fp32
+(its softmax in the fused C kernels when built) and, when ``BF16_BLOCKED`` is set, in bf16
+(only with the C kernels: bf16 batched matmuls, softmax and its backward in the bf16 kernels,
+probabilities kept in bf16), SDPA everywhere else."""
 
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ from backlm.model import native
 # each other and 1.2-1.4× faster than SDPA (benchmarks/attention.py, BENCHMARKS.md); smaller
 # blocks skip more of the masked triangle but make the matmuls less efficient.
 ATTENTION_BLOCK = 64
+# bf16 training through the blocked attention (with the C kernels on). Off: PyTorch's bf16
+# batched matmuls copy the blocks' strided q/k/v slices on every call, and a profiled bf16 d4
+# step (benchmarks/train_throughput.py --dtype bf16 --profile) spent more in those copies than
+# SDPA takes; the blocked path stays tested (tests/model/test_native_bf16.py) for when it wins.
+BF16_BLOCKED = False
 # Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
 # which keeps no T×T state.
 ATTENTION_SAVED_BYTES = 256 * 2**20
@@ -38,7 +45,11 @@ class _CausalAttention(torch.autograd.Function):
         B, H, T, D = q.shape
         n, scale = B * H, D**-0.5
         k, v = k.reshape(n, T, D), v.reshape(n, T, D)  # views when contiguous (the C path's q/k/v)
-        fused = native.usable(k)
+        # bf16 keeps its probabilities in bf16: the value matmul takes them in bf16 anyway, and
+        # an fp32 copy would cost a pass and twice the memory
+        bf16 = native.usable_bf16(k)
+        fused = bf16 or native.usable(k)
+        softmax = native.lib.causal_softmax_bf16 if bf16 else native.lib.causal_softmax if fused else None
         # the C softmax applies the 1/√D itself; otherwise it rides on q's copy
         qs = q.reshape(n, T, D) if fused else (q * scale).reshape(n, T, D)
         out = torch.empty_like(qs)
@@ -46,7 +57,7 @@ class _CausalAttention(torch.autograd.Function):
         for s0, e in _query_blocks(T, ATTENTION_BLOCK):
             p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
             if fused:
-                native.lib.causal_softmax(p.data_ptr(), n, e - s0, e, s0, scale, torch.get_num_threads())
+                softmax(p.data_ptr(), n, e - s0, e, s0, scale, torch.get_num_threads())
             else:
                 future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
                 p[:, :, s0:e].masked_fill_(future, float("-inf"))
@@ -54,7 +65,7 @@ class _CausalAttention(torch.autograd.Function):
             out[:, s0:e] = torch.bmm(p, v[:, :e])
             probs.append(p)
         ctx.save_for_backward(qs, k, v, out, *probs)
-        ctx.shape, ctx.block, ctx.native = q.shape, ATTENTION_BLOCK, fused
+        ctx.shape, ctx.block, ctx.native, ctx.bf16 = q.shape, ATTENTION_BLOCK, fused, bf16
         return out.view(B, H, T, D)
 
     @staticmethod
@@ -64,22 +75,32 @@ class _CausalAttention(torch.autograd.Function):
         scale = D**-0.5
         g = g.reshape(n, T, D).contiguous()
         # dS = P ∘ (dP − rowsum(dO ∘ O)): the softmax backward, with dP = dO·Vᵀ
-        rowdot = torch.linalg.vecdot(g, out).unsqueeze(-1)
+        if ctx.bf16:  # rowdot in fp32; k and v gradients summed over query blocks in fp32
+            rowdot = torch.empty(n, T, device=g.device)
+            native.lib.rowdot_bf16(g.data_ptr(), out.data_ptr(), rowdot.data_ptr(), n * T, D,
+                                   torch.get_num_threads())
+            gk, gv = (torch.zeros(n, T, D, device=g.device) for _ in range(2))
+            softmax_bwd = native.lib.softmax_bwd_bf16
+        else:
+            rowdot = torch.linalg.vecdot(g, out).unsqueeze(-1)
+            gk, gv = torch.zeros_like(k), torch.zeros_like(v)
+            softmax_bwd = native.lib.softmax_bwd if ctx.native else None
         gq = torch.empty_like(qs)
-        gk, gv = torch.zeros_like(k), torch.zeros_like(v)
         for (s0, e), p in zip(_query_blocks(T, ctx.block), probs, strict=True):
             gi = g[:, s0:e]
             gv[:, :e] += torch.bmm(p.transpose(1, 2), gi)
             ds = torch.bmm(gi, v[:, :e].transpose(1, 2))
             if ctx.native:  # ds also takes the 1/√D here, so q was saved unscaled
-                native.lib.softmax_bwd(ds.data_ptr(), p.data_ptr(), rowdot.data_ptr(), n, e - s0, e, s0,
-                                    T, scale, torch.get_num_threads())
+                softmax_bwd(ds.data_ptr(), p.data_ptr(), rowdot.data_ptr(), n, e - s0, e, s0, T,
+                            scale, torch.get_num_threads())
             else:
                 ds.sub_(rowdot[:, s0:e]).mul_(p)
             gq[:, s0:e] = torch.bmm(ds, k[:, :e])
             gk[:, :e] += torch.bmm(ds.transpose(1, 2), qs[:, s0:e])
         if not ctx.native:
             gq.mul_(scale)
+        if ctx.bf16:
+            gk, gv = gk.to(qs.dtype), gv.to(qs.dtype)
         return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
 
 
@@ -93,12 +114,15 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal self-attention of ``(B, H, T, D)`` tensors.
 
     fp32 CPU training takes :class:`_CausalAttention` (forward + backward 1.2-1.4× faster
-    than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``; everything
-    else (GPU, autocast, inference, ``torch.compile``) uses SDPA.
+    than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``, and so
+    does bf16 CPU training with the C kernels on when ``BF16_BLOCKED`` is set; everything else
+    (GPU, other dtypes, inference, ``torch.compile``) uses SDPA.
     """
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    blocked = q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and BF16_BLOCKED
+                                          and native.isa() is not None)
     # under torch.compile, inductor gets SDPA, which it knows how to lower
-    if (train and q.device.type == "cpu" and q.dtype == torch.float32
+    if (train and q.device.type == "cpu" and blocked
             and not torch.compiler.is_compiling()
             and _saved_probability_bytes(q) <= ATTENTION_SAVED_BYTES):
         with torch.autocast("cpu", enabled=False):

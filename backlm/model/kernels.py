@@ -6,10 +6,13 @@ loss have hand-written backward passes that make as few passes over memory as po
 loss never materialises the ``(B·T, vocab)`` logits. Tests check them against plain autograd.
 
 For fp32 on CPU the elementwise work between the matmuls runs in fused C kernels
-(``backlm/native.lib.c``, built at install when a C compiler with OpenMP is present): one pass
-per op where PyTorch's ops take several; a training step is 1.11-1.16× faster
-(BENCHMARKS.md). Without them, or with ``BACKLM_NATIVE=0``, the same functions use PyTorch
-ops; tests/testnative.lib.py checks that both paths agree.
+(``backlm/model/_native.c``, built at install when a C compiler with OpenMP is present): one
+pass per op where PyTorch's ops take several; a training step is 1.11-1.16× faster
+(BENCHMARKS.md). bf16 CPU tensors (bf16 autocast training) take the bf16 twins of the same
+kernels, which read and write bf16 and compute in fp32 registers; the loss reads the chunk's
+bf16 logits directly and hands its gradient back in bf16. Without them, or with
+``BACKLM_NATIVE=0``, the same functions use PyTorch ops; tests/model/test_kernels.py and
+tests/model/test_native_bf16.py check that both paths agree.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ class _Norm(torch.autograd.Function):
             y, r = torch.empty_like(x), torch.empty(*x.shape[:-1], 1, device=x.device)
             native.lib.rms_fwd(x.data_ptr(), y.data_ptr(), r.data_ptr(), y.numel() // y.size(-1),
                             y.size(-1), torch.finfo(x.dtype).eps, torch.get_num_threads())
+        elif native.usable_bf16(x):
+            y, r = torch.empty_like(x), torch.empty(*x.shape[:-1], 1, device=x.device)
+            native.lib.rms_fwd_bf16(x.data_ptr(), y.data_ptr(), r.data_ptr(),
+                                    y.numel() // y.size(-1), y.size(-1),
+                                    torch.finfo(x.dtype).eps, torch.get_num_threads())
         else:
             r = _rms_scale(x)
             y = x * r.to(x.dtype)
@@ -80,6 +88,11 @@ class _Norm(torch.autograd.Function):
             dx = torch.empty_like(g)
             native.lib.rms_bwd(g.data_ptr(), y.data_ptr(), r.data_ptr(), dx.data_ptr(),
                             y.numel() // y.size(-1), y.size(-1), torch.get_num_threads())
+            return dx
+        if native.usable_bf16(y, g):
+            dx = torch.empty_like(g)
+            native.lib.rms_bwd_bf16(g.data_ptr(), y.data_ptr(), r.data_ptr(), dx.data_ptr(),
+                                    y.numel() // y.size(-1), y.size(-1), torch.get_num_threads())
             return dx
         return _rms_backward(g, y, r)
 
@@ -105,13 +118,19 @@ class _QKV(torch.autograd.Function):
         qkv = torch.mm(x, w.t()).view(batch, T, 3, heads, D)
         cos, sin = cos.contiguous(), sin.contiguous()
         ctx.native = native.usable(qkv, cos, sin) and cos.shape == (T, D // 2) == sin.shape
-        if ctx.native:
+        # bf16: the kernels take the (bf16-valued) tables in fp32, a (T, D/2) copy
+        ctx.bf16 = (not ctx.native and native.usable_bf16(qkv) and cos.shape == (T, D // 2)
+                    == sin.shape and D <= 1024)
+        if ctx.bf16:
+            cos, sin = cos.float(), sin.float()
+        if ctx.native or ctx.bf16:
             out = torch.empty(2, batch, heads, T, D, dtype=x.dtype, device=x.device)
             v = torch.empty(batch, heads, T, D, dtype=x.dtype, device=x.device)
             r = torch.empty(batch * T, 2 * heads, device=x.device)
-            native.lib.qk_fwd(qkv.data_ptr(), out.data_ptr(), v.data_ptr(), r.data_ptr(),
-                           cos.data_ptr(), sin.data_ptr(), batch, T, heads, D,
-                           torch.finfo(x.dtype).eps, torch.get_num_threads())
+            fwd = native.lib.qk_fwd_bf16 if ctx.bf16 else native.lib.qk_fwd
+            fwd(qkv.data_ptr(), out.data_ptr(), v.data_ptr(), r.data_ptr(), cos.data_ptr(),
+                sin.data_ptr(), batch, T, heads, D, torch.finfo(x.dtype).eps,
+                torch.get_num_threads())
             q, k = out[0], out[1]
         else:
             qk = qkv[:, :, :2]
@@ -130,13 +149,14 @@ class _QKV(torch.autograd.Function):
         B, H = ctx.batch, ctx.heads
         T, D = x.size(0) // B, w.size(0) // (3 * H)
         g = torch.empty(B, T, 3, H, D, dtype=x.dtype, device=x.device)
-        if ctx.native:
+        if ctx.native or ctx.bf16:
             grads = (gq, gk, gv)
             if any(t.stride(-1) != 1 or t.stride() != gq.stride() for t in grads):
                 grads = tuple(t.contiguous() for t in grads)
-            native.lib.qk_bwd(*(t.data_ptr() for t in grads), *grads[0].stride()[:3], out.data_ptr(),
-                           r.data_ptr(), cos.data_ptr(), sin.data_ptr(), g.data_ptr(), B, T, H, D,
-                           torch.get_num_threads())
+            bwd = native.lib.qk_bwd_bf16 if ctx.bf16 else native.lib.qk_bwd
+            bwd(*(t.data_ptr() for t in grads), *grads[0].stride()[:3], out.data_ptr(),
+                r.data_ptr(), cos.data_ptr(), sin.data_ptr(), g.data_ptr(), B, T, H, D,
+                torch.get_num_threads())
         else:
             for i, gi in enumerate((gq, gk)):
                 # y = R(x·r): the rms backward commutes with the rotation, since R is orthogonal
@@ -168,6 +188,9 @@ class _MLP(torch.autograd.Function):
         if native.usable(h):
             a = torch.empty_like(h)
             native.lib.relu_sq(h.data_ptr(), a.data_ptr(), h.numel(), torch.get_num_threads())
+        elif native.usable_bf16(h):
+            a = torch.empty_like(h)
+            native.lib.relu_sq_bf16(h.data_ptr(), a.data_ptr(), h.numel(), torch.get_num_threads())
         else:
             h.relu_()
             a = h.square()
@@ -220,6 +243,12 @@ def head_loss(
     # one fused pass per row in C: softcap, exp, sum, loss and gradient (see _native_body.h).
     # The chunk's logits are fp32 in every precision, so bf16 runs take the kernel too.
     fused = 0 < cap <= 40 and native.usable(z_buf)
+    # bf16 logits straight into the kernel (it applies the 1/cap), which hands the gradient
+    # back in bf16 for the head's matmuls: no fp32 copy of the logits, no cast of the gradient
+    fused16 = fused and native.usable_bf16(x, w)
+    if fused16:
+        zb_buf = torch.empty(rows, vocab, dtype=x.dtype, device=x.device)
+        gb_buf = torch.empty_like(zb_buf) if with_grad else None
     if fused:
         safe_y = safe_y.to(torch.int64).contiguous()
         if n and not 0 <= int(safe_y.min()) <= int(safe_y.max()) < vocab:
@@ -229,6 +258,19 @@ def head_loss(
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         xc, yc, z, e = x[r0:r1], safe_y[r0:r1], z_buf[: r1 - r0], e_buf[: r1 - r0]
+        if fused16:
+            zb, chunk_loss = zb_buf[: r1 - r0], losses[r0:r1]
+            torch.mm(xc, w.t(), out=zb)
+            gb = gb_buf[: r1 - r0] if with_grad else None
+            native.lib.softcap_ce_bf16(zb.data_ptr(), z.data_ptr(), e.data_ptr(),
+                                       gb.data_ptr() if with_grad else 0, yc.data_ptr(),
+                                       row_scale[r0:r1].data_ptr() if with_grad else 0,
+                                       chunk_loss.data_ptr(), r1 - r0, vocab, cap,
+                                       torch.get_num_threads())
+            chunk_loss.masked_fill_(~valid[r0:r1], 0.0)
+            if with_grad:
+                _head_grads(gb, w, xc, grad_x[r0:r1], grad_w, r0 > 0)
+            continue
         if fp32:  # the 1/cap of the softcap rides on the matmul (beta=0 ignores old z)
             z.addmm_(xc, w.t(), beta=0.0, alpha=1.0 / cap if cap > 0 else 1.0)
         else:
@@ -268,13 +310,17 @@ def head_loss(
 
 
 def _head_grads(e: Tensor, w: Tensor, xc: Tensor, grad_x: Tensor, grad_w: Tensor, accumulate: bool) -> None:
-    """A chunk's share of the head's gradients from its fp32 logit gradient ``e``."""
+    """A chunk's share of the head's gradients from its logit gradient ``e`` (fp32, or already
+    in ``xc``'s dtype)."""
     if xc.dtype == torch.float32:
         torch.mm(e, w, out=grad_x)
         grad_w.addmm_(e.t(), xc, beta=float(accumulate))
         return
     g = e.to(xc.dtype)  # low-precision matmuls, fp32 accumulation of the head's gradient
-    grad_x.copy_(g @ w)
+    if grad_x.is_contiguous() and g.dtype == w.dtype == grad_x.dtype:
+        torch.mm(g, w, out=grad_x)
+    else:
+        grad_x.copy_(g @ w)
     gw = g.t() @ xc
     if accumulate:
         grad_w.add_(gw)

@@ -61,13 +61,13 @@ def test_softcap_loss(cap, mean):
 @native
 @pytest.mark.parametrize("mean", [True, False])
 def test_bf16_softcap_loss_takes_the_fused_kernel(monkeypatch, mean):
-    """bf16 runs' head matmuls are bf16, but each chunk's logits are fp32: the C kernel takes
-    them, and gives what the PyTorch ops give to bf16 tolerance."""
+    """bf16 runs' head matmuls are bf16: the bf16 C kernel takes each chunk's bf16 logits
+    (fp32 inside), and gives what the PyTorch ops give to bf16 tolerance."""
     from backlm.model import native as native_mod
 
     calls = []
-    real = native_mod.lib.softcap_ce
-    monkeypatch.setattr(native_mod.lib, "softcap_ce", lambda *a: calls.append(a) or real(*a))
+    real = native_mod.lib.softcap_ce_bf16
+    monkeypatch.setattr(native_mod.lib, "softcap_ce_bf16", lambda *a: calls.append(a) or real(*a))
     monkeypatch.setitem(kernels.HEAD_CHUNK_ELEMENTS, "cpu", 16 * 301)  # 3 chunks
     n, C, vocab = 45, 32, 301
     x, w = torch.randn(n, C).bfloat16(), (torch.randn(vocab, C) * 0.5).bfloat16()
