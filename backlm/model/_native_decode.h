@@ -159,12 +159,13 @@ TARGET static void DFN(dnorm)(const float *x, float *xn, uint16_t *xb, int64_t B
 }
 
 /* QK norm + rotary of one head vector src (D) into dst (fp32) or dstb (bf16 bits). In bf16
- * the model's forward rounds r, x·r, x1·c and the sums, one op at a time; that is repeated. */
+ * the model's forward (the bf16 training kernel, _native_bf16.h) computes in fp32 and rounds
+ * the result once; that is repeated here. */
 TARGET static void DFN(qk_rot)(const float *src, float *dst, uint16_t *dstb, const float *c,
                                const float *s, int64_t D, float eps, int bf) {
     int64_t h2 = D / 2;
+    float rr = 1.0f / sqrtf(DFN(dss)(src, D) / (float)D + eps);
     if (!bf) {
-        float rr = 1.0f / sqrtf(DFN(dss)(src, D) / (float)D + eps);
         for (int64_t j = 0; j < h2; j++) {
             float x1 = src[j] * rr, x2 = src[j + h2] * rr;
             dst[j] = x1 * c[j] + x2 * s[j];
@@ -172,12 +173,10 @@ TARGET static void DFN(qk_rot)(const float *src, float *dst, uint16_t *dstb, con
         }
         return;
     }
-    float nrm = sqrtf(DFN(dss)(src, D));
-    float rr = DFN(rbf)(1.0f / sqrtf(nrm * nrm * (1.0f / (float)D) + eps));
     for (int64_t j = 0; j < h2; j++) {
-        float x1 = DFN(rbf)(src[j] * rr), x2 = DFN(rbf)(src[j + h2] * rr);
-        float o1 = DFN(rbf)(DFN(rbf)(x1 * c[j]) + x2 * s[j]);
-        float o2 = DFN(rbf)(DFN(rbf)(x2 * c[j]) - x1 * s[j]);
+        float x1 = src[j] * rr, x2 = src[j + h2] * rr;
+        float o1 = DFN(rbf)(x1 * c[j] + x2 * s[j]);
+        float o2 = DFN(rbf)(x2 * c[j] - x1 * s[j]);
         if (dst) dst[j] = o1, dst[j + h2] = o2;
         if (dstb) dstb[j] = DFN(f2bf)(o1), dstb[j + h2] = DFN(f2bf)(o2);
     }
