@@ -2,8 +2,10 @@
 gathering of one experiment from its own files: ``metrics.jsonl`` read past a torn last line,
 the metric's final and best values, 5CAT results, task evaluations, the training summary, and
 the language-modelling evaluations in both orders: the stored results of ``backlm eval`` when
-they hold per-document sums over the same documents, otherwise computed now exactly as
-``backlm eval`` computes them (:func:`backlm.evaluation.runner.lm_results`) and not stored.
+they hold per-document sums over the same documents of the checkpoint compared, otherwise
+computed now exactly as ``backlm eval`` computes them
+(:func:`backlm.evaluation.runner.lm_results`) and stored where it stores them
+(:func:`~backlm.evaluation.runner.store_lm_results`), so the next comparison reads them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from backlm.errors import UserError
 from backlm.experiment import Experiment
 
 SPLITS = ("val", "ood")
+# where a reading came from: an evaluation file read, one computed now and stored in the
+# experiment for next time, one computed now that could not be stored (a read-only folder)
+STORED, COMPUTED, UNSTORED = "stored", "computed", "computed, not stored"
 
 
 @dataclass
@@ -42,7 +47,7 @@ class Reading:
     order: str
     native: bool
     step: int
-    source: str  # "stored" (backlm eval) or "computed" (now, not stored)
+    source: str  # STORED, COMPUTED or UNSTORED
     splits: dict[str, dict[str, Any]]  # split -> {"bpb", "loss", "per_document"}
 
 
@@ -222,7 +227,7 @@ def _stored_reading(exp: Experiment, phase: str, order: Direction,
                  if k != "model_sha256" or data.get("model_sha256") is not None}
         if differs(data, asked) is not None:
             return None
-        return _reading(data, "stored")
+        return _reading(data, STORED)
     except (UserError, KeyError, TypeError, ValueError):
         return None
 
@@ -245,8 +250,11 @@ def same_documents(readings: Sequence[Reading | None], split: str = "val") -> bo
 
 def readings(m: Member, options: CompareOptions, notes: list[str]) -> None:
     """Both orders' lm evaluations: stored when both are (same step, same documents), else
-    computed now (both, so one model's two readings always cover the same documents)."""
-    from backlm.evaluation.runner import EvalOptions, lm_results
+    computed now (both, so one model's two readings always cover the same documents) and
+    stored in the experiment as ``backlm eval --tasks lm`` stores them, for the next
+    comparison and report; an experiment this user cannot write is compared all the same,
+    with a note that nothing was stored."""
+    from backlm.evaluation.runner import EvalOptions, lm_results, store_lm_results
 
     wanted = _wanted_checkpoint(m.exp)
     stored = {o: _stored_reading(m.exp, m.phase, o, wanted) for o in ORDERS}
@@ -262,7 +270,14 @@ def readings(m: Member, options: CompareOptions, notes: list[str]) -> None:
         notes.append(f"{m.id}: no language-modelling evaluation in both orders, and none could "
                      f"be computed now ({exc}); run `backlm eval {m.id} --tasks lm`")
         return
-    m.readings = {o: r for o, data in results.items() if (r := _reading(data, "computed"))}
+    source = COMPUTED
+    try:
+        store_lm_results(m.exp, results)
+    except (UserError, OSError) as exc:
+        source = UNSTORED
+        reason = exc if isinstance(exc, UserError) else exc.strerror or type(exc).__name__
+        notes.append(f"{m.id}: language modelling computed now, not stored ({reason})")
+    m.readings = {o: r for o, data in results.items() if (r := _reading(data, source))}
 
 
 def _extras(m: Member, notes: list[str]) -> None:

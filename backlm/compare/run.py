@@ -3,7 +3,9 @@ the same documents with honest uncertainty (DESIGN.md §1-2).
 
 Everything is validated before anything is read at length or written: at least two distinct
 experiments, the output folder, the metric. Each experiment is then gathered from its own
-files and its language-modelling evaluations in both orders (:mod:`backlm.compare.gather`).
+files and its language-modelling evaluations in both orders (:mod:`backlm.compare.gather`):
+read when ``backlm eval`` (or an earlier comparison) stored them for the checkpoint compared,
+otherwise computed and stored in the experiment, so only the first comparison pays for them.
 
 The gap is ``bpb(forward) − bpb(backward)`` over the same held-out documents (checked by
 text hash and bytes: never two different texts): a forward model against a backward model of
@@ -22,7 +24,9 @@ from typing import Any
 from backlm.callbacks import Progress
 from backlm.compare import stats
 from backlm.compare.gather import (
+    COMPUTED,
     SPLITS,
+    UNSTORED,
     CompareOptions,
     Comparison,
     Gap,
@@ -194,14 +198,22 @@ def seed_groups(units: Sequence[GapUnit], options: CompareOptions) -> list[SeedG
 
 def missing_notes(members: Sequence[Member]) -> list[str]:
     """One note per kind of missing part, naming the experiments and the command that helps."""
-    computed = [f"{m.id} (step {next(iter(m.readings.values())).step})" for m in members
-                if any(r.source == "computed" for r in m.readings.values())]
+    def computed(source: str) -> list[str]:
+        return [f"{m.id} (step {next(iter(m.readings.values())).step})" for m in members
+                if any(r.source == source for r in m.readings.values())]
+
+    stored_now, unstored = computed(COMPUTED), computed(UNSTORED)
     no_fivecat = [m.id for m in members if m.fivecat is None]
     no_summary = [m.id for m in members if m.summary is None]
     notes = []
-    if computed:
-        notes.append(f"language modelling computed now, not stored: {', '.join(computed)}; "
-                     "`backlm eval EXP --tasks lm` stores it for the next comparison")
+    if stored_now:
+        notes.append(f"language modelling computed now and stored in the experiment, as "
+                     f"`backlm eval EXP --tasks lm` stores it (the next comparison reads it): "
+                     f"{', '.join(stored_now)}")
+    if unstored:
+        notes.append(f"language modelling computed now, not stored (nothing was written to "
+                     f"these experiments): {', '.join(unstored)}; whoever can write them can "
+                     "store it with `backlm eval EXP --tasks lm`")
     if no_fivecat:
         notes.append(f"no 5CAT result: {', '.join(no_fivecat)}; run `backlm 5cat EXP`")
     if no_summary:

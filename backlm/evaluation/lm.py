@@ -38,6 +38,7 @@ from backlm.direction import (
     encode_for,
     model_order,
     piece_spans,
+    prefix_length,
 )
 from backlm.missing import mean_or_missing
 from backlm.model import IGNORE_INDEX
@@ -104,18 +105,33 @@ class WindowBatch:
 
 def window_batches(data: HeldOut, spans: Sequence[tuple[int, int, int]],
                    model_direction: Direction, order: Direction, ids: SpecialIds,
-                   rows: int) -> Iterator[WindowBatch]:
-    """``spans`` read by a ``model_direction`` model in the concrete ``order``, ``rows`` windows
-    a batch, longest first (similar lengths share a batch, so little is padding)."""
+                   rows: int, cells: int | None = None) -> Iterator[WindowBatch]:
+    """``spans`` read by a ``model_direction`` model in the concrete ``order``, longest first
+    (similar lengths share a batch, so little is padding), as batches of at most ``cells``
+    input tokens (default: ``rows`` of the longest window; a batch holds at least one window).
+
+    A batch of short windows holds more of them, so every forward pass is about as large as
+    the first: few passes, each with matmuls big enough to run near the machine's peak, and
+    no more memory than ``rows`` full windows. Each window is still its own row, scored on
+    its own.
+    """
+    head = prefix_length(model_direction)
     ranked = sorted(spans, key=lambda s: s[1] - s[2])
-    for first in range(0, len(ranked), rows):
-        group = ranked[first:first + rows]
+
+    def width(span: tuple[int, int, int]) -> int:  # inputs of one window: BOS [marker] body
+        return max(1, head + span[2] - span[1] - 1)
+
+    budget = cells if cells is not None else rows * width(ranked[0]) if ranked else 1
+    first = 0
+    while first < len(ranked):
+        group = ranked[first:first + max(1, budget // width(ranked[first]))]
+        first += len(group)
         encoded = [encode_for(data.docs[d][a:b], model_direction, order, ids)
                    for d, a, b in group]
-        width = max(len(seq) for seq, _ in encoded) - 1
-        x = np.full((len(group), width), ids.bos, dtype=np.int64)
-        y = np.full((len(group), width), IGNORE_INDEX, dtype=np.int64)
-        pos = np.full((len(group), width), -1, dtype=np.int64)
+        span = max(len(seq) for seq, _ in encoded) - 1
+        x = np.full((len(group), span), ids.bos, dtype=np.int64)
+        y = np.full((len(group), span), IGNORE_INDEX, dtype=np.int64)
+        pos = np.full((len(group), span), -1, dtype=np.int64)
         for r, ((seq, mask), (_, a, b)) in enumerate(zip(encoded, group, strict=True)):
             x[r, : len(seq) - 1] = seq[:-1]
             y[r, : len(seq) - 1] = np.where(mask[1:], seq[1:], IGNORE_INDEX)
@@ -164,7 +180,9 @@ def score(model: Any, batches: Iterator[WindowBatch], token_bytes: Any, device: 
     """Sum ``model``'s loss over window batches; with ``n_docs``, per document too.
 
     ``token_bytes`` is a float tensor of UTF-8 bytes per id (0 for special tokens) on
-    ``device``; ``autocast`` an optional context manager for the forward passes.
+    ``device``; ``autocast`` an optional context manager for the forward passes. The passes
+    run in inference mode: no autograd graph, no saved activations, and the loss head
+    without gradients never materialises the logits (:func:`backlm.model.kernels.head_loss`).
     """
     import torch
 
@@ -174,7 +192,7 @@ def score(model: Any, batches: Iterator[WindowBatch], token_bytes: Any, device: 
     per_doc = torch.zeros(3, max(n_docs, 1), dtype=torch.float64, device=device)
     pos_sums = torch.zeros(2, buckets, dtype=torch.float64, device=device)
     total = torch.zeros(3, dtype=torch.float64, device=device)
-    with torch.no_grad(), autocast if autocast is not None else contextlib.nullcontext():
+    with torch.inference_mode(), autocast if autocast is not None else contextlib.nullcontext():
         for batch in batches:
             x = torch.from_numpy(batch.inputs).to(device)
             y = torch.from_numpy(batch.targets).to(device)
@@ -226,8 +244,9 @@ def evaluate_text(loaded: Any, data: HeldOut, order: Direction, *,
     tok = loaded.tokenizer
     token_bytes = torch.tensor(tok.token_byte_lengths(), dtype=torch.float32,
                                device=loaded.device)
+    # batches of batch_size full windows' worth of tokens: short windows go many to a pass
     batches = window_batches(data, windows(data, seq_len), loaded.direction, order,
-                             tok.special_ids, batch_size)
+                             tok.special_ids, batch_size, cells=batch_size * seq_len)
     return score(loaded.model, batches, token_bytes, loaded.device, n_docs=len(data.docs),
                  max_position=seq_len)
 

@@ -127,7 +127,8 @@ def run_eval(ref: str, root: Path, options: EvalOptions,
 
 def lm_results(exp: Experiment, options: EvalOptions) -> dict[str, dict[str, Any]]:
     """Language modelling of ``exp``'s checkpoint in each of ``options.directions``, exactly
-    as ``run_eval`` would store it (the result file's content, per order), written nowhere."""
+    as ``run_eval`` would store it (the result file's content, per order), written nowhere
+    (:func:`store_lm_results` writes it)."""
     from backlm.experiment import load_model
     from backlm.experiment.folder import utcnow
 
@@ -144,6 +145,23 @@ def lm_results(exp: Experiment, options: EvalOptions) -> dict[str, dict[str, Any
                       "model_sha256": loaded.meta.get("model_sha256"), "created": utcnow(),
                       "summary": summary, "records": records}
     return out
+
+
+def store_lm_results(exp: Experiment, results: dict[str, dict[str, Any]]) -> list[Path]:
+    """Write :func:`lm_results` where ``run_eval`` writes them (one file per order, each
+    atomically), so a later comparison or report reads them instead of computing them again;
+    the paths written. An experiment folder this user cannot write raises :class:`UserError`
+    before anything is written."""
+    from backlm.paths import check_writable
+
+    paths = {order: exp.evaluation_path(data["phase"], data["direction"], T.LM_TASK)
+             for order, data in results.items()}
+    for folder in dict.fromkeys(p.parent for p in paths.values()):
+        check_writable(folder, "the evaluations folder", "evaluate as a user who can write "
+                       f"the experiment: `backlm eval {exp.id} --tasks lm`")
+    for order, path in paths.items():
+        write_json(path, results[order])
+    return list(paths.values())
 
 
 def _evaluate(loaded: Any, task: str, order: Direction, examples: Any, options: EvalOptions,

@@ -38,7 +38,7 @@ def score_text(model: Any, tokenizer: Any, direction: Direction, text: str) -> d
     for order in direction.orders:
         seq, _ = encode_for(tokens, direction, order, tokenizer.special_ids)
         ids = torch.tensor([seq], dtype=torch.long, device=device)
-        with torch.no_grad():
+        with torch.inference_mode():
             logp = torch.log_softmax(model.logits(model.hidden(ids[:, :-1])).float(), dim=-1)
         picked = logp[0].gather(1, ids[0, 1:, None])[:, 0].tolist()
         body = model_order(picked[head - 1:], order)  # the body's targets, in reading order

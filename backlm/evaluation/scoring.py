@@ -54,7 +54,7 @@ def sequence_logprobs(model: Any, seqs: Sequence[Sequence[int]],
         s, m = np.asarray(seq, dtype=np.int64), np.asarray(mask, dtype=bool)
         x[b, : len(s) - 1] = s[:-1]
         y[b, : len(s) - 1] = np.where(m[1:], s[1:], -1)
-    with torch.no_grad():
+    with torch.inference_mode():
         loss = model(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device),
                      loss_reduction="none")
     return (-loss.float().sum(dim=1)).tolist()

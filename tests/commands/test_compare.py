@@ -3,29 +3,47 @@ exit 2, and nothing written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.helpers import assert_user_error, fake_experiment, run_cli, tree_snapshot, use_world
+from tests.helpers import (
+    assert_user_error,
+    copy_experiments,
+    fake_experiment,
+    run_cli,
+    tree_snapshot,
+    use_world,
+)
 
 
 def test_compare_writes_the_default_folder(compare_world, phase_world, tmp_path, monkeypatch):
-    use_world(monkeypatch, phase_world, compare_world)
-    monkeypatch.chdir(tmp_path)
+    exps = copy_experiments(compare_world, tmp_path / "exps")
+    use_world(monkeypatch, phase_world, exps)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     monkeypatch.setenv("COLUMNS", "160")  # keep rich tables on one line each
-    before = tree_snapshot(compare_world)
+    before = tree_snapshot(exps)
     res = run_cli(["compare", "f0", "b0", "bi0", "--bootstrap", "200", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    out = tmp_path / "comparisons" / "f0_vs_b0_vs_bi0"
+    out = work / "comparisons" / "f0_vs_b0_vs_bi0"
     assert sorted(p.name for p in out.iterdir()) == [
         ".backlm-owned", "COMPARISON.md", "attention.png", "comparison.csv", "curves.png", "gap.png",
         "transfer.png"]
-    assert [p.name for p in tmp_path.iterdir()] == ["comparisons"]  # no temporary left
+    assert [p.name for p in work.iterdir()] == ["comparisons"]  # no temporary left
     lines = res.output.splitlines()
     assert any("f0 − b0" in x and "val" in x for x in lines)
     assert any("bi0 (its two orders)" in x for x in lines)
     assert "wrote comparisons/f0_vs_b0_vs_bi0" in res.output
     assert "no 5CAT result: f0, b0, bi0" in res.output
-    assert tree_snapshot(compare_world) == before  # the experiments are only read
+    # the experiments gain only the language-modelling evaluations compare computed
+    after = tree_snapshot(exps)
+    added = sorted(str(Path(p).relative_to(exps)) for p in set(after) - set(before)
+                   if after[p] != "dir")
+    assert added == [f"{e}/evaluations/base/{o}/lm.json" for e in ("b0", "bi0", "f0")
+                     for o in ("backward", "forward")]
+    assert {p: h for p, h in after.items() if p in before} == before
 
 
 def test_an_earlier_comparison_is_replaced(tmp_path):

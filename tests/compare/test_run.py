@@ -50,13 +50,16 @@ def pick(rows, section, **match):
 
 @pytest.fixture(scope="module")
 def compared(compare_world, phase_world, tmp_path_factory):
-    """``compare f0 b0 bi0`` on the compare world, evaluations computed (none are stored)."""
-    out = tmp_path_factory.mktemp("compared") / "out"
+    """``compare f0 b0 bi0`` on a copy of the compare world (``exps``), evaluations computed
+    (none were stored) and stored in the copy."""
+    tmp = tmp_path_factory.mktemp("compared")
+    exps = copy_experiments(compare_world, tmp / "exps")
+    out = tmp / "out"
     with pytest.MonkeyPatch.context() as mp:
-        use_world(mp, phase_world, compare_world)
-        result = run_compare(["f0", "b0", "bi0"], compare_world,
+        use_world(mp, phase_world, exps)
+        result = run_compare(["f0", "b0", "bi0"], exps,
                              CompareOptions(output=out, bootstrap=500, device="cpu"))
-    return SimpleNamespace(result=result, out=out, rows=read_csv(out),
+    return SimpleNamespace(result=result, out=out, rows=read_csv(out), exps=exps,
                            md=(out / MARKDOWN).read_text())
 
 
@@ -83,8 +86,9 @@ def test_forward_backward_and_bidirectional_side_by_side(compared):
                       if "val_bpb" in m]  # x is tokens seen, y the logged value
     final = f0_val[-1][1]
     assert f"| f0 | {final:.4f} (4) | {final:.4f} (4) | — | max steps |" in md
-    assert "language modelling computed now, not stored: f0 (step 4), b0 (step 4), " \
-           "bi0 (step 4)" in md
+    assert "language modelling computed now and stored in the experiment, as `backlm eval " \
+           "EXP --tasks lm` stores it (the next comparison reads it): f0 (step 4), b0 (step " \
+           "4), bi0 (step 4)" in md
 
 
 def test_the_transfer_matrix_and_the_gap_agree_with_the_evaluations(compared):
@@ -198,6 +202,83 @@ def test_the_computed_evaluation_is_what_backlm_eval_stores(compared, compare_wo
         with pytest.raises(AssertionError, match="recomputed"):
             run_compare(["f0", "b0"], exps, CompareOptions(output=tmp_path / field, bootstrap=50))
         write_stored(b0, compared.result.members[1])
+
+
+def test_the_first_comparison_stores_what_it_computed_and_the_second_reads_it(
+        compared, phase_world, tmp_path, monkeypatch):
+    import backlm.evaluation.runner as runner
+
+    exps = compared.exps
+    for member in compared.result.members:  # stored as `backlm eval` stores it
+        assert {r.source for r in member.readings.values()} == {"computed"}
+        for order, reading in member.readings.items():
+            data = json.loads(member.exp.evaluation_path("base", order, "lm").read_text())
+            ckpt = json.loads((member.exp.checkpoint_dir(4) / "meta.json").read_text())
+            assert (data["task"], data["direction"], data["step"]) == ("lm", order, 4)
+            assert data["model_sha256"] == ckpt["model_sha256"] is not None
+            val = next(r for r in data["records"] if r["split"] == "val")
+            assert val["per_document"] == reading.splits["val"]["per_document"]
+            assert val["bpb"] == reading.splits["val"]["bpb"]
+    assert not list(exps.rglob(".*.tmp"))  # no temporary left
+    scored = []
+    monkeypatch.setattr(runner, "lm_results", lambda *a, **k: scored.append(a) or {})
+    use_world(monkeypatch, phase_world, exps)
+    again = run_compare(["f0", "b0", "bi0"], exps,
+                        CompareOptions(output=tmp_path / "again", bootstrap=500, device="cpu"))
+    assert scored == []  # no language modelling computed the second time
+    assert {r.source for m in again.members for r in m.readings.values()} == {"stored"}
+    for first, second in zip(compared.result.units, again.units, strict=True):
+        assert first.label == second.label
+        assert first.gaps["val"].interval == second.gaps["val"].interval  # identical
+    assert "computed now" not in (tmp_path / "again" / MARKDOWN).read_text()
+
+
+def test_experiments_the_user_cannot_write_are_compared_and_nothing_is_stored(
+        compared, compare_world, phase_world, tmp_path, monkeypatch):
+    import os
+
+    import backlm.evaluation.runner as runner
+    import backlm.paths as paths
+    from backlm.errors import UserError
+    from tests.helpers import tree_snapshot
+
+    exps = copy_experiments(compare_world, tmp_path / "exps")  # nothing stored in this copy
+    # what lm_results computes is what the first comparison stored: read, not scored again
+    computed = {m.id: {o: json.loads(m.exp.evaluation_path("base", o, "lm").read_text())
+                       for o in ("forward", "backward")} for m in compared.result.members}
+    monkeypatch.setattr(runner, "lm_results", lambda exp, options: computed[exp.id])
+    folders = [exps / "f0", exps / "b0"]
+    for folder in folders:
+        for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+            d.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: the probe answers as for anyone else
+        real = paths.check_writable
+
+        def probe(folder, what, fix):
+            if any(Path(folder).absolute().is_relative_to(f) for f in folders):
+                raise UserError(f"{what} {folder} is not writable (Permission denied); {fix}")
+            return real(folder, what, fix)
+
+        monkeypatch.setattr(paths, "check_writable", probe)
+    use_world(monkeypatch, phase_world, exps)
+    monkeypatch.setenv("COLUMNS", "200")
+    before = tree_snapshot(*folders)
+    try:
+        res = run_cli(["compare", "f0", "b0", "--bootstrap", "50", "--device", "cpu",
+                       "-o", str(tmp_path / "out")])
+    finally:
+        for folder in folders:
+            for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+                d.chmod(0o755)
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    output = " ".join(res.output.split())
+    assert "language modelling computed now, not stored (nothing was written to these " \
+           "experiments): f0 (step 4), b0 (step 4)" in output
+    assert "f0: language modelling computed now, not stored (the evaluations folder" in output
+    assert tree_snapshot(*folders) == before  # nothing written
+    md = (tmp_path / "out" / MARKDOWN).read_text()
+    assert "f0 − b0" in md and "computed, not stored" in md
 
 
 def test_seeds_and_depths_give_seed_intervals_and_the_gap_against_size(tmp_path):

@@ -100,3 +100,30 @@ def test_a_token_budget_takes_the_same_whole_documents(held, tmp_path):
     assert 200 <= part.tokens < 200 + max(len(d) for d in full.docs)
     assert part.hashes == full.hashes[:len(part.docs)]
     assert all((a == b).all() for a, b in zip(part.docs, full.docs, strict=False))
+
+
+def test_batches_hold_a_token_budget_and_score_as_window_by_window(held):
+    import torch
+
+    from backlm.config import ModelConfig
+    from backlm.evaluation.lm import score, window_batches, windows
+
+    tok, data = held
+    spans = windows(data, seq_len=24)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(depth=1, width=32, head_dim=16, vocab_size=tok.vocab_size,
+                            seq_len=24)).eval()
+    token_bytes = torch.tensor(tok.token_byte_lengths(), dtype=torch.float32)
+    for model_direction, order in CASES[:3] + CASES[4:5]:
+        packed = list(window_batches(data, spans, model_direction, order, tok.special_ids, 4,
+                                     cells=4 * 24))
+        assert all(b.inputs.size <= 4 * 24 for b in packed)
+        assert max(len(b.inputs) for b in packed) > 4  # short windows go more to a batch
+        one = list(window_batches(data, spans, model_direction, order, tok.special_ids, 1,
+                                  cells=1))  # one window a batch: each scored on its own
+        assert len(one) == len(spans) > len(packed)
+        sums = [score(model, iter(b), token_bytes, "cpu", n_docs=len(data.docs),
+                      max_position=24) for b in (packed, one)]
+        np.testing.assert_allclose(sums[0].doc_nats, sums[1].doc_nats, rtol=1e-5)
+        assert sums[0].pos_tokens == sums[1].pos_tokens
+        assert sums[0].nats == pytest.approx(sums[1].nats, rel=1e-6)
