@@ -28,6 +28,8 @@ def reversal(
     k: int = typer.Option(10, "--k", help="Candidates per question (the right one included)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the facts and the candidates."),
     resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples."),
+    samples: int = typer.Option(5, "--samples", help="Facts per probe whose greedy answer the "
+                                "generation engine also writes (kept as samples)."),
     device: str = DEVICE,
     experiments: Path = EXPERIMENTS_DIR,
 ) -> None:
@@ -41,6 +43,7 @@ def reversal(
     from backlm.compare.probe import ProbeOptions, run_probe
 
     options = ProbeOptions(facts=facts, controls=controls, k=k, seed=seed, resamples=resamples,
+                           samples=samples,
                            device=device or "auto", parent=parent, exp_id=exp_id, steps=steps,
                            overrides=list(overrides or []))
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731

@@ -34,6 +34,7 @@ class ProbeOptions:
     k: int = 10
     seed: int = 0
     resamples: int = 2000
+    samples: int = 5  # facts per probe and set that the generation engine also answers
     device: str = "auto"
     parent: str | None = None  # teach the facts to a child of this experiment first
     exp_id: str | None = None  # the child's id
@@ -60,6 +61,8 @@ def check_options(o: ProbeOptions, refs: Sequence[str]) -> None:
     if not 2 <= o.k <= min(o.facts, o.controls):
         raise UserError(f"--k must be between 2 and the smaller of --facts and --controls "
                         f"({min(o.facts, o.controls)}), got {o.k}")
+    if o.samples < 0:
+        raise UserError(f"--samples must be 0 or more, got {o.samples}")
     if o.resamples < 1:
         raise UserError(f"--resamples must be at least 1, got {o.resamples}")
     if o.steps < 1:
@@ -114,7 +117,7 @@ def teach(root: Path, o: ProbeOptions, say: Callable[[str], None],
                     body_capacity(cfg.model.seq_len))
     sets = [f"data.dataset={fact_set.name()}", "chat.text_frac=1.0",
             "early_stop.restore_best=false", f"train.max_steps={o.steps}",
-            f"description=reversal probe: {len(fact_set.facts)} facts, seed {fact_set.seed}",
+            f"description=reversal probe, {len(fact_set.facts)} facts, seed {fact_set.seed}",
             *o.overrides]
     planned = plan_branch("mid", parent.id, root, exp_id=o.exp_id, overrides=sets,
                           given_for=("mid",))
@@ -155,7 +158,7 @@ def measure(loaded: Any, fact_set: Any, o: ProbeOptions, progress: Any = None
     from backlm.evaluation.reversal import chance, evaluate_reversal
     from backlm.experiment.folder import utcnow
 
-    entries = evaluate_reversal(loaded, fact_set, o.k, o.seed, progress)
+    entries = evaluate_reversal(loaded, fact_set, o.k, o.seed, progress, o.samples)
     for entry in entries:
         for part in entry["splits"].values():
             part["summary"] = {"n": part["summary"]["n"],
