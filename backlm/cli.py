@@ -21,6 +21,7 @@ from backlm.commands import fivecat as fivecat_cmd
 from backlm.commands import log as log_cmd
 from backlm.commands import ls as ls_cmd
 from backlm.commands import note as note_cmd
+from backlm.commands import probe as probe_cmd
 from backlm.commands import quickstart as quickstart_cmd
 from backlm.commands import report as report_cmd
 from backlm.commands import score as score_cmd
@@ -68,6 +69,7 @@ def _root(
 
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(probe_cmd.app, name="probe")
 app.command("train")(train_cmd.train)
 app.command("branch")(branch_cmd.branch)
 app.command("5cat")(fivecat_cmd.fivecat)

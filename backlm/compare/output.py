@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backlm.atomic import atomic_folder
+from backlm.compare import probe
 from backlm.direction import ORDERS, Direction
 from backlm.errors import UserError
 from backlm.missing import is_missing
@@ -312,6 +313,7 @@ def markdown(c: Comparison, figures: dict[str, str]) -> str:
                f"{o.metric} per order: dashed is the backward order).", ""]
               if "curves" in figures else ["No metrics logged yet.", ""])
     lines += _summary(c) + _transfer(c, figures) + _gap(c, figures) + _attention(c, figures)
+    lines += probe.markdown([m.exp for m in c.members])  # stored reversal probes
     if c.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in c.notes), ""]
     return "\n".join(lines)

@@ -8,6 +8,7 @@
       being built)
       checkpoints/step_XXXXXX/  checkpoints/best.json  checkpoints/best_5cat.json
       evaluations/<phase>/<order>/<task>.json  evaluations/<phase>/fivecat/step_XXXXXX.json
+      evaluations/<phase>/reversal.json  evaluations/<phase>/reversal.png  (the reversal probe)
       notes/notes.txt  notes/issues.txt  notes/generation_samples.jsonl
       hub_upload/<namespace>--<name>/  hub_upload/uploads.json
 
@@ -40,6 +41,7 @@ STEP_RE = re.compile(r"^step_(\d{6,})$")
 # best.json: best validation metric (early stopping); best_5cat.json: best 5CAT score.
 BEST_FILES = {"val": "best.json", "5cat": "best_5cat.json"}
 FIVECAT = "fivecat"  # evaluations/<phase>/fivecat/: 5CAT results, one file per step
+REVERSAL = "reversal"  # evaluations/<phase>/reversal.{json,png}: the reversal probe
 HUB_DIR = "hub_upload"  # model folders staged for the Hugging Face Hub, and the pushes made
 
 
@@ -168,6 +170,14 @@ class Experiment:
         another direction than the checkpoint declares)."""
         suffix = f"_as-{declared_as}" if declared_as else ""
         return self.evaluations_dir(phase) / FIVECAT / f"step_{step:06d}{suffix}.json"
+
+    def reversal_path(self, phase: str | None = None, figure: bool = False) -> Path:
+        """``evaluations/<phase>/reversal.json`` (``.png``: its figure): the reversal probe."""
+        return self.evaluations_dir(phase) / f"{REVERSAL}.{'png' if figure else 'json'}"
+
+    def reversal_results(self) -> list[Path]:
+        """Every phase's ``evaluations/<phase>/reversal.json``, by phase name."""
+        return sorted(self.evaluations_root.glob(f"*/{REVERSAL}.json"))
 
     def evaluation_results(self, phase: str | None = None) -> list[Path]:
         """Every ``evaluations/<phase>/<order>/<task>.json`` of a phase (5CAT's excluded)."""

@@ -204,3 +204,49 @@ def read_evaluations(exp: Experiment) -> list[dict[str, Any]]:
         if isinstance(data, dict) and {"task", "direction"} <= data.keys():
             out.append(data)
     return out
+
+
+# --- the reversal probe -----------------------------------------------------------------------
+
+
+def _interval(value: Any) -> str:
+    v = value if isinstance(value, dict) else {}
+    if not number(v.get("value")):
+        return "–"
+    span = f" [{v['lo']:.2f}, {v['hi']:.2f}]" if number(v.get("lo")) and number(v.get("hi")) \
+        else ""
+    return f"{v['value']:.3f}{span}"
+
+
+def reversal_section(ctx: Context) -> list[str]:
+    """The stored ``backlm probe reversal`` of each phase: one row per probe (flow, phrasing,
+    order) with taught facts against never-taught controls, and its figure."""
+    import json
+
+    lines: list[str] = []
+    for path in ctx.exp.reversal_results():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("probes"), list):
+            continue
+        chance = data.get("chance") or {}
+        lines += [f"## Reversal probe (phase {data.get('phase')}, step {data.get('step')})", "",
+                  f"{data.get('facts')} taught facts, {data.get('controls')} never-taught "
+                  f"controls, K={data.get('k')} candidates (chance: MRR "
+                  f"{fmt(chance.get('mrr'))}, top-1 {fmt(chance.get('top1'))}); 95 % bootstrap "
+                  "intervals over facts.", ""]
+        body = []
+        for e in data["probes"]:
+            s = {k: (v or {}).get("summary") or {} for k, v in (e.get("splits") or {}).items()}
+            f, c = s.get("facts", {}), s.get("controls", {})
+            body.append((e.get("flow"), e.get("phrasing"), e.get("order"), _interval(f.get("mrr")),
+                         _interval(c.get("mrr")), _interval(f.get("em")),
+                         _interval(c.get("em"))))
+        lines += table(["flow", "phrasing", "order", "MRR facts", "MRR controls", "EM facts",
+                        "EM controls"], body)
+        png = ctx.exp.reversal_path(data.get("phase"), figure=True)
+        if png.is_file():
+            lines += [f"![reversal probe]({png.relative_to(ctx.exp.path).as_posix()})", ""]
+    return lines

@@ -25,6 +25,7 @@ from backlm.report.results import (
     fivecat_section,
     latest_fivecat,
     read_evaluations,
+    reversal_section,
 )
 from backlm.report.sections import (
     Context,
@@ -113,8 +114,8 @@ def build(ctx: Context) -> str:
     lines += position_section(ctx, log)
     lines += dynamics_section(ctx, log)
     lines += attention_section(ctx, log)
-    for section in (fivecat_section, evaluation_section, cost_section, notes_section,
-                    samples_section):
+    for section in (fivecat_section, evaluation_section, reversal_section, cost_section,
+                    notes_section, samples_section):
         lines += section(ctx)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -215,6 +215,16 @@ def check_chat_data(cfg: RunConfig) -> bool:
     return True
 
 
+def _data_dir(branch: Branch, pmeta: dict[str, Any]) -> str | None:
+    """The child's text data: the parent's folder, unless the child names another dataset
+    (``--set data.dataset=...``), which it then trains on (the reversal probe's facts)."""
+    from backlm.paths import dataset_dir
+
+    if branch.cfg.data.dataset == branch.parent.config().data.dataset:
+        return pmeta.get("data_dir")
+    return str(dataset_dir(branch.cfg.data.dataset).resolve())
+
+
 def create_child(branch: Branch, root: Path, say: Callable[[str], None]) -> xp.Experiment:
     """Write the child experiment the plan describes (building the default chat data first
     when it is missing)."""
@@ -234,7 +244,7 @@ def create_child(branch: Branch, root: Path, say: Callable[[str], None]) -> xp.E
         "direction": cfg.data.direction, "depth": cfg.model.depth, "parent": branch.parent.id,
         "created": xp.utcnow(), "finished": None, "status": "created",
         "git_commit": provenance.git_commit(), "command": provenance.command_line(),
-        "data_dir": pmeta.get("data_dir"), **provenance.environment(), "results": None,
+        "data_dir": _data_dir(branch, pmeta), **provenance.environment(), "results": None,
     }
     return xp.create(root, cfg.id, config_yaml=to_yaml(cfg), metadata=metadata,
                      parent_link=branch.link, tokenizer_dir=branch.parent.tokenizer_dir)
