@@ -15,6 +15,7 @@ from typing import Any
 from backlm.errors import UserError
 from backlm.serve import wire
 from backlm.serve.model_thread import Generation, ModelThread
+from backlm.serve.replies import merged
 from backlm.serve.wire import ApiError, Limits
 
 
@@ -277,11 +278,19 @@ async def _events(cid: str, req: wire.ChatRequest, session: Any, pieces: Generat
         yield wire.sse(wire.chunk(cid, req.model, {"role": session.writes, "content": ""}, None,
                                 {"position": session.position if prepend else "end",
                                  "order": session.order.value}, i))
-    try:
-        while (piece := await pieces.anext()) is not None:
+    fills: dict[tuple[int, str], Any] = {}
+
+    def delta(piece: Any) -> bytes:
+        key = (piece.row, piece.where)
+        if key not in fills:
+            fills[key] = wire.template(wire.chunk(cid, req.model, {"content": wire.HOLE}, None,
+                                                  {"position": piece.where}, piece.row))
+        return fills[key](piece.text)
+
+    try:  # each wake-up sends what accumulated: one chunk per row, in one write
+        while (batch := await pieces.take()) is not None:
             if not hold:
-                yield wire.sse(wire.chunk(cid, req.model, {"content": piece.text}, None,
-                                        {"position": piece.where}, piece.row))
+                yield b"".join(delta(piece) for piece in merged(batch))
     except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band
         yield wire.sse(ApiError(500, f"generation failed: {type(exc).__name__}",
                                kind="server_error").body())
