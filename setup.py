@@ -11,7 +11,8 @@ setup(
         Extension(
             "backlm.model._native",
             sources=["backlm/model/_native.c"],
-            depends=["backlm/model/_native_body.h"],
+            depends=["backlm/model/_native_body.h", "backlm/model/_native_decode.h",
+                     "backlm/model/_native_decode_mm.h"],
             # no -march=native: the module picks AVX-512 / AVX2 / generic code at import time
             extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
                                 "-std=gnu11"],

@@ -101,10 +101,11 @@ def _order(order: Direction | str | None) -> Direction | None:
 
 
 def load(ref: str | Path, *, step: int | None = None, device: str = "auto",
-         experiments: Path | None = None) -> Model:
+         experiments: Path | None = None, decode_dtype: str | None = None) -> Model:
     """A trained model: an experiment (id, tag such as ``d20_backward``, or folder; ``step``
     default the best, else the latest checkpoint) or a hub model folder as ``backlm upload``
-    writes it (``model.safetensors`` + ``backlm_tokenizer.json``)."""
+    writes it (``model.safetensors`` + ``backlm_tokenizer.json``). It generates in
+    ``decode_dtype`` (fp32 or bf16; default the run's precision where the device has bf16)."""
     from backlm.experiment import load_model
 
-    return Model(load_model(ref, experiments, step, device))
+    return Model(load_model(ref, experiments, step, device, decode_dtype))

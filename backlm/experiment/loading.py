@@ -90,10 +90,34 @@ def resolve_step(exp: Experiment, step: int | None) -> Path:
     return exp.checkpoint_dir(chosen_step(exp, step))
 
 
+def decode_precision(run_dtype: str | None, device: Any, asked: str | None = None) -> str:
+    """The precision a loaded model decodes in: ``asked`` (fp32 or bf16) when given, else the
+    run's (``run_dtype``, from the experiment's metadata) where the device computes bf16 in
+    hardware (CUDA, or a CPU with AVX512-BF16 or AMX); fp32 otherwise."""
+    from backlm.hardware import cpu_has_native_bf16
+
+    if asked is not None:
+        if asked not in ("fp32", "bf16"):
+            raise UserError(f"unknown decode dtype {asked!r}: use fp32 or bf16")
+        return asked
+    if run_dtype == "bf16" and (getattr(device, "type", device) == "cuda"
+                                or cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
+def _set_decode_dtype(model: Any, precision: str) -> None:
+    import torch
+
+    # the one place the generation engine reads it (backlm.model.decode.decode_dtype)
+    model.decode_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int | None = None,
-               device: str = "auto") -> LoadedModel:
+               device: str = "auto", decode_dtype: str | None = None) -> LoadedModel:
     """Load an experiment's checkpoint (id, tag or path), or a hub model folder (a path holding
-    ``model.safetensors`` and backlm's tokenizer), into an eval-mode GPT."""
+    ``model.safetensors`` and backlm's tokenizer), into an eval-mode GPT. It decodes in
+    ``decode_dtype`` (fp32 or bf16; default :func:`decode_precision`: the run's precision)."""
     import torch
 
     from backlm.hardware import resolve_device
@@ -101,7 +125,9 @@ def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int
     from backlm.paths import experiments_root
 
     if not isinstance(ref, Experiment) and (Path(ref) / ckpt.MODEL_FILE).exists():
-        return load_hub_folder(Path(ref), device)
+        loaded = load_hub_folder(Path(ref), device)
+        _set_decode_dtype(loaded.model, decode_precision(None, loaded.device, decode_dtype))
+        return loaded
     exp = ref if isinstance(ref, Experiment) else find(str(ref), root or experiments_root())
     folder = resolve_step(exp, step)
     state, _, meta = ckpt.load(folder, with_optimizer=False)
@@ -117,6 +143,8 @@ def load_model(ref: str | Path | Experiment, root: Path | None = None, step: int
     compat.check_weights(model, state, folder)
     model.load_state_dict(state)
     model.to(dev).eval()
+    run_dtype = exp.metadata().get("dtype") if exp.metadata_path.exists() else None
+    _set_decode_dtype(model, decode_precision(run_dtype, dev, decode_dtype))
     return LoadedModel(exp, model, tokenizer, meta["direction"], int(meta["step"]), meta, dev)
 
 

@@ -12,6 +12,9 @@
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #define TARGET
 #define SFX _generic
@@ -31,6 +34,67 @@
 #undef TARGET
 #undef SFX
 #endif
+
+/* The decoding kernels (_native_decode.h), one copy per instruction set; the AVX512-BF16 one
+ * multiplies bf16 weights with _mm512_dpbf16_ps, the others convert them to fp32 first. */
+#define DPBF16 0
+#define TARGET
+#define SFX _generic
+#include "_native_decode.h"
+#undef TARGET
+#undef SFX
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TARGET __attribute__((target("avx2,fma")))
+#define SFX _avx2
+#include "_native_decode.h"
+#undef TARGET
+#undef SFX
+#define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#define SFX _avx512
+#include "_native_decode.h"
+#undef TARGET
+#undef SFX
+#undef DPBF16
+#define DPBF16 1
+#define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma")))
+#define SFX _avx512bf16
+#include "_native_decode.h"
+#undef TARGET
+#undef SFX
+#endif
+#undef DPBF16
+
+static struct {
+    const char *isa;
+    __typeof__(decode_rows_generic) *rows;
+    __typeof__(decode_greedy_generic) *greedy;
+} DK;
+
+/* The decoding copy named `isa` if this CPU runs it; returns 0 when it does not. */
+static int pick_decode(const char *isa) {
+#define DPICK(sfx, name)                                                                        \
+    if (!strcmp(isa, name)) {                                                                   \
+        DK.isa = name, DK.rows = decode_rows##sfx, DK.greedy = decode_greedy##sfx;             \
+        return 1;                                                                               \
+    }
+    DPICK(_generic, "generic");
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) DPICK(_avx2, "avx2");
+    if (avx512) DPICK(_avx512, "avx512");
+    if (avx512 && __builtin_cpu_supports("avx512bf16")) DPICK(_avx512bf16, "avx512bf16");
+#endif
+#undef DPICK
+    return 0;
+}
+
+static void pick_decode_best(void) {
+    static const char *order[] = {"avx512bf16", "avx512", "avx2", "generic"};
+    for (int i = 0; i < 4; i++)
+        if (pick_decode(order[i])) return;
+}
 
 /* The chosen instruction set's kernels; every copy has the generic one's signature. */
 static struct {
@@ -237,7 +301,84 @@ static PyObject *decode_step(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *decode_rows(PyObject *self, PyObject *args) {
+    unsigned long long plan, tokens, pos, slots, logits;
+    long long B;
+    float cap, eps, qeps;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKLKfffi", &plan, &tokens, &pos, &slots, &B, &logits, &cap,
+                          &eps, &qeps, &threads))
+        return NULL;
+    const int64_t *P = PTR(const int64_t, plan);
+    if (threads > P[P_THREADS]) threads = (int)P[P_THREADS];
+    if (B > P[P_MAXB]) {
+        PyErr_SetString(PyExc_ValueError, "decode_rows: more rows than the plan's scratch holds");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    DK.rows(P, PTR(const int64_t, tokens), PTR(const int64_t, pos), PTR(const int64_t, slots), B,
+            PTR(float, logits), cap, eps, qeps);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *decode_greedy(PyObject *self, PyObject *args) {
+    unsigned long long plan, stops, out, logits;
+    long long token, pos, slot, n, n_stops, made = 0;
+    float cap, eps, qeps;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KLLLLKLKKfffi", &plan, &token, &pos, &slot, &n, &stops,
+                          &n_stops, &out, &logits, &cap, &eps, &qeps, &threads))
+        return NULL;
+    const int64_t *P = PTR(const int64_t, plan);
+    if (threads > P[P_THREADS]) threads = (int)P[P_THREADS];
+    if (pos + n > P[P_T]) {
+        PyErr_SetString(PyExc_ValueError, "decode_greedy: past the cache's max_len");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t k = DK.greedy(P, token, pos, slot, n, PTR(const int64_t, stops), n_stops,
+                              PTR(int64_t, out), PTR(float, logits), cap, eps, qeps);
+        if (omp_get_thread_num() == 0) made = k;
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(made);
+}
+
+static PyObject *decode_scratch(PyObject *self, PyObject *args) {
+    unsigned long long plan;
+    long long B;
+    if (!PyArg_ParseTuple(args, "KL", &plan, &B)) return NULL;
+    int64_t off[8];
+    return PyLong_FromLongLong(decode_layout(PTR(const int64_t, plan), B, off));
+}
+
+static PyObject *decode_isa(PyObject *self, PyObject *args) {
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|z", &name)) return NULL;
+    const char *previous = DK.isa;
+    if (name && !pick_decode(name)) {
+        PyErr_Format(PyExc_ValueError, "decode kernels %s: not built or not run by this CPU", name);
+        return NULL;
+    }
+    return PyUnicode_FromString(previous);
+}
+
 static PyMethodDef methods[] = {
+    {"decode_rows", decode_rows, METH_VARARGS,
+     "decode_rows(plan, tokens, pos, slots, B, logits, cap, eps, qeps, threads): one token "
+     "for each of B rows (positions and cache slots per row)"},
+    {"decode_greedy", decode_greedy, METH_VARARGS,
+     "decode_greedy(plan, token, pos, slot, n, stops, n_stops, out, logits, cap, eps, qeps, "
+     "threads) -> tokens drawn: up to n greedy steps of one row"},
+    {"decode_scratch", decode_scratch, METH_VARARGS,
+     "decode_scratch(plan, B) -> floats of scratch a plan needs for B rows"},
+    {"decode_isa", decode_isa, METH_VARARGS,
+     "decode_isa(name=None) -> the decoding kernels' instruction set before; name picks one "
+     "(generic, avx2, avx512, avx512bf16)"},
     {"decode_step", decode_step, METH_VARARGS,
      "decode_step(token, pos, wte, layers, head, kc, vc, max_len, cos_row, sin_row, logits, "
      "scratch, C, H, D, L, V, cap, eps, threads): one batch-1 token through the model"},
@@ -263,6 +404,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
 
 PyMODINIT_FUNC PyInit__native(void) {
     pick_isa();
+    pick_decode_best();
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddStringConstant(m, "ISA", K.isa) < 0) {
         Py_DECREF(m);
