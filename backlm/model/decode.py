@@ -32,7 +32,7 @@ from backlm.model.fused import Threads
 
 # the engine's names, wherever they are defined (BatchDecoder: the server's continuous batching)
 __all__ = ["GREEDY", "GREEDY_CHUNK", "BatchDecoder", "Decoder", "KVCache", "SamplingParams",
-           "Step", "Threads", "decode", "decode_dtype", "fused_usable", "generate",
+           "Step", "Threads", "decode", "decode_dtype", "draw_step", "fused_usable", "generate",
            "greedy_tokens", "sample", "sample_steps", "scored_steps", "stream"]
 
 
@@ -119,6 +119,19 @@ def _scored(logits: Tensor, tokens: Tensor, top: int | None) -> Step:
     best = logp.topk(min(top, logp.size(-1)), dim=-1)
     return Step(tokens, logp.gather(-1, tokens[..., None].to(logp.device))[..., 0],
                 best.indices, best.values)
+
+
+def draw_step(logits: Tensor, sampling: SamplingParams, generator: torch.Generator | None = None,
+              counts: Tensor | None = None, top_logprobs: int | None = None) -> Step:
+    """One step's draw for rows stepped elsewhere (a server's continuous batching, where each
+    request's rows sit in a shared :class:`BatchDecoder`): what :func:`scored_steps` does each
+    step — a token per row of ``logits`` ``(rows, V)`` sampled, scored with ``top_logprobs``
+    alternatives when not None, and counted into ``counts`` ``(rows, V)`` for the penalties."""
+    tokens = sample(logits, sampling, generator, counts)
+    step = _scored(logits, tokens, top_logprobs)
+    if counts is not None:
+        counts[torch.arange(counts.size(0), device=counts.device), tokens] += 1
+    return step
 
 
 def scored_steps(decoder: Decoder, logits: Tensor, max_new_tokens: int,

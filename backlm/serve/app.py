@@ -14,6 +14,7 @@ from typing import Any
 
 from backlm.errors import UserError
 from backlm.serve import wire
+from backlm.serve.batch import Batch
 from backlm.serve.model_thread import Generation, ModelThread
 from backlm.serve.replies import merged
 from backlm.serve.wire import ApiError, Limits
@@ -26,6 +27,8 @@ class Engine:
         self.loaded, self.limits = loaded, limits
         self.models = wire.served_models(loaded.name, loaded.direction)
         self.lock = threading.Lock()  # held by the model thread while it computes
+        # every generation's rows decoded together, on the model thread
+        self.batch = Batch(loaded.model, limits.batch_rows)
         self.model = ModelThread(self.lock)
         self.slots = threading.BoundedSemaphore(limits.max_generations)
         self.stopping = threading.Event()  # set at shutdown: generations end at their next piece
@@ -52,7 +55,7 @@ class Engine:
 
         ld = self.loaded
         try:
-            session = Chat(ld.model, ld.tokenizer, ld.direction, ld.phase, req.order)
+            session = Chat(self.batch, ld.tokenizer, ld.direction, ld.phase, req.order)
             text = session.load(req.messages)
         except UserError as exc:
             raise ApiError(400, str(exc), "messages") from None
@@ -74,7 +77,7 @@ class Engine:
         """A text completion run and the stream of its pieces (close it to free its slot)."""
         from backlm.serve.completions import Run
 
-        run = Run(self.loaded, req)
+        run = Run(self.loaded, req, self.batch)
         return run, self._generation(run.pieces(), "prompt")
 
     def tokenize(self, text: str) -> list[int]:

@@ -128,8 +128,9 @@ class Choice:
 class Run:
     """One completion request on the model: its pieces (as they come), then its choices."""
 
-    def __init__(self, loaded: Any, req: CompletionRequest) -> None:
+    def __init__(self, loaded: Any, req: CompletionRequest, model: Any = None) -> None:
         self.loaded, self.req = loaded, req
+        self.model = model or loaded.model  # what decodes: the model, or a shared batch
         self.choices: list[Choice] = []
         self.prompt_tokens = self.tokens = 0
 
@@ -144,7 +145,7 @@ class Run:
             seq, _ = encode_document(ids, ld.direction, ld.tokenizer.special_ids, marker)
             self.prompt_tokens += len(seq)
             scored = req.echo and req.logprobs is not None
-            steps = ld.model.decode(seq, req.max_tokens, rows=n, sampling=sampling.params(),
+            steps = self.model.decode(seq, req.max_tokens, rows=n, sampling=sampling.params(),
                                     seed=sampling.seed, top_logprobs=req.logprobs,
                                     score_prompt=scored)
             echoed = self._prompt_logprobs(next(steps), head, given_bos) if scored else []

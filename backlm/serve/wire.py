@@ -35,6 +35,7 @@ class Limits:
     max_generations: int = 32  # concurrent generations; more get 429
     max_n: int = 8  # replies decoded together for one prompt
     max_prompts: int = 64  # prompts in one /v1/completions request
+    batch_rows: int = 32  # rows decoded together; a request past them is decoded alone
 
 
 class ApiError(Exception):
