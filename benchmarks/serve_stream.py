@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Python lists keep their items in order."
@@ -95,8 +96,6 @@ def _one_stream(client, model: str, tokens: int, temperature: float, seed: int |
 
 def client_main(url: str, model: str) -> None:
     """Read ``{"streams", "tokens", "temperature"}`` lines; answer each with a JSON line."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
@@ -217,12 +216,16 @@ def main() -> None:
                 "served stream (openai client, other process)": lambda: served_row(
                     client, n, args.temperature),
             }
-            for fn in variants.values():  # warm-up: first-use setup is not the steady state
-                fn()
+            # the in-process rows run on one dedicated thread, as the server's model thread
+            # (on a loaded machine the main thread's OpenMP team can be far slower)
+            model_thread = ThreadPoolExecutor(1)
+            for name, fn in variants.items():  # warm-up: first-use setup is not the steady state
+                (fn() if name.startswith("served") else model_thread.submit(fn).result())
             results: dict[str, list[tuple[int, float, float]]] = {k: [] for k in variants}
             for _ in range(args.rounds):
                 for name, fn in variants.items():
-                    results[name].append(fn())
+                    results[name].append(fn() if name.startswith("served")
+                                         else model_thread.submit(fn).result())
             concurrent = {}
             for k in [int(x) for x in args.streams.split(",") if x]:
                 client.run(streams=k, tokens=8, temperature=args.temperature, seed=1)
@@ -270,8 +273,9 @@ def main() -> None:
                           f"{statistics.median(first):.0f}")
         console.print(table)
     cfg = loaded.model.cfg
+    dtype = str(getattr(loaded.model, "decode_dtype", None) or loaded.model.lm_head.weight.dtype)
     console.print(f"model: depth {cfg.depth}, width {cfg.model_dim}, vocab {cfg.vocab_size}, "
-                  f"fp32 · prompt {len(prompt)} tokens · torch threads "
+                  f"decoding in {dtype.removeprefix('torch.')} · prompt {len(prompt)} tokens · torch threads "
                   f"{torch.get_num_threads()} · command: python benchmarks/serve_stream.py "
                   + " ".join(sys.argv[1:]))
 

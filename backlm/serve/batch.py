@@ -51,7 +51,7 @@ class Batch:
             return decode(self.model, prompt, max_new_tokens, rows=rows, sampling=sampling,
                           seed=seed, top_logprobs=top_logprobs, score_prompt=score_prompt,
                           stop=stop)
-        return Rows(self, prompt, max_new_tokens, rows, sampling, seed, top_logprobs)
+        return Rows(self, prompt, max_new_tokens, rows, sampling, seed, top_logprobs, stop)
 
     def _decoder(self) -> Any:
         if self.decoder is None:
@@ -66,6 +66,9 @@ class Batch:
 
         wanting = [g for g in self.groups if g.pending is not None and not g.ready]
         if not wanting:
+            return
+        if len(wanting) == 1 and wanting[0].greedy():  # a lone greedy stream: many per call
+            self.steps += 1
             return
         slots = [s for g in wanting for s in g.slots]
         tokens = [t for g in wanting for t in g.pending]
@@ -85,9 +88,14 @@ class Rows:
     :meth:`close` frees the rows."""
 
     def __init__(self, batch: Batch, prompt: list[int], max_new_tokens: int, rows: int,
-                 sampling: Any, seed: int | None, top_logprobs: int | None) -> None:
+                 sampling: Any, seed: int | None, top_logprobs: int | None,
+                 stop: Iterable[int] = ()) -> None:
         self.batch, self.prompt, self.left, self.n = batch, prompt, max_new_tokens, rows
-        self.sampling, self.seed, self.top = sampling, seed, top_logprobs
+        self.sampling, self.seed, self.top, self.stop = sampling, seed, top_logprobs, set(stop)
+        # greedy, one row, nothing scored: alone in the batch it runs many steps per C call
+        self.plain = (rows == 1 and sampling.temperature <= 0 and not sampling.penalized
+                      and top_logprobs is None)
+        self.chunk = 1  # 1, 2, 4, ... so that a stream's first tokens come as soon as made
         self.slots: list[int] = []
         self.ready: deque[Any] = deque()  # drawn steps not yet read
         self.pending: list[int] | None = None  # tokens to feed at the next step
@@ -142,6 +150,28 @@ class Rows:
             self.pending = step.tokens.tolist()
         else:  # the last step is drawn: its rows are needed no more
             self._leave()
+
+    def greedy(self) -> bool:
+        """Draw several greedy steps in one C call (this group steps alone now); False where
+        it cannot (not :attr:`plain`, no fused step)."""
+        import torch
+
+        from backlm.model.decode import GREEDY_CHUNK, Step, batch_greedy
+
+        if not self.plain:
+            return False
+        drawn = batch_greedy(self.batch.decoder, self.slots[0], self.pending[0],
+                             min(self.chunk, self.left), self.stop)
+        if drawn is None:
+            return False
+        self.chunk = min(2 * self.chunk, GREEDY_CHUNK)
+        self.ready.extend(Step(torch.tensor([token])) for token in drawn)
+        self.left -= len(drawn)
+        if self.left > 0 and drawn[-1] not in self.stop:
+            self.pending = drawn[-1:]
+        else:  # the last step is drawn, or the row has ended: its rows are needed no more
+            self._leave()
+        return True
 
     def close(self) -> None:
         """Free the rows (once; the batch steps them no more) and drop unread steps."""

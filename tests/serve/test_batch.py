@@ -85,3 +85,21 @@ def test_what_cannot_join_is_decoded_alone(model):
     alone = batch.decode(PROMPT, 4)  # no free row
     assert not isinstance(alone, Rows)
     assert tokens(alone) == [row[:1] for row in tokens(first)]  # greedy: rows alike
+
+
+def test_a_lone_greedy_stream_runs_many_steps_per_call_and_others_join_it(model):
+    want = tokens(decode(model, PROMPT, 40))
+    batch = Batch(model, 4)
+    lone = batch.decode(PROMPT, 40)
+    got = [next(lone).tokens.tolist() for _ in range(20)]
+    assert batch.steps < 19  # 1, 2, 4, ... tokens per C call
+    joined = batch.decode([1, 2, 3], 10, sampling=HOT, seed=3)  # joins at the next step
+    alone_too = tokens(Batch(model, 4).decode([1, 2, 3], 10, sampling=HOT, seed=3))
+    other = []
+    while (step := next(lone, None)) is not None:
+        got.append(step.tokens.tolist())
+        other += [s.tokens.tolist() for s in [next(joined, None)] if s is not None]
+    other += tokens(joined)
+    assert got == want and other == alone_too
+    ends = tokens(Batch(model, 4).decode(PROMPT, 40, stop={want[5][0]}))
+    assert ends == want[:6]  # a greedy row ends at a stop token
