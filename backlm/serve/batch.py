@@ -20,6 +20,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 BATCH_EXTRA = 512  # positions past the model's context a batched row may reach
+# A row is stepped with the others even when its last steps are still unread (its generation
+# comes later in the model thread's round, or needed several steps for one piece), so every
+# step takes every row; up to this many unread steps (a paused generation stops there).
+STEPS_AHEAD = 4
 
 
 class Batch:
@@ -61,13 +65,15 @@ class Batch:
         return self.decoder
 
     def step(self) -> None:
-        """One token for every row whose last one was read, all in one step."""
+        """One token for every row, all in one step (a row whose reader is
+        :data:`STEPS_AHEAD` steps behind waits)."""
         import torch
 
-        wanting = [g for g in self.groups if g.pending is not None and not g.ready]
+        wanting = [g for g in self.groups
+                   if g.pending is not None and len(g.ready) < STEPS_AHEAD]
         if not wanting:
             return
-        if len(wanting) == 1 and wanting[0].greedy():  # a lone greedy stream: many per call
+        if len(self.groups) == 1 and wanting[0].greedy():  # a lone greedy stream: many per call
             self.steps += 1
             return
         slots = [s for g in wanting for s in g.slots]
