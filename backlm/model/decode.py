@@ -32,8 +32,9 @@ from backlm.model.fused import Threads
 
 # the engine's names, wherever they are defined (BatchDecoder: the server's continuous batching)
 __all__ = ["GREEDY", "GREEDY_CHUNK", "BatchDecoder", "Decoder", "KVCache", "SamplingParams",
-           "Step", "Threads", "decode", "decode_dtype", "fused_usable", "generate",
-           "greedy_tokens", "sample", "sample_steps", "scored_steps", "stream"]
+           "Step", "Threads", "batch_greedy", "decode", "decode_dtype", "draw_step",
+           "fused_usable", "generate", "greedy_tokens", "sample", "sample_steps", "scored_steps",
+           "stream"]
 
 
 
@@ -119,6 +120,37 @@ def _scored(logits: Tensor, tokens: Tensor, top: int | None) -> Step:
     best = logp.topk(min(top, logp.size(-1)), dim=-1)
     return Step(tokens, logp.gather(-1, tokens[..., None].to(logp.device))[..., 0],
                 best.indices, best.values)
+
+
+def draw_step(logits: Tensor, sampling: SamplingParams, generator: torch.Generator | None = None,
+              counts: Tensor | None = None, top_logprobs: int | None = None) -> Step:
+    """One step's draw for rows stepped elsewhere (a server's continuous batching, where each
+    request's rows sit in a shared :class:`BatchDecoder`): what :func:`scored_steps` does each
+    step — a token per row of ``logits`` ``(rows, V)`` sampled, scored with ``top_logprobs``
+    alternatives when not None, and counted into ``counts`` ``(rows, V)`` for the penalties."""
+    tokens = sample(logits, sampling, generator, counts)
+    step = _scored(logits, tokens, top_logprobs)
+    if counts is not None:
+        counts[torch.arange(counts.size(0), device=counts.device), tokens] += 1
+    return step
+
+
+def batch_greedy(batch: BatchDecoder, slot: int, token: int, n: int,
+                 stop: Iterable[int] = ()) -> list[int] | None:
+    """A lone greedy row of a shared batch (a server's only stream) decoded as
+    :func:`greedy_tokens` decodes one row: feed ``token`` to ``slot``, then up to ``n`` greedy
+    tokens in one fused C call, ending after a ``stop`` token; every token returned but the last
+    is fed. None where the batch has no fused step (the caller steps the row itself)."""
+    if not batch.fused:
+        return None
+    pos = batch.positions[slot]
+    if pos + n > batch.max_len:
+        raise ValueError(f"KV cache full: slot {slot} would pass max_len {batch.max_len}")
+    stops = torch.tensor(sorted(set(stop)), dtype=torch.int64)
+    drawn = torch.zeros(n, dtype=torch.int64)
+    made = batch.kernel.greedy(token, pos, slot, n, stops, drawn, batch.out)
+    batch.positions[slot] = pos + made
+    return drawn[:made].tolist()
 
 
 def scored_steps(decoder: Decoder, logits: Tensor, max_new_tokens: int,

@@ -14,7 +14,9 @@ from typing import Any
 
 from backlm.errors import UserError
 from backlm.serve import wire
+from backlm.serve.batch import Batch
 from backlm.serve.model_thread import Generation, ModelThread
+from backlm.serve.replies import merged
 from backlm.serve.wire import ApiError, Limits
 
 
@@ -25,6 +27,8 @@ class Engine:
         self.loaded, self.limits = loaded, limits
         self.models = wire.served_models(loaded.name, loaded.direction)
         self.lock = threading.Lock()  # held by the model thread while it computes
+        # every generation's rows decoded together, on the model thread
+        self.batch = Batch(loaded.model, limits.batch_rows)
         self.model = ModelThread(self.lock)
         self.slots = threading.BoundedSemaphore(limits.max_generations)
         self.stopping = threading.Event()  # set at shutdown: generations end at their next piece
@@ -51,7 +55,7 @@ class Engine:
 
         ld = self.loaded
         try:
-            session = Chat(ld.model, ld.tokenizer, ld.direction, ld.phase, req.order)
+            session = Chat(self.batch, ld.tokenizer, ld.direction, ld.phase, req.order)
             text = session.load(req.messages)
         except UserError as exc:
             raise ApiError(400, str(exc), "messages") from None
@@ -73,7 +77,7 @@ class Engine:
         """A text completion run and the stream of its pieces (close it to free its slot)."""
         from backlm.serve.completions import Run
 
-        run = Run(self.loaded, req)
+        run = Run(self.loaded, req, self.batch)
         return run, self._generation(run.pieces(), "prompt")
 
     def tokenize(self, text: str) -> list[int]:
@@ -277,11 +281,19 @@ async def _events(cid: str, req: wire.ChatRequest, session: Any, pieces: Generat
         yield wire.sse(wire.chunk(cid, req.model, {"role": session.writes, "content": ""}, None,
                                 {"position": session.position if prepend else "end",
                                  "order": session.order.value}, i))
-    try:
-        while (piece := await pieces.anext()) is not None:
+    fills: dict[tuple[int, str], Any] = {}
+
+    def delta(piece: Any) -> bytes:
+        key = (piece.row, piece.where)
+        if key not in fills:
+            fills[key] = wire.template(wire.chunk(cid, req.model, {"content": wire.HOLE}, None,
+                                                  {"position": piece.where}, piece.row))
+        return fills[key](piece.text)
+
+    try:  # each wake-up sends what accumulated: one chunk per row, in one write
+        while (batch := await pieces.take()) is not None:
             if not hold:
-                yield wire.sse(wire.chunk(cid, req.model, {"content": piece.text}, None,
-                                        {"position": piece.where}, piece.row))
+                yield b"".join(delta(piece) for piece in merged(batch))
     except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band
         yield wire.sse(ApiError(500, f"generation failed: {type(exc).__name__}",
                                kind="server_error").body())

@@ -29,7 +29,7 @@ from typing import Any
 
 from backlm.direction import Direction, encode_document, model_order, prefix_length
 from backlm.serve import wire
-from backlm.serve.replies import Logprob, Piece, Replies, place, scored
+from backlm.serve.replies import Logprob, Piece, Replies, merged, place, scored
 from backlm.serve.wire import MAX_TOP_LOGPROBS, ApiError, Limits, Options
 
 
@@ -128,8 +128,9 @@ class Choice:
 class Run:
     """One completion request on the model: its pieces (as they come), then its choices."""
 
-    def __init__(self, loaded: Any, req: CompletionRequest) -> None:
+    def __init__(self, loaded: Any, req: CompletionRequest, model: Any = None) -> None:
         self.loaded, self.req = loaded, req
+        self.model = model or loaded.model  # what decodes: the model, or a shared batch
         self.choices: list[Choice] = []
         self.prompt_tokens = self.tokens = 0
 
@@ -144,7 +145,7 @@ class Run:
             seq, _ = encode_document(ids, ld.direction, ld.tokenizer.special_ids, marker)
             self.prompt_tokens += len(seq)
             scored = req.echo and req.logprobs is not None
-            steps = ld.model.decode(seq, req.max_tokens, rows=n, sampling=sampling.params(),
+            steps = self.model.decode(seq, req.max_tokens, rows=n, sampling=sampling.params(),
                                     seed=sampling.seed, top_logprobs=req.logprobs,
                                     score_prompt=scored)
             echoed = self._prompt_logprobs(next(steps), head, given_bos) if scored else []
@@ -232,19 +233,31 @@ async def events(cid: str, run: Run, pieces: Any) -> AsyncIterator[bytes]:
     hold = req.order.writes_at == "start" and req.options.stream_mode == "append"
     total = req.options.n * len(req.prompts)
 
-    def chunk(index: int, text: str, finish: str | None, where: str | None = None) -> bytes:
+    def shape(index: int, text: str, finish: str | None, where: str | None = None
+              ) -> dict[str, Any]:
         out: dict[str, Any] = {"id": cid, "object": "text_completion",
                                "created": int(time.time()), "model": req.model,
                                "choices": [{"text": text, "index": index, "logprobs": None,
                                             "finish_reason": finish}]}
         if where is not None:
             out["backlm"] = {"position": where}
-        return wire.sse(out)
+        return out
 
-    try:
-        while (piece := await pieces.anext()) is not None:
+    def chunk(index: int, text: str, finish: str | None, where: str | None = None) -> bytes:
+        return wire.sse(shape(index, text, finish, where))
+
+    fills: dict[tuple[int, str], Any] = {}
+
+    def delta(piece: Piece) -> bytes:
+        key = (piece.row, piece.where)
+        if key not in fills:
+            fills[key] = wire.template(shape(piece.row, wire.HOLE, None, piece.where))
+        return fills[key](piece.text)
+
+    try:  # each wake-up sends what accumulated: one chunk per choice, in one write
+        while (batch := await pieces.take()) is not None:
             if not hold:
-                yield chunk(piece.row, piece.text, None, piece.where)
+                yield b"".join(delta(piece) for piece in merged(batch))
     except Exception as exc:  # noqa: BLE001 - the stream has started: report in-band
         yield wire.sse(ApiError(500, f"generation failed: {type(exc).__name__}",
                                 kind="server_error").body())

@@ -193,7 +193,7 @@ class Chat:
         started = time.perf_counter()
         first = last = started
         steps = self.model.decode(prompt, sampling.max_tokens, rows=n, sampling=sampling.params(),
-                                  seed=sampling.seed, top_logprobs=logprobs)
+                                  seed=sampling.seed, top_logprobs=logprobs, stop=ends)
         try:
             for step in steps:
                 last = time.perf_counter()

@@ -77,6 +77,17 @@ class Piece:
         return place(self.where, shown, self.text)
 
 
+def merged(pieces: Iterable[Piece]) -> list[Piece]:
+    """``pieces`` joined per row, rows in the order they first appear: what several pieces of
+    a row say at once (each placed by the placement rule after those before it)."""
+    rows: dict[int, Piece] = {}
+    for piece in pieces:
+        before = rows.get(piece.row)
+        rows[piece.row] = piece if before is None else Piece(piece.place(before.text),
+                                                             piece.where, piece.row)
+    return list(rows.values())
+
+
 class StopText:
     """The reading-order text of one reply, cut at its first stop string; what may be sent."""
 

@@ -12,6 +12,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ class Limits:
     max_generations: int = 32  # concurrent generations; more get 429
     max_n: int = 8  # replies decoded together for one prompt
     max_prompts: int = 64  # prompts in one /v1/completions request
+    batch_rows: int = 32  # rows decoded together; a request past them is decoded alone
 
 
 class ApiError(Exception):
@@ -343,3 +345,17 @@ def sse(payload: dict[str, Any] | str) -> bytes:
     """One server-sent event line."""
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n".encode()
+
+
+HOLE = "\x00"  # the text a chunk template leaves open
+
+
+def template(payload: dict[str, Any]) -> Callable[[str], bytes]:
+    """The SSE event of ``payload`` with its one :data:`HOLE` string filled by the text given:
+    a stream encodes its chunk shape once, then only each chunk's text."""
+    head, tail = sse(payload).split(b'"\\u0000"')
+
+    def fill(text: str) -> bytes:
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
+
+    return fill

@@ -506,3 +506,30 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(limited):
             time.sleep(0.02)
     short = {**body, "max_tokens": 3, "stream": False}
     assert complete(url, **short)["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_seeded_streams_decoded_together_write_what_each_writes_alone(limited):
+    url, engine = limited
+    bodies = [{"model": "bi1@forward", "temperature": 1.0, "top_p": 0.9, "seed": seed,
+               "max_tokens": 48, "messages": [{"role": "user", "content": "Hello there"}]}
+              for seed in (11, 12)]
+    alone = [complete(url, **b)["choices"][0]["message"]["content"] for b in bodies]
+    before = engine.batch.steps
+
+    def streamed(body: dict) -> str:
+        text = ""
+        for e in stream(url, body)[1:-2]:
+            text = place(text, e["choices"][0]["delta"]["content"], e["backlm"]["position"])
+        return text
+
+    with ThreadPoolExecutor(2) as pool:
+        with engine.lock:  # both arrive before either is decoded
+            together = pool.map(streamed, bodies)
+            deadline = time.monotonic() + 20
+            while engine.slots._value > 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        together = list(together)
+    assert together == alone and alone[0] != alone[1]
+    steps = engine.batch.steps - before
+    assert 0 < steps < 2 * 47  # their rows were stepped together
