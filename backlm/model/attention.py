@@ -1,6 +1,6 @@
 """Causal self-attention: blocked attention with saved probabilities for CPU training in fp32
-(its softmax in the fused C kernels when built) and, when ``BF16_BLOCKED`` is set, in bf16
-(only with the C kernels: bf16 batched matmuls, softmax and its backward in the bf16 kernels,
+(its softmax in the fused C kernels when built) and in bf16 while ``BF16_BLOCKED`` is set (only
+with the C kernels: bf16 batched matmuls, softmax and its backward in the bf16 kernels,
 probabilities kept in bf16), SDPA everywhere else."""
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from backlm.model import native
 # each other and 1.2-1.4× faster than SDPA (benchmarks/attention.py, BENCHMARKS.md); smaller
 # blocks skip more of the masked triangle but make the matmuls less efficient.
 ATTENTION_BLOCK = 64
-# bf16 training through the blocked attention (with the C kernels on). Off: PyTorch's bf16
-# batched matmuls copy the blocks' strided q/k/v slices on every call, and a profiled bf16 d4
-# step (benchmarks/train_throughput.py --dtype bf16 --profile) spent more in those copies than
-# SDPA takes; the blocked path stays tested (tests/model/test_native_bf16.py) for when it wins.
-BF16_BLOCKED = False
+# bf16 training through the blocked attention (with the C kernels on), in blocks of
+# BF16_ATTENTION_BLOCK query rows. PyTorch's bf16 batched matmuls copy strided operands on every
+# call, and the blocks' q/k/v slices are strided: with 64-row blocks those copies made the
+# blocked attention 2-3× slower than SDPA. One block of up to 512 rows takes whole contiguous
+# tensors (no copies) and runs the full T×T products, which bf16 multiplies fast enough to beat
+# SDPA's tiled flash attention at seq 512 (benchmarks/bf16_step.py).
+BF16_BLOCKED = True
+BF16_ATTENTION_BLOCK = 512
 # Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
 # which keeps no T×T state.
 ATTENTION_SAVED_BYTES = 256 * 2**20
@@ -54,7 +57,8 @@ class _CausalAttention(torch.autograd.Function):
         qs = q.reshape(n, T, D) if fused else (q * scale).reshape(n, T, D)
         out = torch.empty_like(qs)
         probs = []
-        for s0, e in _query_blocks(T, ATTENTION_BLOCK):
+        block = _block(q.dtype)
+        for s0, e in _query_blocks(T, block):
             p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
             if fused:
                 softmax(p.data_ptr(), n, e - s0, e, s0, scale, torch.get_num_threads())
@@ -65,7 +69,7 @@ class _CausalAttention(torch.autograd.Function):
             out[:, s0:e] = torch.bmm(p, v[:, :e])
             probs.append(p)
         ctx.save_for_backward(qs, k, v, out, *probs)
-        ctx.shape, ctx.block, ctx.native, ctx.bf16 = q.shape, ATTENTION_BLOCK, fused, bf16
+        ctx.shape, ctx.block, ctx.native, ctx.bf16 = q.shape, block, fused, bf16
         return out.view(B, H, T, D)
 
     @staticmethod
@@ -104,9 +108,13 @@ class _CausalAttention(torch.autograd.Function):
         return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
 
 
+def _block(dtype: torch.dtype) -> int:
+    return ATTENTION_BLOCK if dtype == torch.float32 else BF16_ATTENTION_BLOCK
+
+
 def _saved_probability_bytes(q: Tensor) -> int:
     B, H, T, _ = q.shape
-    kept = sum((e - s0) * e for s0, e in _query_blocks(T, ATTENTION_BLOCK))
+    kept = sum((e - s0) * e for s0, e in _query_blocks(T, _block(q.dtype)))
     return B * H * kept * q.element_size()
 
 
@@ -115,7 +123,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     fp32 CPU training takes :class:`_CausalAttention` (forward + backward 1.2-1.4× faster
     than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``, and so
-    does bf16 CPU training with the C kernels on when ``BF16_BLOCKED`` is set; everything else
+    does bf16 CPU training with the C kernels on while ``BF16_BLOCKED`` is set; everything else
     (GPU, other dtypes, inference, ``torch.compile``) uses SDPA.
     """
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))

@@ -97,9 +97,48 @@ class _Norm(torch.autograd.Function):
         return _rms_backward(g, y, r)
 
 
-def norm(x: Tensor) -> Tensor:
-    """RMS norm over the last dimension, without learnable parameters."""
-    return _Norm.apply(x)
+class _NormCast(torch.autograd.Function):
+    """RMS norm of an fp32 ``x`` written in bf16 by one C pass (bf16 autocast's residual stream
+    is fp32, its matmuls take bf16); backward takes the bf16 gradient and writes the fp32 one.
+    The saved bf16 output is the tensor the next matmul keeps anyway."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+        r = torch.empty(*x.shape[:-1], 1, device=x.device)
+        native.lib.rms_fwd_cast_bf16(x.data_ptr(), y.data_ptr(), r.data_ptr(),
+                                     y.numel() // y.size(-1), y.size(-1),
+                                     torch.finfo(x.dtype).eps, torch.get_num_threads())
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        y, r = ctx.saved_tensors
+        g = g.to(y.dtype).contiguous()
+        dx = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+        native.lib.rms_bwd_cast_bf16(g.data_ptr(), y.data_ptr(), r.data_ptr(), dx.data_ptr(),
+                                     y.numel() // y.size(-1), y.size(-1), torch.get_num_threads())
+        return dx
+
+
+# bf16 autocast's norms write their bf16 output in one C pass (off: fp32 norm, then a cast)
+FUSED_NORM_CAST = True
+
+
+def norm(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """RMS norm over the last dimension, without learnable parameters.
+
+    ``dtype`` (e.g. autocast's compute dtype) is the output's: the norm is computed in ``x``'s
+    dtype and the result cast, in one C pass for fp32 → bf16 on CPU.
+    """
+    if dtype is None or dtype == x.dtype:
+        return _Norm.apply(x)
+    if (FUSED_NORM_CAST and dtype == torch.bfloat16 and native.isa() is not None
+            and native.usable(x)):
+        with torch.autocast(x.device.type, enabled=False):
+            return _NormCast.apply(x)
+    return _Norm.apply(x).to(dtype)
 
 
 class _QKV(torch.autograd.Function):

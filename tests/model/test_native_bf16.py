@@ -99,6 +99,17 @@ def test_rms_norm(isa, called, shape):
     assert {"rms_fwd_bf16", "rms_bwd_bf16"} <= set(called)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 24), (2, 700)])  # 700: past one 512-float chunk
+def test_rms_norm_fp32_to_bf16(isa, called, shape):
+    """bf16 autocast's norm: fp32 residual in, bf16 out (and bf16 gradient in, fp32 out), against
+    the fp32 norm followed by a cast."""
+    x = bf16(*shape, scale=3).float() + torch.randn(*shape) * 1e-3  # not bf16-exact
+    results = both_ways(lambda x: kernels.norm(x, torch.bfloat16), x)
+    close_bf16(results)
+    assert results[0][0][0].dtype == torch.bfloat16 and results[0][1][0].dtype == torch.float32
+    assert {"rms_fwd_cast_bf16", "rms_bwd_cast_bf16"} <= set(called)
+
+
 @pytest.mark.parametrize("B,T,H,D", [(2, 9, 2, 16), (1, 33, 3, 8)])
 def test_qkv_rotary_norm(isa, called, B, T, H, D):
     C = 24
@@ -116,9 +127,9 @@ def test_mlp(isa, called):
     assert "relu_sq_bf16" in called
 
 
-@pytest.mark.parametrize("T", [5, 70])
-def test_causal_attention(isa, called, monkeypatch, T):
-    monkeypatch.setattr(attention, "ATTENTION_BLOCK", 32)  # ragged blocks at T = 70
+@pytest.mark.parametrize("T,block", [(5, 32), (70, 32), (70, 512)])  # ragged blocks; one block
+def test_causal_attention(isa, called, monkeypatch, T, block):
+    monkeypatch.setattr(attention, "BF16_ATTENTION_BLOCK", block)
     monkeypatch.setattr(attention, "BF16_BLOCKED", True)
     q, k, v = (bf16(2, 3, T, 16, scale=2, seed=i) for i in range(3))
     results = both_ways(attention.causal_attention, q, k, v)  # off: SDPA in bf16
