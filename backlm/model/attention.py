@@ -55,9 +55,9 @@ class _CausalAttention(torch.autograd.Function):
         softmax = native.lib.causal_softmax_bf16 if bf16 else native.lib.causal_softmax if fused else None
         # the C softmax applies the 1/√D itself; otherwise it rides on q's copy
         qs = q.reshape(n, T, D) if fused else (q * scale).reshape(n, T, D)
-        out = torch.empty_like(qs)
-        probs = []
         block = _block(q.dtype)
+        out = torch.empty_like(qs) if block < T else None  # one block: the product is the output
+        probs = []
         for s0, e in _query_blocks(T, block):
             p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
             if fused:
@@ -66,7 +66,10 @@ class _CausalAttention(torch.autograd.Function):
                 future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
                 p[:, :, s0:e].masked_fill_(future, float("-inf"))
                 torch.softmax(p, -1, out=p)
-            out[:, s0:e] = torch.bmm(p, v[:, :e])
+            if out is None:
+                out = torch.bmm(p, v)
+            else:
+                out[:, s0:e] = torch.bmm(p, v[:, :e])
             probs.append(p)
         ctx.save_for_backward(qs, k, v, out, *probs)
         ctx.shape, ctx.block, ctx.native, ctx.bf16 = q.shape, block, fused, bf16
@@ -83,6 +86,8 @@ class _CausalAttention(torch.autograd.Function):
             rowdot = torch.empty(n, T, device=g.device)
             native.lib.rowdot_bf16(g.data_ptr(), out.data_ptr(), rowdot.data_ptr(), n * T, D,
                                    torch.get_num_threads())
+            if len(probs) == 1:
+                return _one_block_bf16_backward(ctx, g, qs, k, v, probs[0], rowdot)
             gk, gv = (torch.zeros(n, T, D, device=g.device) for _ in range(2))
             softmax_bwd = native.lib.softmax_bwd_bf16
         else:
@@ -106,6 +111,18 @@ class _CausalAttention(torch.autograd.Function):
         if ctx.bf16:
             gk, gv = gk.to(qs.dtype), gv.to(qs.dtype)
         return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
+
+
+def _one_block_bf16_backward(ctx, g, qs, k, v, p, rowdot):
+    """Backward of bf16 attention computed as one block: whole contiguous operands, every
+    gradient one bf16 batched matmul (fp32 accumulation inside), no partial sums to add."""
+    n, T, D = qs.shape
+    gv = torch.bmm(p.transpose(1, 2), g)
+    ds = torch.bmm(g, v.transpose(1, 2))
+    native.lib.softmax_bwd_bf16(ds.data_ptr(), p.data_ptr(), rowdot.data_ptr(), n, T, T, 0, T,
+                                D**-0.5, torch.get_num_threads())
+    gq, gk = torch.bmm(ds, k), torch.bmm(ds.transpose(1, 2), qs)
+    return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
 
 
 def _block(dtype: torch.dtype) -> int:
