@@ -214,8 +214,8 @@ class GPT(nn.Module):
             # per-token gradients need the full graph; rare (e.g. weighted losses)
             logits = self.logits(h).flatten(0, 1)
             return F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)
-        if grad_needed:
-            return softcap_loss(x, w, y, self.cfg.softcap, loss_reduction == "mean")
+        if grad_needed:  # the fp32 head itself: the loss casts it and returns an fp32 gradient
+            return softcap_loss(x, self.lm_head.weight, y, self.cfg.softcap, loss_reduction == "mean")
         with torch.autocast(x.device.type, enabled=False):
             per_token, _, _ = head_loss(x, w, y, self.cfg.softcap, None)
         if loss_reduction == "none":

@@ -137,12 +137,31 @@ def test_causal_attention(isa, called, monkeypatch, T, block):
     assert {"causal_softmax_bf16", "softmax_bwd_bf16", "rowdot_bf16"} <= set(called)
 
 
-def test_softcapped_loss(isa, called):
+@pytest.mark.parametrize("chunked,slab", [(False, True), (True, True), (True, False)])
+def test_softcapped_loss(isa, called, monkeypatch, chunked, slab):
+    """Chunked or not; the head's gradients from the whole batch's bf16 logit gradients (slab)
+    or chunk by chunk."""
     n, C, V = 37, 16, 300
+    if chunked:
+        monkeypatch.setitem(kernels.HEAD_CHUNK_ELEMENTS, "cpu", 10 * V)  # 4 chunks, a ragged one
+    monkeypatch.setattr(kernels, "HEAD_GRAD_SLAB_ELEMENTS", 2**25 if slab else 0)
     x, w = bf16(n, C), bf16(V, C, scale=0.5, seed=1)
     y = torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(2))
     y[3] = -1  # an ignored target
     close_bf16(both_ways(lambda x, w: kernels.softcap_loss(x, w, y, 15.0), x, w))
+    assert "softcap_ce_bf16" in called
+
+
+def test_softcapped_loss_takes_the_fp32_head(isa, called):
+    """bf16 autocast hands the loss the fp32 head: its gradient comes back in fp32 and equals
+    (to bf16 tolerance) the PyTorch ops on the head cast to bf16 outside the loss."""
+    n, C, V = 37, 16, 300
+    x, w = bf16(n, C), bf16(V, C, scale=0.5, seed=1).float() + 1e-3
+    y = torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(2))
+    fp32_head = both_ways(lambda x, w: kernels.softcap_loss(x, w, y, 15.0), x, w)
+    cast_outside = both_ways(lambda x, w: kernels.softcap_loss(x, w.bfloat16(), y, 15.0), x, w)
+    close_bf16([fp32_head[0], cast_outside[1]])
+    assert fp32_head[0][1][1].dtype == torch.float32
     assert "softcap_ce_bf16" in called
 
 
