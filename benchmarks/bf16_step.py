@@ -106,7 +106,7 @@ def attention_fns(torch, cfg, batch: int):
         return run
 
     fns = {"SDPA (flash, causal)": sdpa}
-    for block in (64, 128, cfg.seq_len):
+    for block in sorted({128, 256, cfg.seq_len}):
         fns[f"backlm blocked, block {block}"] = blocked(block)
     return fns
 
@@ -133,7 +133,7 @@ def main() -> None:
     from backlm.train.optim import orthogonalize
 
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # no wrapped rows in a log file
     console.print(f"{cpu_model()}, {args.threads} threads; C kernels: {native.isa() or 'off/absent'}")
     console.print(f"CPU flags: {_cpu_flags()}")
     peak = measure_matmul_peak("bf16", (2048, 3072), seconds=2.0) / 1e9

@@ -313,6 +313,9 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, na
     # the bare model here; benchmarks/first_step.py times the whole `backlm train` command
     targets.add_row("< 15 s start → first step (bare model)", f"{first_step_s:.1f} s", _mark(first_step_s < 15))
     console.print(targets)
+    if "bf16" in results:
+        console.print("the bf16 step's own ceiling (its matmuls alone at these shapes) and the "
+                      "step before/after this round's bf16 changes: python benchmarks/bf16_step.py")
     console.print(f"CPU flags: {_cpu_flags()}")
     console.print("command: python " + " ".join(sys.argv))
 
