@@ -121,7 +121,7 @@ def main() -> None:
         bs, bf = min(slow), min(fast)
         table.add_row(name, f"{ms * 1e3:.1f}", f"{mf * 1e3:.1f}", f"{ms / mf:.2f}×",
                       f"{bs * 1e3:.1f}", f"{bf * 1e3:.1f}", f"{bs / bf:.2f}×")
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # no wrapped rows in a log file
     console.print(table)
     console.print(f"CPU flags: {cpu_flags()}")
     console.print("command: python " + " ".join(sys.argv))

@@ -166,7 +166,7 @@ def profile_step(run: Run, flops_step: float, peak: float) -> None:
                       ("whole step", total)):
         if sec > 0:
             table.add_row(name, f"{sec:.3f}", f"{sec / total:.0%}", f"{flops_step / sec / 1e9 / peak:.0%}")
-    Console().print(table)
+    Console(width=max(Console().width, 150)).print(table)
 
 
 def main() -> None:
@@ -258,7 +258,7 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, na
 
     from backlm.hardware import cpu_has_native_bf16, cpu_model
 
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # no wrapped rows in a log file
     console.print(
         f"GPT depth {mcfg.depth}, width {mcfg.model_dim}, {mcfg.n_heads} heads × {mcfg.head_dim}, "
         f"vocab {mcfg.vocab_size}, seq {mcfg.seq_len}, batch {args.batch} ({tokens} tokens/step); "
