@@ -19,8 +19,9 @@ ATTENTION_BLOCK = 64
 # BF16_ATTENTION_BLOCK query rows. PyTorch's bf16 batched matmuls copy strided operands on every
 # call, and the blocks' q/k/v slices are strided: with 64-row blocks those copies made the
 # blocked attention 2-3× slower than SDPA. One block of up to 512 rows takes whole contiguous
-# tensors (no copies) and runs the full T×T products, which bf16 multiplies fast enough to beat
-# SDPA's tiled flash attention at seq 512 (benchmarks/bf16_step.py).
+# tensors (no copies) and runs the full T×T products: 1.3-1.4× faster than SDPA's flash
+# attention at seq 512 in paired runs at d4/d6 on a shared Zen4 (one d6 run had SDPA ahead;
+# benchmarks/bf16_step.py re-measures both).
 BF16_BLOCKED = True
 BF16_ATTENTION_BLOCK = 512
 # Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
