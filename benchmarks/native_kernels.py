@@ -75,13 +75,6 @@ def main() -> None:
         outs = outs if isinstance(outs, tuple) else (outs,)
         return sum(o.float().mean() for o in outs)
 
-    def blocked_bf16(q, k, v):
-        attention.BF16_BLOCKED = True  # off by default: measure it against SDPA here
-        try:
-            return summed(attention.causal_attention(q, k, v))
-        finally:
-            attention.BF16_BLOCKED = False
-
     cases = {} if args.only == "bf16" else {
         "RMS norm (B, T, C)": lambda: summed(kernels.norm(xn)),
         "q/k/v projection + QK norm + rotary": lambda: summed(kernels.qkv_rotary_norm(x, w_qkv, cos, sin, B, H)),
@@ -96,9 +89,12 @@ def main() -> None:
         # matmuls take ~20 s a round here, and drown the difference.
         cases.update({
             "bf16 RMS norm (B, T, C)": lambda: summed(kernels.norm(xn16)),
+            "autocast RMS norm, fp32 in → bf16 out (off: fp32 norm + cast)":
+                lambda: summed(kernels.norm(xn, torch.bfloat16)),
             "bf16 q/k/v projection + QK norm + rotary":
                 lambda: summed(kernels.qkv_rotary_norm(x16, w16, cos16, sin16, B, H)),
-            "bf16 causal attention, blocked (off: SDPA)": lambda: blocked_bf16(q16, k16, v16),
+            f"bf16 causal attention, blocks of {attention.BF16_ATTENTION_BLOCK} (off: SDPA)":
+                lambda: summed(attention.causal_attention(q16, k16, v16)),
             "bf16 ReLU² MLP": lambda: summed(kernels.mlp(x16, fc16, proj16)),
             "bf16 softcapped loss": lambda: kernels.softcap_loss(x16, head16, targets, 15.0),
         })
@@ -125,7 +121,7 @@ def main() -> None:
         bs, bf = min(slow), min(fast)
         table.add_row(name, f"{ms * 1e3:.1f}", f"{mf * 1e3:.1f}", f"{ms / mf:.2f}×",
                       f"{bs * 1e3:.1f}", f"{bf * 1e3:.1f}", f"{bs / bf:.2f}×")
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # no wrapped rows in a log file
     console.print(table)
     console.print(f"CPU flags: {cpu_flags()}")
     console.print("command: python " + " ".join(sys.argv))

@@ -166,7 +166,7 @@ def profile_step(run: Run, flops_step: float, peak: float) -> None:
                       ("whole step", total)):
         if sec > 0:
             table.add_row(name, f"{sec:.3f}", f"{sec / total:.0%}", f"{flops_step / sec / 1e9 / peak:.0%}")
-    Console().print(table)
+    Console(width=max(Console().width, 150)).print(table)
 
 
 def main() -> None:
@@ -258,7 +258,7 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, na
 
     from backlm.hardware import cpu_has_native_bf16, cpu_model
 
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # no wrapped rows in a log file
     console.print(
         f"GPT depth {mcfg.depth}, width {mcfg.model_dim}, {mcfg.n_heads} heads × {mcfg.head_dim}, "
         f"vocab {mcfg.vocab_size}, seq {mcfg.seq_len}, batch {args.batch} ({tokens} tokens/step); "
@@ -313,6 +313,9 @@ def report(args, mcfg, model, flops_tok, tokens, peak, results, first_step_s, na
     # the bare model here; benchmarks/first_step.py times the whole `backlm train` command
     targets.add_row("< 15 s start → first step (bare model)", f"{first_step_s:.1f} s", _mark(first_step_s < 15))
     console.print(targets)
+    if "bf16" in results:
+        console.print("the bf16 step's own ceiling (its matmuls alone at these shapes) and the "
+                      "step before/after this round's bf16 changes: python benchmarks/bf16_step.py")
     console.print(f"CPU flags: {_cpu_flags()}")
     console.print("command: python " + " ".join(sys.argv))
 

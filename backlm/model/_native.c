@@ -173,6 +173,8 @@ static struct {
     const char *isa;
     __typeof__(rms_fwd_bf16_rows_generic) *rms_fwd;
     __typeof__(rms_bwd_bf16_rows_generic) *rms_bwd;
+    __typeof__(rms_fwd_cast_bf16_rows_generic) *rms_fwd_cast;
+    __typeof__(rms_bwd_cast_bf16_rows_generic) *rms_bwd_cast;
     __typeof__(qk_fwd_bf16_rows_generic) *qk_fwd;
     __typeof__(qk_bwd_bf16_rows_generic) *qk_bwd;
     __typeof__(relu_sq_bf16_range_generic) *relu_sq;
@@ -188,6 +190,8 @@ static struct {
         KB.isa = name;                                                                          \
         KB.rms_fwd = rms_fwd_bf16_rows##sfx;                                                    \
         KB.rms_bwd = rms_bwd_bf16_rows##sfx;                                                    \
+        KB.rms_fwd_cast = rms_fwd_cast_bf16_rows##sfx;                                          \
+        KB.rms_bwd_cast = rms_bwd_cast_bf16_rows##sfx;                                          \
         KB.qk_fwd = qk_fwd_bf16_rows##sfx;                                                      \
         KB.qk_bwd = qk_bwd_bf16_rows##sfx;                                                      \
         KB.relu_sq = relu_sq_bf16_range##sfx;                                                   \
@@ -481,6 +485,38 @@ static PyObject *rms_bwd_bf16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *rms_fwd_cast_bf16(PyObject *self, PyObject *args) {
+    unsigned long long x, y, r;
+    long long N, C;
+    float eps;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLfi", &x, &y, &r, &N, &C, &eps, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(N, r0, r1);
+        KB.rms_fwd_cast(PTR(const float, x), PTR(uint16_t, y), PTR(float, r), r0, r1, C, eps);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *rms_bwd_cast_bf16(PyObject *self, PyObject *args) {
+    unsigned long long g, y, r, dx;
+    long long N, C;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKKLLi", &g, &y, &r, &dx, &N, &C, &threads)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(N, r0, r1);
+        KB.rms_bwd_cast(PTR(const uint16_t, g), PTR(const uint16_t, y), PTR(const float, r),
+                        PTR(float, dx), r0, r1, C);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *qk_fwd_bf16(PyObject *self, PyObject *args) {
     unsigned long long qkv, out, vout, r, c, s;
     long long B, T, H, D;
@@ -719,6 +755,10 @@ static PyMethodDef methods[] = {
     {"supported_isas", supported_isas, METH_NOARGS, "supported_isas(): the copies this CPU runs"},
     {"rms_fwd_bf16", rms_fwd_bf16, METH_VARARGS, "rms_fwd_bf16(x, y, r, N, C, eps, threads)"},
     {"rms_bwd_bf16", rms_bwd_bf16, METH_VARARGS, "rms_bwd_bf16(g, y, r, dx, N, C, threads)"},
+    {"rms_fwd_cast_bf16", rms_fwd_cast_bf16, METH_VARARGS,
+     "rms_fwd_cast_bf16(x fp32, y bf16, r, N, C, eps, threads)"},
+    {"rms_bwd_cast_bf16", rms_bwd_cast_bf16, METH_VARARGS,
+     "rms_bwd_cast_bf16(g bf16, y bf16, r, dx fp32, N, C, threads)"},
     {"qk_fwd_bf16", qk_fwd_bf16, METH_VARARGS,
      "qk_fwd_bf16(qkv, out, vout, r, cos, sin, B, T, H, D, eps, threads)"},
     {"qk_bwd_bf16", qk_bwd_bf16, METH_VARARGS,

@@ -95,6 +95,41 @@ TARGET static void FN(rms_bwd_bf16_rows)(const uint16_t *g, const uint16_t *y, c
     }
 }
 
+/* RMS norm of fp32 rows [r0, r1) of (N, C) straight to bf16: y = bf16(x·r), r fp32. Under bf16
+ * autocast the residual stream stays fp32 and the matmuls take the normed rows in bf16: one
+ * pass instead of the fp32 norm and a cast. */
+TARGET static void FN(rms_fwd_cast_bf16_rows)(const float *x, uint16_t *y, float *rinv,
+                                              int64_t r0, int64_t r1, int64_t C, float eps) {
+    float buf[BF16_CHUNK];
+    for (int64_t i = r0; i < r1; i++) {
+        const float *xi = x + i * C;
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t j = 0; j < C; j++) ss += xi[j] * xi[j];
+        float r = 1.0f / sqrtf(ss / (float)C + eps);
+        rinv[i] = r;
+        for (int64_t c0 = 0; c0 < C; c0 += BF16_CHUNK) {
+            int64_t m = C - c0 < BF16_CHUNK ? C - c0 : BF16_CHUNK;
+#pragma omp simd
+            for (int64_t j = 0; j < m; j++) buf[j] = xi[c0 + j] * r;
+            FN(store_bf16)(y + i * C + c0, buf, m);
+        }
+    }
+}
+
+/* Its backward from the bf16 gradient of y into the fp32 residual: dx = r·(g − y·mean(g·y)). */
+TARGET static void FN(rms_bwd_cast_bf16_rows)(const uint16_t *g, const uint16_t *y,
+                                              const float *rinv, float *dx, int64_t r0, int64_t r1,
+                                              int64_t C) {
+    for (int64_t i = r0; i < r1; i++) {
+        const uint16_t *gi = g + i * C, *yi = y + i * C;
+        float s = FN(dot_bf16)(gi, yi, C) / (float)C, r = rinv[i];
+        float *di = dx + i * C;
+#pragma omp simd
+        for (int64_t j = 0; j < C; j++) di[j] = r * (FN(bf2f)(gi[j]) - FN(bf2f)(yi[j]) * s);
+    }
+}
+
 /* QK norm + rotary in bf16: as qk_fwd_rows (layouts and pairing there), with qkv, out and vout
  * bf16, rinv and the (T, D/2) cos/sin tables fp32. D ≤ 2·BF16_CHUNK. */
 TARGET static void FN(qk_fwd_bf16_rows)(const uint16_t *qkv, uint16_t *out, uint16_t *vout,

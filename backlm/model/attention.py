@@ -1,6 +1,6 @@
 """Causal self-attention: blocked attention with saved probabilities for CPU training in fp32
-(its softmax in the fused C kernels when built) and, when ``BF16_BLOCKED`` is set, in bf16
-(only with the C kernels: bf16 batched matmuls, softmax and its backward in the bf16 kernels,
+(its softmax in the fused C kernels when built) and in bf16 while ``BF16_BLOCKED`` is set (only
+with the C kernels: bf16 batched matmuls, softmax and its backward in the bf16 kernels,
 probabilities kept in bf16), SDPA everywhere else."""
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ from backlm.model import native
 # each other and 1.2-1.4× faster than SDPA (benchmarks/attention.py, BENCHMARKS.md); smaller
 # blocks skip more of the masked triangle but make the matmuls less efficient.
 ATTENTION_BLOCK = 64
-# bf16 training through the blocked attention (with the C kernels on). Off: PyTorch's bf16
-# batched matmuls copy the blocks' strided q/k/v slices on every call, and a profiled bf16 d4
-# step (benchmarks/train_throughput.py --dtype bf16 --profile) spent more in those copies than
-# SDPA takes; the blocked path stays tested (tests/model/test_native_bf16.py) for when it wins.
-BF16_BLOCKED = False
+# bf16 training through the blocked attention (with the C kernels on), in blocks of
+# BF16_ATTENTION_BLOCK query rows. PyTorch's bf16 batched matmuls copy strided operands on every
+# call, and the blocks' q/k/v slices are strided: with 64-row blocks those copies made the
+# blocked attention 2-3× slower than SDPA. One block of up to 512 rows takes whole contiguous
+# tensors (no copies) and runs the full T×T products: 1.3-1.4× faster than SDPA's flash
+# attention at seq 512 in paired runs at d4/d6 on a shared Zen4 (one d6 run had SDPA ahead;
+# benchmarks/bf16_step.py re-measures both).
+BF16_BLOCKED = True
+BF16_ATTENTION_BLOCK = 512
 # Past this many bytes of saved probabilities per layer, training attention falls back to SDPA,
 # which keeps no T×T state.
 ATTENTION_SAVED_BYTES = 256 * 2**20
@@ -52,9 +56,10 @@ class _CausalAttention(torch.autograd.Function):
         softmax = native.lib.causal_softmax_bf16 if bf16 else native.lib.causal_softmax if fused else None
         # the C softmax applies the 1/√D itself; otherwise it rides on q's copy
         qs = q.reshape(n, T, D) if fused else (q * scale).reshape(n, T, D)
-        out = torch.empty_like(qs)
+        block = _block(q.dtype)
+        out = torch.empty_like(qs) if block < T else None  # one block: the product is the output
         probs = []
-        for s0, e in _query_blocks(T, ATTENTION_BLOCK):
+        for s0, e in _query_blocks(T, block):
             p = torch.bmm(qs[:, s0:e], k[:, :e].transpose(1, 2))
             if fused:
                 softmax(p.data_ptr(), n, e - s0, e, s0, scale, torch.get_num_threads())
@@ -62,10 +67,13 @@ class _CausalAttention(torch.autograd.Function):
                 future = torch.ones(e - s0, e - s0, dtype=torch.bool, device=q.device).triu_(1)
                 p[:, :, s0:e].masked_fill_(future, float("-inf"))
                 torch.softmax(p, -1, out=p)
-            out[:, s0:e] = torch.bmm(p, v[:, :e])
+            if out is None:
+                out = torch.bmm(p, v)
+            else:
+                out[:, s0:e] = torch.bmm(p, v[:, :e])
             probs.append(p)
         ctx.save_for_backward(qs, k, v, out, *probs)
-        ctx.shape, ctx.block, ctx.native, ctx.bf16 = q.shape, ATTENTION_BLOCK, fused, bf16
+        ctx.shape, ctx.block, ctx.native, ctx.bf16 = q.shape, block, fused, bf16
         return out.view(B, H, T, D)
 
     @staticmethod
@@ -79,6 +87,8 @@ class _CausalAttention(torch.autograd.Function):
             rowdot = torch.empty(n, T, device=g.device)
             native.lib.rowdot_bf16(g.data_ptr(), out.data_ptr(), rowdot.data_ptr(), n * T, D,
                                    torch.get_num_threads())
+            if len(probs) == 1:
+                return _one_block_bf16_backward(ctx, g, qs, k, v, probs[0], rowdot)
             gk, gv = (torch.zeros(n, T, D, device=g.device) for _ in range(2))
             softmax_bwd = native.lib.softmax_bwd_bf16
         else:
@@ -104,9 +114,25 @@ class _CausalAttention(torch.autograd.Function):
         return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
 
 
+def _one_block_bf16_backward(ctx, g, qs, k, v, p, rowdot):
+    """Backward of bf16 attention computed as one block: whole contiguous operands, every
+    gradient one bf16 batched matmul (fp32 accumulation inside), no partial sums to add."""
+    n, T, D = qs.shape
+    gv = torch.bmm(p.transpose(1, 2), g)
+    ds = torch.bmm(g, v.transpose(1, 2))
+    native.lib.softmax_bwd_bf16(ds.data_ptr(), p.data_ptr(), rowdot.data_ptr(), n, T, T, 0, T,
+                                D**-0.5, torch.get_num_threads())
+    gq, gk = torch.bmm(ds, k), torch.bmm(ds.transpose(1, 2), qs)
+    return gq.view(ctx.shape), gk.view(ctx.shape), gv.view(ctx.shape)
+
+
+def _block(dtype: torch.dtype) -> int:
+    return ATTENTION_BLOCK if dtype == torch.float32 else BF16_ATTENTION_BLOCK
+
+
 def _saved_probability_bytes(q: Tensor) -> int:
     B, H, T, _ = q.shape
-    kept = sum((e - s0) * e for s0, e in _query_blocks(T, ATTENTION_BLOCK))
+    kept = sum((e - s0) * e for s0, e in _query_blocks(T, _block(q.dtype)))
     return B * H * kept * q.element_size()
 
 
@@ -115,7 +141,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     fp32 CPU training takes :class:`_CausalAttention` (forward + backward 1.2-1.4× faster
     than SDPA on 2 cores) while its saved state stays under ``ATTENTION_SAVED_BYTES``, and so
-    does bf16 CPU training with the C kernels on when ``BF16_BLOCKED`` is set; everything else
+    does bf16 CPU training with the C kernels on while ``BF16_BLOCKED`` is set; everything else
     (GPU, other dtypes, inference, ``torch.compile``) uses SDPA.
     """
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))

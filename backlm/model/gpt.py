@@ -104,8 +104,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
-        x = x + self.attn(norm(x), cos, sin, cache)
-        return x + self.mlp(norm(x))
+        # under autocast the norms write the compute dtype (one pass instead of norm + cast)
+        dtype = compute_dtype(x)
+        x = x + self.attn(norm(x, dtype), cos, sin, cache)
+        return x + self.mlp(norm(x, dtype))
 
 
 class GPT(nn.Module):
@@ -177,13 +179,15 @@ class GPT(nn.Module):
                 )
         return self.cos[start:start + length], self.sin[start:start + length]
 
-    def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
-        """Final normed hidden states ``(B, T, C)`` for token ids ``idx`` ``(B, T)``."""
+    def hidden(self, idx: Tensor, cache: KVCache | None = None,
+               dtype: torch.dtype | None = None) -> Tensor:
+        """Final normed hidden states ``(B, T, C)`` for token ids ``idx`` ``(B, T)``, in
+        ``dtype`` (default: the residual stream's)."""
         cos, sin = self._rotary(cache.pos if cache is not None else 0, idx.size(1))
         x = norm(self.wte(idx))
         for block in self.blocks:
             x = block(x, cos, sin, cache)
-        return norm(x)
+        return norm(x, dtype)
 
     def logits(self, h: Tensor) -> Tensor:
         """Softcapped fp32 logits from hidden states."""
@@ -197,11 +201,12 @@ class GPT(nn.Module):
         ``loss_reduction="mean"`` averages over targets that are not ``IGNORE_INDEX``;
         ``"sum"`` sums them; ``"none"`` gives ``(B, T)`` with 0 at ignored targets.
         """
-        h = self.hidden(idx)
         if targets is None:
-            return self.logits(h)
+            return self.logits(self.hidden(idx))
         if loss_reduction not in ("mean", "sum", "none"):
             raise ValueError(f"loss_reduction must be mean, sum or none, got {loss_reduction!r}")
+        # the loss's matmuls take the final norm's output in the compute dtype
+        h = self.hidden(idx, dtype=compute_dtype(self.lm_head.weight))
         y = targets.flatten()
         x, w = cast(compute_dtype(h) or self.lm_head.weight.dtype, h.flatten(0, 1), self.lm_head.weight)
         grad_needed = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
@@ -209,8 +214,8 @@ class GPT(nn.Module):
             # per-token gradients need the full graph; rare (e.g. weighted losses)
             logits = self.logits(h).flatten(0, 1)
             return F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)
-        if grad_needed:
-            return softcap_loss(x, w, y, self.cfg.softcap, loss_reduction == "mean")
+        if grad_needed:  # the fp32 head itself: the loss casts it and returns an fp32 gradient
+            return softcap_loss(x, self.lm_head.weight, y, self.cfg.softcap, loss_reduction == "mean")
         with torch.autocast(x.device.type, enabled=False):
             per_token, _, _ = head_loss(x, w, y, self.cfg.softcap, None)
         if loss_reduction == "none":

@@ -97,9 +97,43 @@ class _Norm(torch.autograd.Function):
         return _rms_backward(g, y, r)
 
 
-def norm(x: Tensor) -> Tensor:
-    """RMS norm over the last dimension, without learnable parameters."""
-    return _Norm.apply(x)
+class _NormCast(torch.autograd.Function):
+    """RMS norm of fp32 ``x`` written in bf16 by one C pass, backward from the bf16 gradient to
+    fp32 (saves the bf16 output, which the next matmul keeps anyway)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+        r = torch.empty(*x.shape[:-1], 1, device=x.device)
+        native.lib.rms_fwd_cast_bf16(x.data_ptr(), y.data_ptr(), r.data_ptr(),
+                                     y.numel() // y.size(-1), y.size(-1),
+                                     torch.finfo(x.dtype).eps, torch.get_num_threads())
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        y, r = ctx.saved_tensors
+        g = g.to(y.dtype).contiguous()
+        dx = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+        native.lib.rms_bwd_cast_bf16(g.data_ptr(), y.data_ptr(), r.data_ptr(), dx.data_ptr(),
+                                     y.numel() // y.size(-1), y.size(-1), torch.get_num_threads())
+        return dx
+
+
+FUSED_NORM_CAST = True  # off: bf16 autocast's norms run in fp32, then a cast
+
+
+def norm(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """RMS norm over the last dimension, without learnable parameters, computed in ``x``'s
+    dtype and output in ``dtype`` (default the same; fp32 → bf16 is one C pass on CPU)."""
+    if dtype is None or dtype == x.dtype:
+        return _Norm.apply(x)
+    if (FUSED_NORM_CAST and dtype == torch.bfloat16 and native.isa() is not None
+            and native.usable(x)):
+        with torch.autocast(x.device.type, enabled=False):
+            return _NormCast.apply(x)
+    return _Norm.apply(x).to(dtype)
 
 
 class _QKV(torch.autograd.Function):
@@ -216,6 +250,9 @@ def mlp(x: Tensor, fc: Tensor, proj: Tensor) -> Tensor:
 # logits elements alive at once in the loss: two 16 MB chunk buffers stay in a server CPU's
 # L3 while the chunk matmuls stay large enough to run near peak; GPUs want fewer launches
 HEAD_CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**26}
+# bf16 logit gradients kept whole for the head's gradient matmuls (≤ 64 MB): chunk by chunk,
+# each chunk's bf16 weight gradient had to be widened and added into the fp32 sum (two passes)
+HEAD_GRAD_SLAB_ELEMENTS = 2**25
 
 
 def head_loss(
@@ -246,9 +283,10 @@ def head_loss(
     # bf16 logits straight into the kernel (it applies the 1/cap), which hands the gradient
     # back in bf16 for the head's matmuls: no fp32 copy of the logits, no cast of the gradient
     fused16 = fused and native.usable_bf16(x, w)
+    slab = fused16 and with_grad and n * vocab <= HEAD_GRAD_SLAB_ELEMENTS
     if fused16:
         zb_buf = torch.empty(rows, vocab, dtype=x.dtype, device=x.device)
-        gb_buf = torch.empty_like(zb_buf) if with_grad else None
+        gb_buf = torch.empty(n if slab else rows, vocab, dtype=x.dtype) if with_grad else None
     if fused:
         safe_y = safe_y.to(torch.int64).contiguous()
         if n and not 0 <= int(safe_y.min()) <= int(safe_y.max()) < vocab:
@@ -261,14 +299,14 @@ def head_loss(
         if fused16:
             zb, chunk_loss = zb_buf[: r1 - r0], losses[r0:r1]
             torch.mm(xc, w.t(), out=zb)
-            gb = gb_buf[: r1 - r0] if with_grad else None
+            gb = (gb_buf[r0:r1] if slab else gb_buf[: r1 - r0]) if with_grad else None
             native.lib.softcap_ce_bf16(zb.data_ptr(), z.data_ptr(), e.data_ptr(),
                                        gb.data_ptr() if with_grad else 0, yc.data_ptr(),
                                        row_scale[r0:r1].data_ptr() if with_grad else 0,
                                        chunk_loss.data_ptr(), r1 - r0, vocab, cap,
                                        torch.get_num_threads())
             chunk_loss.masked_fill_(~valid[r0:r1], 0.0)
-            if with_grad:
+            if with_grad and not slab:
                 _head_grads(gb, w, xc, grad_x[r0:r1], grad_w, r0 > 0)
             continue
         if fp32:  # the 1/cap of the softcap rides on the matmul (beta=0 ignores old z)
@@ -306,6 +344,9 @@ def head_loss(
         if cap > 0:
             e.addcmul_(e, z.mul_(z), value=-1.0)
         _head_grads(e, w, xc, grad_x[r0:r1], grad_w, r0 > 0)
+    if slab and n:
+        torch.mm(gb_buf, w, out=grad_x)
+        grad_w.copy_(gb_buf.t() @ x)
     return losses, grad_x, grad_w
 
 
@@ -336,7 +377,8 @@ class _SoftcapLoss(torch.autograd.Function):
         valid = (y != IGNORE_INDEX).to(torch.float32)
         # dividing by a tensor count keeps this free of host syncs on GPU
         row_scale = valid / valid.sum().clamp(min=1) if mean else valid
-        losses, grad_x, grad_w = head_loss(x, w, y, cap, row_scale)
+        # an fp32 head under autocast: cast here, its fp32-summed gradient returned as is
+        losses, grad_x, grad_w = head_loss(x, w.to(x.dtype), y, cap, row_scale)
         ctx.save_for_backward(grad_x, grad_w.to(w.dtype))
         return (losses * row_scale).sum()
 
@@ -350,6 +392,7 @@ class _SoftcapLoss(torch.autograd.Function):
 
 
 def softcap_loss(x: Tensor, w: Tensor, y: Tensor, cap: float, mean: bool = True) -> Tensor:
-    """Training loss of ``softcap(x @ w.T)`` vs ``y`` (``IGNORE_INDEX`` skipped), fused."""
+    """Training loss of ``softcap(x @ w.T)`` vs ``y`` (``IGNORE_INDEX`` skipped), fused; the
+    matmuls in ``x``'s dtype, ``w`` (e.g. the fp32 head) gets its gradient in its own dtype."""
     with torch.autocast(x.device.type, enabled=False):
         return _SoftcapLoss.apply(x, w, y, cap, mean)

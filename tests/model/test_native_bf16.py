@@ -99,6 +99,17 @@ def test_rms_norm(isa, called, shape):
     assert {"rms_fwd_bf16", "rms_bwd_bf16"} <= set(called)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 24), (2, 700)])  # 700: past one 512-float chunk
+def test_rms_norm_fp32_to_bf16(isa, called, shape):
+    """bf16 autocast's norm: fp32 residual in, bf16 out (and bf16 gradient in, fp32 out), against
+    the fp32 norm followed by a cast."""
+    x = bf16(*shape, scale=3).float() + torch.randn(*shape) * 1e-3  # not bf16-exact
+    results = both_ways(lambda x: kernels.norm(x, torch.bfloat16), x)
+    close_bf16(results)
+    assert results[0][0][0].dtype == torch.bfloat16 and results[0][1][0].dtype == torch.float32
+    assert {"rms_fwd_cast_bf16", "rms_bwd_cast_bf16"} <= set(called)
+
+
 @pytest.mark.parametrize("B,T,H,D", [(2, 9, 2, 16), (1, 33, 3, 8)])
 def test_qkv_rotary_norm(isa, called, B, T, H, D):
     C = 24
@@ -116,9 +127,9 @@ def test_mlp(isa, called):
     assert "relu_sq_bf16" in called
 
 
-@pytest.mark.parametrize("T", [5, 70])
-def test_causal_attention(isa, called, monkeypatch, T):
-    monkeypatch.setattr(attention, "ATTENTION_BLOCK", 32)  # ragged blocks at T = 70
+@pytest.mark.parametrize("T,block", [(5, 32), (70, 32), (70, 512)])  # ragged blocks; one block
+def test_causal_attention(isa, called, monkeypatch, T, block):
+    monkeypatch.setattr(attention, "BF16_ATTENTION_BLOCK", block)
     monkeypatch.setattr(attention, "BF16_BLOCKED", True)
     q, k, v = (bf16(2, 3, T, 16, scale=2, seed=i) for i in range(3))
     results = both_ways(attention.causal_attention, q, k, v)  # off: SDPA in bf16
@@ -126,12 +137,31 @@ def test_causal_attention(isa, called, monkeypatch, T):
     assert {"causal_softmax_bf16", "softmax_bwd_bf16", "rowdot_bf16"} <= set(called)
 
 
-def test_softcapped_loss(isa, called):
+@pytest.mark.parametrize("chunked,slab", [(False, True), (True, True), (True, False)])
+def test_softcapped_loss(isa, called, monkeypatch, chunked, slab):
+    """Chunked or not; the head's gradients from the whole batch's bf16 logit gradients (slab)
+    or chunk by chunk."""
     n, C, V = 37, 16, 300
+    if chunked:
+        monkeypatch.setitem(kernels.HEAD_CHUNK_ELEMENTS, "cpu", 10 * V)  # 4 chunks, a ragged one
+    monkeypatch.setattr(kernels, "HEAD_GRAD_SLAB_ELEMENTS", 2**25 if slab else 0)
     x, w = bf16(n, C), bf16(V, C, scale=0.5, seed=1)
     y = torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(2))
     y[3] = -1  # an ignored target
     close_bf16(both_ways(lambda x, w: kernels.softcap_loss(x, w, y, 15.0), x, w))
+    assert "softcap_ce_bf16" in called
+
+
+def test_softcapped_loss_takes_the_fp32_head(isa, called):
+    """bf16 autocast hands the loss the fp32 head: its gradient comes back in fp32 and equals
+    (to bf16 tolerance) the PyTorch ops on the head cast to bf16 outside the loss."""
+    n, C, V = 37, 16, 300
+    x, w = bf16(n, C), bf16(V, C, scale=0.5, seed=1).float() + 1e-3
+    y = torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(2))
+    fp32_head = both_ways(lambda x, w: kernels.softcap_loss(x, w, y, 15.0), x, w)
+    cast_outside = both_ways(lambda x, w: kernels.softcap_loss(x, w.bfloat16(), y, 15.0), x, w)
+    close_bf16([fp32_head[0], cast_outside[1]])
+    assert fp32_head[0][1][1].dtype == torch.float32
     assert "softcap_ce_bf16" in called
 
 
