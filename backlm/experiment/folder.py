@@ -10,6 +10,7 @@
       evaluations/<phase>/<order>/<task>.json  evaluations/<phase>/fivecat/step_XXXXXX.json
       notes/notes.txt  notes/issues.txt  notes/generation_samples.jsonl
       hub_upload/<namespace>--<name>/  hub_upload/uploads.json
+    experiments/sweeps/<sweep id>/   a sweep's own files (:mod:`backlm.experiment.sweeps`)
 
 Every other module reaches these files through :class:`Experiment`; a test fails if their
 names are spelled anywhere else in the package.
