@@ -26,14 +26,17 @@ SETTINGS = ("train.eval_every=40", "train.save_every=40", "log.wandb=off")
 
 def grid(prefix: str = "quickstart", seed: int = 0, steps: int = STEPS,
          overrides: Sequence[str] = ()) -> Any:
-    """The quickstart's sweep: id ``prefix``, the three directions at the preset's depth, one
-    seed, ``steps`` steps, the quickstart's settings then ``overrides``."""
+    """The quickstart's sweep: id ``prefix``, the three directions at the preset's depth (or
+    the one a ``--set model.depth`` gives), one seed, ``steps`` steps, the quickstart's
+    settings then ``overrides``."""
     from backlm.config import RunConfig, load_config
     from backlm.sweep import parse_grid
 
-    depth = load_config(RunConfig, PRESET).model.depth
-    return parse_grid(prefix, DIRECTIONS, str(depth), str(seed),
-                      preset=PRESET, overrides=[*SETTINGS, *overrides], max_steps=steps)
+    sets = [*SETTINGS, *overrides]
+    depth = load_config(RunConfig, PRESET, sets).model.depth
+    sets = [s for s in sets if s.split("=", 1)[0].strip() != "model.depth"]  # the grid's axis
+    return parse_grid(prefix, DIRECTIONS, str(depth), str(seed), preset=PRESET, overrides=sets,
+                      max_steps=steps)
 
 
 def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,

@@ -97,8 +97,10 @@ def test_a_real_sweep_stopped_by_ctrl_c_continues_with_the_same_command(tmp_path
     with fivecat_home(tmp_path) as home:
         exps, env = home / "exps", dict(os.environ)
         first = exps / "aot-d1-forward-s1" / "metrics.jsonl"
+        # a shell's background job starts with SIGINT ignored, which Python would keep
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                            signal.SIG_DFL))
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             if first.is_file() and '"step": 9' in first.read_text():
