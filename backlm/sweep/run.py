@@ -266,6 +266,26 @@ def fivecat_member(exp_id: str, root: Path, progress: Progress | None
     return status, xp.read_json(saved, "5CAT result")
 
 
+# Held-out tokens each member is evaluated on for the comparison (stored, as `backlm eval
+# --lm-tokens` stores it): the same leading held-out documents for every member, so the gaps
+# pair; all of a dataset's held-out text would take compare longer than training on 2 cores.
+LM_TOKENS = 65536
+
+
+def evaluate_member(exp_id: str, root: Path, progress: Progress | None) -> str:
+    """Store the member's language modelling in both orders (``backlm eval --tasks lm``) unless
+    it is stored already: done or skipped."""
+    from backlm.direction import ORDERS
+    from backlm.evaluation import EvalOptions, run_eval
+    from backlm.evaluation.tasks import LM_TASK
+
+    exp = xp.find(exp_id, root)
+    if all(exp.evaluation_path(exp.phase, o, LM_TASK).is_file() for o in ORDERS):
+        return "skipped"
+    run_eval(exp_id, root, EvalOptions(tasks=[LM_TASK], lm_tokens=LM_TOKENS), progress)
+    return "done"
+
+
 def run_sweep(plan: SweepPlan, *, command: str = "", observers: Sequence[Any] = (),
               say: Callable[[str], None] = lambda _: None, progress: Progress | None = None,
               compare: bool = True) -> SweepResult:
@@ -280,8 +300,10 @@ def run_sweep(plan: SweepPlan, *, command: str = "", observers: Sequence[Any] = 
     if not run_members(plan, result, record, observers, say):
         return result
     for mp in plan.members:
-        say(f"[bold]sweep {plan.grid.sweep_id} · 5CAT[/] {mp.member.final}")
+        say(f"[bold]sweep {plan.grid.sweep_id} · 5CAT and evaluation[/] {mp.member.final}")
         _, five = fivecat_member(mp.member.final, plan.root, progress)
+        if compare:
+            evaluate_member(mp.member.final, plan.root, progress)
         result.fivecat[mp.member.final] = five
         set_status(record, mp.member.id,
                    fivecat=f"{five.get('gates_passed')}/{five.get('gates_total')}"
