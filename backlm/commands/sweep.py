@@ -130,7 +130,8 @@ def render_comparison(result: Any) -> None:
         return "—" if iv is None or iv.lo is None else f"[{iv.lo:+.4f}, {iv.hi:+.4f}]"
 
     table = Table(title=f"sweep {result.grid.sweep_id} · val gap forward − backward "
-                  "(bits/byte), and the bidirectional model's cost per order")
+                  "(bits/byte)" + (", and the bidirectional model's cost per order"
+                                   if result.costs else ""))
     for col in ("what", "depth", "per seed", "mean", "95% t over seeds", "95% CI pooled docs"):
         table.add_column(col, justify="left" if col in ("what", "per seed") else "right")
     for r in [*result.sizes, *result.costs]:

@@ -28,20 +28,27 @@ def _series(ax: Any, rows: Sequence[Any], key: str) -> None:
     rows = sorted((r for r in rows if r.params), key=lambda r: r.params)
     if not rows:
         return
+    labels = {"seed": "each seed", "t": "95% t-interval over seeds",
+              "pooled": "95% CI, documents pooled"}
+
+    def label(what: str) -> str | None:  # each kind of mark in the legend once
+        return labels.pop(what, None)
+
     for r in rows:
         ys = [iv.value for iv in r.per_seed.values()]
-        ax.scatter([r.params] * len(ys), ys, s=14, color=color, alpha=0.45, zorder=3)
+        ax.scatter([r.params] * len(ys), ys, s=14, color=color, alpha=0.45, zorder=3,
+                   label=label("seed"))
         if r.seeds is not None and r.seeds.lo is not None:
             ax.errorbar([r.params / SHIFT], [r.seeds.value],
                         yerr=[[r.seeds.value - r.seeds.lo], [r.seeds.hi - r.seeds.value]],
-                        fmt="none", color=color, capsize=4, lw=1.2)
+                        fmt="none", color=color, capsize=4, lw=1.2, label=label("t"))
         if r.pooled is not None and r.pooled.lo is not None:
             ax.vlines(r.params * SHIFT, r.pooled.lo, r.pooled.hi, color=color, lw=4,
-                      alpha=0.5)
+                      alpha=0.5, label=label("pooled"))
         ax.annotate(f"d{r.depth}", (r.params, _mean(r)), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8, color=color)
+                    xytext=(-22, 6), fontsize=8, color=color)
     plot(ax, [r.params for r in rows], [_mean(r) for r in rows], "-", color=color,
-         label=KIND_LABEL[key])
+         label=f"{KIND_LABEL[key]}: mean")
 
 
 def _mean(row: Any) -> float:
@@ -69,9 +76,7 @@ def scaling(sizes: Sequence[Any], costs: Sequence[Any]) -> Any:
     if not any(r.params for r in sizes):
         return None
     panels = 2 if any(r.params for r in costs) else 1
-    fig, axes = figure(6.5 * panels, 4.4, 1, panels,
-                       title="dots: seeds · capped bar: 95% t-interval over seeds · "
-                             "thick bar: 95% CI, documents pooled")
+    fig, axes = figure(6.5 * panels, 4.6, 1, panels)
     for kind in (MODELS, Direction.BIDIRECTIONAL):
         _series(axes[0], [r for r in sizes if r.kind == kind], kind)
     _axes(axes[0], "val gap: forward − backward (bits/byte)", "gap against model size")
