@@ -22,6 +22,9 @@ DIRECTIONS = tuple(Direction)
 # ~13 minutes on 2 cores (BENCHMARKS.md "Quickstart"); evaluation and checkpoints every 40.
 STEPS = 80
 SETTINGS = ("train.eval_every=40", "train.save_every=40", "log.wandb=off")
+# The quickstart's options, named in a refusal of a --set its members would replace.
+NAMES = {"id": "--prefix", "directions": "quickstart's per-member direction",
+         "depths": "the preset's depth", "seeds": "--seed", "max_steps": "--steps"}
 
 
 def grid(prefix: str = "quickstart", seed: int = 0, steps: int = STEPS,
@@ -48,5 +51,5 @@ def run_quickstart(root: Path, *, prefix: str = "quickstart", seed: int = 0,
     :class:`backlm.sweep.SweepResult` (``stopped`` set when a member did not finish)."""
     from backlm.sweep import plan_sweep, run_sweep
 
-    plan = plan_sweep(grid(prefix, seed, steps, overrides), root)
+    plan = plan_sweep(grid(prefix, seed, steps, overrides), root, names=NAMES)
     return run_sweep(plan, command=command, observers=observers, say=say, progress=progress)

@@ -250,5 +250,5 @@ def check_members_free(root: Path, grid: Grid, record: dict[str, Any] | None) ->
         for exp_id in member.experiments:
             path = root / exp_id
             if (path.exists() or path.is_symlink()) and exp_id not in ours:
-                raise UserError(f"{exp_id} already exists in {root} and is not a member of "
-                                f"sweep {grid.sweep_id}: choose another --id (or move it away)")
+                raise UserError(f"{path} already exists and is not a member of sweep "
+                                f"{grid.sweep_id}: choose another --id (or move it away)")

@@ -56,6 +56,7 @@ class SweepPlan:
     members: list[MemberPlan]
     launch: Any  # backlm.train.launch.LaunchPlan
     explicit: frozenset[str]
+    names: dict[str, str] | None = None  # the caller's option names (member_config)
 
     @property
     def estimated_seconds(self) -> float | None:
@@ -75,25 +76,35 @@ class SweepResult:
     stopped: Any = None  # the RunSummary of a member that did not finish
 
 
-def member_config(grid: Grid, member: Member) -> RunConfig:
+# How the options that decide a member's keys are named where the sweep came from (a preset
+# sweep such as the quickstart names its own), for a --set they would replace.
+FLAG_NAMES = {"id": "--id", "directions": "--directions", "depths": "--depths",
+              "seeds": "--seeds", "max_steps": "--max-steps"}
+
+
+def member_config(grid: Grid, member: Member, names: dict[str, str] | None = None
+                  ) -> RunConfig:
     """A member's config: preset < ``--set`` < the member's cell (id, direction, depth, seed)
-    and ``--max-steps``; a ``--set`` of a key the grid decides is refused naming the axis."""
+    and ``--max-steps``; a ``--set`` of a key the grid decides is refused naming the option
+    (``names``: how the caller spells them, default :data:`FLAG_NAMES`)."""
     from backlm.config import Flags, load_config
 
+    n = {**FLAG_NAMES, **(names or {})}
     values: dict[str, Any] = {"id": member.id, "data": {"direction": member.direction},
                               "model": {"depth": member.depth},
                               "train": {"seed": member.seed}}
     labels = {"id": f"the sweep's member ids ({grid.sweep_id}-d<depth>-<direction>-s<seed>)",
-              "data.direction": f"--directions ({member.direction} for {member.id})",
-              "model.depth": f"--depths ({member.depth} for {member.id})",
-              "train.seed": f"--seeds ({member.seed} for {member.id})"}
-    fixes = {"id": "drop the --set (use --id)", "data.direction": "drop the --set (use "
-             "--directions)", "model.depth": "drop the --set (use --depths)",
-             "train.seed": "drop the --set (use --seeds)"}
+              "data.direction": f"{n['directions']} ({member.direction} for {member.id})",
+              "model.depth": f"{n['depths']} {member.depth} (for {member.id})",
+              "train.seed": f"{n['seeds']} {member.seed} (for {member.id})"}
+    fixes = {"id": f"drop the --set (use {n['id']})",
+             "data.direction": "drop the --set (each member trains its own direction)",
+             "model.depth": f"drop the --set (use {n['depths']})",
+             "train.seed": f"drop the --set (use {n['seeds']})"}
     if grid.max_steps is not None:
         values["train"]["max_steps"] = grid.max_steps
-        labels["train.max_steps"] = f"--max-steps {grid.max_steps}"
-        fixes["train.max_steps"] = "drop the --set (use --max-steps)"
+        labels["train.max_steps"] = f"{n['max_steps']} {grid.max_steps}"
+        fixes["train.max_steps"] = f"drop the --set (use {n['max_steps']})"
     if len(grid.phases) > 1:  # a chain starts with its base run
         values["phase"], labels["phase"] = "base", f"--phase {','.join(grid.phases)}"
     return load_config(RunConfig, grid.preset, list(grid.overrides),
@@ -139,7 +150,7 @@ def _plan_member(plan: SweepPlan, member: Member, estimate: bool) -> MemberPlan:
     from backlm.train.plan import check_used, plan_new_run, plan_resume
 
     grid, world = plan.grid, plan.launch.world
-    cfg = member_config(grid, member)
+    cfg = member_config(grid, member, plan.names)
     check_used(cfg, plan.explicit, grid.phases)
     _check_depth(grid, member, cfg, world)
     state = _state(plan.root, member)
@@ -175,11 +186,29 @@ def _estimate(grid: Grid, cfg: RunConfig) -> Any:
     return total
 
 
-def plan_sweep(grid: Grid, root: Path, *, processes: Any = None,
-               estimate: bool = False) -> SweepPlan:
-    """Validate the whole sweep (nothing is written); ``estimate`` adds each member's cost
-    estimate and reports a member too large for the device instead of refusing it."""
+def _check_outputs(folder: SweepFolder, record: dict[str, Any] | None) -> None:
+    """Before any training: the sweep's folder is new or this sweep's, and its comparison
+    folder one compare may replace; a user's folder is never touched."""
+    from backlm.compare.output import MARKDOWN
+    from backlm.compare.run import check_output
     from backlm.paths import check_writable
+
+    if folder.path.is_dir():
+        check_output(folder.comparison_dir, MARKDOWN)
+    if record is None and folder.path.is_dir() and any(folder.path.iterdir()):
+        raise UserError(f"{folder.path} exists and is not a sweep's folder (no "
+                        f"{folder.record.name}): move it away or choose another --id")
+    if folder.path.exists() and not folder.path.is_dir():
+        raise UserError(f"{folder.path} is a file, not a sweep's folder: move it away or "
+                        "choose another --id")
+    check_writable(folder.path, "the sweep folder", "choose another --experiments-dir")
+
+
+def plan_sweep(grid: Grid, root: Path, *, processes: Any = None, estimate: bool = False,
+               names: dict[str, str] | None = None) -> SweepPlan:
+    """Validate the whole sweep (nothing is written); ``estimate`` adds each member's cost
+    estimate and reports a member too large for the device instead of refusing it; ``names``:
+    how the caller spells the options a member's keys come from."""
     from backlm.train.launch import Processes
 
     root = Path(root)
@@ -188,10 +217,10 @@ def plan_sweep(grid: Grid, root: Path, *, processes: Any = None,
     if record is not None:
         check_same(record, grid)
     check_members_free(root, grid, record)
-    check_writable(folder.path, "the sweep folder", "choose another --experiments-dir")
-    probe = member_config(grid, grid.members()[0])
+    _check_outputs(folder, record)
+    probe = member_config(grid, grid.members()[0], names)
     launch = (processes or Processes()).plan(probe.train.device)
-    plan = SweepPlan(grid, root, folder, record, [], launch, _explicit(grid))
+    plan = SweepPlan(grid, root, folder, record, [], launch, _explicit(grid), names)
     plan.members = [_plan_member(plan, m, estimate) for m in grid.members()]
     return plan
 
