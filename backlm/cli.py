@@ -26,6 +26,7 @@ from backlm.commands import quickstart as quickstart_cmd
 from backlm.commands import report as report_cmd
 from backlm.commands import score as score_cmd
 from backlm.commands import serve as serve_cmd
+from backlm.commands import sweep as sweep_cmd
 from backlm.commands import train as train_cmd
 from backlm.commands import upload as upload_cmd
 
@@ -81,6 +82,7 @@ app.command("score")(score_cmd.score)
 app.command("chat")(chat_cmd.chat)
 app.command("serve")(serve_cmd.serve)
 app.command("quickstart")(quickstart_cmd.quickstart)
+app.command("sweep")(sweep_cmd.sweep)
 app.command("upload")(upload_cmd.upload)
 app.command("export")(export_cmd.export)
 app.command("compare")(compare_cmd.compare)

@@ -28,6 +28,7 @@ EDGES = {
     "backlm/report/results.py": "evaluation result files",
     "backlm/report/write.py": "the generation-samples file",
     "backlm/api.py": "the Python API, which takes names as well",
+    "backlm/sweep/grid.py": "a sweep's sweep.json record (its grid's directions)",
 }
 
 

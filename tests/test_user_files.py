@@ -93,10 +93,14 @@ CASES = {
         lambda e, t: _user_folder(e / "mine"), True),
     "quickstart: a user's folder at a member's id": Case(
         lambda e, t: ["quickstart", "--prefix", "qs", "--steps", "1"],
-        lambda e, t: _user_folder(e / "qs-backward"), True, private_home=True),
+        lambda e, t: _user_folder(e / "qs-d4-backward-s0"), True, private_home=True),
     "quickstart: a user's folder at the comparison": Case(
         lambda e, t: ["quickstart", "--prefix", "qs", "--steps", "1"],
-        lambda e, t: _user_folder(e.parent / "comparisons" / "qs"), True, private_home=True),
+        lambda e, t: _user_folder(e / "sweeps" / "qs" / "comparison"), True,
+        private_home=True),
+    "quickstart: a user's folder at the sweep's": Case(
+        lambda e, t: ["quickstart", "--prefix", "qs", "--steps", "1"],
+        lambda e, t: _user_folder(e / "sweeps" / "qs"), True, private_home=True),
 }
 
 

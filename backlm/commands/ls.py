@@ -20,10 +20,13 @@ def ls(
                               "phase, direction, the parent's step it started from, best "
                               "metric, status."),
 ) -> None:
-    """List experiments: id, phase, direction, depth, step, val bpb, status."""
+    """List experiments: id, phase, direction, depth, step, val bpb, status; a sweep's
+    members grouped under it."""
     from rich.table import Table
+    from rich.text import Text
 
     from backlm.experiment import list_rows
+    from backlm.train.plan import FINISHED
 
     root = experiments_root(experiments)
     if tree:
@@ -36,10 +39,18 @@ def ls(
     table = Table(title=f"experiments in {root}")
     for col in ("id", "phase", "direction", "depth", "step", "val bpb", "status"):
         table.add_column(col, justify="right" if col in ("depth", "step", "val bpb") else "left")
+    group = None
     for r in rows:
-        bpb = shown(r["val_bpb"])
-        table.add_row(r["id"], r["phase"], r["direction"], str(r["depth"]), str(r["step"]), bpb,
-                      r["status"])
+        if r["sweep"] != group:  # a sweep's members under a line of their own
+            group = r["sweep"]
+            table.add_section()
+            members = [x for x in rows if x["sweep"] == group]
+            done = sum(x["status"] in FINISHED for x in members)
+            table.add_row(Text(f"sweep {group}" if group else "not in a sweep", style="bold"),
+                          "", "", "", "", "", f"{done}/{len(members)} finished" if group else "")
+        label = (INDENT + "└─ " if group else "") + r["id"]
+        table.add_row(Text(label), r["phase"], r["direction"], str(r["depth"]), str(r["step"]),
+                      shown(r["val_bpb"]), r["status"])
     console.print(table)
 
 

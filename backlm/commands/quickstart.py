@@ -1,5 +1,5 @@
 """``backlm quickstart``: train forward, backward and bidirectional cpu-tiny models, check each
-with 5CAT and compare them — one command, resumable."""
+with 5CAT and compare them — one command, resumable (a preset ``backlm sweep``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from backlm.ui import console, progress_bars, user_errors
 @user_errors
 def quickstart(
     prefix: str = typer.Option("quickstart", "--prefix",
-                               help="Experiment ids: PREFIX-forward, -backward, -bidirectional."),
+                               help="The sweep's id; members are PREFIX-d4-<direction>-sSEED."),
     seed: int = typer.Option(0, "--seed", help="One seed for all three (the same data order)."),
     steps: int = typer.Option(None, "--steps", help="Training steps per model (default 80)."),
     overrides: list[str] = typer.Option(None, "--set",
@@ -26,8 +26,9 @@ def quickstart(
     where it stopped (finished models and 5CAT results are kept)."""
     from rich.table import Table
 
-    from backlm.commands.render import finish, render_summary
+    from backlm.commands.render import finish, render_comparison, render_summary
     from backlm.errors import UserError
+    from backlm.experiment.provenance import command_line
     from backlm.quickstart import STEPS, run_quickstart
     from backlm.ui import TrainDisplay
 
@@ -37,10 +38,8 @@ def quickstart(
     say = lambda text: console.print(text, highlight=False)  # noqa: E731
     with progress_bars() as bars:
         result = run_quickstart(root, prefix=prefix, seed=seed, steps=steps or STEPS,
-                                overrides=overrides or [],
-                                observers=[TrainDisplay()], say=say,
-                                progress=bars,
-                                compare=lambda ids, out: _compare(ids, root, out, bars))
+                                overrides=overrides or [], observers=[TrainDisplay()], say=say,
+                                progress=bars, command=command_line())
     if result.stopped is not None:
         render_summary(result.stopped)
         console.print("run `backlm quickstart` again (same options) to continue where it "
@@ -57,16 +56,7 @@ def quickstart(
                       f"{five.get('gates_passed')}/{five.get('gates_total')}", verdict)
     console.print(table)
     if result.comparison is not None:
-        console.print(f"comparison report: {result.comparison / 'COMPARISON.md'}",
-                      highlight=False, soft_wrap=True)
-
-
-def _compare(ids: list[str], root: Path, out: Path, bars) -> Path:
-    """The comparison of the three (``backlm compare``), shown as that command shows it."""
-    from backlm.commands.render import render_comparison
-    from backlm.compare import CompareOptions, run_compare
-
-    result = run_compare(ids, root, CompareOptions(output=out), bars)
-    bars.stop()
-    render_comparison(result)
-    return result.output
+        render_comparison(result.comparison.comparison)
+    if result.summary_path is not None:
+        console.print(f"comparison report: {result.summary_path}", highlight=False,
+                      soft_wrap=True)

@@ -11,6 +11,7 @@
       evaluations/<phase>/reversal.json  evaluations/<phase>/reversal.png  (the reversal probe)
       notes/notes.txt  notes/issues.txt  notes/generation_samples.jsonl
       hub_upload/<namespace>--<name>/  hub_upload/uploads.json
+    experiments/sweeps/<sweep id>/   a sweep's own files (:mod:`backlm.experiment.sweeps`)
 
 Every other module reaches these files through :class:`Experiment`; a test fails if their
 names are spelled anywhere else in the package.

@@ -125,26 +125,36 @@ def tree_rows(root) -> list[dict[str, Any]]:
 def list_rows(root) -> list[dict[str, Any]]:
     """One summary row per experiment for ``backlm ls`` (reads JSON only, no torch). The step
     is the last checkpoint's, or for a running run the last step in metrics.jsonl (its tail
-    only: checkpoints can be far apart, the log is written every step)."""
-    rows = []
-    for e in all_experiments(root):
-        try:
-            meta = e.metadata()
-        except UserError:
-            rows.append({"id": e.id, "phase": "?", "direction": "?", "depth": "?", "step": "?",
-                         "val_bpb": None, "status": "corrupt"})
-            continue
-        status = meta.get("status", "?")
-        running = status == "running" and e.is_running()
-        if status == "running" and not running:
-            status = "stopped"  # killed without a chance to say so
-        steps = e.checkpoint_steps()
-        results = meta.get("results") or {}
-        rows.append({
-            "id": e.id, "phase": meta.get("phase", "?"), "direction": meta.get("direction", "?"),
-            "depth": meta.get("depth", "?"),
-            "step": latest_step(e) if running else (steps[-1] if steps else 0),
-            "val_bpb": results.get("val_bpb") if isinstance(results, dict) else None,
-            "status": status,
-        })
-    return rows
+    only: checkpoints can be far apart, the log is written every step). A sweep's members come
+    first, grouped under it in run order (``sweep``: its id; None for the others, by id)."""
+    from backlm.experiment.sweeps import sweep_members
+
+    rows = {r["id"]: r for r in map(_list_row, all_experiments(root))}
+    out = []
+    for sweep_id, members in sweep_members(root).items():
+        for exp_id in members:
+            if exp_id in rows and rows[exp_id]["sweep"] is None:
+                rows[exp_id]["sweep"] = sweep_id
+                out.append(rows[exp_id])
+    return out + [r for r in rows.values() if r["sweep"] is None]
+
+
+def _list_row(e: Experiment) -> dict[str, Any]:
+    try:
+        meta = e.metadata()
+    except UserError:
+        return {"id": e.id, "phase": "?", "direction": "?", "depth": "?", "step": "?",
+                "val_bpb": None, "status": "corrupt", "sweep": None}
+    status = meta.get("status", "?")
+    running = status == "running" and e.is_running()
+    if status == "running" and not running:
+        status = "stopped"  # killed without a chance to say so
+    steps = e.checkpoint_steps()
+    results = meta.get("results") or {}
+    return {
+        "id": e.id, "phase": meta.get("phase", "?"), "direction": meta.get("direction", "?"),
+        "depth": meta.get("depth", "?"),
+        "step": latest_step(e) if running else (steps[-1] if steps else 0),
+        "val_bpb": results.get("val_bpb") if isinstance(results, dict) else None,
+        "status": status, "sweep": None,
+    }
