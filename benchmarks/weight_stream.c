@@ -16,6 +16,22 @@
 #include <string.h>
 #include <time.h>
 
+/* the decoding kernels borrow exp/tanh (_native_body.h) and the bf16 conversions (_native_bf16.h) */
+#define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#define SFX _avx512
+#define XSFX _avx512
+#include "../backlm/model/_native_body.h"
+#include "../backlm/model/_native_bf16.h"
+#undef TARGET
+#undef SFX
+#define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma")))
+#define SFX _avx512bf16
+#define BF16_NATIVE
+#include "../backlm/model/_native_bf16.h"
+#undef BF16_NATIVE
+#undef TARGET
+#undef SFX
+
 #define DPBF16 0
 #define TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 #define SFX _avx512
